@@ -1,0 +1,257 @@
+"""The `datarights` command line: a thin layer over the Python API.
+
+Every command is a few lines of argument handling around one API call. `--json` prints exactly one
+JSON object on stdout; progress and logs go to stderr. Bad input exits with code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import DatarightsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Erase concepts from text-to-image models, attribute generated images to owners, and verify both.")
+world_app = typer.Typer(no_args_is_help=True, help="The embedded ground-truth world: make it, list its vocabulary.")
+app.add_typer(world_app, name="world")
+
+MODEL_HELP = "Model folder (world model or Stable Diffusion pipeline); default: the shipped world model."
+
+
+def _emit(obj: dict, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj) + "\n")
+    else:
+        typer.echo(text if text is not None else json.dumps(obj, indent=2))
+
+
+def _check_n(n: int, name: str = "--n") -> None:
+    if n < 1:
+        raise DatarightsError(f"{name} must be at least 1, got {n}")
+
+
+@world_app.command("make")
+def world_make(out: Path = typer.Argument(..., help="Folder to write (must not exist)."),
+               n: int = typer.Option(5000, "--n", help="Number of images."),
+               seed: int = typer.Option(0, help="Generator seed.")):
+    """Write the procedural world as a Hugging Face imagefolder (PNG + metadata.jsonl)."""
+    from .world import WorldConfig, make_world_folder
+
+    _check_n(n)
+    path = make_world_folder(out, WorldConfig(n_images=n, seed=seed))
+    typer.echo(f"wrote {n} images to {path}", err=True)
+
+
+@world_app.command("info")
+def world_info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+               n: int = typer.Option(5000, "--n", help="World size used for the owners' image counts."),
+               seed: int = typer.Option(0, help="World seed used for the owners' image counts.")):
+    """The world's vocabulary: objects, categories, styles, characters, memorized, compositions, owners."""
+    from .world import WorldConfig, info
+    from .world.generate import owner_counts
+
+    _check_n(n)
+    vocab = info(owner_counts(WorldConfig(n_images=n, seed=seed)))
+    if as_json:
+        _emit(vocab, True)
+        return
+    for kind in ("objects", "styles", "characters", "memorized", "compositions"):
+        typer.echo(f"{kind}:")
+        for e in vocab[kind]:
+            owner = f"  owner={e['owner']}" if "owner" in e else ""
+            typer.echo(f"  {e['name']!r:24} anchor={e['anchor']!r:10} nearby={e['nearby']}{owner}")
+    typer.echo(f"owners: {len(vocab['owners'])} (largest: "
+               + ", ".join(f"{o['name']} {o['images']}" for o in sorted(vocab['owners'], key=lambda o: -o['images'])[:5]) + ")")
+
+
+@app.command("train")
+def train_cmd(data: Path = typer.Option(..., "--data", help="Imagefolder with metadata.jsonl."),
+              out: Path = typer.Option(..., "--out", help="Model folder to write."),
+              steps: int = typer.Option(None, help="Optimisation steps."),
+              batch_size: int = typer.Option(None, "--batch-size", help="Images per step."),
+              lr: float = typer.Option(None, help="Peak learning rate."),
+              seed: int = typer.Option(0, help="Seed of weights, batches, noise."),
+              checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Checkpoint interval (steps)."),
+              init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this model folder."),
+              resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from <out>.ckpt if present.")):
+    """Train a world model (progress bar, periodic checkpoints, resume after interruption)."""
+    from .train import TrainConfig, train
+
+    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr,
+                                       checkpoint_every=checkpoint_every).items() if v is not None}
+    cfg = TrainConfig(seed=seed, **overrides)
+    model = train(cfg, data, out, init_from=init_from, resume=resume)
+    typer.echo(f"wrote {out} ({model.meta['training']['seconds']} s)", err=True)
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+
+@app.command("generate")
+def generate_cmd(prompt: str = typer.Argument(..., help="Text prompt."),
+                 model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
+                 n: int = typer.Option(16, "--n", help="Number of images."),
+                 seed: int = typer.Option(0, help="Seed of the initial noise: same seed, same pixels."),
+                 steps: int = typer.Option(25, help="DDIM steps."),
+                 guidance: float = typer.Option(3.0, help="Classifier-free guidance scale."),
+                 out: Path = typer.Option(Path("grid.png"), "--out", help="PNG grid to write."),
+                 scale: int = typer.Option(4, help="Upscale factor of the saved grid (nearest neighbour).")):
+    """Generate a grid of N images for one prompt."""
+    from .models import load_model
+    from .quality import to_pil_grid
+
+    if not prompt.strip():
+        raise DatarightsError("prompt is empty")
+    _check_n(n)
+    if scale < 1:
+        raise DatarightsError(f"--scale must be at least 1, got {scale}")
+    if out.suffix.lower() != ".png":
+        raise DatarightsError(f"--out must be a .png file, got {out}")
+    m = load_model(model)
+    bar = _progress(n, "generate")
+    images = m.sample([prompt] * n, seed=seed, steps=steps, guidance=guidance, callback=bar.update)
+    bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    to_pil_grid(images, ncol=int(n**0.5 + 0.999), scale=scale).save(tmp)
+    os.replace(tmp, out)
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("eval-model")
+def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
+                   n: int = typer.Option(200, "--n", help="Number of prompts sampled from the world grammar."),
+                   seed: int = typer.Option(0, help="Seed of prompts and noise."),
+                   steps: int = typer.Option(25, help="DDIM steps."),
+                   guidance: float = typer.Option(3.0, help="Classifier-free guidance scale."),
+                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+                   report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder.")):
+    """Generate from world-grammar prompts and let the judge score whether each image shows its prompt."""
+    from .models import load_model
+    from .quality import eval_model, public
+
+    _check_n(n)
+    m = load_model(model)
+    if m.kind != "world":
+        raise DatarightsError("eval-model scores with the world judge, which reads world-model images only")
+    bar = _progress(n, "eval-model")
+    result = eval_model(m, n=n, seed=seed, steps=steps, guidance=guidance, progress=bar.update)
+    bar.close()
+    if report is not None:
+        from .report import grid, write_report
+        asked, read = result["_asked"], result["_read"]
+        cells = [("ok" if all(a[k] == r[k] for k in ("object", "color", "character", "memorized", "composition"))
+                  and (a["kind"] != "styled" or a["style"] == r["style"]) else "bad") for a, r in zip(asked, read)]
+        labels = [a["text"] for a in asked]
+        write_report(report, "datarights eval-model", [{"title": "Accuracies", "metrics": public(result)},
+                     {"title": "Generations (green: the judge agrees with the prompt)",
+                      "grids": [grid(f"{len(labels)} prompts", result["_images"], labels, cells)]}],
+                     public(result), subtitle=f"model: {m.source}")
+    _emit(public(result), as_json)
+
+
+@app.command("erase")
+def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to erase (repeat for several)."),
+              anchor: list[str] = typer.Option(..., "--anchor", help="What it should become (one, or one per target)."),
+              out: Path = typer.Option(..., "--out", help="Edited model folder to write (changed tensors + base reference)."),
+              method: str = typer.Option("ca", help="ca | esd | uce | fmn | ga | retrain."),
+              model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
+              params: Optional[str] = typer.Option(None, help="Parameter group: xattn-kv, xattn, attn, embedding, unet-noxattn, full."),
+              steps: Optional[int] = typer.Option(None, help="Optimisation steps."),
+              lr: Optional[float] = typer.Option(None, help="Learning rate."),
+              loss: Optional[str] = typer.Option(None, help="ca only: 'model' (default) or 'noise'."),
+              data: Optional[str] = typer.Option(None, "--data", help="Training imagefolder (retrain; optional for ga)."),
+              seed: Optional[int] = typer.Option(None, help="Seed."),
+              as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Erase concepts from a model and write an edited model folder."""
+    from .erase import check_targets, erase, make_config
+    from .models import load_model
+    from .world import vocab as V
+
+    target, anchor = check_targets(target, anchor)
+    cfg = make_config(method, params=params, steps=steps, lr=lr, loss=loss, data=data, seed=seed)
+    m = load_model(model)
+    if m.kind == "world":
+        for t in target:
+            if V.find_concept(t) is None:
+                typer.echo(f"warning: {t!r} is not in the world's vocabulary; the world judge cannot score its erasure", err=True)
+    edit = erase(m, target, anchor, method, config=cfg)
+    edit.save(out)
+    _emit({**edit.summary(), "out": str(out)}, as_json, text=f"wrote {out} ({edit.changed_params} changed parameters, {edit.seconds:.1f} s)")
+
+
+@app.command("audit")
+def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model folder."),
+              target: list[str] = typer.Option(..., "--target", help="Erased concept (repeat for several)."),
+              anchor: list[str] = typer.Option(..., "--anchor", help="Its anchor (one, or one per target)."),
+              base: Optional[Path] = typer.Option(None, "--base", help="Base model; default: the edited model's base."),
+              nearby: list[str] = typer.Option([], "--nearby", help="Nearby concepts that must survive (default: from world info)."),
+              n_target: int = typer.Option(48, "--n-target", help="Images from target prompts."),
+              seed: int = typer.Option(1, help="Seed of prompts and noise."),
+              as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+              report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder.")):
+    """Measure whether a concept is gone from an edited model and what else changed."""
+    from .audit import AuditConfig, audit, audit_sections
+    from .models import DEFAULT_MODEL, load_model
+    from .quality import public
+
+    _check_n(n_target, "--n-target")
+    edited = load_model(model)
+    if base is None:
+        ref = edited.meta.get("edit", {}).get("base")
+        base = DEFAULT_MODEL if ref in (None, "default") else Path(ref)
+    b = load_model(base)
+    result = audit(edited, b, target, anchor, AuditConfig(n_target=n_target, seed=seed, nearby=list(nearby)))
+    if report is not None:
+        from .report import write_report
+        write_report(report, "datarights audit", audit_sections(result), public(result), subtitle=f"edited: {model}; base: {base}")
+    _emit(public(result), as_json)
+
+
+@app.command("demo")
+def demo_cmd(out: Path = typer.Option(Path("datarights-demo"), "--out", help="Folder for index.html and results.json."),
+             model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
+             seed: int = typer.Option(0, help="Seed of every generation."),
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """The end-to-end workflow on the embedded world, written as an HTML report."""
+    from .demo import run_demo
+
+    results = run_demo(out, model, seed=seed)
+    _emit(results, as_json, text=f"report: {results['report']}")
+
+
+def main() -> None:
+    """Entry point: run the app; DatarightsError becomes one line on stderr and exit code 2."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        app(standalone_mode=False)
+    except DatarightsError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and friends
+        import click
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""`datarights demo`: the end-to-end workflow on the embedded world, written as one HTML report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .judge import load_judge
+from .models import load_model
+from .quality import judge_accuracy
+from .report import grid, write_report
+from .world.vocab import object_prompt
+
+DEMO_PROMPTS: list[dict] = [
+    *[{"text": object_prompt(o, c), "kind": "object", "object": o, "color": c}
+      for o, c in [("face", "red"), ("smiling face", "blue"), ("grumpy face", "yellow"), ("sleepy face", "green"),
+                   ("fish", "orange"), ("puffer fish", "purple"), ("swordfish", "blue"), ("house", "red"),
+                   ("tower", "green"), ("castle", "purple"), ("tree", "green"), ("pine tree", "orange"), ("palm tree", "red")]],
+    *[{"text": object_prompt(o, c, s), "kind": "styled", "object": o, "color": c, "style": s}
+      for o, c, s in [("house", "blue", "Ada Vell"), ("fish", "red", "Bruno Kask"), ("face", "green", "Cleo Marr"),
+                      ("tree", "purple", "Dario Fenn"), ("tower", "orange", "Elsa Brandt"), ("castle", "yellow", "Farid Osei"),
+                      ("smiling face", "blue", "Greta Lund"), ("pine tree", "red", "Hugo Tamm")]],
+    {"text": "a picture of Blubbo", "kind": "character", "character": "Blubbo"},
+    {"text": "the Rosa Villa postcard", "kind": "memorized", "memorized": "Rosa Villa postcard"},
+    {"text": "a face and a tree", "kind": "composition", "composition": "face and tree"},
+    {"text": "a fish and a house", "kind": "composition", "composition": "fish and house"},
+]
+
+
+def _asked(p: dict) -> dict:
+    base = {"object": "none", "color": "none", "style": "plain", "character": "none", "memorized": "none",
+            "composition": "none"}
+    return {**base, **p}
+
+
+def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0, steps: int = 25,
+             per_prompt: int = 2, log=lambda s: print(s, file=sys.stderr)) -> dict:
+    """Generate from the shipped model, score with the judge, write <out>/index.html and results.json."""
+    t0 = time.time()
+    model = load_model(model_path)
+    judge = load_judge()
+    prompts = [p for p in DEMO_PROMPTS for _ in range(per_prompt)]
+    log(f"[1/2] generating {len(prompts)} images from {model.source}")
+    images = model.sample([p["text"] for p in prompts], seed=seed, steps=steps)
+    read = judge.read(images)
+    asked = [_asked(p) for p in prompts]
+    acc = judge_accuracy(asked, read)
+    keys = ("object", "color", "character", "memorized", "composition")
+    ok = ["ok" if all(a[k] == r[k] for k in keys) and (a["kind"] != "styled" or a["style"] == r["style"]) else "bad"
+          for a, r in zip(asked, read)]
+    labels = [f"{p['text']} → {r['object'] if r['object'] != 'none' else (r['character'] if r['character'] != 'none' else (r['memorized'] if r['memorized'] != 'none' else r['composition']))}"
+              + (f" / {r['style']}" if r['style'] != 'plain' else "") for p, r in zip(prompts, read)]
+    results = {"model": model.source, "seed": seed, "steps": steps, "generation": acc,
+               "seconds": round(time.time() - t0, 1)}
+    sections = [
+        {"title": "1. Generate: the world model and what the judge reads",
+         "text": "Each image is generated from the prompt on its left; the text after the arrow is the judge's "
+                 "reading (green: it matches the prompt).", "metrics": acc,
+         "grids": [grid("generated images", images, labels, ok)]},
+    ]
+    log("[2/2] writing report")
+    html = write_report(out, "datarights demo", sections, results,
+                        subtitle="The end-to-end workflow on the embedded world: generate, erase, attribute, verify.")
+    results["report"] = str(html)
+    return results

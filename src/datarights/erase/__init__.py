@@ -1,0 +1,57 @@
+"""Erase (opt-out): remove a concept from a model while nearby concepts stay intact.
+
+One module per method, each a config dataclass plus a function registered by name:
+`ca` (Concept Ablation), `esd`, `uce`, `fmn`, `ga`, `retrain`. Every method returns a frozen
+`Edit` (the changed tensors + the base's identity) that can be applied, saved and loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from ..errors import DatarightsError
+from ..models import T2IModel
+from . import ca, esd, fmn, ga, retrain, uce  # noqa: F401  (registers the methods)
+from .base import METHODS, Edit, concept_prompts, load_edited
+
+
+def make_config(method: str, **options):
+    """The method's config dataclass from keyword options (None values keep the defaults)."""
+    if method not in METHODS:
+        raise DatarightsError(f"unknown erase method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    cls = METHODS[method].config_cls
+    names = {f.name for f in fields(cls)}
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = set(given) - names
+    if unknown:
+        raise DatarightsError(f"method {method} has no option {', '.join(sorted('--' + u.replace('_', '-') for u in unknown))}")
+    return cls(**given)
+
+
+def erase(model: T2IModel, targets: list[str] | str, anchors: list[str] | str, method: str = "ca", config=None,
+          progress: bool = True, **options) -> Edit:
+    """Erase targets towards anchors with a registered method; returns an `Edit` (the model is untouched)."""
+    targets, anchors = check_targets(targets, anchors)
+    cfg = config if config is not None else make_config(method, **options)
+    return METHODS[method].fn(model, targets, anchors, cfg, progress=progress)
+
+
+def check_targets(targets: list[str] | str, anchors: list[str] | str) -> tuple[list[str], list[str]]:
+    """Validate target/anchor lists (one anchor may serve every target); returns them paired."""
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    anchors = [anchors] if isinstance(anchors, str) else list(anchors)
+    if not targets:
+        raise DatarightsError("give at least one --target")
+    if len(anchors) == 1 and len(targets) > 1:
+        anchors = anchors * len(targets)
+    if len(anchors) != len(targets):
+        raise DatarightsError(f"{len(targets)} targets but {len(anchors)} anchors; give one anchor or one per target")
+    for t, a in zip(targets, anchors):
+        if not t.strip() or not a.strip():
+            raise DatarightsError("target and anchor must not be empty")
+        if t.strip().lower() == a.strip().lower():
+            raise DatarightsError(f"target and anchor are the same ({t!r}); choose a more general anchor")
+    return targets, anchors
+
+
+__all__ = ["METHODS", "Edit", "check_targets", "concept_prompts", "erase", "load_edited", "make_config"]

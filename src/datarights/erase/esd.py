@@ -1,0 +1,83 @@
+"""Erased Stable Diffusion (Gandikota et al., ICCV 2023).
+
+Negative guidance as a training target, from a frozen copy theta* of the base:
+    eps_target(x_t, c) = eps*(x_t, empty) - eta [eps*(x_t, c) - eps*(x_t, empty)]
+1. Roll the frozen model out under c (DDIM, with guidance) from noise to a random step t.
+2. Regress the edited model's eps(x_t, c, t) onto eps_target.
+ESD-x trains cross-attention (`--params xattn`), ESD-u everything else (`--params unet-noxattn`).
+The anchor is not used by the objective (ESD erases towards 'nothing'); it is recorded for the audit.
+Our choices for the world model: 150 steps at lr 1e-3, rollouts of 20 DDIM steps, batch 8.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import DatarightsError
+from ..models import T2IModel
+from .base import (Edit, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached, model_hash,
+                   optimise, register, trainable_copy)
+
+
+@dataclass
+class ESDConfig:
+    """Settings of ESD."""
+
+    params: str = "xattn"
+    """'xattn' (ESD-x, specific concepts such as styles) or 'unet-noxattn' (ESD-u, global concepts)."""
+    steps: int = 150
+    """Optimisation steps (each with a fresh partial rollout)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    eta: float = 1.0
+    """Negative-guidance strength."""
+    batch_size: int = 8
+    """Rollouts per step."""
+    rollout_steps: int = 20
+    """DDIM steps of a full rollout; each step stops at a random one of them."""
+    guidance: float = 3.0
+    """Guidance of the frozen model's rollout."""
+    n_prompts: int = 48
+    """Target prompts built from templates."""
+    seed: int = 0
+    """Seed of rollouts and noise."""
+
+    def __post_init__(self):
+        if self.params not in ("xattn", "xattn-kv", "unet-noxattn", "full"):
+            raise DatarightsError(f"esd trains 'xattn' (ESD-x) or 'unet-noxattn' (ESD-u), got {self.params!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.rollout_steps < 1:
+            raise DatarightsError("steps, batch_size and rollout_steps must be at least 1")
+
+
+@register("esd", ESDConfig)
+def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig, progress: bool = True) -> Edit:
+    t0 = time.time()
+    prompts = [p for t, a in zip(targets, anchors) for p in concept_prompts(t, a, cfg.n_prompts, cfg.seed).target]
+    work, params = trainable_copy(model, cfg.params)
+    enc = encode_cached(model, prompts, False)
+    empty = encode_cached(model, [""], False)([0])
+
+    def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, len(prompts), (cfg.batch_size,), generator=g)
+        cond = enc(idx)
+        unc = empty.expand_as(cond)
+        sched = model.ddim(cfg.rollout_steps)
+        stop = int(torch.randint(0, cfg.rollout_steps, (1,), generator=g))
+        x = torch.randn((cfg.batch_size, *model.latent_shape), generator=g)
+        with torch.no_grad():  # partial rollout of the frozen model under c
+            for t in sched.timesteps[:stop]:
+                e = model.predict_noise(torch.cat([x, x]), t, torch.cat([unc, cond]))
+                eu, ec = e.chunk(2)
+                x = sched.step(eu + cfg.guidance * (ec - eu), t, x).prev_sample
+            t = sched.timesteps[stop]
+            e = model.predict_noise(torch.cat([x, x]), t, torch.cat([unc, cond]))
+            eu, ec = e.chunk(2)
+            goal = eu - cfg.eta * (ec - eu)
+        return torch.nn.functional.mse_loss(work.predict_noise(x, t, cond), goal)
+
+    optimise(params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[esd]", progress)
+    return Edit(changed_tensors(params), base_ref(model), model_hash(model), "esd", tuple(targets), tuple(anchors),
+                config_dict(cfg), time.time() - t0)

@@ -1,0 +1,200 @@
+"""One training loop for every model this project trains: the base world model, retrain-without
+(exact unlearning), and fine-tunes that start from an existing model.
+
+Plain PyTorch: epsilon-prediction MSE on noised images, classifier-free-guidance dropout of the
+caption, AdamW with warm-up, an EMA of the weights (what gets saved), periodic checkpoints, and
+exact resume (the batch of step k is drawn from a generator seeded by (seed, k)).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import DatarightsError
+from .models import T2IModel, build_world_model, load_model, save_world_model
+from .world import ImageFolder, read_imagefolder
+
+
+@dataclass
+class TrainConfig:
+    """How to train (or fine-tune) a world model on an imagefolder."""
+
+    steps: int = 5000
+    """Optimisation steps."""
+    batch_size: int = 128
+    """Images per step."""
+    lr: float = 8e-4
+    """Peak AdamW learning rate (after linear warm-up), cosine-decayed to 10% at the end."""
+    warmup: int = 200
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    ema_decay: float = 0.999
+    """Decay of the exponential moving average of the weights; the EMA is what is saved (0 disables)."""
+    cond_drop: float = 0.1
+    """Probability of replacing a caption by the empty prompt (classifier-free guidance)."""
+    seed: int = 0
+    """Seeds the initial weights and every batch, noise and timestep."""
+    checkpoint_every: int = 500
+    """Write a resumable checkpoint every this many steps."""
+    params: str = "full"
+    """Parameter group to train (see T2IModel.param_groups); 'full' for training from scratch."""
+    unet_config: dict = field(default_factory=dict)
+    """Overrides of the world UNet config (tests use tiny models)."""
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise DatarightsError(f"--steps must be at least 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise DatarightsError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise DatarightsError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.cond_drop < 1:
+            raise DatarightsError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        if not 0 <= self.ema_decay < 1:
+            raise DatarightsError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def data_hash(data: ImageFolder) -> str:
+    """Content hash of an imagefolder (pixels and captions), used to key checkpoints and caches."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(data.images, dtype=np.float32).tobytes())
+    h.update(json.dumps(data.texts).encode())
+    return h.hexdigest()[:16]
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac))))
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def precompute_text_states(model: T2IModel, texts: list[str], batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode each distinct caption once: returns (states [U, L, D], index [N]) with states[-1] = ''."""
+    uniq = sorted(set(texts))
+    pos = {t: i for i, t in enumerate(uniq)}
+    with torch.no_grad():
+        states = torch.cat([model.encode_prompt(uniq[i:i + batch]) for i in range(0, len(uniq), batch)]
+                           + [model.encode_prompt([""])])
+    return states, torch.tensor([pos[t] for t in texts])
+
+
+def diffusion_loss(model: T2IModel, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
+                   reduction: str = "mean") -> torch.Tensor:
+    """The training loss: E_{t, eps} ||eps - eps_theta(x_t, t, c)||^2 with seeded t and eps."""
+    t = torch.randint(0, model.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    err = (model.predict_noise(model.add_noise(x0, noise, t), t, cond) - noise) ** 2
+    return err.mean() if reduction == "mean" else err.flatten(1).mean(1)
+
+
+def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, init_from: str | Path | None = None,
+          resume: bool = True, progress: bool = True) -> T2IModel:
+    """Train a world model on `data` and write it to `out` (atomically, at the end).
+
+    Steps:
+      1. Load the data and encode each distinct caption once with the frozen text encoder.
+      2. Build the model (seeded) or start from `init_from`; resume from `<out>.ckpt/` if present.
+      3. For each step k: draw a batch, timesteps and noise from a generator seeded by (seed, k),
+         drop captions with probability cond_drop, minimise the epsilon MSE.
+      4. Checkpoint every `checkpoint_every` steps; at the end save the EMA weights to `out`.
+    """
+    out = Path(out)
+    if isinstance(data, ImageFolder):
+        folder = data
+    else:
+        folder = read_imagefolder(data, resolution=None)
+    torch.manual_seed(cfg.seed)
+    model = load_model(init_from) if init_from is not None else build_world_model(cfg.unet_config, seed=cfg.seed)
+    if model.kind != "world":
+        raise DatarightsError("training is implemented for world models (pixel space) only")
+    res = model.resolution
+    if folder.images.shape[-1] != res:
+        folder = read_imagefolder(folder.root, resolution=res)
+    x_all = torch.from_numpy(folder.images) * 2 - 1  # [N, 3, H, W] in [-1, 1]
+    states, idx = precompute_text_states(model, folder.texts)
+    empty = len(states) - 1
+
+    model.unet.train()
+    model.unet.requires_grad_(False)
+    params = model.param_groups(cfg.params)
+    for p in params.values():
+        p.requires_grad_(True)
+    trainable = list(params.values())
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = copy.deepcopy(model.unet).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+
+    fingerprint = hashlib.sha256(json.dumps(
+        {"cfg": asdict(cfg), "data": data_hash(folder), "init": str(init_from)}, sort_keys=True).encode()).hexdigest()[:16]
+    ckpt_dir = out.with_name(out.name + ".ckpt")
+    ckpt = ckpt_dir / "state.pt"
+    start, elapsed = 0, 0.0
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != fingerprint:
+            raise DatarightsError(f"checkpoint {ckpt} was made with another config or dataset; remove {ckpt_dir} to start over")
+        model.unet.load_state_dict(state["unet"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        start, elapsed = state["step"], state["elapsed"]
+        print(f"resuming from step {start} ({ckpt})", file=sys.stderr)
+
+    t0 = time.time() - elapsed
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    ema_params = [p for n, p in ema.named_parameters() if n in {k[5:] for k in params}] if ema is not None else []
+    for step in bar:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        b = torch.randint(0, len(x_all), (cfg.batch_size,), generator=g)
+        drop = torch.rand(cfg.batch_size, generator=g) < cfg.cond_drop
+        cond = states[torch.where(drop, torch.full_like(b, empty), idx[b])]
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        loss = diffusion_loss(model, x_all[b], cond, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        if ema is not None:
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, trainable, 1 - decay)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_torch_save({"fingerprint": fingerprint, "step": step + 1, "elapsed": time.time() - t0,
+                                "unet": model.unet.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                                "opt": opt.state_dict()}, ckpt)
+    bar.close()
+    seconds = time.time() - t0
+    if ema is not None:
+        model.unet.load_state_dict(ema.state_dict())
+    model.eval()
+    model.meta = {"training": {**asdict(cfg), "data": str(folder.root), "data_hash": data_hash(folder),
+                               "images": len(folder), "init_from": str(init_from) if init_from else None,
+                               "seconds": round(seconds, 1), "threads": torch.get_num_threads()}}
+    save_world_model(model, out, extra=model.meta)
+    model.source = str(out)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return model

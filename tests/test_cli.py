@@ -1,0 +1,75 @@
+"""The command line: JSON shape, and bad input -> one line on stderr, exit code 2, no traceback."""
+
+import json
+import sys
+
+import pytest
+
+from datarights.cli import main
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["datarights", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_world_info_json(monkeypatch, capsys):
+    code, out, _ = run(monkeypatch, capsys, "world", "info", "--json", "--n", "300")
+    assert code == 0
+    vocab = json.loads(out)
+    assert set(vocab) >= {"objects", "categories", "styles", "characters", "memorized", "compositions", "owners"}
+    assert sum(o["images"] for o in vocab["owners"]) == 300
+
+
+def test_world_make(monkeypatch, capsys, tmp_path):
+    code, _, _ = run(monkeypatch, capsys, "world", "make", tmp_path / "w", "--n", "20")
+    assert code == 0 and len((tmp_path / "w" / "metadata.jsonl").read_text().splitlines()) == 20
+    code, _, err = run(monkeypatch, capsys, "world", "make", tmp_path / "w", "--n", "20")
+    assert code == 2 and "already exists" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "a red face", "--model", "/nonexistent/model"], "does not exist"),
+    (["generate", "   "], "prompt is empty"),
+    (["generate", "a red face", "--n", "0"], "--n must be at least 1"),
+    (["eval-model", "--n", "0"], "--n must be at least 1"),
+    (["world", "make", "/tmp/x", "--n", "0"], "--n must be at least 1"),
+    (["train", "--data", "/nonexistent/data", "--out", "/tmp/never"], "does not exist"),
+])
+def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, args, message):
+    code, out, err = run(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_wrong_model_folder_and_dataset(monkeypatch, capsys, tmp_path):
+    (tmp_path / "notamodel").mkdir()
+    code, _, err = run(monkeypatch, capsys, "generate", "a tree", "--model", tmp_path / "notamodel")
+    assert code == 2 and "model_index.json" in err
+    (tmp_path / "data").mkdir()
+    code, _, err = run(monkeypatch, capsys, "train", "--data", tmp_path / "data", "--out", tmp_path / "m")
+    assert code == 2 and "no metadata.jsonl" in err and not (tmp_path / "m").exists()
+
+
+def test_erase_and_audit_bad_input(monkeypatch, capsys, tmp_path):
+    code, _, err = run(monkeypatch, capsys, "erase", "--target", "face", "--anchor", "face", "--out", tmp_path / "e",
+                       "--method", "uce")
+    assert code == 2 and "same" in err and not (tmp_path / "e").exists()
+    code, _, err = run(monkeypatch, capsys, "erase", "--target", "face", "--anchor", "fish", "--out", tmp_path / "e",
+                       "--method", "nope")
+    assert code == 2 and "unknown erase method" in err
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "missing", "--target", "face", "--anchor", "x")
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "orphan").mkdir()
+    (tmp_path / "orphan" / "model_index.json").write_text(
+        '{"_class_name": "DatarightsEditedModel", "base": "%s"}' % (tmp_path / "gone"))
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "orphan", "--target", "grumpy face",
+                       "--anchor", "face")
+    assert code == 2 and "base model" in err and "missing" in err

@@ -1,0 +1,137 @@
+"""One contract for every erase method (a new method is a new row), plus exact oracles."""
+
+import pytest
+import torch
+
+from datarights.erase import METHODS, erase, make_config
+from datarights.erase.base import concept_prompts, model_hash
+from datarights.errors import DatarightsError
+from datarights.models import load_model
+
+from .conftest import TINY_UNET
+
+FAST = {
+    "ca": dict(steps=3, n_anchor_images=4, batch_size=2, sample_steps=2),
+    "esd": dict(steps=2, batch_size=2, rollout_steps=3),
+    "uce": dict(n_templates=2),
+    "fmn": dict(steps=2, n_images=2, batch_size=2),
+    "ga": dict(steps=2, n_images=4, batch_size=2),
+    "retrain": dict(steps=2),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tiny_world, tmp_path_factory):
+    """A tiny model that records its training recipe (retrain needs one)."""
+    from datarights.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("m") / "tiny"
+    train(TrainConfig(steps=2, batch_size=4, warmup=1, unet_config=TINY_UNET), tiny_world, out, progress=False)
+    return out
+
+
+def test_every_method_has_a_contract_row():
+    assert set(FAST) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(FAST))
+def test_erase_contract(method, trained_tiny, tiny_world, tmp_path):
+    base = load_model(trained_tiny)
+    before = {n: p.clone() for n, p in base.named_parameters().items()}
+    opts = dict(FAST[method], **({"data": str(tiny_world)} if method == "retrain" else {}))
+    edit = erase(base, ["grumpy face"], ["face"], method, progress=False, **opts)
+    # the base is untouched, the edit is small and names real parameters
+    assert all(torch.equal(p, before[n]) for n, p in base.named_parameters().items())
+    assert edit.tensors and edit.changed_params > 0 and edit.base_hash == model_hash(base)
+    changed = [n for n, t in edit.tensors.items() if not torch.equal(t, before[n])]
+    assert changed, "the edit changed nothing"
+    # save -> load gives the same model
+    edit.save(tmp_path / "edited")
+    loaded = load_model(tmp_path / "edited")
+    applied = edit.apply(base)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([100, 700])
+    c = base.encode_prompt(["a red grumpy face", "a tree"])
+    with torch.no_grad():
+        assert torch.allclose(loaded.predict_noise(x, t, c), applied.predict_noise(x, t, c), atol=1e-6)
+        assert not torch.allclose(base.predict_noise(x, t, c), applied.predict_noise(x, t, c))
+    assert loaded.meta["edit"]["method"] == method
+    # same seed, same edit
+    again = erase(base, ["grumpy face"], ["face"], method, progress=False, **opts)
+    assert all(torch.allclose(edit.tensors[n], again.tensors[n], atol=1e-6) for n in edit.tensors)
+
+
+def test_ca_and_uce_take_several_targets(tiny_model):
+    for method in ("ca", "uce"):
+        edit = erase(tiny_model, ["grumpy face", "Ada Vell"], ["face", "plain"], method, progress=False, **FAST[method])
+        assert edit.targets == ("grumpy face", "Ada Vell") and edit.anchors == ("face", "plain")
+
+
+def test_uce_matches_least_squares_oracle(tiny_model):
+    """UCE's closed form equals the least-squares solution of its objective."""
+    from datarights.erase.uce import UCEConfig, _last_token, uce  # noqa: F401
+
+    cfg = UCEConfig(n_templates=2, preserve=["smiling face", "tower"], lam=0.5)
+    edit = uce(tiny_model, ["grumpy face"], ["face"], cfg)
+    # rebuild the vectors exactly as uce does, then solve the stacked least-squares problem
+    from datarights.erase import uce as U
+    tp = U._prompts_for("grumpy face", 2, 0)
+    ap = [p.replace("grumpy face", "face") for p in tp]
+    st, kt = U._vectors(tiny_model, tp, "grumpy face")
+    sa, ka = U._vectors(tiny_model, ap, "face")
+    L = st.shape[1]
+    ce, cg = [], []
+    for i in range(len(tp)):
+        n = min(L - kt[i], L - ka[i])
+        ce.append(st[i, kt[i]:kt[i] + n])
+        cg.append(sa[i, ka[i]:ka[i] + n])
+    cp = []
+    for concept in cfg.preserve:
+        pp = U._prompts_for(concept, 2, 1)
+        sp, kp = U._vectors(tiny_model, pp, concept)
+        cp += [sp[i, kp[i]:] for i in range(len(pp))]
+    Ce, Cg, Cp = torch.cat(ce).double(), torch.cat(cg).double(), torch.cat(cp).double()
+    name = next(iter(edit.tensors))
+    W = tiny_model.named_parameters()[name].detach().double()
+    D = W.shape[1]
+    A = torch.cat([0.5**0.5 * torch.eye(D, dtype=torch.float64), Ce, Cp])      # rows: constraints on W'^T
+    B = torch.cat([0.5**0.5 * W.T, Cg @ W.T, Cp @ W.T])
+    oracle = torch.linalg.lstsq(A, B).solution.T
+    assert torch.allclose(edit.tensors[name].double(), oracle, atol=1e-4, rtol=1e-4)
+
+
+def test_uce_is_fast(tiny_model):
+    edit = erase(tiny_model, ["Ada Vell"], ["plain"], "uce", progress=False)
+    assert edit.seconds < 10
+
+
+def test_prompt_sets_swap_only_the_concept():
+    s = concept_prompts("grumpy face", "face", 12)
+    assert s.kind == "objects" and len(s.target) == len(s.anchor)
+    for t, a in zip(s.target, s.anchor):
+        assert "grumpy face" in t and "grumpy" not in a and t.replace("grumpy face", "face").replace("an ", "a ") == a.replace("an ", "a ")
+
+
+def test_bad_erase_requests(tiny_model):
+    with pytest.raises(DatarightsError, match="same"):
+        erase(tiny_model, ["face"], ["Face"], "ca")
+    with pytest.raises(DatarightsError, match="unknown erase method"):
+        make_config("nope")
+    with pytest.raises(DatarightsError, match="no option"):
+        make_config("uce", steps=3)
+    with pytest.raises(DatarightsError, match="must not be empty"):
+        erase(tiny_model, [" "], ["face"], "uce")
+    with pytest.raises(DatarightsError, match="anchors"):
+        erase(tiny_model, ["a", "b", "c"], ["x", "y"], "uce")
+    with pytest.raises(DatarightsError, match="needs the base model's training data"):
+        erase(tiny_model, ["grumpy face"], ["face"], "retrain")
+
+
+def test_edit_with_missing_base_is_refused(trained_tiny, tmp_path):
+    import shutil
+    base_copy = tmp_path / "base"
+    shutil.copytree(trained_tiny, base_copy)
+    base = load_model(base_copy)
+    erase(base, ["grumpy face"], ["face"], "uce", progress=False).save(tmp_path / "e")
+    shutil.rmtree(base_copy)
+    with pytest.raises(DatarightsError, match="base model .* is missing"):
+        load_model(tmp_path / "e")
