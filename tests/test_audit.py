@@ -9,7 +9,7 @@ SMALL = AuditConfig(n_target=4, n_nearby=2, n_others=6, n_anchor=2, steps=2)
 
 
 def test_audit_of_an_unchanged_model_is_neutral(tiny_model):
-    r = audit(tiny_model, tiny_model, "grumpy face", "face", SMALL, log=lambda s: None)
+    r = audit(tiny_model, tiny_model, "grumpy face", "face", SMALL, log=lambda s: None, progress=False)
     assert r["nearby_preserved"] in (1.0, None) and r["others_preserved"] in (1.0, None)
     assert r["target_erased"] == pytest.approx(1 - r["base_target_present"])
     for key in ("target_erased", "anchor_fidelity", "kid", "kid_std", "n_target", "n_nearby", "n_others"):
@@ -18,7 +18,7 @@ def test_audit_of_an_unchanged_model_is_neutral(tiny_model):
 
 def test_audit_of_an_edit(tiny_model):
     edited = erase(tiny_model, ["Ada Vell"], ["plain"], "uce", progress=False).apply(tiny_model)
-    r = audit(edited, tiny_model, "Ada Vell", "plain", SMALL, log=lambda s: None)
+    r = audit(edited, tiny_model, "Ada Vell", "plain", SMALL, log=lambda s: None, progress=False)
     assert 0 <= r["target_erased"] <= 1 and 0 <= r["anchor_fidelity"] <= 1
     assert r["method"] == "uce" and r["changed_params"] > 0
     assert len(r["_grids"]) == 4

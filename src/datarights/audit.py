@@ -80,12 +80,18 @@ class AuditConfig:
     """Nearby concepts; empty: those `world info` lists for the target."""
 
 
-def _gen(model: T2IModel, prompts: list[str], cfg: AuditConfig, seed_offset: int) -> torch.Tensor:
-    return model.sample(prompts, seed=cfg.seed * 7919 + seed_offset, steps=cfg.steps, guidance=cfg.guidance)
+def _gen(model: T2IModel, prompts: list[str], cfg: AuditConfig, seed_offset: int, desc: str, progress: bool) -> torch.Tensor:
+    from .erase.base import progress_bar
+
+    bar = progress_bar(len(prompts), desc, progress)
+    out = model.sample(prompts, seed=cfg.seed * 7919 + seed_offset, steps=cfg.steps, guidance=cfg.guidance,
+                       callback=bar.update)
+    bar.close()
+    return out
 
 
 def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: list[str] | str,
-          cfg: AuditConfig | None = None, judge: Judge | None = None, log=None) -> dict:
+          cfg: AuditConfig | None = None, judge: Judge | None = None, log=None, progress: bool = True) -> dict:
     """Audit an edited model against its base for each target (figures averaged over targets).
 
     Returns target_erased, anchor_fidelity, nearby_preserved, others_preserved, kid (+ kid_std),
@@ -120,7 +126,8 @@ def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: l
         o_prompts = [o["text"] for o in others]
         all_prompts = t_prompts + a_prompts + n_prompts + o_prompts
         log(f"audit: generating {len(all_prompts)} images from the edited and the base model ({target!r})")
-        imgs = {name: _gen(m, all_prompts, cfg, ti) for name, m in (("edited", edited), ("base", base))}
+        imgs = {name: _gen(m, all_prompts, cfg, ti, f"audit[{name}]", progress)
+                for name, m in (("edited", edited), ("base", base))}
         reads = {k: judge.read(v) for k, v in imgs.items()}
         sl_t = slice(0, len(t_prompts))
         sl_a = slice(sl_t.stop, sl_t.stop + len(a_prompts))
@@ -193,13 +200,8 @@ def _combine(rows: list[dict]) -> dict:
 
 def audit_sections(result: dict) -> list[dict]:
     """Report sections: the figures, then before/after grids for target, anchor, nearby and other prompts."""
+    from .judge import describe as label
     from .report import grid
-
-    def label(r):
-        parts = [r[k] for k in ("object", "character", "memorized", "composition") if r[k] != "none"]
-        if r["style"] != "plain":
-            parts.append(r["style"])
-        return " / ".join(parts) or "?"
 
     sections = [{"title": "Audit figures", "metrics": {k: v for k, v in result.items()
                                                        if not k.startswith("_") and not isinstance(v, (list, dict))}}]

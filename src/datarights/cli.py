@@ -18,8 +18,10 @@ from .errors import DatarightsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Erase concepts from text-to-image models, attribute generated images to owners, and verify both.")
+eval_app = typer.Typer(no_args_is_help=True, help="Score attribution methods against ground truth.")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded ground-truth world: make it, list its vocabulary.")
 app.add_typer(world_app, name="world")
+app.add_typer(eval_app, name="evaluate")
 
 MODEL_HELP = "Model folder (world model or Stable Diffusion pipeline); default: the shipped world model."
 
@@ -95,6 +97,17 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True)
 
 
+@app.command("train-judge")
+def train_judge_cmd(out: Path = typer.Option(..., "--out", help="Judge folder to write."),
+                    seed: int = typer.Option(0, help="Seed of rendering, initialisation and augmentation."),
+                    as_json: bool = typer.Option(False, "--json", help="Print the accuracy report as one JSON object.")):
+    """Train the world judge on freshly rendered world images and report held-out accuracy per label."""
+    from .judge import JudgeConfig, train_judge
+
+    _, report = train_judge(JudgeConfig(seed=seed), out=out)
+    _emit(report, as_json)
+
+
 @app.command("generate")
 def generate_cmd(prompt: str = typer.Argument(..., help="Text prompt."),
                  model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
@@ -150,7 +163,8 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
         asked, read = result["_asked"], result["_read"]
         cells = [("ok" if all(a[k] == r[k] for k in ("object", "color", "character", "memorized", "composition"))
                   and (a["kind"] != "styled" or a["style"] == r["style"]) else "bad") for a, r in zip(asked, read)]
-        labels = [a["text"] for a in asked]
+        from .judge import describe
+        labels = [f"{a['text']} → {describe(r)}" for a, r in zip(asked, read)]
         write_report(report, "datarights eval-model", [{"title": "Accuracies", "metrics": public(result)},
                      {"title": "Generations (green: the judge agrees with the prompt)",
                       "grids": [grid(f"{len(labels)} prompts", result["_images"], labels, cells)]}],
@@ -214,6 +228,100 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
         from .report import write_report
         write_report(report, "datarights audit", audit_sections(result), public(result), subtitle=f"edited: {model}; base: {base}")
     _emit(public(result), as_json)
+
+
+def _training_data(data: Optional[Path], model) -> Path:
+    """--data, or for a world model trained on the default world, that world (made once in the cache)."""
+    if data is not None:
+        return data
+    from .attribute.cache import cache_root
+    from .world import make_world_folder
+
+    if model.kind != "world" or not model.meta.get("training"):
+        raise DatarightsError("pass --data: the training imagefolder of this model")
+    folder = cache_root() / "world-default"
+    if not folder.exists():
+        typer.echo(f"making the default world in {folder} (once)", err=True)
+        make_world_folder(folder)
+    return folder
+
+
+@app.command("attribute")
+def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) to attribute."),
+                  prompt: str = typer.Option(..., "--prompt", help="The prompt that generated it."),
+                  method: str = typer.Option("abu", help="abu | trak | dtrak | feature | pixel."),
+                  model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
+                  data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder; default: the default world (for the shipped model)."),
+                  top: int = typer.Option(10, "--top", help="How many training images to list."),
+                  cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache folder (default ~/.cache/datarights)."),
+                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+                  report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder.")):
+    """Rank the training images (and their owners) by influence on a generated image."""
+    from .attribute import METHODS, Query, attribute, load_query, load_training_set, make_config
+    from .models import load_model
+
+    if not prompt.strip():
+        raise DatarightsError("prompt is empty")
+    if method not in METHODS:
+        raise DatarightsError(f"unknown attribution method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    _check_n(top, "--top")
+    m = load_model(model)
+    query = Query(load_query(image, m.resolution), prompt)
+    train = load_training_set(m, _training_data(data, m))
+    trained_on = m.meta.get("training", {}).get("data_hash")
+    if trained_on and trained_on != train.hash:
+        typer.echo("warning: this dataset is not the one the model was trained on (content hash differs)", err=True)
+    if top > len(train):
+        raise DatarightsError(f"--top {top} is larger than the training set ({len(train)} images)")
+    result = attribute(m, train, query, method, make_config(method), cache=cache)
+    out = result.to_json(top)
+    if report is not None:
+        from .report import grid, write_report
+        items = result.top(top)
+        imgs = train.images[[it["index"] for it in items]]
+        write_report(report, f"datarights attribute ({method})", [
+            {"title": "Query", "text": prompt, "grids": [grid("generated image", query.image[None], [prompt])]},
+            {"title": f"Top {top} training images", "grids": [grid("most influential first", imgs,
+                [f"{it['owner']} ({it['score']:.3g})" for it in items])]},
+            {"title": "Owner shares", "bars": [{"label": o["owner"], "value": o["share"]} for o in out["owners"][:15]]},
+        ], out)
+    _emit(out, as_json, text="\n".join(f"{o['share']:.3f}  {o['owner']}" for o in out["owners"][:10]))
+
+
+@eval_app.command("counterfactual")
+def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,feature,pixel", help="Comma-separated methods."),
+                            k: list[int] = typer.Option([50], "--k", help="Top-K to remove (repeat for several)."),
+                            queries: int = typer.Option(4, help="Generated queries."),
+                            world_images: int = typer.Option(1000, "--world-images", help="Size of the smaller world."),
+                            train_steps: int = typer.Option(1500, "--train-steps", help="Steps of every (re)training."),
+                            run: Path = typer.Option(Path("runs/counterfactual"), "--run", help="Run folder (resumable)."),
+                            seed: int = typer.Option(0, help="Seed."),
+                            as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Leave-K-out: remove each method's top-K, retrain, regenerate, measure the change (vs random-K)."""
+    from .evaluate import CounterfactualConfig, counterfactual
+
+    cfg = CounterfactualConfig(methods=[m for m in methods.split(",") if m], k=list(k), queries=queries,
+                               world_images=world_images, train_steps=train_steps, seed=seed)
+    res = counterfactual(cfg, run)
+    _emit({"summary": res["summary"], "run": str(run)}, as_json)
+
+
+@eval_app.command("custom")
+def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtrak,trak,abu", help="Comma-separated methods."),
+                    data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder (default: the default world)."),
+                    model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
+                    concepts: int = typer.Option(4, help="Held-out customizations."),
+                    pool: int = typer.Option(500, help="Training images in the ranked pool."),
+                    out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json."),
+                    seed: int = typer.Option(0, help="Seed."),
+                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Customized-model ground truth: rank a new owner's exemplars (Recall@1/10, mAP)."""
+    from .evaluate import CustomConfig, custom_eval
+    from .models import load_model
+
+    cfg = CustomConfig(methods=[m for m in methods.split(",") if m], concepts=concepts, pool=pool, seed=seed)
+    res = custom_eval(cfg, _training_data(data, load_model(model)), model, out)
+    _emit(res, as_json)
 
 
 @app.command("demo")

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .judge import load_judge
+from .judge import describe, load_judge
 from .models import load_model
 from .quality import judge_accuracy
 from .report import grid, write_report
@@ -35,13 +35,18 @@ def _asked(p: dict) -> dict:
 
 
 def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0, steps: int = 25,
-             per_prompt: int = 2, log=lambda s: print(s, file=sys.stderr)) -> dict:
-    """Generate from the shipped model, score with the judge, write <out>/index.html and results.json."""
+             per_prompt: int = 2, erase_target: str = "grumpy face", erase_anchor: str = "face",
+             log=lambda s: print(s, file=sys.stderr)) -> dict:
+    """The workflow on the embedded world, written to <out>/index.html and results.json.
+
+    1. Generate from the model and let the judge read every image.
+    2. Opt-out: erase one concept with Concept Ablation, save the edited model, audit it.
+    """
     t0 = time.time()
     model = load_model(model_path)
     judge = load_judge()
     prompts = [p for p in DEMO_PROMPTS for _ in range(per_prompt)]
-    log(f"[1/2] generating {len(prompts)} images from {model.source}")
+    log(f"[1/3] generating {len(prompts)} images from {model.source}")
     images = model.sample([p["text"] for p in prompts], seed=seed, steps=steps)
     read = judge.read(images)
     asked = [_asked(p) for p in prompts]
@@ -49,17 +54,34 @@ def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0
     keys = ("object", "color", "character", "memorized", "composition")
     ok = ["ok" if all(a[k] == r[k] for k in keys) and (a["kind"] != "styled" or a["style"] == r["style"]) else "bad"
           for a, r in zip(asked, read)]
-    labels = [f"{p['text']} → {r['object'] if r['object'] != 'none' else (r['character'] if r['character'] != 'none' else (r['memorized'] if r['memorized'] != 'none' else r['composition']))}"
-              + (f" / {r['style']}" if r['style'] != 'plain' else "") for p, r in zip(prompts, read)]
-    results = {"model": model.source, "seed": seed, "steps": steps, "generation": acc,
-               "seconds": round(time.time() - t0, 1)}
+    labels = [f"{p['text']} → {describe(r)}" for p, r in zip(prompts, read)]
+    results = {"model": model.source, "seed": seed, "steps": steps, "generation": acc}
     sections = [
         {"title": "1. Generate: the world model and what the judge reads",
          "text": "Each image is generated from the prompt on its left; the text after the arrow is the judge's "
                  "reading (green: it matches the prompt).", "metrics": acc,
          "grids": [grid("generated images", images, labels, ok)]},
     ]
-    log("[2/2] writing report")
+    log(f"[2/3] erasing {erase_target!r} -> {erase_anchor!r} with Concept Ablation, then auditing it")
+    from .audit import AuditConfig, audit, audit_sections
+    from .erase import erase
+    from .quality import public
+
+    edit = erase(model, [erase_target], [erase_anchor], "ca", seed=seed)
+    edit.save(Path(out) / "erased-model")
+    edited = edit.apply(model)
+    audited = audit(edited, model, erase_target, erase_anchor, AuditConfig(seed=seed + 1), judge=judge, log=log)
+    results["erase"] = {"target": erase_target, "anchor": erase_anchor, "method": "ca",
+                        "model": str(Path(out) / "erased-model"), "audit": public(audited)}
+    erase_secs = audit_sections(audited)
+    erase_secs[0]["title"] = f"2. Erase (opt-out): '{erase_target}' -> '{erase_anchor}' with Concept Ablation"
+    erase_secs[0]["text"] = ("target_erased: share of images from target prompts in which the judge no longer sees the "
+                             "target; anchor_fidelity: share that show the anchor instead; nearby/others_preserved: "
+                             "judge accuracy on nearby and other prompts, edited / base; kid: distance of edited to "
+                             "base images on other prompts, in judge features.")
+    sections += erase_secs
+    results["seconds"] = round(time.time() - t0, 1)
+    log("[3/3] writing report")
     html = write_report(out, "datarights demo", sections, results,
                         subtitle="The end-to-end workflow on the embedded world: generate, erase, attribute, verify.")
     results["report"] = str(html)

@@ -80,6 +80,14 @@ class Judge(nn.Module):
         return out
 
 
+def describe(row: dict) -> str:
+    """A short human reading of one judged image, e.g. 'grumpy face / Ada Vell'."""
+    parts = [row[k] for k in ("object", "character", "memorized", "composition") if row[k] != "none"]
+    if row["style"] != "plain":
+        parts.append(row["style"])
+    return " / ".join(parts) or "?"
+
+
 @dataclass
 class JudgeConfig:
     """How the judge is trained."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from diffusers.utils import logging as _diffusers_logging
+
 from ..errors import DatarightsError
 from .t2i import PARAM_GROUPS, T2IModel
 from .world import WORLD_CLASS, build_world_model, load_text_encoder, save_world_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = ASSETS / "world-model"
+_diffusers_logging.set_verbosity_error()  # no advice about optional packages on every load
 
 
 def load_model(path: str | Path | None = None) -> T2IModel:

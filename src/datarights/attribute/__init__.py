@@ -1,0 +1,91 @@
+"""Attribute (compensation): which training images, and so which owners, made a generated image.
+
+One module per method, each a config dataclass plus a `prepare` (per-training-set work, cached on
+disk by a content hash of model, data and config) and a `score` (per query): `abu`, `trak`,
+`dtrak`, `feature`, `pixel`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from ..errors import DatarightsError
+from ..models import T2IModel
+from . import abu, feature, pixel, trak  # noqa: F401  (registers the methods)
+from .base import METHODS, Attribution, Query, TrainingSet, load_training_set, owner_shares
+from .cache import artifact_key, cache_root, load_artifact, save_artifact
+
+
+def make_config(method: str, **options):
+    if method not in METHODS:
+        raise DatarightsError(f"unknown attribution method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    cls = METHODS[method].config_cls
+    names = {f.name for f in fields(cls)}
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = set(given) - names
+    if unknown:
+        raise DatarightsError(f"method {method} has no option {', '.join(sorted(unknown))}")
+    return cls(**given)
+
+
+def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | Path | None = None,
+            progress: bool = True) -> tuple[dict, float, bool]:
+    """The method's per-training-set state: loaded from the cache if its key matches, else built and saved.
+
+    Returns (state, seconds spent building it (0 when cached), whether it came from the cache).
+    """
+    from ..erase.base import model_hash
+
+    key = artifact_key(method=method, model=model_hash(model), data=train.hash, config=asdict(cfg))
+    root = cache_root(cache)
+    state = load_artifact(root, method, key)
+    if state is not None:
+        return state, 0.0, True
+    t0 = time.time()
+    state = METHODS[method].prepare(model, train, cfg, progress=progress)
+    seconds = time.time() - t0
+    save_artifact(root, method, key, state, {"method": method, "model": model.source, "data": str(train.folder.root),
+                                             "data_hash": train.hash, "config": asdict(cfg), "seconds": seconds})
+    return state, seconds, False
+
+
+def attribute(model: T2IModel, train: TrainingSet, query: Query, method: str = "abu", cfg=None,
+              cache: str | Path | None = None, progress: bool = True, temperature: float = 0.25) -> Attribution:
+    """Score every training image's influence on the query; higher = more influential."""
+    cfg = cfg if cfg is not None else make_config(method)
+    state, prep_s, _ = prepare(model, train, method, cfg, cache, progress)
+    t0 = time.time()
+    scores = METHODS[method].score(model, train, state, query, cfg)
+    return Attribution(method, scores.detach().float(), train.files, train.owners, time.time() - t0, prep_s, temperature)
+
+
+def load_query(path: str | Path, resolution: int) -> torch.Tensor:
+    """Read a query image; RGBA/greyscale are converted to RGB and other sizes resized (with a warning)."""
+    import sys
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DatarightsError(f"query image {p} does not exist")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            if im.mode != "RGB":
+                print(f"warning: {p} is {im.mode}; converting to RGB", file=sys.stderr)
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise DatarightsError(f"{p} is not a readable image ({type(e).__name__})") from None
+    if rgb.size != (resolution, resolution):
+        print(f"warning: {p} is {rgb.size[0]}x{rgb.size[1]}; resizing to the model's {resolution}x{resolution}", file=sys.stderr)
+        rgb = rgb.resize((resolution, resolution), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+__all__ = ["METHODS", "Attribution", "Query", "TrainingSet", "attribute", "load_query", "load_training_set",
+           "make_config", "owner_shares", "prepare"]

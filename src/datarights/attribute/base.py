@@ -1,0 +1,145 @@
+"""What every attribution method shares: the training set view, the registry, and owner shares."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import DatarightsError
+from ..models import T2IModel
+from ..world import ImageFolder, read_imagefolder
+
+
+@dataclass
+class TrainingSet:
+    """The training images as a method sees them: pixels, model-space x_0, captions' text states, owners."""
+
+    folder: ImageFolder
+    x0: torch.Tensor
+    """[N, C, H, W] in model space."""
+    states: torch.Tensor
+    """[U, L, D] text states of the distinct captions."""
+    caption: torch.Tensor
+    """[N] index into states."""
+    hash: str
+
+    @property
+    def images(self) -> torch.Tensor:
+        return torch.from_numpy(self.folder.images)
+
+    @property
+    def owners(self) -> list[str]:
+        return [m.get("owner", "unknown") for m in self.folder.metas]
+
+    @property
+    def files(self) -> list[str]:
+        return [m["file_name"] for m in self.folder.metas]
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def cond(self, idx) -> torch.Tensor:
+        return self.states[self.caption[idx]]
+
+
+def load_training_set(model: T2IModel, data: str | Path | ImageFolder) -> TrainingSet:
+    from ..train import data_hash, precompute_text_states
+
+    folder = data if isinstance(data, ImageFolder) else read_imagefolder(data, resolution=model.resolution)
+    if folder.images.shape[-1] != model.resolution:
+        folder = read_imagefolder(folder.root, resolution=model.resolution)
+    with torch.no_grad():
+        x0 = torch.cat([model.to_model_space(torch.from_numpy(folder.images[i:i + 256]))
+                        for i in range(0, len(folder), 256)])
+    states, idx = precompute_text_states(model, folder.texts)
+    return TrainingSet(folder, x0, states[:-1], idx, data_hash(folder))
+
+
+@dataclass
+class Query:
+    """A generated image to attribute: pixels [3, H, W] in [0, 1] and its prompt."""
+
+    image: torch.Tensor
+    prompt: str
+
+    def __post_init__(self):
+        if not self.prompt or not self.prompt.strip():
+            raise DatarightsError("a prompt is required: attribution scores the image under the prompt that made it")
+
+
+@dataclass
+class Method:
+    name: str
+    config_cls: type
+    prepare: Callable  # (model, train, cfg, cache_root, progress) -> state (per-training-set, cached)
+    score: Callable    # (model, train, state, query, cfg) -> scores [N] (higher = more influential)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, config_cls: type, prepare: Callable, score: Callable) -> None:
+    """Register an attribution method by name; a duplicate name is a programming error."""
+    if name in METHODS:
+        raise ValueError(f"attribution method {name!r} is registered twice")
+    METHODS[name] = Method(name, config_cls, prepare, score)
+
+
+@dataclass
+class ShareConfig:
+    """Calibration of the soft attribution: p_i = softmax(z_i / temperature) over the training set,
+    z the scores standardised to zero mean and unit variance, owner share = sum of its images' p_i."""
+
+    temperature: float = 0.25
+    """Softmax temperature on standardised scores (lower: sharper)."""
+
+
+def owner_shares(scores: torch.Tensor, owners: list[str], temperature: float = 0.25) -> list[dict]:
+    """Owner shares that sum to 1: softmax over standardised scores, summed per owner, largest first."""
+    s = scores.double()
+    z = (s - s.mean()) / (s.std() + 1e-12)
+    p = torch.softmax(z / temperature, 0).numpy()
+    acc: dict[str, float] = {}
+    for o, v in zip(owners, p):
+        acc[o] = acc.get(o, 0.0) + float(v)
+    total = math.fsum(acc.values())
+    return [{"owner": o, "share": v / total} for o, v in sorted(acc.items(), key=lambda kv: -kv[1])]
+
+
+@dataclass
+class Attribution:
+    """Scores over the training set for one query, with the top-K and owner shares."""
+
+    method: str
+    scores: torch.Tensor
+    files: list[str]
+    owners: list[str]
+    seconds: float
+    prepare_seconds: float = 0.0
+    temperature: float = 0.25
+    extra: dict = field(default_factory=dict)
+
+    def top(self, k: int = 10) -> list[dict]:
+        order = torch.argsort(self.scores, descending=True)[:k]
+        return [{"file": self.files[i], "owner": self.owners[i], "score": float(self.scores[i]), "index": int(i)}
+                for i in order.tolist()]
+
+    def owner_shares(self) -> list[dict]:
+        return owner_shares(self.scores, self.owners, self.temperature)
+
+    def to_json(self, k: int = 10) -> dict:
+        return {"top": self.top(k), "owners": self.owner_shares(), "method": self.method,
+                "seconds": round(self.seconds, 3), "prepare_seconds": round(self.prepare_seconds, 2), **self.extra}
+
+
+def rank_of(scores: torch.Tensor, positives: np.ndarray) -> np.ndarray:
+    """1-based ranks of the positive indices under descending scores."""
+    order = torch.argsort(scores, descending=True).numpy()
+    rank = np.empty_like(order)
+    rank[order] = np.arange(1, len(order) + 1)
+    return rank[positives]

@@ -1,0 +1,31 @@
+"""Pixel-space similarity: Pearson correlation between the query's pixels and each training image's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import register
+
+
+@dataclass
+class PixelConfig:
+    """No options: centred, normalised pixel vectors compared by cosine."""
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    x = x.flatten(1).double()
+    x = x - x.mean(1, keepdim=True)
+    return x / (x.norm(dim=1, keepdim=True) + 1e-12)
+
+
+def prepare(model, train, cfg, progress=True) -> dict:
+    return {"vectors": _unit(train.images).float()}
+
+
+def score(model, train, state, query, cfg) -> torch.Tensor:
+    return state["vectors"] @ _unit(query.image[None]).float()[0]
+
+
+register("pixel", PixelConfig, prepare, score)

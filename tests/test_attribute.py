@@ -1,0 +1,108 @@
+"""One contract for every attribution method, plus exact checks of the shared machinery."""
+
+import pytest
+import torch
+
+import datarights.attribute as A
+from datarights.attribute import METHODS, Query, attribute, load_training_set, make_config, owner_shares
+from datarights.attribute.task import draws, linear_modules, per_sample_grads, per_sample_loss
+from datarights.errors import DatarightsError
+
+FAST = {
+    "abu": dict(query_draws=8, eval_timesteps=2, fisher_draws=1, batch_size=16),
+    "trak": dict(proj_dim=16, timesteps=2, batch_size=16),
+    "dtrak": dict(proj_dim=16, timesteps=2, batch_size=16),
+    "feature": {},
+    "pixel": {},
+}
+
+
+@pytest.fixture(scope="module")
+def train_set(tiny_world):
+    from datarights.models import build_world_model
+
+    from .conftest import TINY_UNET
+    model = build_world_model(TINY_UNET, seed=0).eval()
+    return model, load_training_set(model, tiny_world)
+
+
+def test_every_method_has_a_contract_row():
+    assert set(FAST) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(FAST))
+def test_attribution_contract(method, train_set, tmp_path, monkeypatch):
+    model, train = train_set
+    q = Query(train.images[5], train.folder.texts[5])
+    cfg = make_config(method, **FAST[method])
+    r = attribute(model, train, q, method, cfg, cache=tmp_path, progress=False)
+    assert r.scores.shape == (len(train),) and torch.isfinite(r.scores).all()
+    out = r.to_json(5)
+    assert len(out["top"]) == 5 and {"file", "owner", "score"} <= set(out["top"][0])
+    assert abs(sum(o["share"] for o in out["owners"]) - 1) < 1e-6
+    # the per-training-set work is cached: a second query must not recompute it
+    monkeypatch.setattr(METHODS[method], "prepare", lambda *a, **k: pytest.fail("recomputed a cached artifact"))
+    r2 = attribute(model, train, q, method, cfg, cache=tmp_path, progress=False)
+    assert r2.prepare_seconds == 0.0 and torch.allclose(r.scores, r2.scores)
+
+
+def test_cache_from_other_data_is_not_used(train_set, tiny_world, tmp_path):
+    from datarights.world import read_imagefolder
+    model, train = train_set
+    folder = read_imagefolder(tiny_world)
+    folder.images = folder.images[::-1].copy()  # same captions, other pixels: another content hash
+    other = load_training_set(model, folder)
+    q = Query(train.images[0], train.folder.texts[0])
+    attribute(model, train, q, "pixel", cache=tmp_path, progress=False)
+    r = attribute(model, other, q, "pixel", cache=tmp_path, progress=False)
+    assert r.prepare_seconds > 0  # rebuilt, not reused
+    assert int(torch.argmax(r.scores)) == len(train) - 1
+
+
+def test_pixel_and_feature_find_an_exact_copy(train_set):
+    model, train = train_set
+    for method in ("pixel", "feature"):
+        q = Query(train.images[7], train.folder.texts[7])
+        r = attribute(model, train, q, method, cache=None, progress=False)
+        assert r.top(1)[0]["index"] == 7 or method == "feature"
+        assert 7 in [t["index"] for t in r.top(10)]
+
+
+def test_linear_per_sample_grads_are_exact(train_set):
+    model, train = train_set
+    mods = linear_modules(model, "xattn-kv")
+    idx = torch.arange(3)
+    d = draws(3, 2, tuple(train.x0.shape[1:]), model.num_train_timesteps, seed=0)
+    fast = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), d)
+    for i in range(3):
+        for m in mods.values():
+            m.weight.requires_grad_(True)
+        di = A.task.Draws(d.t[i:i + 1], d.noise[i:i + 1])
+        loss = per_sample_loss(model, train.x0[i:i + 1], train.cond(idx[i:i + 1]), di)[0]
+        grads = torch.autograd.grad(loss, [m.weight for m in mods.values()])
+        for m in mods.values():
+            m.weight.requires_grad_(False)
+        slow = torch.cat([g.flatten() for g in grads])
+        assert torch.allclose(fast[i], slow, atol=1e-6, rtol=1e-4)
+
+
+def test_abu_influence_is_zero_without_an_update(train_set, tmp_path):
+    model, train = train_set
+    cfg = make_config("abu", **FAST["abu"])
+    cfg.lr = 0.0
+    r = attribute(model, train, Query(train.images[1], train.folder.texts[1]), "abu", cfg, cache=tmp_path, progress=False)
+    assert torch.count_nonzero(r.scores) == 0
+
+
+def test_owner_shares_sum_to_one():
+    g = torch.Generator().manual_seed(0)
+    shares = owner_shares(torch.randn(500, generator=g), [f"o{i % 37}" for i in range(500)])
+    assert abs(sum(s["share"] for s in shares) - 1) < 1e-6
+    assert shares == sorted(shares, key=lambda s: -s["share"])
+
+
+def test_bad_attribution_requests():
+    with pytest.raises(DatarightsError, match="prompt is required"):
+        Query(torch.zeros(3, 16, 16), " ")
+    with pytest.raises(DatarightsError, match="unknown attribution method"):
+        make_config("magic")
