@@ -1,0 +1,122 @@
+"""What every attack shares: images of the target, soft prompts, judging attempts, the registry."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import DatarightsError
+from ..models import T2IModel
+from ..world import vocab as V
+
+
+@dataclass
+class AttackResult:
+    """Attack success rate over attempts, the prompts tried and the images they gave."""
+
+    method: str
+    target: str
+    asr: float
+    attempts: int
+    seconds: float
+    prompts: list = field(default_factory=list)
+    images: torch.Tensor | None = None
+    success: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"asr": round(self.asr, 4), "attempts": self.attempts, "method": self.method, "target": self.target,
+                "seconds": round(self.seconds, 2), "prompts": sorted(set(self.prompts))[:20]}
+
+
+@dataclass
+class Method:
+    name: str
+    config_cls: type
+    fn: Callable
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, config_cls: type):
+    def deco(fn):
+        if name in METHODS:
+            raise ValueError(f"attack {name!r} is registered twice")
+        METHODS[name] = Method(name, config_cls, fn)
+        return fn
+    return deco
+
+
+def target_images(model: T2IModel, target: str, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Ground-truth images of a world concept, rendered by the world generator (not by any model)."""
+    from ..erase.base import prompts_showing
+    from ..world.generate import sample_item
+
+    found = V.find_concept(target)
+    if found is None:
+        raise DatarightsError(f"{target!r} is not in the world's vocabulary; attacks need images of it")
+    kind, entry = found
+    rng = np.random.default_rng(seed)
+    imgs, texts = [], []
+    key = {"objects": "object", "categories": "object", "styles": "style", "characters": "character",
+           "memorized": "memorized", "compositions": "composition"}[kind]
+    item_kind = {"objects": ("object", "styled"), "categories": ("object", "styled"), "styles": ("styled",),
+                 "characters": ("character",), "memorized": ("memorized",), "compositions": ("composition",)}[kind]
+    tries = 0
+    while len(imgs) < n and tries < 200 * n:
+        tries += 1
+        img, meta = sample_item(item_kind[rng.integers(len(item_kind))], rng)
+        if meta[key] == entry["name"]:
+            imgs.append(img)
+            texts.append(meta["text"])
+    if not imgs:
+        raise DatarightsError(f"could not render images of {target!r}")
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    return x, texts or prompts_showing(target, n, seed)
+
+
+def judge_attempts(images: torch.Tensor, target: str, judge=None) -> list[bool]:
+    from ..audit import shows
+    from ..judge import load_judge
+    judge = judge or load_judge()
+    return shows(judge.read(images), target).tolist()
+
+
+def embed_prompt(model: T2IModel, prompt: str) -> torch.Tensor:
+    """Token embeddings [L, D] of a prompt (input layer of the text encoder)."""
+    ids = model.tokenize([prompt])
+    return model.token_embedding()(ids)[0].detach()
+
+
+def states_with_soft_tokens(model: T2IModel, prompt: str, soft: torch.Tensor, position: str = "prepend") -> torch.Tensor:
+    """Text states of `prompt` with soft token embeddings [n, D] inserted after the start token (or before the end)."""
+    ids = model.tokenize([prompt])[0]
+    emb = model.token_embedding()(ids)                                                # [L, D]
+    n_real = int((ids != model.tokenizer.pad_token_id).sum()) if model.tokenizer.pad_token_id is not None else len(ids)
+    at = 1 if position == "prepend" else n_real - 1
+    full = torch.cat([emb[:at], soft, emb[at:]])[: len(ids)]                        # keep max_length
+    return model.encode_ids(None, inputs_embeds=full[None])[0]
+
+
+def nearest_tokens(model: T2IModel, soft: torch.Tensor) -> list[int]:
+    """Project soft embeddings to the nearest real tokens (cosine), skipping special tokens."""
+    table = model.token_embedding().weight.detach()
+    sims = torch.nn.functional.normalize(soft.detach(), dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+    vocab = model.tokenizer.convert_ids_to_tokens(list(range(table.shape[0])))
+    bad = [i for i, w in enumerate(vocab) if w.startswith("##") or w.startswith("[") or w.startswith("<|")
+           or not w.replace("</w>", "").isalpha()]
+    sims[:, bad] = -2  # project to whole words only: the result must read as a prompt
+    return sims.argmax(-1).tolist()
+
+
+def timed(fn):
+    def wrapper(*a, **k):
+        t0 = time.time()
+        res = fn(*a, **k)
+        res.seconds = time.time() - t0
+        return res
+    return wrapper
