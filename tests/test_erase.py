@@ -135,3 +135,11 @@ def test_edit_with_missing_base_is_refused(trained_tiny, tmp_path):
     shutil.rmtree(base_copy)
     with pytest.raises(DatarightsError, match="base model .* is missing"):
         load_model(tmp_path / "e")
+
+
+@pytest.mark.parametrize("method", ["ca", "esd"])
+def test_robust_variants_run(method, tiny_model):
+    opts = dict(FAST[method], robust=True, robust_every=1, robust_attack_steps=1)
+    edit = erase(tiny_model, ["grumpy face"], ["face"], method, progress=False, **opts)
+    plain = erase(tiny_model, ["grumpy face"], ["face"], method, progress=False, **FAST[method])
+    assert edit.config["robust"] and any(not torch.equal(edit.tensors[n], plain.tensors[n]) for n in edit.tensors)

@@ -184,6 +184,7 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
               loss: Optional[str] = typer.Option(None, help="ca only: 'model' (default) or 'noise'."),
               data: Optional[str] = typer.Option(None, "--data", help="Training imagefolder (retrain; optional for ga)."),
               seed: Optional[int] = typer.Option(None, help="Seed."),
+              robust: bool = typer.Option(False, "--robust", help="ca/esd: AdvUnlearn-style min-max against soft-prompt attacks."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     """Erase concepts from a model and write an edited model folder."""
     from .erase import check_targets, erase, make_config
@@ -191,7 +192,10 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
     from .world import vocab as V
 
     target, anchor = check_targets(target, anchor)
-    cfg = make_config(method, params=params, steps=steps, lr=lr, loss=loss, data=data, seed=seed)
+    if robust and method not in ("ca", "esd"):
+        raise DatarightsError("--robust is available for ca and esd")
+    cfg = make_config(method, params=params, steps=steps, lr=lr, loss=loss, data=data, seed=seed,
+                      robust=robust or None)
     m = load_model(model)
     if m.kind == "world":
         for t in target:
@@ -200,6 +204,23 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
     edit = erase(m, target, anchor, method, config=cfg)
     edit.save(out)
     _emit({**edit.summary(), "out": str(out)}, as_json, text=f"wrote {out} ({edit.changed_params} changed parameters, {edit.seconds:.1f} s)")
+
+
+@app.command("attack")
+def attack_cmd(model: Path = typer.Option(..., "--model", help="(Edited) model folder to attack."),
+               target: str = typer.Option(..., "--target", help="The erased concept to bring back."),
+               method: str = typer.Option("udatk", help="udatk | ti | paraphrase."),
+               budget: int = typer.Option(16, help="Generated images (attempts)."),
+               seed: int = typer.Option(0, help="Seed."),
+               as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Try to bring an erased concept back; the attack success rate is judged by the world judge."""
+    from .attack import attack, make_config
+    from .models import load_model
+
+    _check_n(budget, "--budget")
+    cfg = make_config(method, budget=budget, seed=seed)
+    result = attack(load_model(model), target, method, cfg)
+    _emit(result.to_json(), as_json)
 
 
 @app.command("audit")

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
+from .robust import Adversary
 from .base import (Edit, PromptSet, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached,
                    generate_model_space, model_hash, optimise, register, trainable_copy)
 
@@ -51,8 +52,18 @@ class CAConfig:
     """DDIM steps used to generate the anchor images."""
     seed: int = 0
     """Seed of anchor images, timesteps and noise."""
+    robust: bool = False
+    """AdvUnlearn-style min-max: also erase under soft prompts found by attacking the model being edited."""
+    robust_every: int = 25
+    """Steps between two inner attacks (robust only)."""
+    robust_attack_steps: int = 15
+    """Steps of each inner attack (robust only)."""
+    retain: float = 1.0
+    """Weight of keeping other prompts' predictions equal to the base's (robust only)."""
 
     def __post_init__(self):
+        if self.robust and (self.robust_every < 1 or self.robust_attack_steps < 1):
+            raise DatarightsError("robust_every and robust_attack_steps must be at least 1")
         if self.loss not in ("model", "noise"):
             raise DatarightsError(f"--loss must be 'model' or 'noise', got {self.loss!r}")
         if self.params not in ("xattn-kv", "xattn", "embedding", "full", "attn"):
@@ -77,6 +88,7 @@ def concept_ablation(model: T2IModel, targets: list[str], anchors: list[str], cf
     work, params = trainable_copy(model, cfg.params)
     with_grad = cfg.params == "embedding"
     enc_t, enc_a = encode_cached(work, tgt, with_grad), encode_cached(work, anc, with_grad)
+    adversary = Adversary(model, targets, cfg.robust_every, cfg.robust_attack_steps, cfg.seed) if cfg.robust else None
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
         b = torch.randint(0, len(x0), (cfg.batch_size,), generator=g)
@@ -92,6 +104,11 @@ def concept_ablation(model: T2IModel, targets: list[str], anchors: list[str], cf
         loss = torch.nn.functional.mse_loss(eps_t, goal)
         if cfg.prior > 0:
             loss = loss + cfg.prior * torch.nn.functional.mse_loss(eps_a, noise)
+        if adversary is not None:
+            adv = adversary.states(work, step)
+            c_adv = adv[torch.randint(0, len(adv), (cfg.batch_size,), generator=g)]
+            loss = loss + torch.nn.functional.mse_loss(work.predict_noise(x_t, t, c_adv), goal)
+            loss = loss + cfg.retain * adversary.retain_loss(work, model, x_t, t, g)
         return loss
 
     optimise(params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[ca]", progress)

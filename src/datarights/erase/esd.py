@@ -18,6 +18,7 @@ import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
+from .robust import Adversary
 from .base import (Edit, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached, model_hash,
                    optimise, register, trainable_copy)
 
@@ -44,6 +45,14 @@ class ESDConfig:
     """Target prompts built from templates."""
     seed: int = 0
     """Seed of rollouts and noise."""
+    robust: bool = False
+    """AdvUnlearn-style min-max: also erase under soft prompts found by attacking the model being edited."""
+    robust_every: int = 25
+    """Steps between two inner attacks (robust only)."""
+    robust_attack_steps: int = 15
+    """Steps of each inner attack (robust only)."""
+    retain: float = 1.0
+    """Weight of keeping other prompts' predictions equal to the base's (robust only)."""
 
     def __post_init__(self):
         if self.params not in ("xattn", "xattn-kv", "unet-noxattn", "full"):
@@ -59,6 +68,7 @@ def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig,
     work, params = trainable_copy(model, cfg.params)
     enc = encode_cached(model, prompts, False)
     empty = encode_cached(model, [""], False)([0])
+    adversary = Adversary(model, targets, cfg.robust_every, cfg.robust_attack_steps, cfg.seed) if cfg.robust else None
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
         idx = torch.randint(0, len(prompts), (cfg.batch_size,), generator=g)
@@ -76,7 +86,13 @@ def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig,
             e = model.predict_noise(torch.cat([x, x]), t, torch.cat([unc, cond]))
             eu, ec = e.chunk(2)
             goal = eu - cfg.eta * (ec - eu)
-        return torch.nn.functional.mse_loss(work.predict_noise(x, t, cond), goal)
+        loss = torch.nn.functional.mse_loss(work.predict_noise(x, t, cond), goal)
+        if adversary is not None:  # the adversarial prompt must lead to the same negatively guided target
+            adv = adversary.states(work, step)
+            c_adv = adv[torch.randint(0, len(adv), (cfg.batch_size,), generator=g)]
+            loss = loss + torch.nn.functional.mse_loss(work.predict_noise(x, t, c_adv), goal)
+            loss = loss + cfg.retain * adversary.retain_loss(work, model, x, t.expand(len(x)), g)
+        return loss
 
     optimise(params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[esd]", progress)
     return Edit(changed_tensors(params), base_ref(model), model_hash(model), "esd", tuple(targets), tuple(anchors),

@@ -1,0 +1,52 @@
+"""Robust erasure, AdvUnlearn-style (Zhang et al., NeurIPS 2024): a min-max inside the erase loop.
+
+Every `every` steps the inner loop attacks the model being edited (a few steps of the udatk soft
+prompt against its own denoising loss on rendered images of the target); the outer loop then also
+erases under the adversarial prompt it found, and a retain term keeps the edited model's
+predictions on other world prompts equal to the base's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models import T2IModel
+from ..world import sample_eval_prompts
+
+
+class Adversary:
+    """Finds adversarial prompt states for the targets against the current model, and retain states."""
+
+    def __init__(self, base: T2IModel, targets: list[str], every: int, attack_steps: int, seed: int):
+        from ..attack.base import target_images
+
+        self.targets = targets
+        self.every, self.attack_steps, self.seed = every, attack_steps, seed
+        self.images = [target_images(base, t, 8, seed + i) for i, t in enumerate(targets)]
+        others = [o["text"] for o in sample_eval_prompts(64, seed + 5)
+                  if not any(t.lower() in o["text"].lower() for t in targets)]
+        with torch.no_grad():
+            self.retain_states = base.encode_prompt(others)
+        self.adv: torch.Tensor | None = None
+
+    def states(self, work: T2IModel, step: int) -> torch.Tensor:
+        """Adversarial text states [n_targets, L, D], refreshed every `every` steps."""
+        from ..attack.base import states_with_soft_tokens
+        from ..attack.udatk import UDAtkConfig, optimise_soft_prompt
+
+        if self.adv is None or step % self.every == 0:
+            cfg = UDAtkConfig(steps=self.attack_steps, seed=self.seed + step)
+            rows = []
+            for images, texts in self.images:
+                soft = optimise_soft_prompt(work, texts[0], images, cfg)
+                with torch.no_grad():
+                    rows.append(states_with_soft_tokens(work, texts[0], soft))
+            self.adv = torch.stack(rows)
+        return self.adv
+
+    def retain_loss(self, work: T2IModel, base: T2IModel, x_t: torch.Tensor, t: torch.Tensor,
+                    g: torch.Generator) -> torch.Tensor:
+        c = self.retain_states[torch.randint(0, len(self.retain_states), (len(x_t),), generator=g)]
+        with torch.no_grad():
+            goal = base.predict_noise(x_t, t, c)
+        return torch.nn.functional.mse_loss(work.predict_noise(x_t, t, c), goal)
