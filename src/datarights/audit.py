@@ -72,8 +72,8 @@ class AuditConfig:
     """Images from anchor prompts (for the report)."""
     steps: int = 25
     """DDIM steps."""
-    guidance: float = 3.0
-    """Classifier-free guidance scale."""
+    guidance: float | None = None
+    """Classifier-free guidance scale (None: the model's default)."""
     seed: int = 1
     """Seed of prompts and noise (the same for edited and base)."""
     nearby: list = field(default_factory=list)

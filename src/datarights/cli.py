@@ -114,7 +114,7 @@ def generate_cmd(prompt: str = typer.Argument(..., help="Text prompt."),
                  n: int = typer.Option(16, "--n", help="Number of images."),
                  seed: int = typer.Option(0, help="Seed of the initial noise: same seed, same pixels."),
                  steps: int = typer.Option(25, help="DDIM steps."),
-                 guidance: float = typer.Option(3.0, help="Classifier-free guidance scale."),
+                 guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's; 1.0 for the world model)."),
                  out: Path = typer.Option(Path("grid.png"), "--out", help="PNG grid to write."),
                  scale: int = typer.Option(4, help="Upscale factor of the saved grid (nearest neighbour).")):
     """Generate a grid of N images for one prompt."""
@@ -144,7 +144,7 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
                    n: int = typer.Option(200, "--n", help="Number of prompts sampled from the world grammar."),
                    seed: int = typer.Option(0, help="Seed of prompts and noise."),
                    steps: int = typer.Option(25, help="DDIM steps."),
-                   guidance: float = typer.Option(3.0, help="Classifier-free guidance scale."),
+                   guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's; 1.0 for the world model)."),
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder.")):
     """Generate from world-grammar prompts and let the judge score whether each image shows its prompt."""
@@ -231,6 +231,7 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
               nearby: list[str] = typer.Option([], "--nearby", help="Nearby concepts that must survive (default: from world info)."),
               n_target: int = typer.Option(48, "--n-target", help="Images from target prompts."),
               seed: int = typer.Option(1, help="Seed of prompts and noise."),
+              attacks: Optional[str] = typer.Option(None, "--attacks", help="Also attack the edited and base models: comma-separated udatk,ti,paraphrase."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
               report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder.")):
     """Measure whether a concept is gone from an edited model and what else changed."""
@@ -244,10 +245,30 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
         ref = edited.meta.get("edit", {}).get("base")
         base = DEFAULT_MODEL if ref in (None, "default") else Path(ref)
     b = load_model(base)
+    methods = [m for m in (attacks or "").split(",") if m]
+    if methods:
+        from .attack import METHODS as ATTACKS
+        bad = [m for m in methods if m not in ATTACKS]
+        if bad:
+            raise DatarightsError(f"unknown attack {bad[0]!r}; choose from {', '.join(sorted(ATTACKS))}")
     result = audit(edited, b, target, anchor, AuditConfig(n_target=n_target, seed=seed, nearby=list(nearby)))
+    sections = audit_sections(result)
+    if methods:
+        from .attack import attack
+        from .report import grid
+        result["attacks"] = {}
+        for t in target:
+            for m in methods:
+                on_edit, on_base = attack(edited, t, m, seed=seed), attack(b, t, m, seed=seed)
+                result["attacks"][f"{m}|{t}"] = {"asr": on_edit.asr, "asr_base": on_base.asr, "attempts": on_edit.attempts,
+                                                 "seconds": round(on_edit.seconds + on_base.seconds, 1)}
+                sections.append({"title": f"Attack {m} on '{t}': ASR {on_edit.asr:.2f} (base {on_base.asr:.2f})",
+                                 "grids": [grid("recovered images (edited model)", on_edit.images,
+                                                [f"{p[:40]} → {'back' if ok else 'gone'}" for p, ok in zip(on_edit.prompts, on_edit.success)],
+                                                ["bad" if ok else "ok" for ok in on_edit.success])]})
     if report is not None:
         from .report import write_report
-        write_report(report, "datarights audit", audit_sections(result), public(result), subtitle=f"edited: {model}; base: {base}")
+        write_report(report, "datarights audit", sections, public(result), subtitle=f"edited: {model}; base: {base}")
     _emit(public(result), as_json)
 
 

@@ -38,7 +38,7 @@ def judge_accuracy(asked: list[dict], read: list[dict]) -> dict:
 
 
 def eval_model(model: T2IModel | None = None, judge: Judge | None = None, n: int = 200, seed: int = 0,
-               steps: int = 25, guidance: float = 3.0, batch_size: int = 100, progress=None) -> dict:
+               steps: int = 25, guidance: float | None = None, batch_size: int = 100, progress=None) -> dict:
     """Sample n prompts from the world grammar, generate one image each, and let the judge score them.
 
     Returns the accuracies (object, color, style, character, memorized, composition), `n` and
@@ -52,7 +52,7 @@ def eval_model(model: T2IModel | None = None, judge: Judge | None = None, n: int
                           batch_size=batch_size, callback=progress)
     read = judge.read(images)
     result = judge_accuracy(asked, read)
-    result.update(n=n, seed=seed, steps=steps, guidance=guidance, seconds=round(time.time() - t0, 2))
+    result.update(n=n, seed=seed, steps=steps, guidance=model.default_guidance if guidance is None else guidance, seconds=round(time.time() - t0, 2))
     result["_asked"], result["_read"], result["_images"] = asked, read, images
     return result
 

@@ -70,8 +70,9 @@ def textual_inversion(model: T2IModel, target: str, cfg: TIConfig, judge=None) -
 
 
 def _sample_with_states(model: T2IModel, cond: torch.Tensor, uncond: torch.Tensor, n: int, seed: int,
-                        steps: int = 25, guidance: float = 3.0) -> torch.Tensor:
+                        steps: int = 25, guidance: float | None = None) -> torch.Tensor:
     """DDIM + guidance from ready text states (a learned embedding has no prompt string)."""
+    guidance = model.default_guidance if guidance is None else guidance
     x = model.initial_noise(n, seed)
     sched = model.ddim(steps)
     ctx = torch.cat([uncond[None].expand(n, -1, -1), cond[None].expand(n, -1, -1)])

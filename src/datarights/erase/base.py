@@ -226,7 +226,7 @@ def progress_bar(total: int, desc: str, enabled: bool = True):
 
 @torch.no_grad()
 def generate_model_space(model: T2IModel, prompts: list[str], n: int, seed: int, steps: int = 20,
-                         guidance: float = 3.0) -> tuple[torch.Tensor, list[str]]:
+                         guidance: float | None = None) -> tuple[torch.Tensor, list[str]]:
     """n images (x_0 in model space) from the prompts (cycled), generated once by the frozen model."""
     chosen = [prompts[i % len(prompts)] for i in range(n)]
     x0 = model.sample(chosen, seed=seed, steps=steps, guidance=guidance, return_model_space=True)

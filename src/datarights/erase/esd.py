@@ -39,8 +39,8 @@ class ESDConfig:
     """Rollouts per step."""
     rollout_steps: int = 20
     """DDIM steps of a full rollout; each step stops at a random one of them."""
-    guidance: float = 3.0
-    """Guidance of the frozen model's rollout."""
+    guidance: float | None = None
+    """Guidance of the frozen model's rollout (None: the model's default)."""
     n_prompts: int = 48
     """Target prompts built from templates."""
     seed: int = 0
@@ -75,13 +75,14 @@ def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig,
         cond = enc(idx)
         unc = empty.expand_as(cond)
         sched = model.ddim(cfg.rollout_steps)
+        w = model.default_guidance if cfg.guidance is None else cfg.guidance
         stop = int(torch.randint(0, cfg.rollout_steps, (1,), generator=g))
         x = torch.randn((cfg.batch_size, *model.latent_shape), generator=g)
         with torch.no_grad():  # partial rollout of the frozen model under c
             for t in sched.timesteps[:stop]:
                 e = model.predict_noise(torch.cat([x, x]), t, torch.cat([unc, cond]))
                 eu, ec = e.chunk(2)
-                x = sched.step(eu + cfg.guidance * (ec - eu), t, x).prev_sample
+                x = sched.step(eu + w * (ec - eu), t, x).prev_sample
             t = sched.timesteps[stop]
             e = model.predict_noise(torch.cat([x, x]), t, torch.cat([unc, cond]))
             eu, ec = e.chunk(2)

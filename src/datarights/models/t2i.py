@@ -109,8 +109,16 @@ class T2IModel:
         g = torch.Generator().manual_seed(seed)
         return torch.randn((n, *self.latent_shape), generator=g).to(self.device)
 
+    @property
+    def default_guidance(self) -> float:
+        """The folder's recorded guidance scale; else 1.0 (no guidance) for world models, 7.5 for SD.
+
+        The shipped world model is most faithful without guidance (see README: eval-model vs guidance).
+        """
+        return float(self.meta.get("guidance", 1.0 if self.kind == "world" else 7.5))
+
     @torch.no_grad()
-    def sample(self, prompts: list[str], seed: int = 0, steps: int = 25, guidance: float = 3.0,
+    def sample(self, prompts: list[str], seed: int = 0, steps: int = 25, guidance: float | None = None,
                batch_size: int = 64, noise: torch.Tensor | None = None,
                callback: Callable[[int], None] | None = None, return_model_space: bool = False) -> torch.Tensor:
         """DDIM sampling (eta=0) with classifier-free guidance.
@@ -125,6 +133,7 @@ class T2IModel:
             raise DatarightsError("prompt is empty")
         if steps < 1:
             raise DatarightsError(f"--steps must be at least 1, got {steps}")
+        guidance = self.default_guidance if guidance is None else guidance
         x_all = self.initial_noise(len(prompts), seed) if noise is None else noise.to(self.device)
         uniq = sorted(set(prompts))
         states = dict(zip(uniq, self.encode_prompt(uniq)))
