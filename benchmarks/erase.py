@@ -34,7 +34,7 @@ CONCEPTS = [
 VARIANTS = {
     "ca": ("ca", {}),
     "ca-noise": ("ca", {"loss": "noise"}),
-    "ca-full": ("ca", {"params": "full", "lr": 2e-4}),
+    "ca-full": ("ca", {"params": "full", "lr": 1e-4}),
     "esd": ("esd", {}),
     "uce": ("uce", {}),
     "fmn": ("fmn", {}),
@@ -71,7 +71,7 @@ def main():
             r = public(audit(edited, base, target, anchor, AuditConfig(), judge=judge))
             r["seconds"] = round(edit.seconds, 1)
             r["wall_s"] = round(time.time() - t0, 1)
-            results["cells"][key] = {"method": row, "kind": kind, "target": target, "anchor": anchor, **r}
+            results["cells"][key] = {**r, "method": row, "kind": kind, "target": target, "anchor": anchor}
             print(json.dumps({k: results["cells"][key].get(k) for k in ("method", "target", *KEYS)}), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(".tmp")
@@ -87,8 +87,8 @@ def _f(v, spec=".2f"):
 def markdown(results: dict) -> str:
     lines = ["| method | concept (kind) | target_erased | anchor_fidelity | nearby_preserved | others_preserved | kid (±std) | seconds |",
              "|---|---|---|---|---|---|---|---|"]
-    for c in results["cells"].values():
-        lines.append(f"| {c['method']} | {c['target']} ({c['kind']}) | {_f(c['target_erased'])} | {_f(c['anchor_fidelity'])} | "
+    for key, c in results["cells"].items():
+        lines.append(f"| {key.split('|')[0]} | {c['target']} ({c['kind']}) | {_f(c['target_erased'])} | {_f(c['anchor_fidelity'])} | "
                      f"{_f(c['nearby_preserved'])} | {_f(c['others_preserved'])} | {_f(c['kid'], '.4f')} ± {_f(c['kid_std'], '.4f')} | "
                      f"{_f(c['seconds'], '.1f')} |")
     return "\n".join(lines)

@@ -42,9 +42,14 @@ def shows(rows: list[dict], concept: str) -> np.ndarray:
 
 
 def kid(f1: torch.Tensor, f2: torch.Tensor, n_subsets: int = 20, subset_size: int = 50, seed: int = 0) -> tuple[float, float]:
-    """Kernel inception distance (unbiased MMD^2, cubic polynomial kernel) in judge features, mean and std over subsets."""
-    f1, f2 = f1.double(), f2.double()
+    """Kernel inception distance (unbiased MMD^2 with the cubic kernel (x.y/d + 1)^3), mean and std over subsets.
+
+    Features are L2-normalised and scaled by sqrt(d) first, so x.y/d is a cosine whatever the
+    encoder's scale (the judge's raw features are far from Inception's).
+    """
     d = f1.shape[1]
+    f1 = torch.nn.functional.normalize(f1.double(), dim=1) * d**0.5
+    f2 = torch.nn.functional.normalize(f2.double(), dim=1) * d**0.5
     m = min(subset_size, len(f1), len(f2))
     g = torch.Generator().manual_seed(seed)
     vals = []

@@ -18,7 +18,6 @@ from ..errors import DatarightsError
 from ..models import T2IModel
 from .base import (Edit, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached,
                    generate_model_space, model_hash, optimise, register, trainable_copy)
-from .uce import _last_token
 
 
 class CaptureCrossAttention:
@@ -78,17 +77,18 @@ class FMNConfig:
 def forget_me_not(model: T2IModel, targets: list[str], anchors: list[str], cfg: FMNConfig,
                   progress: bool = True) -> Edit:
     t0 = time.time()
+    stop = {"a", "an", "and", "the", "of", "in", "style"}
     prompts, spans = [], []
     for t, a in zip(targets, anchors):
+        # the concept's tokens: every token of its content words (a composition's parts are apart)
+        word_ids = {i for w in t.split() if w.lower() not in stop
+                    for i in model.tokenizer(w, add_special_tokens=False).input_ids}
         for p in concept_prompts(t, a, 16, cfg.seed).target:
             ids = model.tokenize([p])[0].tolist()
-            n_tok = len(model.tokenizer(t, add_special_tokens=False).input_ids)
-            try:
-                end = _last_token(model.tokenizer, ids, t)
-            except DatarightsError:
-                continue  # a template that does not spell the concept (memorized prompts)
-            prompts.append(p)
-            spans.append(list(range(end - n_tok + 1, end + 1)))
+            pos = [j for j, i in enumerate(ids) if i in word_ids]
+            if pos:
+                prompts.append(p)
+                spans.append(pos)
     if not prompts:
         raise DatarightsError(f"fmn found no prompt that contains the words of {targets}")
     x0, _ = generate_model_space(model, prompts, cfg.n_images, cfg.seed)

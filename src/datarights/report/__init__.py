@@ -34,7 +34,7 @@ table { border-collapse: collapse; margin: .6em 0; } td, th { border: 1px solid 
 {% if s.bars %}<table>{% for b in s.bars %}<tr><td>{{ b.label }}</td><td><span class="bar" style="width: {{ (b.value * 400)|round|int }}px"></span> {{ '%.3f'|format(b.value) }}</td></tr>{% endfor %}</table>{% endif %}
 {% for g in s.grids or [] %}
 <h3>{{ g.caption }}</h3><div class="grid">
-{% for it in g.items %}<div class="cell"><img src="{{ it.uri }}" alt="{{ it.label }}"><span class="{{ it.cls or '' }}">{{ it.label }}</span></div>{% endfor %}
+{% for it in g["items"] %}<div class="cell"><img src="{{ it.uri }}" alt="{{ it.label }}"><span class="{{ it.cls or '' }}">{{ it.label }}</span></div>{% endfor %}
 </div>{% endfor %}
 {% endfor %}
 <p class="muted">Written by datarights. Results: <code>results.json</code> beside this page.</p>
