@@ -19,7 +19,7 @@ import torch
 
 from datarights.models import load_model
 from datarights.quality import eval_model, public
-from datarights.train import TrainConfig, diffusion_loss, precompute_text_states
+from datarights.train import diffusion_loss, precompute_text_states
 from datarights.world import WorldConfig, make_world
 
 

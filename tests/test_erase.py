@@ -68,7 +68,7 @@ def test_ca_and_uce_take_several_targets(tiny_model):
 
 def test_uce_matches_least_squares_oracle(tiny_model):
     """UCE's closed form equals the least-squares solution of its objective."""
-    from datarights.erase.uce import UCEConfig, _last_token, uce  # noqa: F401
+    from datarights.erase.uce import UCEConfig, uce
 
     cfg = UCEConfig(n_templates=2, preserve=["smiling face", "tower"], lam=0.5)
     edit = uce(tiny_model, ["grumpy face"], ["face"], cfg)

@@ -1,7 +1,5 @@
 """The weights this project ships: the world judge and the world model (checked on fresh data)."""
 
-import torch
-
 from datarights.judge import accuracy, load_judge, render_labelled
 from datarights.models import DEFAULT_MODEL, load_model
 

@@ -3,21 +3,15 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
-from ..errors import DatarightsError
 from ..models import T2IModel
+from ..registry import build_config
 from . import paraphrase, ti, udatk  # noqa: F401  (registers the attacks)
 from .base import METHODS, AttackResult
 
 
 def make_config(method: str, **options):
-    if method not in METHODS:
-        raise DatarightsError(f"unknown attack {method!r}; choose from {', '.join(sorted(METHODS))}")
-    cls = METHODS[method].config_cls
-    names = {f.name for f in fields(cls)}
-    given = {k: v for k, v in options.items() if v is not None and k in names}
-    return cls(**given)
+    """The attack's config from options; options it does not have are ignored (every attack has budget and seed)."""
+    return build_config(METHODS, method, "attack", options, strict=False)
 
 
 def attack(model: T2IModel, target: str, method: str = "udatk", config=None, judge=None, **options) -> AttackResult:

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
+from ..registry import register_method
 from ..world import vocab as V
 
 
@@ -44,9 +45,7 @@ METHODS: dict[str, Method] = {}
 
 def register(name: str, config_cls: type):
     def deco(fn):
-        if name in METHODS:
-            raise ValueError(f"attack {name!r} is registered twice")
-        METHODS[name] = Method(name, config_cls, fn)
+        register_method(METHODS, name, Method(name, config_cls, fn), "attack")
         return fn
     return deco
 

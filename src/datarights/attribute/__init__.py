@@ -8,28 +8,22 @@ disk by a content hash of model, data and config) and a `score` (per query): `ab
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
+from ..registry import build_config
 from . import abu, feature, pixel, trak  # noqa: F401  (registers the methods)
 from .base import METHODS, Attribution, Query, TrainingSet, load_training_set, owner_shares
 from .cache import artifact_key, cache_root, load_artifact, save_artifact
 
 
 def make_config(method: str, **options):
-    if method not in METHODS:
-        raise DatarightsError(f"unknown attribution method {method!r}; choose from {', '.join(sorted(METHODS))}")
-    cls = METHODS[method].config_cls
-    names = {f.name for f in fields(cls)}
-    given = {k: v for k, v in options.items() if v is not None}
-    unknown = set(given) - names
-    if unknown:
-        raise DatarightsError(f"method {method} has no option {', '.join(sorted(unknown))}")
-    return cls(**given)
+    """The method's config dataclass from keyword options (None values keep the defaults)."""
+    return build_config(METHODS, method, "attribution method", options)
 
 
 def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | Path | None = None,

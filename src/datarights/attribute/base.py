@@ -12,6 +12,7 @@ import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
+from ..registry import register_method
 from ..world import ImageFolder, read_imagefolder
 
 
@@ -85,9 +86,7 @@ METHODS: dict[str, Method] = {}
 
 def register(name: str, config_cls: type, prepare: Callable, score: Callable) -> None:
     """Register an attribution method by name; a duplicate name is a programming error."""
-    if name in METHODS:
-        raise ValueError(f"attribution method {name!r} is registered twice")
-    METHODS[name] = Method(name, config_cls, prepare, score)
+    register_method(METHODS, name, Method(name, config_cls, prepare, score), "attribution method")
 
 
 @dataclass

@@ -7,25 +7,16 @@ One module per method, each a config dataclass plus a function registered by nam
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from ..errors import DatarightsError
 from ..models import T2IModel
+from ..registry import build_config
 from . import ca, esd, fmn, ga, retrain, uce  # noqa: F401  (registers the methods)
 from .base import METHODS, Edit, concept_prompts, load_edited
 
 
 def make_config(method: str, **options):
     """The method's config dataclass from keyword options (None values keep the defaults)."""
-    if method not in METHODS:
-        raise DatarightsError(f"unknown erase method {method!r}; choose from {', '.join(sorted(METHODS))}")
-    cls = METHODS[method].config_cls
-    names = {f.name for f in fields(cls)}
-    given = {k: v for k, v in options.items() if v is not None}
-    unknown = set(given) - names
-    if unknown:
-        raise DatarightsError(f"method {method} has no option {', '.join(sorted('--' + u.replace('_', '-') for u in unknown))}")
-    return cls(**given)
+    return build_config(METHODS, method, "erase method", options)
 
 
 def erase(model: T2IModel, targets: list[str] | str, anchors: list[str] | str, method: str = "ca", config=None,

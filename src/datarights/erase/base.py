@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import DatarightsError
 from ..models import DEFAULT_MODEL, T2IModel
+from ..registry import register_method
 from ..world import vocab as V
 
 EDIT_CLASS = "DatarightsEditedModel"
@@ -146,9 +147,7 @@ METHODS: dict[str, Method] = {}
 def register(name: str, config_cls: type):
     """Register an erase method by name; a duplicate name is a programming error."""
     def deco(fn):
-        if name in METHODS:
-            raise ValueError(f"erase method {name!r} is registered twice")
-        METHODS[name] = Method(name, config_cls, fn)
+        register_method(METHODS, name, Method(name, config_cls, fn), "erase method")
         return fn
     return deco
 

@@ -12,7 +12,6 @@ of separate tuning customizations, and is evaluated on the held-out ones.
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .vocab import COLORS, RESOLUTION, STYLES
+from .vocab import COLORS, RESOLUTION
 
 SS = 4  # supersampling factor
 DARK = np.array([0.08, 0.08, 0.10], dtype=np.float32)
