@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from typing import Callable
 
 from .errors import DatarightsError
+
+
+@dataclass
+class Method:
+    """A registered method: its config dataclass and the function that runs it."""
+
+    name: str
+    config_cls: type
+    fn: Callable
+
+
+def registrar(registry: dict, kind: str):
+    """A `@register(name, Config)` decorator that adds functions to `registry` as `Method`s."""
+    def register(name: str, config_cls: type):
+        def deco(fn):
+            register_method(registry, name, Method(name, config_cls, fn), kind)
+            return fn
+        return deco
+    return register
 
 
 def register_method(registry: dict, name: str, entry, kind: str) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
-from ..registry import register_method
+from ..registry import Method, registrar
 from ..world import vocab as V
 
 
@@ -33,21 +32,8 @@ class AttackResult:
                 "seconds": round(self.seconds, 2), "prompts": sorted(set(self.prompts))[:20]}
 
 
-@dataclass
-class Method:
-    name: str
-    config_cls: type
-    fn: Callable
-
-
 METHODS: dict[str, Method] = {}
-
-
-def register(name: str, config_cls: type):
-    def deco(fn):
-        register_method(METHODS, name, Method(name, config_cls, fn), "attack")
-        return fn
-    return deco
+register = registrar(METHODS, "attack")  # @register("udatk", UDAtkConfig)
 
 
 def target_images(model: T2IModel, target: str, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import DatarightsError
 from ..models import DEFAULT_MODEL, T2IModel
-from ..registry import register_method
+from ..registry import Method, registrar
 from ..world import vocab as V
 
 EDIT_CLASS = "DatarightsEditedModel"
@@ -134,22 +134,8 @@ def load_edited(path: Path, index: dict) -> T2IModel:
 
 
 # ----------------------------------------------------------------------------- registry
-@dataclass
-class Method:
-    name: str
-    config_cls: type
-    fn: Callable
-
-
 METHODS: dict[str, Method] = {}
-
-
-def register(name: str, config_cls: type):
-    """Register an erase method by name; a duplicate name is a programming error."""
-    def deco(fn):
-        register_method(METHODS, name, Method(name, config_cls, fn), "erase method")
-        return fn
-    return deco
+register = registrar(METHODS, "erase method")  # @register("ca", CAConfig); a duplicate name is an error
 
 
 # ----------------------------------------------------------------------------- prompts
