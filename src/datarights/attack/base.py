@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,9 +37,8 @@ METHODS: dict[str, Method] = {}
 register = registrar(METHODS, "attack")  # @register("udatk", UDAtkConfig)
 
 
-def target_images(model: T2IModel, target: str, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+def target_images(target: str, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """Ground-truth images of a world concept, rendered by the world generator (not by any model)."""
-    from ..erase.base import prompts_showing
     from ..world.generate import sample_item
 
     found = V.find_concept(target)
@@ -61,7 +61,7 @@ def target_images(model: T2IModel, target: str, n: int, seed: int) -> tuple[torc
     if not imgs:
         raise DatarightsError(f"could not render images of {target!r}")
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-    return x, texts or prompts_showing(target, n, seed)
+    return x, texts
 
 
 def judge_attempts(images: torch.Tensor, target: str, judge=None) -> list[bool]:
@@ -96,6 +96,27 @@ def nearest_tokens(model: T2IModel, soft: torch.Tensor) -> list[int]:
            or not w.replace("</w>", "").isalpha()]
     sims[:, bad] = -2  # project to whole words only: the result must read as a prompt
     return sims.argmax(-1).tolist()
+
+
+def fit_embeddings(model: T2IModel, images: torch.Tensor, emb: torch.nn.Parameter,
+                   states: Callable[[int], torch.Tensor], steps: int, lr: float, batch_size: int,
+                   g: torch.Generator) -> torch.Tensor:
+    """Adam on token embeddings `emb` so that the model's denoising loss on `images` is low.
+
+    `states(step)` gives the text states [L, D] built from the current `emb` (a soft prompt, a new token).
+    """
+    opt = torch.optim.Adam([emb], lr=lr)
+    x0 = model.to_model_space(images)
+    for step in range(steps):
+        b = torch.randint(0, len(x0), (batch_size,), generator=g)
+        t = torch.randint(0, model.num_train_timesteps, (batch_size,), generator=g)
+        noise = torch.randn(x0[b].shape, generator=g)
+        cond = states(step)[None].expand(batch_size, -1, -1)
+        loss = torch.nn.functional.mse_loss(model.predict_noise(model.add_noise(x0[b], noise, t), t, cond), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return emb.detach()
 
 
 def timed(fn):

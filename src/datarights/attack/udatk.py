@@ -15,7 +15,8 @@ import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
-from .base import AttackResult, judge_attempts, nearest_tokens, register, states_with_soft_tokens, target_images, timed
+from .base import (AttackResult, fit_embeddings, judge_attempts, nearest_tokens, register, states_with_soft_tokens,
+                   target_images, timed)
 
 
 @dataclass
@@ -46,26 +47,15 @@ def optimise_soft_prompt(model: T2IModel, prompt: str, images: torch.Tensor, cfg
     """Soft token embeddings [n_tokens, D] that lower the model's denoising loss on `images` under `prompt`."""
     emb = model.token_embedding().weight
     g = torch.Generator().manual_seed(cfg.seed)
-    init = emb[torch.randint(1000, emb.shape[0], (cfg.n_tokens,), generator=g)].detach().clone()
-    soft = torch.nn.Parameter(init)
-    opt = torch.optim.Adam([soft], lr=cfg.lr)
-    x0 = model.to_model_space(images)
-    for step in range(cfg.steps):
-        b = torch.randint(0, len(x0), (cfg.batch_size,), generator=g)
-        t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=g)
-        noise = torch.randn(x0[b].shape, generator=g)
-        cond = states_with_soft_tokens(model, prompt, soft)[None].expand(cfg.batch_size, -1, -1)
-        loss = torch.nn.functional.mse_loss(model.predict_noise(model.add_noise(x0[b], noise, t), t, cond), noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return soft.detach()
+    soft = torch.nn.Parameter(emb[torch.randint(1000, emb.shape[0], (cfg.n_tokens,), generator=g)].detach().clone())
+    return fit_embeddings(model, images, soft, lambda step: states_with_soft_tokens(model, prompt, soft),
+                          cfg.steps, cfg.lr, cfg.batch_size, g)
 
 
 @register("udatk", UDAtkConfig)
 @timed
 def udatk(model: T2IModel, target: str, cfg: UDAtkConfig, judge=None) -> AttackResult:
-    images, texts = target_images(model, target, cfg.n_images, cfg.seed)
+    images, texts = target_images(target, cfg.n_images, cfg.seed)
     prompt = texts[0]
     soft = optimise_soft_prompt(model, prompt, images, cfg)
     words = model.tokenizer.decode(nearest_tokens(model, soft)).strip()

@@ -6,6 +6,7 @@ transformers image model (CLIP, DINO, ViT) whose pooled output is used instead (
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,12 @@ class FeatureConfig:
 
 
 def _encoder(cfg: FeatureConfig):
+    return _encoder_for(cfg.encoder)
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder_for(encoder: str):
+    cfg = FeatureConfig(encoder)
     if cfg.encoder == "judge":
         from ..judge import load_judge
         judge = load_judge()

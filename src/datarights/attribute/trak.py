@@ -13,6 +13,7 @@ f: `trak` the diffusion loss averaged over the draws; `dtrak` the squared output
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ class TRAKConfig:
             raise DatarightsError("proj_dim and timesteps must be at least 1")
 
 
+@functools.lru_cache(maxsize=1)  # rebuilding it per query costs seconds; it depends only on these three
 def projection(n_params: int, k: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed + 12345)
     return torch.randn(n_params, k, generator=g) / k**0.5

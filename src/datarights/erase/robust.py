@@ -22,7 +22,7 @@ class Adversary:
 
         self.targets = targets
         self.every, self.attack_steps, self.seed = every, attack_steps, seed
-        self.images = [target_images(base, t, 8, seed + i) for i, t in enumerate(targets)]
+        self.images = [target_images(t, 8, seed + i) for i, t in enumerate(targets)]
         others = [o["text"] for o in sample_eval_prompts(64, seed + 5)
                   if not any(t.lower() in o["text"].lower() for t in targets)]
         with torch.no_grad():

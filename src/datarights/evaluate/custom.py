@@ -206,12 +206,12 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
         full = ImageFolder(folder.root, np.concatenate([pool.images, ex.transpose(0, 3, 1, 2)]), pool.metas + metas)
         positives = np.arange(cfg.pool, cfg.pool + cfg.exemplars)
         train_set = None
+        keys = torch.nn.functional.normalize(featurize(torch.from_numpy(full.images)) @ M, dim=1) if M is not None else None
         for method in cfg.methods:
             for g_img, prompt in zip(gen, prompts):
                 if method == "feature-tuned":
-                    f = torch.nn.functional.normalize(featurize(torch.from_numpy(full.images)) @ M, dim=1)
                     q = torch.nn.functional.normalize(featurize(g_img[None]) @ M, dim=1)[0]
-                    scores = f @ q
+                    scores = keys @ q
                 else:
                     if train_set is None:
                         train_set = load_training_set(model, full)

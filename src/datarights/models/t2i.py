@@ -133,16 +133,25 @@ class T2IModel:
             raise DatarightsError("prompt is empty")
         if steps < 1:
             raise DatarightsError(f"--steps must be at least 1, got {steps}")
-        guidance = self.default_guidance if guidance is None else guidance
-        x_all = self.initial_noise(len(prompts), seed) if noise is None else noise.to(self.device)
         uniq = sorted(set(prompts))
         states = dict(zip(uniq, self.encode_prompt(uniq)))
+        cond = torch.stack([states[p] for p in prompts])
+        return self.sample_states(cond, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size,
+                                  noise=noise, callback=callback, return_model_space=return_model_space)
+
+    @torch.no_grad()
+    def sample_states(self, cond: torch.Tensor, seed: int = 0, steps: int = 25, guidance: float | None = None,
+                      batch_size: int = 64, noise: torch.Tensor | None = None,
+                      callback: Callable[[int], None] | None = None, return_model_space: bool = False) -> torch.Tensor:
+        """`sample` from ready text states [B, L, D] (soft prompts, learned tokens); same seeding."""
+        guidance = self.default_guidance if guidance is None else guidance
+        x_all = self.initial_noise(len(cond), seed) if noise is None else noise.to(self.device)
         uncond = self.encode_prompt([""])
         out = []
-        for s in range(0, len(prompts), batch_size):
+        for s in range(0, len(cond), batch_size):
             x = x_all[s:s + batch_size].clone()
-            cond = torch.stack([states[p] for p in prompts[s:s + batch_size]])
-            ctx = torch.cat([uncond.expand(len(x), -1, -1), cond]) if guidance != 1.0 else cond
+            c = cond[s:s + batch_size]
+            ctx = torch.cat([uncond.expand(len(x), -1, -1), c]) if guidance != 1.0 else c
             sched = self.ddim(steps)
             x = x * sched.init_noise_sigma
             for t in sched.timesteps:
