@@ -3,6 +3,8 @@
     python benchmarks/attribute.py cost            # one-time cost and per-query latency of every method
     python benchmarks/attribute.py dattri --n 256  # our TRAK featurization vs dattri's TRAKAttributor
     python benchmarks/attribute.py abu-reference   # cached abu query vs recomputing every training loss
+    python benchmarks/attribute.py calibrate       # owner-share temperature per method (after `cost`: reuses its cache)
+    python benchmarks/attribute.py ship            # copy the abu/dtrak artifacts into the package (after `cost`)
     python benchmarks/attribute.py custom          # customized-model ground truth (Recall@1/10, mAP)
     python benchmarks/attribute.py counterfactual  # leave-K-out retraining (long: one retraining per cell)
 
@@ -17,7 +19,6 @@ import json
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,13 +32,8 @@ def _machine() -> str:
 
 
 def _world():
-    from datarights.attribute.cache import cache_root
-    from datarights.world import make_world_folder
-
-    folder = cache_root() / "world-default"
-    if not folder.exists():
-        make_world_folder(folder)
-    return folder
+    from datarights.attribute import default_world
+    return default_world()
 
 
 def _query(model, prompt="a red grumpy face in Ada Vell style", seed=3):
@@ -51,22 +47,38 @@ def part_cost(args) -> dict:
 
     model = load_model()
     train = load_training_set(model, _world())
+    prev = RESULTS / "attribute-cost.json"
     out = {"machine": _machine(), "n_train": len(train), "methods": {}}
-    with tempfile.TemporaryDirectory() as cache:
-        for method in sorted(METHODS):
-            cfg = make_config(method)
-            r1 = attribute(model, train, _query(model), method, cfg, cache=cache, progress=False)
-            lat = [attribute(model, train, _query(model, seed=s), method, cfg, cache=cache, progress=False).seconds
-                   for s in (4, 5)]
-            out["methods"][method] = {"one_time_s": round(r1.prepare_seconds, 2),
-                                      "query_s": round(sum(lat) / len(lat), 3)}
-            print(method, out["methods"][method], file=sys.stderr, flush=True)
+    if args.methods and prev.exists():  # a partial rerun keeps the other methods' figures
+        out["methods"] = json.loads(prev.read_text())["methods"]
+    cache = _bench_cache(fresh=not args.methods)  # kept afterwards: the calibrate part reuses the artifacts
+    for method in args.methods or sorted(METHODS):
+        cfg = make_config(method)
+        r1 = attribute(model, train, _query(model), method, cfg, cache=cache, progress=False)
+        lat = [attribute(model, train, _query(model, seed=s), method, cfg, cache=cache, progress=False).seconds
+               for s in (4, 5)]
+        out["methods"][method] = {"one_time_s": round(r1.prepare_seconds, 2),
+                                  "query_s": round(sum(lat) / len(lat), 3)}
+        print(method, out["methods"][method], file=sys.stderr, flush=True)
     return out
 
 
-def _featurize_ours(n: int, proj_dim: int) -> dict:
+def _bench_cache(fresh: bool = False) -> Path:
+    import shutil
+
+    from datarights.attribute.cache import cache_root
+    root = cache_root() / "benchmark"
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    return root
+
+
+N_TEST = 8  # training rows reused as test points for the score comparison
+
+
+def _featurize_ours(n: int, proj_dim: int, projection: str = "sjlt") -> dict:
     from datarights.attribute import load_training_set, make_config
-    from datarights.attribute.trak import make_prepare
+    from datarights.attribute.trak import Projector, _train_draws, make_prepare
     from datarights.models import load_model
     from datarights.world import read_imagefolder
 
@@ -74,15 +86,22 @@ def _featurize_ours(n: int, proj_dim: int) -> dict:
     folder = read_imagefolder(_world())
     folder.images, folder.metas = folder.images[:n], folder.metas[:n]
     train = load_training_set(model, folder)
-    cfg = make_config("trak", proj_dim=proj_dim, timesteps=1)
+    cfg = make_config("trak", proj_dim=proj_dim, timesteps=1, projection=projection)
     t0 = time.perf_counter()
     state = make_prepare("loss")(model, train, cfg, progress=False)
     dt = time.perf_counter() - t0
-    return {"img_per_s": n / dt, "seconds": dt, "A": state["A"]}
+    idx = torch.arange(N_TEST)
+    proj = Projector(model, cfg)
+    phi_q = proj(model, train.x0[idx], train.cond(idx), _train_draws(model, train.x0[idx], cfg, 0), "loss")
+    # the features again (untimed), so that the parent can also score with dattri's absolute ridge
+    phi = torch.cat([proj(model, train.x0[s:s + 48], train.cond(torch.arange(s, min(s + 48, n))),
+                          _train_draws(model, train.x0[s:s + 48], cfg, s), "loss") for s in range(0, n, 48)])
+    return {"img_per_s": n / dt, "seconds": dt, "scores": (state["A"] @ phi_q.T).tolist(),
+            "phi": phi.tolist(), "phi_q": phi_q.tolist()}
 
 
 def _featurize_dattri(n: int, proj_dim: int) -> dict:
-    """dattri 0.3.0's TRAKAttributor on the same UNet, the same K/V layers, the same per-sample loss."""
+    """dattri 0.3.0's TRAKAttributor on the same UNet, the same K/V layers, the same per-sample loss and draws."""
     from dattri.algorithm.trak import TRAKAttributor
     from dattri.task import AttributionTask
 
@@ -117,28 +136,57 @@ def _featurize_dattri(n: int, proj_dim: int) -> dict:
     t0 = time.perf_counter()
     attributor.cache(loader)
     dt = time.perf_counter() - t0
-    return {"img_per_s": n / dt, "seconds": dt}
+    test = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(N_TEST)), batch_size=N_TEST)
+    scores = attributor.attribute(test)                                                  # [n_train, n_test]
+    return {"img_per_s": n / dt, "seconds": dt, "scores": scores.tolist()}
 
 
 def part_dattri(args) -> dict:
-    """Each side runs in its own process so that peak memory (max RSS) is its own."""
+    """Each side runs in its own process so that peak memory (max RSS) is its own.
+
+    Scores of N_TEST training rows (as test points) against all n are compared by Pearson
+    correlation per test point: equal gradients, different random projections and ridge terms.
+    """
+    import numpy as np
+
     out = {"machine": _machine(), "n": args.n, "proj_dim": args.proj_dim}
-    for side in ("ours", "dattri"):
+    scores = {}
+    for side, call in (("ours", f"_featurize_ours({args.n},{args.proj_dim})"),
+                       ("ours-dense", f"_featurize_ours({args.n},{args.proj_dim},'dense')"),
+                       ("dattri", f"_featurize_dattri({args.n},{args.proj_dim})")):
         code = (f"import json,resource,sys; sys.path.insert(0,'benchmarks'); import attribute as b; "
-                f"r=b._featurize_{side}({args.n},{args.proj_dim}); r.pop('A',None); "
+                f"r=b.{call}; "
                 f"r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if proc.returncode != 0:
             out[side] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-        else:
-            out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "img_per_s" in out.get("ours", {}) and "img_per_s" in out.get("dattri", {}):
-        out["speedup"] = out["ours"]["img_per_s"] / out["dattri"]["img_per_s"]
+            continue
+        out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+        scores[side] = np.array(out[side].pop("scores"))
+        if "phi" in out[side]:  # the same features scored with dattri's ridge: (Phi^T Phi + 0.01 I)^-1
+            phi, phi_q = np.array(out[side].pop("phi"), dtype=np.float64), np.array(out[side].pop("phi_q"), dtype=np.float64)
+            scores[side + "-matched"] = phi @ np.linalg.solve(phi.T @ phi + 1e-2 * np.eye(phi.shape[1]), phi_q.T)
+        print(side, out[side], file=sys.stderr, flush=True)
+    def corr(a, b):
+        return float(np.mean([np.corrcoef(a[:, j], b[:, j])[0, 1] for j in range(N_TEST)]))
+    for side in ("ours", "ours-dense"):
+        if side in scores and "dattri" in scores:
+            out[side]["speedup_vs_dattri"] = out[side]["img_per_s"] / out["dattri"]["img_per_s"]
+            out[side]["score_corr_vs_dattri"] = corr(scores[side], scores["dattri"])
+            out[side]["score_corr_vs_dattri_same_ridge"] = corr(scores[side + "-matched"], scores["dattri"])
+    if "ours" in scores and "ours-dense" in scores:
+        out["score_corr_sjlt_vs_dense"] = corr(scores["ours"], scores["ours-dense"])
+        out["score_corr_sjlt_vs_dense_same_ridge"] = corr(scores["ours-matched"], scores["ours-dense-matched"])
     return out
 
 
 def part_abu_reference(args) -> dict:
-    """Our query (training losses before unlearning cached) vs the official recipe's (recomputed per query)."""
+    """Our query (training losses before unlearning cached, bf16 passes) vs the official recipe's
+    (both loss passes recomputed per query, fp32), on the same unlearned model and draws."""
+    import dataclasses
+
+    import numpy as np
+
     from datarights.attribute import load_training_set, make_config, prepare
     from datarights.attribute.abu import score, training_losses, unlearned
     from datarights.models import load_model
@@ -146,18 +194,112 @@ def part_abu_reference(args) -> dict:
     model = load_model()
     train = load_training_set(model, _world())
     cfg = make_config("abu")
-    with tempfile.TemporaryDirectory() as cache:
-        state, prep_s, _ = prepare(model, train, "abu", cfg, cache=cache, progress=False)
-        q = _query(model)
-        t0 = time.perf_counter()
-        ours = score(model, train, state, q, cfg)
-        t_ours = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        work = unlearned(model, train, state, q, cfg)
-        ref = training_losses(work, train, cfg) - training_losses(model, train, cfg)
-        t_ref = time.perf_counter() - t0
+    state, prep_s, _ = prepare(model, train, "abu", cfg, cache=_bench_cache(), progress=False)
+    q = _query(model)
+    t0 = time.perf_counter()
+    ours = score(model, train, state, q, cfg)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref_cfg = dataclasses.replace(cfg, precision="fp32")
+    work = unlearned(model, train, state, q, ref_cfg)
+    ref = training_losses(work, train, ref_cfg) - training_losses(model, train, ref_cfg)
+    t_ref = time.perf_counter() - t0
+    top = [set(torch.argsort(v, descending=True)[:50].tolist()) for v in (ours, ref)]
     return {"machine": _machine(), "n_train": len(train), "one_time_s": prep_s, "ours_query_s": t_ours,
-            "reference_query_s": t_ref, "speedup": t_ref / t_ours, "max_abs_diff": float((ours - ref).abs().max())}
+            "reference_query_s": t_ref, "speedup": t_ref / t_ours,
+            "score_corr": float(np.corrcoef(ours.numpy(), ref.numpy())[0, 1]),
+            "top50_overlap": len(top[0] & top[1]) / 50}
+
+
+def _calibration_queries(n_styles: int, n_objects: int) -> list[tuple[str, dict]]:
+    """(prompt, labels its images must carry): styles, the character, the memorized image, plain objects."""
+    from datarights.world import vocab as V
+
+    rows = [(V.object_prompt(V.OBJECTS[(3 * i) % len(V.OBJECTS)], list(V.COLORS)[i % len(V.COLORS)], name), {"style": name})
+            for i, name in enumerate(list(V.STYLES)[:n_styles])]
+    rows += [(V.find_concept(n)[1]["prompt"], {"character": n}) for n in V.CHARACTERS]
+    rows += [(V.find_concept(n)[1]["prompt"], {"memorized": n}) for n in V.MEMORIZED]
+    rows += [(V.object_prompt(o, list(V.COLORS)[(i + 2) % len(V.COLORS)]), {"object": o, "style": "plain", "kind": "object"})
+             for i, o in enumerate(V.OBJECTS[1::4][:n_objects])]
+    return rows
+
+
+def part_calibrate(args) -> dict:
+    """Temperature scaling of owner shares against a ground-truth owner distribution.
+
+    For each query, the target distribution q is the ownership of the training images that carry
+    the query's labels (one owner for a style, the character or the memorized image; the
+    photographers, in proportion, for a plain object). T minimises the mean cross-entropy
+    -sum_o q_o log share_o(T) over the queries (temperature scaling with soft targets).
+    """
+    import numpy as np
+
+    from datarights.attribute import METHODS, Query, attribute, load_training_set, make_config, owner_shares
+    from datarights.models import load_model
+
+    model = load_model()
+    train = load_training_set(model, _world())
+    rows = _calibration_queries(args.styles, args.objects)
+    targets = []
+    for _, labels in rows:
+        owners = [m["owner"] for m in train.folder.metas if all(m.get(k) == v for k, v in labels.items())]
+        targets.append({o: owners.count(o) / len(owners) for o in set(owners)})
+    images = model.sample([p for p, _ in rows], seed=11)
+    grid = np.exp(np.linspace(np.log(0.005), np.log(5.0), 101))
+    out = {"machine": _machine(), "queries": [{"prompt": p, "labels": lab, "owners": len(q)} for (p, lab), q in zip(rows, targets)],
+           "methods": {}}
+    cache = _bench_cache()
+    for method in args.methods or sorted(METHODS):
+        scores = [attribute(model, train, Query(img, p), method, make_config(method), cache=cache, progress=False).scores
+                  for img, (p, _) in zip(images, rows)]
+
+        def ce(t):
+            vals = []
+            for sc, q in zip(scores, targets):
+                share = {x["owner"]: x["share"] for x in owner_shares(sc, train.owners, t)}
+                vals.append(-sum(w * np.log(max(share.get(o, 0.0), 1e-12)) for o, w in q.items()))
+            return vals
+        curves = [ce(t) for t in grid]
+        means = [float(np.mean(c)) for c in curves]
+        i = int(np.argmin(means))
+        best = float(grid[i])
+        mass = [sum(x["share"] for x in owner_shares(sc, train.owners, best) if x["owner"] in q)
+                for sc, q in zip(scores, targets)]
+        out["methods"][method] = {"temperature": round(best, 4), "cross_entropy": round(means[i], 4),
+                                  "cross_entropy_at_0.25": round(float(np.mean(ce(0.25))), 4),
+                                  "share_on_true_owners": round(float(np.mean(mass)), 4),
+                                  "share_on_true_owners_per_query": [round(x, 4) for x in mass]}
+        print(method, {k: v for k, v in out["methods"][method].items() if not k.endswith("per_query")},
+              file=sys.stderr, flush=True)
+    return out
+
+
+def part_ship(args) -> dict:
+    """Copy the benchmark cache's abu and dtrak artifacts for the shipped model on the default world
+    into src/datarights/assets/attribution (the demo's and first queries' per-training-set work)."""
+    from datarights.attribute import SHIPPED, load_training_set, make_config, result_config
+    from datarights.attribute.cache import artifact_key, save_artifact
+    from datarights.erase.base import model_hash
+    from datarights.models import load_model
+    from safetensors.torch import load_file
+
+    model = load_model()
+    train = load_training_set(model, _world())
+    out = {}
+    for method in args.methods or ["abu", "dtrak"]:
+        cfg = result_config(make_config(method))
+        for d in sorted((_bench_cache() / method).iterdir()):
+            meta = json.loads((d / "config.json").read_text())
+            if meta.get("data_hash") == train.hash and {k: v for k, v in meta["config"].items() if k != "batch_size"} == cfg:
+                key = artifact_key(method=method, model=model_hash(model), data=train.hash, config=cfg)
+                meta = {k: v for k, v in meta.items() if k != "key"}
+                meta.update(model="(the shipped world model)", data="(the default world)")
+                save_artifact(SHIPPED, method, key, load_file(d / "tensors.safetensors"), meta)
+                out[method] = key
+                break
+        else:
+            raise SystemExit(f"no {method} artifact for the default config in {_bench_cache()}: run the cost part first")
+    return out
 
 
 def part_custom(args) -> dict:
@@ -169,14 +311,18 @@ def part_custom(args) -> dict:
 def part_counterfactual(args) -> dict:
     from datarights.evaluate import CounterfactualConfig, counterfactual
     cfg = CounterfactualConfig(k=args.k, queries=args.queries, world_images=args.world_images,
-                               train_steps=args.train_steps)
+                               train_steps=args.train_steps, coupled=not args.uncoupled,
+                               unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = counterfactual(cfg, args.run)
     return {"machine": _machine(), "summary": res["summary"], "config": res["config"]}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "custom", "counterfactual"])
+    ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "calibrate", "ship", "custom", "counterfactual"])
+    ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--styles", type=int, default=4)
+    ap.add_argument("--objects", type=int, default=3)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--proj-dim", type=int, default=512)
     ap.add_argument("--concepts", type=int, default=4)
@@ -185,9 +331,13 @@ def main():
     ap.add_argument("--queries", type=int, default=4)
     ap.add_argument("--world-images", type=int, default=1000)
     ap.add_argument("--train-steps", type=int, default=1500)
+    ap.add_argument("--unet-channels", type=int, nargs=3, default=None,
+                    help="block_out_channels of the counterfactual world's UNet (default: the world model's)")
+    ap.add_argument("--uncoupled", action="store_true", help="retrain on reduced sets with fresh batches")
     ap.add_argument("--run", default="runs/counterfactual")
     args = ap.parse_args()
-    fn = {"cost": part_cost, "dattri": part_dattri, "abu-reference": part_abu_reference, "custom": part_custom,
+    fn = {"cost": part_cost, "dattri": part_dattri, "abu-reference": part_abu_reference, "calibrate": part_calibrate,
+          "ship": part_ship, "custom": part_custom,
           "counterfactual": part_counterfactual}[args.part]
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,9 @@ from datarights.attack import METHODS, attack
 from datarights.attack.base import nearest_tokens, states_with_soft_tokens, target_images
 from datarights.errors import DatarightsError
 
-FAST = {"udatk": dict(steps=2, n_images=2, batch_size=2, budget=2),
+FAST = {"udatk": dict(steps=2, n_images=2, batch_size=2, budget=2, restarts=1, probes=1),
         "ti": dict(steps=2, n_images=2, batch_size=2, budget=2),
-        "paraphrase": dict(neighbours=2, budget=2)}
+        "paraphrase": dict(neighbours=2, budget=2, probes=2)}
 
 
 def test_every_attack_has_a_contract_row():

@@ -12,6 +12,7 @@ FAST = {
     "abu": dict(query_draws=8, eval_timesteps=2, fisher_draws=1, batch_size=16),
     "trak": dict(proj_dim=16, timesteps=2, batch_size=16),
     "dtrak": dict(proj_dim=16, timesteps=2, batch_size=16),
+    "jtrak": dict(proj_dim=16, timesteps=3, batch_size=16),
     "feature": {},
     "pixel": {},
 }
@@ -84,6 +85,50 @@ def test_linear_per_sample_grads_are_exact(train_set):
             m.weight.requires_grad_(False)
         slow = torch.cat([g.flatten() for g in grads])
         assert torch.allclose(fast[i], slow, atol=1e-6, rtol=1e-4)
+
+
+def test_per_draw_grads_average_to_per_sample_grads(train_set):
+    model, train = train_set
+    mods = linear_modules(model, "xattn-kv")
+    idx = torch.arange(3)
+    d = draws(3, 2, tuple(train.x0.shape[1:]), model.num_train_timesteps, seed=1)
+    full = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), d, per_draw=True)     # [6, P]
+    mean = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), d)                   # [3, P]
+    assert torch.allclose(full.view(3, 2, -1).mean(1), mean, atol=1e-6, rtol=1e-4)
+
+
+def test_sketch_preserves_inner_products():
+    from datarights.attribute.trak import sketch
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 8, generator=g) @ torch.randn(8, 20000, generator=g)  # low rank, like gradients
+    bucket, sign = sketch(20000, 2048, 0)
+    px = torch.zeros(40, 2048).index_add_(1, bucket, x * sign)
+    exact, approx = (x[0] @ x[1:].T), (px[0] @ px[1:].T)
+    assert torch.corrcoef(torch.stack([exact, approx]))[0, 1] > 0.9
+    assert (approx - exact).abs().mean() < 0.1 * exact.abs().mean()
+
+
+def test_trak_projections_agree_up_to_projection_noise(train_set, tmp_path):
+    model, train = train_set
+    q = Query(train.images[2], train.folder.texts[2])
+    scores = [attribute(model, train, q, "trak", make_config("trak", proj_dim=256, timesteps=2, batch_size=16,
+                                                             projection=p), cache=tmp_path, progress=False).scores
+              for p in ("sjlt", "dense")]
+    assert torch.corrcoef(torch.stack(scores))[0, 1] > 0.5
+
+
+def test_jtrak_journey_ends_at_the_image_and_reports_steps(train_set, tmp_path):
+    from datarights.attribute.trak import journey
+    model, train = train_set
+    x0 = train.x0[:1]
+    ts = torch.tensor([1, 500, 999])
+    hats = journey(model, x0, train.cond(torch.arange(1)), ts)
+    assert hats.shape == (3, *x0.shape[1:])
+    # at t=1 there is almost no noise: the model's x0-prediction is the image itself
+    assert (hats[0] - x0[0]).abs().max() < 0.05
+    r = attribute(model, train, Query(train.images[0], train.folder.texts[0]), "jtrak",
+                  make_config("jtrak", **FAST["jtrak"]), cache=tmp_path, progress=False)
+    assert [s["t"] for s in r.to_json()["journey"]] == [166, 500, 833]
 
 
 def test_abu_influence_is_zero_without_an_update(train_set, tmp_path):

@@ -73,3 +73,46 @@ def test_erase_and_audit_bad_input(monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "orphan", "--target", "grumpy face",
                        "--anchor", "face")
     assert code == 2 and "base model" in err and "missing" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_trained(tiny_world, tmp_path_factory):
+    from datarights.train import TrainConfig, train
+
+    from .conftest import TINY_UNET
+    out = tmp_path_factory.mktemp("m") / "model"
+    train(TrainConfig(steps=2, batch_size=4, warmup=1, unet_config=TINY_UNET), tiny_world, out, progress=False)
+    return out
+
+
+def test_attribute_json_and_report(monkeypatch, capsys, tmp_path, tiny_world, tiny_trained):
+    from PIL import Image
+    Image.new("RGBA", (20, 20), (200, 30, 30, 255)).save(tmp_path / "q.png")  # other size and mode: converted
+    code, out, err = run(monkeypatch, capsys, "attribute", tmp_path / "q.png", "--prompt", "a red face",
+                         "--model", tiny_trained, "--data", tiny_world, "--method", "pixel", "--top", "3",
+                         "--cache", tmp_path / "c", "--json", "--report", tmp_path / "r")
+    assert code == 0, err
+    assert "converting to RGB" in err and "resizing" in err
+    res = json.loads(out)
+    assert len(res["top"]) == 3 and {"file", "owner", "score"} <= set(res["top"][0])
+    assert abs(sum(o["share"] for o in res["owners"]) - 1) < 1e-6
+    assert res["method"] == "pixel" and res["temperature"] > 0
+    assert "Owner shares" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_attribute_bad_input(monkeypatch, capsys, tmp_path, tiny_world, tiny_trained):
+    from PIL import Image
+    Image.new("RGB", (16, 16)).save(tmp_path / "q.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    common = ["--model", tiny_trained, "--data", tiny_world, "--cache", tmp_path / "c"]
+    for args, message in [
+        ([tmp_path / "q.png", "--prompt", "  "], "prompt is empty"),
+        ([tmp_path / "missing.png", "--prompt", "a face"], "does not exist"),
+        ([tmp_path / "broken.png", "--prompt", "a face", "--method", "pixel"], "not a readable image"),
+        ([tmp_path / "q.png", "--prompt", "a face", "--method", "magic"], "unknown attribution method"),
+        ([tmp_path / "q.png", "--prompt", "a face", "--method", "pixel", "--top", "65"], "larger than the training set"),
+        ([tmp_path / "q.png", "--prompt", "a face", "--method", "pixel", "--temperature", "0"], "--temperature"),
+    ]:
+        code, _, err = run(monkeypatch, capsys, "attribute", *args, *common)
+        assert code == 2 and message in err, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1

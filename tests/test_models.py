@@ -78,3 +78,13 @@ def test_load_model_errors(tmp_path):
     (tmp_path / "half" / "model_index.json").write_text('{"_class_name": "DatarightsWorldModel"}')
     with pytest.raises(DatarightsError, match="no unet/"):
         load_model(tmp_path / "half")
+
+
+def test_partial_rollouts_stop_where_asked(tiny_model):
+    cond = tiny_model.encode_prompt(["a red face", "a tree"])
+    noise = tiny_model.initial_noise(2, seed=5)
+    assert torch.equal(tiny_model.sample_states(cond, steps=4, noise=noise, stop_at=0), noise)
+    full = tiny_model.sample_states(cond, steps=4, noise=noise, return_model_space=True)
+    assert torch.allclose(tiny_model.sample_states(cond, steps=4, noise=noise, stop_at=4), full)
+    two = tiny_model.sample_states(cond, steps=4, noise=noise, stop_at=2)
+    assert not torch.allclose(two, noise) and not torch.allclose(two, full)

@@ -27,3 +27,14 @@ def test_shipped_model_draws_what_it_is_asked():
     rows = judge.read(model.sample(prompts, seed=0, steps=15))
     hits = sum(r[k] == v for r, (_, k, v) in zip(rows, [a for a in asks for _ in range(3)]))
     assert hits >= 10, rows
+
+
+def test_shipped_attribution_artifacts_are_found(tmp_path, monkeypatch):
+    """The package's abu and dtrak artifacts match the shipped model on the default world: no recomputation."""
+    from datarights.attribute import default_world, load_training_set, make_config, prepare
+    monkeypatch.setenv("DATARIGHTS_CACHE", str(tmp_path))
+    model = load_model()
+    train = load_training_set(model, default_world())
+    for method in ("abu", "dtrak"):
+        state, seconds, cached = prepare(model, train, method, make_config(method), progress=False)
+        assert cached and seconds == 0.0 and state

@@ -74,3 +74,22 @@ def test_bad_config():
         TrainConfig(steps=0)
     with pytest.raises(DatarightsError):
         TrainConfig(batch_size=0)
+
+
+def test_coupled_leave_out_only_removes_the_left_out_images(tiny_world, tmp_path):
+    """Leaving out an image that no step draws changes nothing; leaving out a drawn one changes the model."""
+    cfg = dict(steps=3, batch_size=4, warmup=1, unet_config=TINY_UNET, ema_decay=0.0)
+    drawn = set()
+    for step in range(3):  # the trainer's own batch stream
+        g = torch.Generator().manual_seed(0 * 1_000_003 + step)
+        drawn |= set(torch.randint(0, 64, (4,), generator=g).tolist())
+    never, once = min(set(range(64)) - drawn), min(drawn)
+
+    def weights(exclude):
+        out = tmp_path / f"m{exclude}"
+        train(TrainConfig(**cfg, exclude=exclude), tiny_world, out, progress=False)
+        return torch.cat([p.flatten() for p in load_model(out).unet.parameters()])
+
+    base = weights([])
+    assert torch.equal(weights([never]), base)
+    assert not torch.allclose(weights([once]), base)

@@ -276,25 +276,20 @@ def _training_data(data: Optional[Path], model) -> Path:
     """--data, or for a world model trained on the default world, that world (made once in the cache)."""
     if data is not None:
         return data
-    from .attribute.cache import cache_root
-    from .world import make_world_folder
-
     if model.kind != "world" or not model.meta.get("training"):
         raise DatarightsError("pass --data: the training imagefolder of this model")
-    folder = cache_root() / "world-default"
-    if not folder.exists():
-        typer.echo(f"making the default world in {folder} (once)", err=True)
-        make_world_folder(folder)
-    return folder
+    from .attribute import default_world
+    return default_world(log=lambda s: typer.echo(s, err=True))
 
 
 @app.command("attribute")
 def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) to attribute."),
                   prompt: str = typer.Option(..., "--prompt", help="The prompt that generated it."),
-                  method: str = typer.Option("abu", help="abu | trak | dtrak | feature | pixel."),
+                  method: str = typer.Option("abu", help="abu | trak | dtrak | jtrak | feature | pixel."),
                   model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                   data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder; default: the default world (for the shipped model)."),
                   top: int = typer.Option(10, "--top", help="How many training images to list."),
+                  temperature: Optional[float] = typer.Option(None, "--temperature", help="Owner-share softmax temperature on standardised scores (default: the method's calibrated value)."),
                   cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache folder (default ~/.cache/datarights)."),
                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                   report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder.")):
@@ -315,7 +310,9 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
         typer.echo("warning: this dataset is not the one the model was trained on (content hash differs)", err=True)
     if top > len(train):
         raise DatarightsError(f"--top {top} is larger than the training set ({len(train)} images)")
-    result = attribute(m, train, query, method, make_config(method), cache=cache)
+    if temperature is not None and temperature <= 0:
+        raise DatarightsError(f"--temperature must be positive, got {temperature}")
+    result = attribute(m, train, query, method, make_config(method), cache=cache, temperature=temperature)
     out = result.to_json(top)
     if report is not None:
         from .report import grid, write_report
@@ -331,11 +328,12 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
 
 
 @eval_app.command("counterfactual")
-def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,feature,pixel", help="Comma-separated methods."),
+def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,feature,pixel", help="Comma-separated methods."),
                             k: list[int] = typer.Option([50], "--k", help="Top-K to remove (repeat for several)."),
                             queries: int = typer.Option(4, help="Generated queries."),
                             world_images: int = typer.Option(1000, "--world-images", help="Size of the smaller world."),
                             train_steps: int = typer.Option(1500, "--train-steps", help="Steps of every (re)training."),
+                            coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Mask the removed images out of the base run's own batch and noise stream (default), or retrain on the reduced set with fresh batches."),
                             run: Path = typer.Option(Path("runs/counterfactual"), "--run", help="Run folder (resumable)."),
                             seed: int = typer.Option(0, help="Seed."),
                             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
@@ -343,13 +341,13 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,feature,
     from .evaluate import CounterfactualConfig, counterfactual
 
     cfg = CounterfactualConfig(methods=[m for m in methods.split(",") if m], k=list(k), queries=queries,
-                               world_images=world_images, train_steps=train_steps, seed=seed)
+                               world_images=world_images, train_steps=train_steps, seed=seed, coupled=coupled)
     res = counterfactual(cfg, run)
     _emit({"summary": res["summary"], "run": str(run)}, as_json)
 
 
 @eval_app.command("custom")
-def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtrak,trak,abu", help="Comma-separated methods."),
+def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtrak,trak,jtrak,abu", help="Comma-separated methods."),
                     data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder (default: the default world)."),
                     model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                     concepts: int = typer.Option(4, help="Held-out customizations."),

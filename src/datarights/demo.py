@@ -36,17 +36,19 @@ def _asked(p: dict) -> dict:
 
 def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0, steps: int = 25,
              per_prompt: int = 2, erase_target: str = "grumpy face", erase_anchor: str = "face",
+             attribute_prompt: str = "a picture of Blubbo", attribute_methods: tuple[str, ...] = ("dtrak", "abu"),
              log=lambda s: print(s, file=sys.stderr)) -> dict:
     """The workflow on the embedded world, written to <out>/index.html and results.json.
 
     1. Generate from the model and let the judge read every image.
     2. Opt-out: erase one concept with Concept Ablation, save the edited model, audit it.
+    3. Compensation: attribute one generated image (of the character) to training images and owners.
     """
     t0 = time.time()
     model = load_model(model_path)
     judge = load_judge()
     prompts = [p for p in DEMO_PROMPTS for _ in range(per_prompt)]
-    log(f"[1/3] generating {len(prompts)} images from {model.source}")
+    log(f"[1/4] generating {len(prompts)} images from {model.source}")
     images = model.sample([p["text"] for p in prompts], seed=seed, steps=steps)
     read = judge.read(images)
     asked = [_asked(p) for p in prompts]
@@ -62,7 +64,7 @@ def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0
                  "reading (green: it matches the prompt).", "metrics": acc,
          "grids": [grid("generated images", images, labels, ok)]},
     ]
-    log(f"[2/3] erasing {erase_target!r} -> {erase_anchor!r} with Concept Ablation, then auditing it")
+    log(f"[2/4] erasing {erase_target!r} -> {erase_anchor!r} with Concept Ablation, then auditing it")
     from .audit import AuditConfig, audit, audit_sections
     from .erase import erase
     from .quality import public
@@ -80,9 +82,54 @@ def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0
                              "judge accuracy on nearby and other prompts, edited / base; kid: distance of edited to "
                              "base images on other prompts, in judge features.")
     sections += erase_secs
+    qi = next(i for i, p in enumerate(prompts) if p["text"] == attribute_prompt)
+    log(f"[3/4] attributing the generated image of {attribute_prompt!r} to training images and owners "
+        f"({', '.join(attribute_methods)})")
+    results["attribute"], section = _attribute_step(model, images[qi], attribute_prompt, attribute_methods, log)
+    sections.append(section)
     results["seconds"] = round(time.time() - t0, 1)
-    log("[3/3] writing report")
+    log("[4/4] writing report")
     html = write_report(out, "datarights demo", sections, results,
                         subtitle="The end-to-end workflow on the embedded world: generate, erase, attribute, verify.")
     results["report"] = str(html)
     return results
+
+
+def _attribute_step(model, image, prompt: str, methods: tuple[str, ...], log) -> tuple[dict, dict]:
+    """Attribute one generated image against the training set with each method; the owner known by
+    construction (the character's studio) and its share are reported for each."""
+    from .attribute import Query, attribute, default_world, load_training_set
+    from .world import vocab as V
+
+    title = f"3. Attribute (compensation): who made '{prompt}' possible"
+    trained_on = model.meta.get("training", {}).get("data_hash")
+    train = load_training_set(model, default_world(log)) if model.kind == "world" else None
+    if train is None or trained_on != train.hash:
+        why = "this model was not trained on the default world, whose owners the step attributes to"
+        log(f"attribution step skipped: {why}")
+        return {"skipped": why}, {"title": title, "text": f"Skipped: {why}. Use `datarights attribute --data DIR`."}
+    known = next((V.find_concept(n)[1]["owner"] for n in [*V.CHARACTERS, *V.MEMORIZED, *V.STYLES]
+                  if n.lower() in prompt.lower()), None)
+    res = {"prompt": prompt, "known_owner": known, "methods": {}}
+    grids, bars, metrics = [grid("generated image", image[None], [prompt])], [], {}
+    for method in methods:
+        r = attribute(model, train, Query(image, prompt), method)
+        out = r.to_json(10)
+        share = {o["owner"]: o["share"] for o in out["owners"]}
+        res["methods"][method] = {"top": out["top"], "owners": out["owners"][:10], "seconds": out["seconds"],
+                                  "prepare_seconds": out["prepare_seconds"], "temperature": out["temperature"],
+                                  "known_owner_share": round(share.get(known, 0.0), 4)}
+        metrics[f"{method}: share of {known}"] = round(share.get(known, 0.0), 4)
+        metrics[f"{method}: seconds"] = out["seconds"]
+        top = r.top(10)
+        grids.append(grid(f"{method}: most influential training images", train.images[[t["index"] for t in top]],
+                          [f"{t['owner']} ({t['score']:.3g})" for t in top]))
+        bars += [{"label": f"{method}: {o['owner']}", "value": o["share"]} for o in out["owners"][:5]]
+    section = {
+        "title": title,
+        "text": (f"The generated image is attributed to the {len(train)} training images by "
+                 f"{' and '.join(methods)}; owner shares are a calibrated softmax over each method's scores, summed "
+                 f"per owner. The owner known by construction is {known}."),
+        "metrics": metrics, "grids": grids, "bars": bars,
+    }
+    return res, section

@@ -53,6 +53,11 @@ class TrainConfig:
     """Parameter group to train (see T2IModel.param_groups); 'full' for training from scratch."""
     unet_config: dict = field(default_factory=dict)
     """Overrides of the world UNet config (tests use tiny models)."""
+    exclude: list | None = None
+    """Coupled leave-out: indices of images to leave out while every step still draws its batch,
+    timesteps and noise over the *whole* dataset; the left-out rows are masked from the loss, so
+    the remaining images are seen in exactly the order, with exactly the noise, of the run that
+    kept them (an empty list trains on everything by the same masked path). None: plain training."""
 
     def __post_init__(self):
         if self.steps < 1:
@@ -131,6 +136,12 @@ def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, ini
     if folder.images.shape[-1] != res:
         folder = read_imagefolder(folder.root, resolution=res)
     x_all = torch.from_numpy(folder.images) * 2 - 1  # [N, 3, H, W] in [-1, 1]
+    left_out = None
+    if cfg.exclude is not None:
+        if any(not 0 <= i < len(folder) for i in cfg.exclude):
+            raise DatarightsError(f"exclude indices must be in [0, {len(folder) - 1}]")
+        left_out = torch.zeros(len(folder), dtype=torch.bool)
+        left_out[list(cfg.exclude)] = True
     states, idx = precompute_text_states(model, folder.texts)
     empty = len(states) - 1
 
@@ -170,12 +181,18 @@ def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, ini
         cond = states[torch.where(drop, torch.full_like(b, empty), idx[b])]
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        loss = diffusion_loss(model, x_all[b], cond, g)
+        if left_out is None:
+            loss = diffusion_loss(model, x_all[b], cond, g)
+        else:  # draws for the whole batch, loss over the kept rows only
+            keep = ~left_out[b]
+            if not keep.any():
+                continue
+            loss = diffusion_loss(model, x_all[b], cond, g, reduction="none")[keep].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
-        if ema is not None:
+        if ema is not None:  # (a step whose whole batch is left out is skipped, EMA included)
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, trainable, 1 - decay)

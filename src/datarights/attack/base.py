@@ -87,23 +87,42 @@ def states_with_soft_tokens(model: T2IModel, prompt: str, soft: torch.Tensor, po
     return model.encode_ids(None, inputs_embeds=full[None])[0]
 
 
+_WORDS: dict[int, torch.Tensor] = {}
+
+
+def word_mask(model: T2IModel) -> torch.Tensor:
+    """[V] bool: vocabulary entries that are whole alphabetic words (no special or subword tokens); once per tokenizer."""
+    key = id(model.tokenizer)
+    if key not in _WORDS:
+        vocab = model.tokenizer.convert_ids_to_tokens(list(range(model.token_embedding().weight.shape[0])))
+        _WORDS.clear()
+        _WORDS[key] = torch.tensor([not (w.startswith(("##", "[", "<|")) or not w.replace("</w>", "").isalpha())
+                                    for w in vocab])
+    return _WORDS[key]
+
+
 def nearest_tokens(model: T2IModel, soft: torch.Tensor) -> list[int]:
-    """Project soft embeddings to the nearest real tokens (cosine), skipping special tokens."""
+    """Project soft embeddings to the nearest whole-word tokens (cosine): the result must read as a prompt."""
     table = model.token_embedding().weight.detach()
     sims = torch.nn.functional.normalize(soft.detach(), dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
-    vocab = model.tokenizer.convert_ids_to_tokens(list(range(table.shape[0])))
-    bad = [i for i, w in enumerate(vocab) if w.startswith("##") or w.startswith("[") or w.startswith("<|")
-           or not w.replace("</w>", "").isalpha()]
-    sims[:, bad] = -2  # project to whole words only: the result must read as a prompt
+    sims[:, ~word_mask(model)] = -2
     return sims.argmax(-1).tolist()
 
 
+def projected(model: T2IModel, soft: torch.Tensor) -> torch.Tensor:
+    """Straight-through projection (PEZ, Wen et al. 2023): the forward pass sees the nearest real tokens'
+    embeddings, the gradient updates the continuous ones, so the optimised prompt is a hard prompt."""
+    hard = model.token_embedding().weight[nearest_tokens(model, soft)].detach()
+    return soft + (hard - soft).detach()
+
+
 def fit_embeddings(model: T2IModel, images: torch.Tensor, emb: torch.nn.Parameter,
-                   states: Callable[[int], torch.Tensor], steps: int, lr: float, batch_size: int,
+                   states: Callable[[int, torch.Tensor], torch.Tensor], steps: int, lr: float, batch_size: int,
                    g: torch.Generator) -> torch.Tensor:
     """Adam on token embeddings `emb` so that the model's denoising loss on `images` is low.
 
-    `states(step)` gives the text states [L, D] built from the current `emb` (a soft prompt, a new token).
+    `states(step, b)` gives the text states built from the current `emb` (a soft prompt, a new
+    token) for the batch's image indices b: [L, D] shared by the batch, or [B, L, D].
     """
     opt = torch.optim.Adam([emb], lr=lr)
     x0 = model.to_model_space(images)
@@ -111,12 +130,39 @@ def fit_embeddings(model: T2IModel, images: torch.Tensor, emb: torch.nn.Paramete
         b = torch.randint(0, len(x0), (batch_size,), generator=g)
         t = torch.randint(0, model.num_train_timesteps, (batch_size,), generator=g)
         noise = torch.randn(x0[b].shape, generator=g)
-        cond = states(step)[None].expand(batch_size, -1, -1)
+        cond = states(step, b)
+        cond = cond[None].expand(batch_size, -1, -1) if cond.ndim == 2 else cond
         loss = torch.nn.functional.mse_loss(model.predict_noise(model.add_noise(x0[b], noise, t), t, cond), noise)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return emb.detach()
+
+
+PLACEHOLDER = "*"
+"""Stands for a learned token inside a caption (a single token in BERT and CLIP vocabularies)."""
+
+
+def states_with_placeholder(model: T2IModel, texts: list[str], v: torch.Tensor) -> torch.Tensor:
+    """Text states [B, L, D] of captions in which every PLACEHOLDER token is replaced by the embedding v [D]."""
+    ids = model.tokenize(texts)
+    star = model.tokenizer.convert_tokens_to_ids(PLACEHOLDER if PLACEHOLDER in model.tokenizer.get_vocab()
+                                                 else PLACEHOLDER + "</w>")
+    emb = model.token_embedding()(ids)
+    mask = (ids == star)[..., None]
+    return model.encode_ids(None, inputs_embeds=torch.where(mask, v.view(1, 1, -1).expand_as(emb), emb))
+
+
+def best_of(model: T2IModel, candidates: list[Callable[[int, int], torch.Tensor]], target: str, probes: int,
+            seed: int, judge=None) -> tuple[int, list[float]]:
+    """Black-box choice among candidate conditionings: each generates `probes` images (seed + 2) and
+    the one whose images the judge most often labels with the target wins (ties: the first)."""
+    rates = []
+    for make in candidates:
+        out = make(probes, seed + 2)
+        ok = judge_attempts(out, target, judge)
+        rates.append(sum(ok) / len(ok))
+    return max(range(len(rates)), key=lambda i: (rates[i], -i)), rates
 
 
 def timed(fn):

@@ -1,9 +1,14 @@
 """Paraphrase attack: the target's words swapped for their neighbours in the text encoder.
 
-For each word of the target, the nearest vocabulary tokens by cosine similarity of the text
-encoder's input embeddings (the world model's encoder is a real pretrained one, so neighbours are
-meaningful: synonyms, spellings, related words); prompts are the target's prompts with the words
-replaced. The judge decides whether each generated image shows the target.
+Neighbours are semantic, not lexical: every whole-word token of the tokenizer's vocabulary is
+embedded as a one-word sentence by the text encoder (mean-pooled output states, the way
+all-MiniLM-L6-v2 is trained to be used; computed once per encoder and kept in memory), the
+nearest words to each target word are taken, leaving out its inflections (same first four
+letters), and the resulting phrases are ranked by the sentence similarity of the whole phrase to
+the target. The attacker is black-box: each of the nearest `probes` paraphrases is tried once on
+the attacked model (in a target prompt), and the budget is spent, with fresh noise, on the
+paraphrases whose probe showed the target (or the nearest ones if none did). The judge decides
+whether each generated image shows the target; ASR counts the budget's images only.
 """
 
 from __future__ import annotations
@@ -23,40 +28,72 @@ class ParaphraseConfig:
     """Settings of the paraphrase attack."""
 
     neighbours: int = 8
-    """Nearest tokens considered per word."""
+    """Nearest words considered per word of the target."""
+    probes: int = 16
+    """Paraphrases tried once each before the budget is spent."""
     budget: int = 16
-    """Generated images (attempts), spread over the paraphrases."""
+    """Generated images (attempts), spread over the chosen paraphrases."""
     seed: int = 0
     """Seed of generation."""
 
     def __post_init__(self):
-        if self.neighbours < 1 or self.budget < 1:
-            raise DatarightsError("neighbours and budget must be at least 1")
+        if self.neighbours < 1 or self.budget < 1 or self.probes < 1:
+            raise DatarightsError("neighbours, probes and budget must be at least 1")
+
+
+def _stem(w: str) -> str:
+    return w.lower()[:4]
+
+
+def _sentence_embeddings(model: T2IModel, texts: list[str], batch_size: int = 1024) -> torch.Tensor:
+    """Mean-pooled, L2-normalised text-encoder output states: [n, D]."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(texts), batch_size):
+            tok = model.tokenizer(texts[s:s + batch_size], padding=True, truncation=True, max_length=16,
+                                  return_tensors="pt")
+            h = model.text_encoder(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+            m = tok.attention_mask[..., None].to(h.dtype)
+            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
+    return torch.cat(out)
+
+
+_VOCAB: dict[int, tuple[list[str], torch.Tensor]] = {}
+
+
+def word_table(model: T2IModel) -> tuple[list[str], torch.Tensor]:
+    """The tokenizer's whole words (alphabetic, >= 3 letters) and their sentence embeddings, once per encoder."""
+    key = id(model.text_encoder)
+    if key not in _VOCAB:
+        vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
+        words = sorted({w.replace("</w>", "") for w in vocab if not w.startswith(("##", "[", "<|"))
+                        and w.replace("</w>", "").isalpha() and len(w.replace("</w>", "")) >= 3})
+        _VOCAB.clear()
+        _VOCAB[key] = (words, _sentence_embeddings(model, words))
+    return _VOCAB[key]
 
 
 def neighbours(model: T2IModel, word: str, k: int) -> list[str]:
-    """The k whole-word tokens nearest to `word` (excluding itself and special/subword tokens)."""
-    tok = model.tokenizer
-    ids = tok(word, add_special_tokens=False).input_ids
-    table = torch.nn.functional.normalize(model.token_embedding().weight.detach(), dim=-1)
-    q = torch.nn.functional.normalize(table[ids].mean(0), dim=-1)
-    order = torch.argsort(table @ q, descending=True).tolist()
+    """The k vocabulary words nearest to `word` in sentence-embedding space, without its inflections."""
+    words, table = word_table(model)
+    sims = table @ _sentence_embeddings(model, [word])[0]
     out = []
-    for i in order:
-        w = tok.convert_ids_to_tokens(i)
-        if w.startswith("##") or w.startswith("[") or not w.isalpha() or w.lower() == word.lower():
-            continue
-        out.append(w.replace("</w>", ""))
-        if len(out) == k:
-            break
+    for i in torch.argsort(sims, descending=True).tolist():
+        if _stem(words[i]) != _stem(word):
+            out.append(words[i])
+            if len(out) == k:
+                break
     return out
 
 
 def paraphrases(model: T2IModel, target: str, k: int) -> list[str]:
+    """Phrases with some of the target's words swapped for neighbours, nearest to the target first."""
     words = target.split()
     options = [[w] + neighbours(model, w, k) for w in words]
     combos = [" ".join(c) for c in itertools.product(*options) if " ".join(c).lower() != target.lower()]
-    return combos[: max(k * len(words), k)]
+    sims = _sentence_embeddings(model, combos) @ _sentence_embeddings(model, [target])[0]
+    ranked = [combos[i] for i in torch.argsort(sims, descending=True).tolist()]
+    return ranked[: max(k * len(words), k)]
 
 
 @register("paraphrase", ParaphraseConfig)
@@ -64,9 +101,15 @@ def paraphrases(model: T2IModel, target: str, k: int) -> list[str]:
 def paraphrase(model: T2IModel, target: str, cfg: ParaphraseConfig, judge=None) -> AttackResult:
     from ..erase.base import concept_prompts
 
-    subs = paraphrases(model, target, cfg.neighbours)
-    base_prompts = concept_prompts(target, "something else entirely", cfg.budget, cfg.seed).target
-    prompts = [base_prompts[i % len(base_prompts)].replace(target, subs[i % len(subs)]) for i in range(cfg.budget)]
+    subs = paraphrases(model, target, cfg.neighbours)[:cfg.probes]
+    templates = concept_prompts(target, "something else entirely", max(cfg.budget, len(subs)), cfg.seed).target
+
+    def prompts_for(phrases, n):
+        return [templates[i % len(templates)].replace(target, phrases[i % len(phrases)]) for i in range(n)]
+
+    probe = judge_attempts(model.sample(prompts_for(subs, len(subs)), seed=cfg.seed + 2), target, judge)
+    chosen = [p for p, ok in zip(subs, probe) if ok] or subs[:max(1, len(subs) // 4)]
+    prompts = prompts_for(chosen, cfg.budget)
     out = model.sample(prompts, seed=cfg.seed + 1)
     ok = judge_attempts(out, target, judge)
     return AttackResult("paraphrase", target, sum(ok) / len(ok), len(ok), 0.0, prompts, out, ok)

@@ -1,8 +1,9 @@
 """Concept recovery by textual inversion (Pham et al., "Circumventing Concept Erasure", 2023).
 
-Learn one new token embedding v* on the *edited* model from rendered images of the target
-(prompts "a picture of <v*>" and friends), then generate with it: if the weights still hold the
-concept, a new word finds it again.
+Learn one new token embedding v* on the *edited* model from rendered images of the target, each
+with its own caption in which the target's words are replaced by v* ("a red <v*>", "a tree in <v*>
+style"), then generate from the target's prompts with v* in place of its words: if the weights
+still hold the concept, a new word finds it again.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
-from .base import AttackResult, fit_embeddings, judge_attempts, register, states_with_soft_tokens, target_images, timed
-
-TEMPLATES = ["", "a picture of", "an image of", "a photo of"]  # the new token is appended
+from .base import (PLACEHOLDER, AttackResult, fit_embeddings, judge_attempts, register, states_with_placeholder,
+                   target_images, timed)
 
 
 @dataclass
@@ -43,15 +43,27 @@ class TIConfig:
 @register("ti", TIConfig)
 @timed
 def textual_inversion(model: T2IModel, target: str, cfg: TIConfig, judge=None) -> AttackResult:
-    images, _ = target_images(target, cfg.n_images, cfg.seed)
+    from ..erase.base import prompts_showing
+
+    images, texts = target_images(target, cfg.n_images, cfg.seed)
+    captions = [_with_placeholder(t, target) for t in texts]
     g = torch.Generator().manual_seed(cfg.seed)
     start = model.tokenizer("picture", add_special_tokens=False).input_ids[0]
-    v = torch.nn.Parameter(model.token_embedding().weight[start].detach().clone()[None])  # [1, D]
-    v = fit_embeddings(model, images, v,
-                       lambda step: states_with_soft_tokens(model, TEMPLATES[step % len(TEMPLATES)], v, position="append"),
+    v = torch.nn.Parameter(model.token_embedding().weight[start].detach().clone())          # [D]
+    v = fit_embeddings(model, images, v, lambda step, b: states_with_placeholder(model, [captions[i] for i in b], v),
                        cfg.steps, cfg.lr, cfg.batch_size, g)
+    prompts = [_with_placeholder(p, target) for p in prompts_showing(target, cfg.budget, cfg.seed + 1)][:cfg.budget]
+    prompts = [prompts[i % len(prompts)] for i in range(cfg.budget)]
     with torch.no_grad():
-        cond = states_with_soft_tokens(model, "a picture of", v, position="append")
-    out = model.sample_states(cond[None].expand(cfg.budget, -1, -1), seed=cfg.seed + 1)
+        cond = states_with_placeholder(model, prompts, v)
+    out = model.sample_states(cond, seed=cfg.seed + 1)
     ok = judge_attempts(out, target, judge)
-    return AttackResult("ti", target, sum(ok) / len(ok), len(ok), 0.0, ["a picture of <v*>"] * len(ok), out, ok)
+    return AttackResult("ti", target, sum(ok) / len(ok), len(ok), 0.0, [p.replace(PLACEHOLDER, "<v*>") for p in prompts],
+                        out, ok)
+
+
+def _with_placeholder(text: str, target: str) -> str:
+    """The caption with the target's words replaced by the placeholder (appended where it does not
+    name the target literally, e.g. 'a face and a tree' for the composition 'face and tree')."""
+    i = text.lower().find(target.lower())
+    return f"{text} {PLACEHOLDER}" if i < 0 else text[:i] + PLACEHOLDER + text[i + len(target):]

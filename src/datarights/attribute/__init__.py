@@ -2,7 +2,7 @@
 
 One module per method, each a config dataclass plus a `prepare` (per-training-set work, cached on
 disk by a content hash of model, data and config) and a `score` (per query): `abu`, `trak`,
-`dtrak`, `feature`, `pixel`.
+`dtrak`, `jtrak`, `feature`, `pixel`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,34 @@ from ..errors import DatarightsError
 from ..models import T2IModel
 from ..registry import build_config
 from . import abu, feature, pixel, trak  # noqa: F401  (registers the methods)
-from .base import METHODS, Attribution, Query, TrainingSet, load_training_set, owner_shares
+from .base import METHODS, Attribution, Query, TrainingSet, load_training_set, owner_shares, share_temperature
 from .cache import artifact_key, cache_root, load_artifact, save_artifact
 
 
 def make_config(method: str, **options):
     """The method's config dataclass from keyword options (None values keep the defaults)."""
     return build_config(METHODS, method, "attribution method", options)
+
+
+def result_config(cfg) -> dict:
+    """The config fields that can change a result (the batch size only changes speed and memory)."""
+    return {k: v for k, v in asdict(cfg).items() if k != "batch_size"}
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "attribution"
+"""Read-only artifacts shipped for the shipped model on the default world (same layout and keys as the cache)."""
+
+
+def default_world(log=None) -> Path:
+    """The default world imagefolder (the shipped model's training set), made once in the cache (~4 s)."""
+    from ..world import make_world_folder
+
+    folder = cache_root() / "world-default"
+    if not (folder / "metadata.jsonl").exists():
+        if log is not None:
+            log(f"making the default world in {folder} (once)")
+        make_world_folder(folder)
+    return folder
 
 
 def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | Path | None = None,
@@ -34,9 +55,11 @@ def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | 
     """
     from ..erase.base import model_hash
 
-    key = artifact_key(method=method, model=model_hash(model), data=train.hash, config=asdict(cfg))
+    key = artifact_key(method=method, model=model_hash(model), data=train.hash, config=result_config(cfg))
     root = cache_root(cache)
     state = load_artifact(root, method, key)
+    if state is None:
+        state = load_artifact(SHIPPED, method, key)
     if state is not None:
         return state, 0.0, True
     t0 = time.time()
@@ -48,13 +71,19 @@ def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | 
 
 
 def attribute(model: T2IModel, train: TrainingSet, query: Query, method: str = "abu", cfg=None,
-              cache: str | Path | None = None, progress: bool = True, temperature: float = 0.25) -> Attribution:
-    """Score every training image's influence on the query; higher = more influential."""
+              cache: str | Path | None = None, progress: bool = True, temperature: float | None = None) -> Attribution:
+    """Score every training image's influence on the query; higher = more influential.
+
+    Owner shares use `temperature` (default: the method's calibrated value, see base.TEMPERATURE).
+    """
     cfg = cfg if cfg is not None else make_config(method)
     state, prep_s, _ = prepare(model, train, method, cfg, cache, progress)
     t0 = time.time()
     scores = METHODS[method].score(model, train, state, query, cfg)
-    return Attribution(method, scores.detach().float(), train.files, train.owners, time.time() - t0, prep_s, temperature)
+    scores, extra = scores if isinstance(scores, tuple) else (scores, {})
+    return Attribution(method, scores.detach().float(), train.files, train.owners, time.time() - t0, prep_s,
+                       share_temperature(method) if temperature is None else temperature,
+                       extra)
 
 
 def load_query(path: str | Path, resolution: int) -> torch.Tensor:
@@ -81,5 +110,5 @@ def load_query(path: str | Path, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-__all__ = ["METHODS", "Attribution", "Query", "TrainingSet", "attribute", "load_query", "load_training_set",
+__all__ = ["METHODS", "Attribution", "Query", "TrainingSet", "attribute", "default_world", "load_query", "load_training_set",
            "make_config", "owner_shares", "prepare"]

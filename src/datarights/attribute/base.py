@@ -78,7 +78,7 @@ class Method:
     name: str
     config_cls: type
     prepare: Callable  # (model, train, cfg, cache_root, progress) -> state (per-training-set, cached)
-    score: Callable    # (model, train, state, query, cfg) -> scores [N] (higher = more influential)
+    score: Callable    # (model, train, state, query, cfg) -> scores [N] (higher = more influential), or (scores, extra)
 
 
 METHODS: dict[str, Method] = {}
@@ -89,16 +89,22 @@ def register(name: str, config_cls: type, prepare: Callable, score: Callable) ->
     register_method(METHODS, name, Method(name, config_cls, prepare, score), "attribution method")
 
 
-@dataclass
-class ShareConfig:
-    """Calibration of the soft attribution: p_i = softmax(z_i / temperature) over the training set,
-    z the scores standardised to zero mean and unit variance, owner share = sum of its images' p_i."""
+# Share calibration: p_i = softmax(z_i / T) over the training set, z the scores standardised to zero
+# mean and unit variance, owner share = the sum of its images' p_i. T is fitted per method by
+# temperature scaling (maximum likelihood of the true owner) on generated images whose owner is
+# known by construction: styles (the artist), the character and the memorized image (their
+# studios). `python benchmarks/attribute.py calibrate` measures it; BENCHMARKS.md has the figures.
+TEMPERATURE: dict[str, float] = {"abu": 0.774, "trak": 0.630, "dtrak": 1.442, "jtrak": 0.953, "feature": 0.138,
+                                  "pixel": 0.294}
+DEFAULT_TEMPERATURE = 0.25
+"""Methods without a calibrated value (e.g. registered by a user) use this."""
 
-    temperature: float = 0.25
-    """Softmax temperature on standardised scores (lower: sharper)."""
+
+def share_temperature(method: str) -> float:
+    return TEMPERATURE.get(method, DEFAULT_TEMPERATURE)
 
 
-def owner_shares(scores: torch.Tensor, owners: list[str], temperature: float = 0.25) -> list[dict]:
+def owner_shares(scores: torch.Tensor, owners: list[str], temperature: float = DEFAULT_TEMPERATURE) -> list[dict]:
     """Owner shares that sum to 1: softmax over standardised scores, summed per owner, largest first."""
     s = scores.double()
     z = (s - s.mean()) / (s.std() + 1e-12)
@@ -120,7 +126,7 @@ class Attribution:
     owners: list[str]
     seconds: float
     prepare_seconds: float = 0.0
-    temperature: float = 0.25
+    temperature: float = DEFAULT_TEMPERATURE
     extra: dict = field(default_factory=dict)
 
     def top(self, k: int = 10) -> list[dict]:
@@ -133,7 +139,8 @@ class Attribution:
 
     def to_json(self, k: int = 10) -> dict:
         return {"top": self.top(k), "owners": self.owner_shares(), "method": self.method,
-                "seconds": round(self.seconds, 3), "prepare_seconds": round(self.prepare_seconds, 2), **self.extra}
+                "seconds": round(self.seconds, 3), "prepare_seconds": round(self.prepare_seconds, 2),
+                "temperature": self.temperature, **self.extra}
 
 
 def rank_of(scores: torch.Tensor, positives: np.ndarray) -> np.ndarray:

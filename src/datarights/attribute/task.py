@@ -107,19 +107,24 @@ def linear_modules(model: T2IModel, group: str) -> dict[str, torch.nn.Linear]:
 
 
 def per_sample_grads(model: T2IModel, modules: dict[str, torch.nn.Linear], x0: torch.Tensor, cond: torch.Tensor,
-                     d: Draws, output: str = "loss") -> torch.Tensor:
-    """Gradients of each sample's scalar (averaged over its K draws) w.r.t. the modules' weights: [N, P]."""
+                     d: Draws, output: str = "loss", per_draw: bool = False) -> torch.Tensor:
+    """Gradients of each sample's scalar (averaged over its K draws) w.r.t. the modules' weights: [N, P].
+
+    per_draw: one gradient per draw instead ([N * K, P], row i * K + j = sample i's draw j, each the
+    gradient of that draw's own scalar).
+    """
     k = d.t.shape[1]
     for m in modules.values():
         m.weight.requires_grad_(True)
-    rec = LinearGrads(modules, group_size=k)
+    rec = LinearGrads(modules, group_size=1 if per_draw else k)
     try:
         with torch.enable_grad():
             vals = per_sample_loss(model, x0, cond, d, output)
-            vals.sum().backward()
+            (vals.sum() * (k if per_draw else 1)).backward()
         return rec.flat()
     finally:
         rec.close()
         for m in modules.values():
             m.weight.requires_grad_(False)
             m.weight.grad = None
+

@@ -1,14 +1,22 @@
-"""TRAK for diffusion and D-TRAK: projected per-sample gradients and a kernel.
+"""TRAK for diffusion, D-TRAK and Journey-TRAK: projected per-sample gradients and a kernel.
 
 Once per training set (cached):
   1. Per-sample gradients g_i = grad_theta f(z_i) of the chosen linear layers, exact and batched
      (one backward pass per batch, via forward/backward hooks; see task.LinearGrads).
-  2. Random projection phi_i = P^T g_i, P a seeded Gaussian [p, k] / sqrt(k).
+  2. Random projection phi_i = P^T g_i: by default a sparse Johnson-Lindenstrauss sketch (each
+     gradient coordinate added, with a random sign, to one of the k outputs: O(p) per sample, and
+     inner products unbiased with about the accuracy of a Gaussian projection at the same k);
+     `projection="dense"` uses one seeded Gaussian [p, k] / sqrt(k) as the TRAK paper does (O(pk)).
   3. The kernel: A = Phi (Phi^T Phi + lam I)^-1, so that score(q, i) = A_i . phi_q.
 Per query: phi_q = P^T grad f(query), score = A phi_q.
 
 f: `trak` the diffusion loss averaged over the draws; `dtrak` the squared output norm
-||eps_theta(x_t, t, c)||^2 (Zheng et al., ICLR 2024). (Journey-TRAK is not built yet.)
+||eps_theta(x_t, t, c)||^2 (Zheng et al., ICLR 2024). `jtrak` (Journey-TRAK, Georgiev et al. 2023)
+attributes each step of the sampling journey separately: one kernel per timestep t_j, training
+features from the loss at t_j alone; the query's journey is recovered by deterministic DDIM
+inversion of the image under its prompt, and at step t_j the query feature is the gradient of the
+loss of the model's x0-prediction x^0(t_j), re-noised to t_j; the ranking sums the per-step scores
+(the top image of every step is reported as `journey`).
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import torch
 
 from ..errors import DatarightsError
 from .base import register
-from .task import draws, linear_modules, per_sample_grads, spaced_timesteps
+from .task import Draws, draws, linear_modules, per_sample_grads, spaced_timesteps
+
+PROJECTIONS = ("sjlt", "dense")
 
 
 @dataclass
@@ -32,65 +42,136 @@ class TRAKConfig:
     """Linear-layer parameter group whose gradients are projected."""
     proj_dim: int = 512
     """Projection dimension k."""
+    projection: str = "sjlt"
+    """'sjlt' (sparse sign sketch, O(p) per sample) or 'dense' (one Gaussian matrix, O(pk))."""
     timesteps: int = 10
-    """Evenly spaced timesteps per sample that f averages over."""
+    """Evenly spaced timesteps per sample (trak/dtrak average f over them; jtrak keeps one kernel each)."""
     lam: float = 1e-2
     """Ridge term, relative to the mean diagonal of Phi^T Phi."""
-    batch_size: int = 128
-    """Training images per batch."""
+    batch_size: int = 48
+    """Training images per batch (x timesteps rows per forward/backward; ~500 rows is fastest on CPU)."""
     seed: int = 0
     """Seed of the projection and of the noise draws."""
 
     def __post_init__(self):
         if self.proj_dim < 1 or self.timesteps < 1:
             raise DatarightsError("proj_dim and timesteps must be at least 1")
+        if self.projection not in PROJECTIONS:
+            raise DatarightsError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
 
 
 @functools.lru_cache(maxsize=1)  # rebuilding it per query costs seconds; it depends only on these three
 def projection(n_params: int, k: int, seed: int) -> torch.Tensor:
+    """Dense Gaussian projection [p, k] / sqrt(k)."""
     g = torch.Generator().manual_seed(seed + 12345)
     return torch.randn(n_params, k, generator=g) / k**0.5
 
 
-def _features(model, mods, x0, cond, cfg, offset, output, P):
+@functools.lru_cache(maxsize=1)
+def sketch(n_params: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse JL sketch: coordinate j goes to output bucket[j] with sign[j] (CountSketch)."""
+    g = torch.Generator().manual_seed(seed + 54321)
+    return torch.randint(0, k, (n_params,), generator=g), torch.randint(0, 2, (n_params,), generator=g).float() * 2 - 1
+
+
+class Projector:
+    """phi = P^T grad f for a batch, with the configured projection."""
+
+    def __init__(self, model, cfg: TRAKConfig):
+        self.mods = linear_modules(model, cfg.params)
+        if not self.mods:
+            raise DatarightsError(f"the TRAK family needs a group of linear layers; {cfg.params!r} has none")
+        p = sum(m.weight.numel() for m in self.mods.values())
+        self.k, self.dense = cfg.proj_dim, cfg.projection == "dense"
+        self.P = projection(p, cfg.proj_dim, cfg.seed) if self.dense else sketch(p, cfg.proj_dim, cfg.seed)
+
+    def __call__(self, model, x0, cond, d: Draws, output: str, per_draw: bool = False) -> torch.Tensor:
+        g = per_sample_grads(model, self.mods, x0, cond, d, output, per_draw=per_draw)   # [B, p]
+        if self.dense:
+            return g @ self.P
+        bucket, sign = self.P
+        return torch.zeros(len(g), self.k).index_add_(1, bucket, g.mul_(sign))
+
+
+def _kernel(phi: torch.Tensor, lam: float) -> torch.Tensor:
+    """A = Phi (Phi^T Phi + lam * mean diag * I)^-1: [N, k]."""
+    phi = phi.double()
+    gram = phi.T @ phi
+    gram += lam * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.float64)
+    return torch.linalg.solve(gram, phi.T).T.float()
+
+
+def _train_draws(model, x0, cfg, offset):
     ts = spaced_timesteps(cfg.timesteps, model.num_train_timesteps)
-    d = draws(len(x0), cfg.timesteps, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed, offset=offset, timesteps=ts)
-    return per_sample_grads(model, mods, x0, cond, d, output) @ P                      # [B, k]
+    return draws(len(x0), cfg.timesteps, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed, offset=offset, timesteps=ts)
 
 
-def make_prepare(output: str):
+def make_prepare(output: str, journey: bool = False):
     def prepare(model, train, cfg: TRAKConfig, progress=True) -> dict:
         from tqdm.auto import tqdm
 
-        mods = linear_modules(model, cfg.params)
-        if not mods:
-            raise DatarightsError(f"trak needs a group of linear layers; {cfg.params!r} has none")
-        n_params = sum(m.weight.numel() for m in mods.values())
-        P = projection(n_params, cfg.proj_dim, cfg.seed)
+        proj = Projector(model, cfg)
         phis = []
-        bar = tqdm(total=len(train), desc=f"{output} features", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        name = "jtrak" if journey else {"loss": "trak", "norm": "dtrak"}[output]
+        bar = tqdm(total=len(train), desc=f"{name} features", file=sys.stderr, disable=not progress, dynamic_ncols=True)
         for s in range(0, len(train), cfg.batch_size):
             idx = torch.arange(s, min(s + cfg.batch_size, len(train)))
-            phis.append(_features(model, mods, train.x0[idx], train.cond(idx), cfg, s, output, P))
+            x0 = train.x0[idx]
+            phi = proj(model, x0, train.cond(idx), _train_draws(model, x0, cfg, s), output, per_draw=journey)
+            phis.append(phi.view(len(idx), cfg.timesteps, -1) if journey else phi)
             bar.update(len(idx))
         bar.close()
-        phi = torch.cat(phis).double()                                                  # [N, k]
-        gram = phi.T @ phi
-        gram += cfg.lam * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.float64)
-        return {"A": torch.linalg.solve(gram, phi.T).T.float()}                          # [N, k]
+        phi = torch.cat(phis)                                                           # [N, k] or [N, T, k]
+        if journey:
+            return {"A": torch.stack([_kernel(phi[:, j], cfg.lam) for j in range(cfg.timesteps)])}  # [T, N, k]
+        return {"A": _kernel(phi, cfg.lam)}                                             # [N, k]
     return prepare
 
 
 def make_score(output: str):
     def score(model, train, state, query, cfg: TRAKConfig) -> torch.Tensor:
-        mods = linear_modules(model, cfg.params)
-        P = projection(sum(m.weight.numel() for m in mods.values()), cfg.proj_dim, cfg.seed)
         x0 = model.to_model_space(query.image[None].float())
         cond = model.encode_prompt([query.prompt])
-        phi_q = _features(model, mods, x0, cond, cfg, 10**9, output, P)[0]               # [k]
+        phi_q = Projector(model, cfg)(model, x0, cond, _train_draws(model, x0, cfg, 10**9), output)[0]   # [k]
         return state["A"] @ phi_q
     return score
 
 
+@torch.no_grad()
+def journey(model, x0: torch.Tensor, cond: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The model's x0-predictions x^0(t) along the DDIM journey that ends in x0 (recovered by inversion).
+
+    Deterministic DDIM inversion under `cond` walks x0 up through the (ascending) timesteps; at each
+    step the model's noise estimate gives x^0(t) = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t).
+    Returns [T, C, H, W] for x0 [1, C, H, W].
+    """
+    abar = model.scheduler.alphas_cumprod
+    x, a_prev, out = x0, torch.tensor(1.0), []
+    eps = model.predict_noise(x0, timesteps[:1], cond)           # the first step's direction, from the image itself
+    for t in timesteps:
+        a = abar[t]
+        x0_pred = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        x = a.sqrt() * x0_pred + (1 - a).sqrt() * eps             # DDIM (eta = 0) step, run upwards
+        eps = model.predict_noise(x, t[None], cond)
+        out.append(((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1))
+        a_prev = a
+    return torch.cat(out)
+
+
+def jtrak_score(model, train, state, query, cfg: TRAKConfig) -> torch.Tensor:
+    x0 = model.to_model_space(query.image[None].float())
+    cond = model.encode_prompt([query.prompt])
+    ts = spaced_timesteps(cfg.timesteps, model.num_train_timesteps)
+    x0_hats = journey(model, x0, cond, ts)                                              # [T, C, H, W]
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 10**9)
+    d = Draws(ts[:, None], torch.randn((len(ts), 1, *x0.shape[1:]), generator=g))
+    phi_q = Projector(model, cfg)(model, x0_hats, cond.expand(len(ts), -1, -1), d, "loss")        # [T, k]
+    per_step = torch.einsum("tnk,tk->tn", state["A"], phi_q)                           # [T, N]
+    top = per_step.argmax(1).tolist()
+    journey_top = [{"t": int(t), "file": train.files[i], "owner": train.owners[i]} for t, i in zip(ts.tolist(), top)]
+    return per_step.sum(0), {"journey": journey_top}
+
+
 register("trak", TRAKConfig, make_prepare("loss"), make_score("loss"))
 register("dtrak", TRAKConfig, make_prepare("norm"), make_score("norm"))
+register("jtrak", TRAKConfig, make_prepare("loss", journey=True), jtrak_score)

@@ -25,13 +25,13 @@ import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
-from .robust import Adversary
+from .robust import Adversary, RobustOptions
 from .base import (Edit, PromptSet, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached,
                    generate_model_space, model_hash, optimise, register, trainable_copy)
 
 
 @dataclass
-class CAConfig:
+class CAConfig(RobustOptions):
     """Settings of Concept Ablation."""
 
     loss: str = "model"
@@ -54,18 +54,9 @@ class CAConfig:
     """DDIM steps used to generate the anchor images."""
     seed: int = 0
     """Seed of anchor images, timesteps and noise."""
-    robust: bool = False
-    """AdvUnlearn-style min-max: also erase under soft prompts found by attacking the model being edited."""
-    robust_every: int = 25
-    """Steps between two inner attacks (robust only)."""
-    robust_attack_steps: int = 15
-    """Steps of each inner attack (robust only)."""
-    retain: float = 1.0
-    """Weight of keeping other prompts' predictions equal to the base's (robust only)."""
 
     def __post_init__(self):
-        if self.robust and (self.robust_every < 1 or self.robust_attack_steps < 1):
-            raise DatarightsError("robust_every and robust_attack_steps must be at least 1")
+        self.check_robust()
         if self.loss not in ("model", "noise"):
             raise DatarightsError(f"--loss must be 'model' or 'noise', got {self.loss!r}")
         if self.params not in ("xattn-kv", "xattn", "embedding", "full", "attn"):

@@ -19,13 +19,13 @@ import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
-from .robust import Adversary
+from .robust import Adversary, RobustOptions
 from .base import (Edit, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached, model_hash,
                    optimise, register, trainable_copy)
 
 
 @dataclass
-class ESDConfig:
+class ESDConfig(RobustOptions):
     """Settings of ESD."""
 
     params: str = "xattn"
@@ -46,16 +46,9 @@ class ESDConfig:
     """Target prompts built from templates."""
     seed: int = 0
     """Seed of rollouts and noise."""
-    robust: bool = False
-    """AdvUnlearn-style min-max: also erase under soft prompts found by attacking the model being edited."""
-    robust_every: int = 25
-    """Steps between two inner attacks (robust only)."""
-    robust_attack_steps: int = 15
-    """Steps of each inner attack (robust only)."""
-    retain: float = 1.0
-    """Weight of keeping other prompts' predictions equal to the base's (robust only)."""
 
     def __post_init__(self):
+        self.check_robust()
         if self.params not in ("xattn", "xattn-kv", "unet-noxattn", "full"):
             raise DatarightsError(f"esd trains 'xattn' (ESD-x) or 'unet-noxattn' (ESD-u), got {self.params!r}")
         if self.steps < 1 or self.batch_size < 1 or self.rollout_steps < 1:
@@ -78,12 +71,9 @@ def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig,
         sched = model.ddim(cfg.rollout_steps)
         w = model.default_guidance if cfg.guidance is None else cfg.guidance
         stop = int(torch.randint(0, cfg.rollout_steps, (1,), generator=g))
-        x = torch.randn((cfg.batch_size, *model.latent_shape), generator=g)
-        with torch.no_grad():  # partial rollout of the frozen model under c
-            for t in sched.timesteps[:stop]:
-                e = model.predict_noise(torch.cat([x, x]), t, torch.cat([unc, cond]))
-                eu, ec = e.chunk(2)
-                x = sched.step(eu + w * (ec - eu), t, x).prev_sample
+        noise = torch.randn((cfg.batch_size, *model.latent_shape), generator=g)
+        with torch.no_grad():  # partial rollout of the frozen model under c, stopped at a random step
+            x = model.sample_states(cond, steps=cfg.rollout_steps, guidance=w, noise=noise, stop_at=stop)
             t = sched.timesteps[stop]
             e = model.predict_noise(torch.cat([x, x]), t, torch.cat([unc, cond]))
             eu, ec = e.chunk(2)

@@ -1,17 +1,38 @@
 """Robust erasure, AdvUnlearn-style (Zhang et al., NeurIPS 2024): a min-max inside the erase loop.
 
-Every `every` steps the inner loop attacks the model being edited (a few steps of the udatk soft
-prompt against its own denoising loss on rendered images of the target); the outer loop then also
+Every `every` steps the inner loop attacks the model being edited (a few steps of the udatk hard
+prompt search against its own denoising loss on rendered images of the target); the outer loop then also
 erases under the adversarial prompt it found, and a retain term keeps the edited model's
 predictions on other world prompts equal to the base's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..errors import DatarightsError
 from ..models import T2IModel
 from ..world import sample_eval_prompts
+
+
+@dataclass
+class RobustOptions:
+    """The min-max options shared by the erase methods that support `--robust` (ca, esd)."""
+
+    robust: bool = False
+    """AdvUnlearn-style min-max: also erase under soft prompts found by attacking the model being edited."""
+    robust_every: int = 25
+    """Steps between two inner attacks (robust only)."""
+    robust_attack_steps: int = 15
+    """Steps of each inner attack (robust only)."""
+    retain: float = 1.0
+    """Weight of keeping other prompts' predictions equal to the base's (robust only)."""
+
+    def check_robust(self):
+        if self.robust and (self.robust_every < 1 or self.robust_attack_steps < 1 or self.retain < 0):
+            raise DatarightsError("robust_every and robust_attack_steps must be at least 1, retain at least 0")
 
 
 class Adversary:
@@ -31,7 +52,7 @@ class Adversary:
 
     def states(self, work: T2IModel, step: int) -> torch.Tensor:
         """Adversarial text states [n_targets, L, D], refreshed every `every` steps."""
-        from ..attack.base import states_with_soft_tokens
+        from ..attack.base import projected, states_with_soft_tokens
         from ..attack.udatk import UDAtkConfig, optimise_soft_prompt
 
         if self.adv is None or step % self.every == 0:
@@ -40,7 +61,7 @@ class Adversary:
             for images, texts in self.images:
                 soft = optimise_soft_prompt(work, texts[0], images, cfg)
                 with torch.no_grad():
-                    rows.append(states_with_soft_tokens(work, texts[0], soft))
+                    rows.append(states_with_soft_tokens(work, texts[0], projected(work, soft)))
             self.adv = torch.stack(rows)
         return self.adv
 

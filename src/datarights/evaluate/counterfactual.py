@@ -1,7 +1,10 @@
 """Counterfactual leave-K-out evaluation of attribution (as in the AbU and D-TRAK papers).
 
 For Q generated queries: remove each method's top-K training images, retrain from scratch with
-the same recipe and seed, regenerate with the same prompt and noise, and measure how much the
+the same recipe and seed (by default *coupled*: the removed images are masked out of the base
+run's own batch/timestep/noise stream, so that their absence is the only difference; otherwise
+every removal, even a random one, also reshuffles training and changes the image by itself),
+regenerate with the same prompt and noise, and measure how much the
 image changed (pixel MSE, judge-feature distance; higher = the removed images mattered more) and
 whether the judge's reading of the asked concept flipped. Removing K random images is the
 reference. Retraining is the cost, so this runs on a smaller world with a shorter recipe; every
@@ -27,7 +30,7 @@ from ..world import ImageFolder, WorldConfig, make_world_folder, read_imagefolde
 class CounterfactualConfig:
     """A leave-K-out run."""
 
-    methods: list = field(default_factory=lambda: ["abu", "dtrak", "trak", "feature", "pixel"])
+    methods: list = field(default_factory=lambda: ["abu", "dtrak", "trak", "jtrak", "feature", "pixel"])
     """Attribution methods to compare (random-K is always added)."""
     k: list = field(default_factory=lambda: [50])
     """How many top images to remove."""
@@ -45,6 +48,10 @@ class CounterfactualConfig:
     """DDIM steps of every generation."""
     unet_config: dict = field(default_factory=dict)
     """Overrides of the world UNet config (tests use tiny models)."""
+    coupled: bool = True
+    """Retrain with the removed images masked out of the base run's own batch, timestep and noise
+    stream (TrainConfig.exclude), so that only their absence differs; False: retrain on the reduced
+    set, whose batches are then drawn afresh (a different trajectory even for random removals)."""
 
     def __post_init__(self):
         if not self.methods:
@@ -55,10 +62,10 @@ class CounterfactualConfig:
             raise DatarightsError("queries must be at least 1")
 
 
-def _recipe(cfg: CounterfactualConfig):
+def _recipe(cfg: CounterfactualConfig, exclude: list[int] | None = None):
     from ..train import TrainConfig
     return TrainConfig(steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=250,
-                       unet_config=cfg.unet_config)
+                       unet_config=cfg.unet_config, exclude=sorted(exclude or []) if cfg.coupled else None)
 
 
 def _subset(folder: ImageFolder, drop: list[int]) -> ImageFolder:
@@ -115,7 +122,10 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                 out = run / "retrained" / f"{method}-k{k}-q{qi}"
                 if not out.exists():
                     log(f"counterfactual: retraining without {method}'s top {k} for query {qi}")
-                    train(_recipe(cfg), _subset(folder, ranks[qi][:k]), out, progress=False)
+                    if cfg.coupled:
+                        train(_recipe(cfg, ranks[qi][:k]), folder, out, progress=False)
+                    else:
+                        train(_recipe(cfg), _subset(folder, ranks[qi][:k]), out, progress=False)
                 model = load_model(out)
                 img = model.sample([p], seed=cfg.seed + 7, steps=cfg.sample_steps,
                                    noise=base.initial_noise(len(prompts), cfg.seed + 7)[qi:qi + 1])

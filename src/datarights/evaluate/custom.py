@@ -74,7 +74,7 @@ def render_exemplars(i: int, n: int, seed: int) -> tuple[np.ndarray, list[str], 
 class CustomConfig:
     """A customization benchmark."""
 
-    methods: list = field(default_factory=lambda: ["feature", "feature-tuned", "pixel", "dtrak", "trak", "abu"])
+    methods: list = field(default_factory=lambda: ["feature", "feature-tuned", "pixel", "dtrak", "trak", "jtrak", "abu"])
     """Methods to score ('feature-tuned' is trained here)."""
     concepts: int = 4
     """Held-out customizations that are scored."""
@@ -161,7 +161,7 @@ def train_feature_map(pairs: list[tuple[torch.Tensor, torch.Tensor]], negatives:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return M.detach(), float(log_t.exp())
+    return M.detach(), float(log_t.detach().exp())
 
 
 def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | Path | None = None,

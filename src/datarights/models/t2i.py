@@ -142,8 +142,13 @@ class T2IModel:
     @torch.no_grad()
     def sample_states(self, cond: torch.Tensor, seed: int = 0, steps: int = 25, guidance: float | None = None,
                       batch_size: int = 64, noise: torch.Tensor | None = None,
-                      callback: Callable[[int], None] | None = None, return_model_space: bool = False) -> torch.Tensor:
-        """`sample` from ready text states [B, L, D] (soft prompts, learned tokens); same seeding."""
+                      callback: Callable[[int], None] | None = None, return_model_space: bool = False,
+                      stop_at: int | None = None) -> torch.Tensor:
+        """`sample` from ready text states [B, L, D] (soft prompts, learned tokens); same seeding.
+
+        stop_at: return the partial rollout after that many DDIM steps (x at timestep
+        `ddim(steps).timesteps[stop_at]`, model space), as ESD's training rollouts need.
+        """
         guidance = self.default_guidance if guidance is None else guidance
         x_all = self.initial_noise(len(cond), seed) if noise is None else noise.to(self.device)
         uncond = self.encode_prompt([""])
@@ -154,14 +159,14 @@ class T2IModel:
             ctx = torch.cat([uncond.expand(len(x), -1, -1), c]) if guidance != 1.0 else c
             sched = self.ddim(steps)
             x = x * sched.init_noise_sigma
-            for t in sched.timesteps:
+            for t in sched.timesteps[:stop_at]:
                 xin = torch.cat([x, x]) if guidance != 1.0 else x
                 eps = self.predict_noise(sched.scale_model_input(xin, t), t.to(self.device), ctx)
                 if guidance != 1.0:
                     eu, ec = eps.chunk(2)
                     eps = eu + guidance * (ec - eu)
                 x = sched.step(eps, t, x).prev_sample
-            out.append(x if return_model_space else self.from_model_space(x))
+            out.append(x if return_model_space or stop_at is not None else self.from_model_space(x))
             if callback is not None:
                 callback(len(x))
         return torch.cat(out)
