@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from pathlib import Path
 
-import torch
-
+from cells import load_cells, save_cells
 from datarights.attack import attack
 from datarights.audit import AuditConfig, audit
 from datarights.erase import erase
@@ -46,9 +43,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/attack.json")
     args = ap.parse_args()
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {"cells": {}}
-    results["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"
+    results = load_cells(args.out)
     base = load_model()
     judge = load_judge()
     wanted = set(args.concepts.split(","))
@@ -76,10 +71,7 @@ def main():
                 cell[f"{a}_prompt"] = res.prompts[0] if res.prompts else None
             results["cells"][key] = cell
             print(json.dumps(cell), flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=2))
-            tmp.replace(out)
+            save_cells(args.out, results)
     print(markdown(results, args.attacks.split(",")))
 
 

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from pathlib import Path
 
-import torch
-
+from cells import load_cells, save_cells
 from datarights.audit import AuditConfig, audit
 from datarights.erase import erase
 from datarights.judge import load_judge
@@ -51,9 +48,7 @@ def main():
     ap.add_argument("--data", default="", help="training imagefolder (retrain, and ga on training images)")
     ap.add_argument("--out", default="benchmarks/results/erase.json")
     args = ap.parse_args()
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {"cells": {}}
-    results["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"
+    results = load_cells(args.out)
     base = load_model()
     judge = load_judge()
     wanted = set(args.concepts.split(","))
@@ -73,10 +68,7 @@ def main():
             r["wall_s"] = round(time.time() - t0, 1)
             results["cells"][key] = {**r, "method": row, "kind": kind, "target": target, "anchor": anchor}
             print(json.dumps({k: results["cells"][key].get(k) for k in ("method", "target", *KEYS)}), flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=2))
-            tmp.replace(out)
+            save_cells(args.out, results)
     print(markdown(results))
 
 

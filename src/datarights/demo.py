@@ -103,7 +103,7 @@ def _attribute_step(model, image, prompt: str, methods: tuple[str, ...], log) ->
 
     title = f"3. Attribute (compensation): who made '{prompt}' possible"
     trained_on = model.meta.get("training", {}).get("data_hash")
-    train = load_training_set(model, default_world(log)) if model.kind == "world" else None
+    train = load_training_set(model, default_world(log)) if model.kind == "world" and trained_on else None
     if train is None or trained_on != train.hash:
         why = "this model was not trained on the default world, whose owners the step attributes to"
         log(f"attribution step skipped: {why}")

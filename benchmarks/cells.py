@@ -1,0 +1,25 @@
+"""Resumable benchmark tables: cells kept in one JSON file, written atomically after each cell."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+
+def load_cells(out: str | Path) -> dict:
+    """The results file's contents ({"cells": {...}, "machine": ...}), empty if it does not exist yet."""
+    out = Path(out)
+    results = json.loads(out.read_text()) if out.exists() else {"cells": {}}
+    results["machine"] = f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return results
+
+
+def save_cells(out: str | Path, results: dict) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out)

@@ -1,0 +1,10 @@
+"""The demo's attribution step refuses a model that was not trained on the default world."""
+
+from datarights.demo import _attribute_step
+
+
+def test_attribution_step_is_skipped_for_a_model_not_trained_on_the_default_world(tiny_model):
+    logs = []
+    res, section = _attribute_step(tiny_model, None, "a picture of Blubbo", ("pixel",), logs.append)
+    assert "skipped" in res and "default world" in res["skipped"]
+    assert section["text"].startswith("Skipped") and logs
