@@ -15,7 +15,7 @@ import argparse
 import json
 import time
 
-from cells import load_cells, save_cells
+from cells import load_cells, pending, save_cells
 from datarights.attack import attack
 from datarights.audit import AuditConfig, audit
 from datarights.erase import erase
@@ -46,32 +46,28 @@ def main():
     results = load_cells(args.out)
     base = load_model()
     judge = load_judge()
-    wanted = set(args.concepts.split(","))
-    for row in args.methods.split(","):
-        for kind, target, anchor in CONCEPTS:
-            key = f"{row}|{target}"
-            if target not in wanted or key in results["cells"]:
-                continue
-            cell = {"method": row, "kind": kind, "target": target, "anchor": anchor}
-            if VARIANTS[row] is None:
-                model = base
-            else:
-                method, opts = VARIANTS[row]
-                edit = erase(base, [target], [anchor], method, progress=False, **opts)
-                model = edit.apply(base)
-                t0 = time.time()
-                r = public(audit(model, base, target, anchor, AuditConfig(), judge=judge, progress=False,
-                                 log=lambda s: None))
-                cell.update({k: r[k] for k in ("target_erased", "nearby_preserved", "others_preserved", "kid", "kid_std")},
-                            erase_s=round(edit.seconds, 1), audit_s=round(time.time() - t0, 1))
-            for a in args.attacks.split(","):
-                res = attack(model, target, a, judge=judge, seed=args.seed)
-                cell[f"asr_{a}"] = res.asr
-                cell[f"{a}_s"] = round(res.seconds, 1)
-                cell[f"{a}_prompt"] = res.prompts[0] if res.prompts else None
-            results["cells"][key] = cell
-            print(json.dumps(cell), flush=True)
-            save_cells(args.out, results)
+    for row, kind, target, anchor, key in pending(results, args.methods.split(","), CONCEPTS,
+                                                  set(args.concepts.split(","))):
+        cell = {"method": row, "kind": kind, "target": target, "anchor": anchor}
+        if VARIANTS[row] is None:
+            model = base
+        else:
+            method, opts = VARIANTS[row]
+            edit = erase(base, [target], [anchor], method, progress=False, **opts)
+            model = edit.apply(base)
+            t0 = time.time()
+            r = public(audit(model, base, target, anchor, AuditConfig(), judge=judge, progress=False,
+                             log=lambda s: None))
+            cell.update({k: r[k] for k in ("target_erased", "nearby_preserved", "others_preserved", "kid", "kid_std")},
+                        erase_s=round(edit.seconds, 1), audit_s=round(time.time() - t0, 1))
+        for a in args.attacks.split(","):
+            res = attack(model, target, a, judge=judge, seed=args.seed)
+            cell[f"asr_{a}"] = res.asr
+            cell[f"{a}_s"] = round(res.seconds, 1)
+            cell[f"{a}_prompt"] = res.prompts[0] if res.prompts else None
+        results["cells"][key] = cell
+        print(json.dumps(cell), flush=True)
+        save_cells(args.out, results)
     print(markdown(results, args.attacks.split(",")))
 
 

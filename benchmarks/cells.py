@@ -23,3 +23,12 @@ def save_cells(out: str | Path, results: dict) -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(out)
+
+
+def pending(results: dict, rows: list[str], concepts: list[tuple[str, str, str]], wanted: set[str]):
+    """(row, kind, target, anchor, key) of every wanted cell not in the results yet."""
+    for row in rows:
+        for kind, target, anchor in concepts:
+            key = f"{row}|{target}"
+            if target in wanted and key not in results["cells"]:
+                yield row, kind, target, anchor, key

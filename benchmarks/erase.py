@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from cells import load_cells, save_cells
+from cells import load_cells, pending, save_cells
 from datarights.audit import AuditConfig, audit
 from datarights.erase import erase
 from datarights.judge import load_judge
@@ -51,24 +51,20 @@ def main():
     results = load_cells(args.out)
     base = load_model()
     judge = load_judge()
-    wanted = set(args.concepts.split(","))
-    for row in args.methods.split(","):
+    for row, kind, target, anchor, key in pending(results, args.methods.split(","), CONCEPTS,
+                                                  set(args.concepts.split(","))):
         method, opts = VARIANTS[row]
         if method == "retrain":
             opts = {"data": args.data}
-        for kind, target, anchor in CONCEPTS:
-            key = f"{row}|{target}"
-            if target not in wanted or key in results["cells"]:
-                continue
-            t0 = time.time()
-            edit = erase(base, [target], [anchor], method, **opts)
-            edited = edit.apply(base)
-            r = public(audit(edited, base, target, anchor, AuditConfig(), judge=judge))
-            r["seconds"] = round(edit.seconds, 1)
-            r["wall_s"] = round(time.time() - t0, 1)
-            results["cells"][key] = {**r, "method": row, "kind": kind, "target": target, "anchor": anchor}
-            print(json.dumps({k: results["cells"][key].get(k) for k in ("method", "target", *KEYS)}), flush=True)
-            save_cells(args.out, results)
+        t0 = time.time()
+        edit = erase(base, [target], [anchor], method, **opts)
+        edited = edit.apply(base)
+        r = public(audit(edited, base, target, anchor, AuditConfig(), judge=judge))
+        r["seconds"] = round(edit.seconds, 1)
+        r["wall_s"] = round(time.time() - t0, 1)
+        results["cells"][key] = {**r, "method": row, "kind": kind, "target": target, "anchor": anchor}
+        print(json.dumps({k: results["cells"][key].get(k) for k in ("method", "target", *KEYS)}), flush=True)
+        save_cells(args.out, results)
     print(markdown(results))
 
 
