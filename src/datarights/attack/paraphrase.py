@@ -20,7 +20,7 @@ import torch
 
 from ..errors import DatarightsError
 from ..models import T2IModel
-from .base import AttackResult, judge_attempts, register, timed
+from .base import AttackResult, judge_attempts, register, timed, word_mask
 
 
 @dataclass
@@ -65,9 +65,9 @@ def word_table(model: T2IModel) -> tuple[list[str], torch.Tensor]:
     """The tokenizer's whole words (alphabetic, >= 3 letters) and their sentence embeddings, once per encoder."""
     key = id(model.text_encoder)
     if key not in _VOCAB:
-        vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
-        words = sorted({w.replace("</w>", "") for w in vocab if not w.startswith(("##", "[", "<|"))
-                        and w.replace("</w>", "").isalpha() and len(w.replace("</w>", "")) >= 3})
+        ids = word_mask(model).nonzero()[:, 0].tolist()
+        words = sorted({w.replace("</w>", "") for w in model.tokenizer.convert_ids_to_tokens(ids)} - {""})
+        words = [w for w in words if len(w) >= 3]
         _VOCAB.clear()
         _VOCAB[key] = (words, _sentence_embeddings(model, words))
     return _VOCAB[key]
