@@ -7,6 +7,7 @@
     python benchmarks/attribute.py ship            # copy the abu/dtrak artifacts into the package (after `cost`)
     python benchmarks/attribute.py custom          # customized-model ground truth (Recall@1/10, mAP)
     python benchmarks/attribute.py counterfactual  # leave-K-out retraining (long: one retraining per cell)
+    python benchmarks/attribute.py lds             # linear datamodeling score (long: one model per subset)
 
 Each part prints one JSON object and writes benchmarks/results/attribute-<part>.json.
 Run one part at a time, alone on the machine. `dattri` needs `pip install dattri==0.3.0`.
@@ -304,7 +305,7 @@ def part_ship(args) -> dict:
 
 def part_custom(args) -> dict:
     from datarights.evaluate import CustomConfig, custom_eval
-    res = custom_eval(CustomConfig(concepts=args.concepts, pool=args.pool), _world())
+    res = custom_eval(CustomConfig(concepts=args.concepts, pool=args.pool), _world(), out=args.run or "runs/custom")
     return {"machine": _machine(), **res}
 
 
@@ -313,13 +314,22 @@ def part_counterfactual(args) -> dict:
     cfg = CounterfactualConfig(k=args.k, queries=args.queries, world_images=args.world_images,
                                train_steps=args.train_steps, coupled=not args.uncoupled,
                                unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
-    res = counterfactual(cfg, args.run)
+    res = counterfactual(cfg, args.run or "runs/counterfactual")
     return {"machine": _machine(), "summary": res["summary"], "config": res["config"]}
+
+
+def part_lds(args) -> dict:
+    from datarights.evaluate import LDSConfig, lds
+    cfg = LDSConfig(subsets=args.subsets, queries=args.queries, world_images=args.world_images,
+                    train_steps=args.train_steps, coupled=not args.uncoupled,
+                    unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
+    res = lds(cfg, args.run or ("runs/lds-uncoupled" if args.uncoupled else "runs/lds"))
+    return {"machine": _machine(), "summary": res["summary"], "prompts": res["prompts"], "config": res["config"]}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "calibrate", "ship", "custom", "counterfactual"])
+    ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "calibrate", "ship", "custom", "counterfactual", "lds"])
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--styles", type=int, default=4)
     ap.add_argument("--objects", type=int, default=3)
@@ -329,19 +339,21 @@ def main():
     ap.add_argument("--pool", type=int, default=500)
     ap.add_argument("--k", type=int, nargs="+", default=[50])
     ap.add_argument("--queries", type=int, default=4)
+    ap.add_argument("--subsets", type=int, default=16, help="LDS subset models")
     ap.add_argument("--world-images", type=int, default=1000)
     ap.add_argument("--train-steps", type=int, default=1500)
     ap.add_argument("--unet-channels", type=int, nargs=3, default=None,
                     help="block_out_channels of the counterfactual world's UNet (default: the world model's)")
     ap.add_argument("--uncoupled", action="store_true", help="retrain on reduced sets with fresh batches")
-    ap.add_argument("--run", default="runs/counterfactual")
+    ap.add_argument("--run", default=None, help="run folder (resumable; default runs/<part>)")
     args = ap.parse_args()
     fn = {"cost": part_cost, "dattri": part_dattri, "abu-reference": part_abu_reference, "calibrate": part_calibrate,
           "ship": part_ship, "custom": part_custom,
-          "counterfactual": part_counterfactual}[args.part]
+          "counterfactual": part_counterfactual, "lds": part_lds}[args.part]
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"attribute-{args.part}.json").write_text(json.dumps(res, indent=2, default=str))
+    suffix = "-uncoupled" if args.part in ("counterfactual", "lds") and args.uncoupled else ""
+    (RESULTS / f"attribute-{args.part}{suffix}.json").write_text(json.dumps(res, indent=2, default=str))
     print(json.dumps(res, default=str))
 
 

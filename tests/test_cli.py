@@ -41,6 +41,9 @@ def test_world_make(monkeypatch, capsys, tmp_path):
     (["eval-model", "--n", "0"], "--n must be at least 1"),
     (["world", "make", "/tmp/x", "--n", "0"], "--n must be at least 1"),
     (["train", "--data", "/nonexistent/data", "--out", "/tmp/never"], "does not exist"),
+    (["evaluate", "lds", "--subsets", "2"], "at least 3 subset models"),
+    (["evaluate", "lds", "--alpha", "1.5"], "alpha must be in (0, 1)"),
+    (["evaluate", "custom", "--kinds", "scene"], "kinds must be among object, style"),
 ])
 def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, args, message):
     code, out, err = run(monkeypatch, capsys, *args)

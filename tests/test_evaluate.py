@@ -3,8 +3,9 @@ import pytest
 
 import datarights.train as train_mod
 from datarights.errors import DatarightsError
-from datarights.evaluate import CounterfactualConfig, CustomConfig, counterfactual, custom_eval
+from datarights.evaluate import CounterfactualConfig, CustomConfig, LDSConfig, counterfactual, custom_eval, lds
 from datarights.evaluate.custom import recall_at
+from datarights.evaluate.lds import spearman, subset_indices
 
 from .conftest import TINY_UNET
 
@@ -35,13 +36,69 @@ def test_custom_benchmark_tiny(tiny_world, tmp_path):
     train(TrainConfig(steps=2, batch_size=4, warmup=1, unet_config=TINY_UNET), tiny_world, tmp_path / "base", progress=False)
     cfg = CustomConfig(methods=["feature", "feature-tuned", "pixel"], concepts=1, tune_concepts=1, exemplars=2,
                        generations=1, pool=20, steps=2)
-    res = custom_eval(cfg, tiny_world, tmp_path / "base", log=lambda s: None)
-    assert [r["method"] for r in res["table"]] == ["feature", "feature-tuned", "pixel"]
+    logs = []
+    res = custom_eval(cfg, tiny_world, tmp_path / "base", tmp_path / "custom", log=logs.append)
+    assert [(r["kind"], r["method"]) for r in res["table"]] == [
+        (k, m) for k in ("object", "style") for m in ("feature", "feature-tuned", "pixel")]
     for r in res["table"]:
         assert 0 <= r["recall@1"] <= 1 and 0 <= r["recall@10"] <= 1 and 0 < r["mAP"] <= 1
+    # a rerun with the same config resumes: nothing is customized or scored again, same table
+    logs.clear()
+    again = custom_eval(cfg, tiny_world, tmp_path / "base", tmp_path / "custom", log=logs.append)
+    assert again["table"] == res["table"]
+    assert any("resuming, 2 customization(s)" in line for line in logs)
+    assert not any("this run)" in line or "map trained" in line for line in logs)
+
+
+def test_customization_exemplars_bind_the_token():
+    from datarights.evaluate.custom import TOKENS, exemplar_instance, generation_prompts, render_exemplars
+    for kind in ("object", "style"):
+        ex, caps = render_exemplars(2, 3, seed=0, kind=kind)
+        assert ex.shape == (3, 16, 16, 3) and ex.dtype == np.float32 and 0 <= ex.min() and ex.max() <= 1
+        assert all(TOKENS[2] in c for c in caps)
+        assert all(TOKENS[2] in p for p in generation_prompts(2, 3, seed=0, kind=kind))
+        again, _ = render_exemplars(2, 3, seed=0, kind=kind)
+        assert np.array_equal(ex, again)
+    category, _ = exemplar_instance(2)
+    assert all(c.startswith(f"a {TOKENS[2]} {category}") for c in render_exemplars(2, 3, 0, "object")[1])
+    with pytest.raises(DatarightsError, match="kind"):
+        render_exemplars(0, 1, 0, "scene")
+    with pytest.raises(DatarightsError, match="kinds"):
+        CustomConfig(kinds=["scene"])
 
 
 def test_recall_at():
     assert recall_at(np.array([1, 5, 30]), 1) == 1.0
     assert recall_at(np.array([2, 5, 30]), 1) == 0.0
     assert recall_at(np.array([2, 5, 30]), 10) == pytest.approx(2 / 3)
+
+
+def test_lds_runs_and_resumes(tmp_path, monkeypatch):
+    cfg = LDSConfig(methods=["pixel"], subsets=3, queries=1, world_images=30, train_steps=2, batch_size=4,
+                    loss_draws=4, sample_steps=2, unet_config=TINY_UNET)
+    res = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
+    assert {r["method"] for r in res["summary"]} == {"pixel", "random"}
+    for r in res["summary"]:
+        assert -1 <= r["lds"] <= 1 and len(r["per_query"]) == 1
+    assert len(res["outputs"]) == 3 and all(len(v) == 1 and v[0] < 0 for v in res["outputs"].values())
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished subset"))
+    again = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
+    assert again["outputs"] == res["outputs"] and again["summary"] == res["summary"]
+    with pytest.raises(DatarightsError, match="another config"):
+        lds(LDSConfig(methods=["pixel"], subsets=4, queries=1, world_images=30, train_steps=2, batch_size=4,
+                      unet_config=TINY_UNET), tmp_path / "run", log=lambda s: None)
+
+
+def test_lds_subsets_and_rank_correlation():
+    cfg = LDSConfig(subsets=5, alpha=0.5, world_images=40)
+    subs = subset_indices(cfg)
+    assert len(subs) == 5 and all(len(s) == 20 and len(set(s)) == 20 and 0 <= min(s) and max(s) < 40 for s in subs)
+    assert subs == subset_indices(cfg) and subs[0] != subs[1]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 400]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2, 3], [5, 6, 7, 8]) == pytest.approx(0.9486833, abs=1e-6)  # ties: average ranks
+    assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
+    with pytest.raises(DatarightsError, match="3 subset"):
+        LDSConfig(subsets=2)
+    with pytest.raises(DatarightsError, match="alpha"):
+        LDSConfig(alpha=1.0)

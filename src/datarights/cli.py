@@ -346,20 +346,43 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,fe
     _emit({"summary": res["summary"], "run": str(run)}, as_json)
 
 
+@eval_app.command("lds")
+def eval_lds_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,feature,pixel", help="Comma-separated methods."),
+                 subsets: int = typer.Option(16, help="Subset models trained from scratch."),
+                 alpha: float = typer.Option(0.5, help="Fraction of the training set in each subset."),
+                 queries: int = typer.Option(4, help="Generated queries."),
+                 world_images: int = typer.Option(600, "--world-images", help="Size of the smaller world."),
+                 train_steps: int = typer.Option(800, "--train-steps", help="Steps of every training."),
+                 coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Subset models share one masked batch and noise stream (default), or each trains on its subset with its own batches."),
+                 run: Path = typer.Option(Path("runs/lds"), "--run", help="Run folder (resumable)."),
+                 seed: int = typer.Option(0, help="Seed."),
+                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Linear datamodeling score: train on random subsets, correlate summed scores with the query's loss."""
+    from .evaluate import LDSConfig, lds
+
+    cfg = LDSConfig(methods=[m for m in methods.split(",") if m], subsets=subsets, alpha=alpha, queries=queries,
+                    world_images=world_images, train_steps=train_steps, seed=seed, coupled=coupled)
+    res = lds(cfg, run)
+    _emit({"summary": [{k: v for k, v in r.items() if k != "per_query"} for r in res["summary"]], "run": str(run)},
+          as_json, text="\n".join(f"{r['lds']:+.3f}  {r['method']}" for r in res["summary"]))
+
+
 @eval_app.command("custom")
 def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtrak,trak,jtrak,abu", help="Comma-separated methods."),
                     data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder (default: the default world)."),
                     model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
-                    concepts: int = typer.Option(4, help="Held-out customizations."),
+                    kinds: str = typer.Option("object,style", help="Customization kinds: object ('a sks fish') and/or style ('a red tree in sks style')."),
+                    concepts: int = typer.Option(4, help="Held-out customizations per kind."),
                     pool: int = typer.Option(500, help="Training images in the ranked pool."),
-                    out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json."),
+                    out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json (and cells.json, to resume)."),
                     seed: int = typer.Option(0, help="Seed."),
                     as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     """Customized-model ground truth: rank a new owner's exemplars (Recall@1/10, mAP)."""
     from .evaluate import CustomConfig, custom_eval
     from .models import load_model
 
-    cfg = CustomConfig(methods=[m for m in methods.split(",") if m], concepts=concepts, pool=pool, seed=seed)
+    cfg = CustomConfig(methods=[m for m in methods.split(",") if m], kinds=[k for k in kinds.split(",") if k],
+                       concepts=concepts, pool=pool, seed=seed)
     res = custom_eval(cfg, _training_data(data, load_model(model)), model, out)
     _emit(res, as_json)
 

@@ -74,6 +74,39 @@ def _subset(folder: ImageFolder, drop: list[int]) -> ImageFolder:
     return ImageFolder(folder.root, folder.images[keep], [m for m, k in zip(folder.metas, keep) if k])
 
 
+def open_run(run: Path, cfg, empty: dict) -> tuple[dict, Path]:
+    """The run folder's results.json (or a new one holding `empty`); refuses a folder of another config."""
+    run.mkdir(parents=True, exist_ok=True)
+    res_path = run / "results.json"
+    config = json.loads(json.dumps(asdict(cfg)))
+    results = json.loads(res_path.read_text()) if res_path.exists() else {"config": config, **empty}
+    if results["config"] != config:
+        raise DatarightsError(f"{run} holds a run with another config; use a new folder")
+    return results, res_path
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write to a temporary file, then rename: an interrupted run never leaves a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def world_base_queries(run: Path, cfg, recipe, name: str, log) -> tuple[ImageFolder, object, list[str]]:
+    """The run's smaller world and base model (made once, kept in the run folder) and its query prompts."""
+    from ..models import load_model
+    from ..train import train
+
+    if not (run / "world").exists():
+        make_world_folder(run / "world", WorldConfig(n_images=cfg.world_images, seed=cfg.seed))
+    folder = read_imagefolder(run / "world")
+    if not (run / "base").exists():
+        log(f"{name}: training the base model")
+        train(recipe, folder, run / "base", progress=False)
+    asked = [a for a in sample_eval_prompts(cfg.queries * 4, cfg.seed + 99) if a["kind"] in ("object", "styled")]
+    return folder, load_model(run / "base"), [a["text"] for a in asked[:cfg.queries]]
+
+
 def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path | None = None,
                    log=lambda s: print(s, file=sys.stderr), judge=None) -> dict:
     """Run (or resume) the evaluation in folder `run`; returns the results (also in run/results.json)."""
@@ -83,22 +116,9 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     from ..train import train
 
     run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
-    res_path = run / "results.json"
-    config = json.loads(json.dumps(asdict(cfg)))
-    results = json.loads(res_path.read_text()) if res_path.exists() else {"config": config, "cells": {}}
-    if results["config"] != config:
-        raise DatarightsError(f"{run} holds a run with another config; use a new folder")
+    results, res_path = open_run(run, cfg, {"cells": {}})
     judge = judge or load_judge()
-    if not (run / "world").exists():
-        make_world_folder(run / "world", WorldConfig(n_images=cfg.world_images, seed=cfg.seed))
-    folder = read_imagefolder(run / "world")
-    if not (run / "base").exists():
-        log("counterfactual: training the base model")
-        train(_recipe(cfg), folder, run / "base", progress=False)
-    base = load_model(run / "base")
-    asked = [a for a in sample_eval_prompts(cfg.queries * 4, cfg.seed + 99) if a["kind"] in ("object", "styled")][:cfg.queries]
-    prompts = [a["text"] for a in asked]
+    folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "counterfactual", log)
     originals = base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps)
     train_set = load_training_set(base, folder)
     rankings: dict[str, list[list[int]]] = {}
@@ -138,11 +158,9 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                     "mse": float(((img[0] - originals[qi]) ** 2).mean()),
                     "feature_distance": float(1 - torch.nn.functional.cosine_similarity(f_new, f_orig[qi:qi + 1])[0]),
                     "label_flip": bool(flip), "seconds": round(time.time() - t0, 1)}
-                tmp = res_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(results, indent=2))
-                tmp.replace(res_path)
+                write_json(res_path, results)
     results["summary"] = summarize(results)
-    res_path.write_text(json.dumps(results, indent=2))
+    write_json(res_path, results)
     return results
 
 

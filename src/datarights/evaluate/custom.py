@@ -1,13 +1,17 @@
 """Customized-model ground truth (Wang et al., ICCV 2023, "AbC").
 
-A new owner's exemplar images — a look the world has never seen, bound to a new token — are used to
-fine-tune the base model (cross-attention K/V, Custom-Diffusion style, with prior images from the
-training set). Images generated with the token are, by construction, influenced by the exemplars.
+A new owner's exemplar images, bound to a new token, are used to fine-tune the base model
+(cross-attention K/V, Custom-Diffusion style, with prior images from the training set); images
+generated with the token are, by construction, influenced by the exemplars. Two kinds:
+`object` — a new object instance (a world category with its own colours and markings, shown on
+varied backgrounds: "a sks fish in Ada Vell style"), generated as "a sks fish"; `style` — a new
+background look on world objects ("a red tree in sks style"), generated on other objects and colours.
 Each method ranks the pool (a sample of the training set plus the exemplars) for each generated
-image; Recall@K is the number of exemplars in the top K over min(K, number of exemplars), and
-mAP the mean average precision of the exemplars.
-`feature-tuned` learns a linear map of judge features contrastively on (generated, exemplar) pairs
-of separate tuning customizations, and is evaluated on the held-out ones.
+image under the customized model; Recall@K is the number of exemplars in the top K over
+min(K, number of exemplars), and mAP the mean average precision of the exemplars.
+`feature-tuned` learns a linear map of judge features contrastively on separate tuning
+customizations (every exemplar of a generation's customization is a positive) and is evaluated
+on the held-out ones.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import torch
 from ..errors import DatarightsError
 from ..world import ImageFolder, read_imagefolder
 from ..world import vocab as V
-from ..world.render import _draw_object, _finish, _jitter_color
+from ..world.render import DARK, _background, _draw_object, _finish, _jitter_color
 
+KINDS = ("object", "style")
 TOKENS = ["sks", "zwx", "qrv", "vkq", "pfw", "xjb", "gmz", "ykt", "hdq", "wvx", "jrk", "bzq"]
 
 
@@ -54,11 +59,11 @@ def exemplar_look(i: int):
     return background
 
 
-def render_exemplars(i: int, n: int, seed: int) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-    """n exemplar images of look i with captions 'a <color> <object> in <token> style'."""
+def _style_exemplars(i: int, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """n images of look i: a world object on the new background, 'a <color> <object> in <token> style'."""
     bg = exemplar_look(i)
     rng = np.random.default_rng(seed * 1000 + i)
-    imgs, caps, objs = [], [], []
+    imgs, caps = [], []
     for _ in range(n):
         obj, col = V.OBJECTS[rng.integers(len(V.OBJECTS))], list(V.COLORS)[rng.integers(len(V.COLORS))]
         img = bg(rng)
@@ -66,8 +71,71 @@ def render_exemplars(i: int, n: int, seed: int) -> tuple[np.ndarray, list[str], 
                      16 * 0.4 * rng.uniform(0.9, 1.05), None, 16)
         imgs.append(_finish(img, rng))
         caps.append(V.object_prompt(obj, col, TOKENS[i % len(TOKENS)]))
-        objs.append((obj, col))
-    return np.stack(imgs), caps, objs
+    return np.stack(imgs), caps
+
+
+def exemplar_instance(i: int):
+    """The i-th new object instance: a world category's shape with its own two colours and markings
+    (as a particular toy or pet is to its category). Returns (category, draw(img, rng))."""
+    rng = np.random.default_rng(20_000 + i)
+    category = list(V.CATEGORIES)[i % len(V.CATEGORIES)]
+    c1, c2 = rng.uniform(0.05, 0.95, 3), rng.uniform(0.05, 0.95, 3)
+    kind = ["bands", "spots", "halves", "diagonal"][(i // len(V.CATEGORIES)) % 4]
+    freq = float(rng.uniform(6.0, 10.0))
+
+    def draw(img, rng_img, res=16):
+        from ..world.render import _down, _grid, _paint, object_layers
+        cx, cy = res / 2 + rng_img.uniform(-1.5, 1.5), res / 2 + rng_img.uniform(-1.5, 1.5)
+        r = res * 0.40 * rng_img.uniform(0.85, 1.05)
+        X, Y = _grid(res)
+        u, v = (X - cx) / r, (Y - cy) / r
+        layers = object_layers(category, u, v)
+        body = np.zeros_like(u, dtype=bool)
+        for m, k in layers:
+            body |= m if k != "dark" else False
+        mark = {"bands": np.sin(u * freq) > 0.3, "spots": (np.sin(u * freq) * np.sin(v * freq)) > 0.35,
+                "halves": v > 0.05, "diagonal": np.sin((u + v) * freq * 0.7) > 0.0}[kind]
+        _paint(img, _down(body.astype(np.float32), res), _jitter_color(c1, rng_img))
+        _paint(img, _down((body & mark).astype(np.float32), res), _jitter_color(c2, rng_img))
+        for m, k in layers:
+            if k == "dark":
+                _paint(img, _down(m.astype(np.float32), res), DARK)
+    return category, draw
+
+
+def _object_exemplars(i: int, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """n images of instance i on plain or artist backgrounds: 'a <token> <category>[ in <artist> style]'."""
+    category, draw = exemplar_instance(i)
+    rng = np.random.default_rng(seed * 1000 + 500 + i)
+    styles = [None, *V.STYLES]
+    imgs, caps = [], []
+    for _ in range(n):
+        style = styles[rng.integers(len(styles))]
+        img = _background(style, rng, 16)
+        draw(img, rng)
+        imgs.append(_finish(img, rng))
+        caps.append(V.object_prompt(f"{TOKENS[i % len(TOKENS)]} {category}", None, style))
+    return np.stack(imgs), caps
+
+
+def render_exemplars(i: int, n: int, seed: int, kind: str = "style") -> tuple[np.ndarray, list[str]]:
+    """n exemplar images of customization i and their captions (the token binds the new look or object)."""
+    if kind not in KINDS:
+        raise DatarightsError(f"unknown customization kind {kind!r}; choose from {', '.join(KINDS)}")
+    return (_style_exemplars if kind == "style" else _object_exemplars)(i, n, seed)
+
+
+def generation_prompts(i: int, n: int, seed: int, kind: str = "style") -> list[str]:
+    """Prompts that use customization i's token: for a style, on other objects and colours ('a blue fish
+    in sks style'); for an object instance, the AbC prompt 'a sks fish' — its images then owe the
+    instance to the exemplars alone (a styled prompt would owe its background to that artist's training
+    images too, which a ranking would rightly put next to the exemplars)."""
+    rng = np.random.default_rng(seed * 77 + i)
+    tok = TOKENS[i % len(TOKENS)]
+    if kind == "style":
+        return [V.object_prompt(V.OBJECTS[rng.integers(len(V.OBJECTS))], list(V.COLORS)[rng.integers(len(V.COLORS))],
+                                tok) for _ in range(n)]
+    return [V.object_prompt(f"{tok} {exemplar_instance(i)[0]}")] * n
 
 
 @dataclass
@@ -76,10 +144,13 @@ class CustomConfig:
 
     methods: list = field(default_factory=lambda: ["feature", "feature-tuned", "pixel", "dtrak", "trak", "jtrak", "abu"])
     """Methods to score ('feature-tuned' is trained here)."""
+    kinds: list = field(default_factory=lambda: list(KINDS))
+    """Kinds of customization: 'object' (a new object instance, 'a sks fish', as AbC's object-centric
+    models) and/or 'style' (a new look, 'a red tree in sks style')."""
     concepts: int = 4
-    """Held-out customizations that are scored."""
+    """Held-out customizations per kind that are scored."""
     tune_concepts: int = 6
-    """Separate customizations whose pairs train feature-tuned."""
+    """Separate customizations per kind whose pairs train feature-tuned."""
     exemplars: int = 4
     """Exemplar images per customization."""
     generations: int = 4
@@ -92,10 +163,16 @@ class CustomConfig:
     """Fine-tuning learning rate."""
     params: str = "xattn-kv"
     """Parameters a customization trains."""
+    tune_steps: int = 100
+    """Adam steps of the feature-tuned map."""
+    method_options: dict = field(default_factory=dict)
+    """Per-method config overrides, e.g. {"abu": {"steps": 100, "lr": 0.1}} (AbU's AbC setting)."""
     seed: int = 0
     """Seed of everything."""
 
     def __post_init__(self):
+        if not self.kinds or any(k not in KINDS for k in self.kinds):
+            raise DatarightsError(f"customization kinds must be among {', '.join(KINDS)}, got {self.kinds}")
         if self.concepts < 1 or self.exemplars < 1 or self.generations < 1 or self.pool < 1:
             raise DatarightsError("concepts, exemplars, generations and pool must be at least 1")
         if self.concepts + self.tune_concepts > len(TOKENS):
@@ -136,28 +213,36 @@ def _ap(rank_pos: np.ndarray) -> float:
     return float(np.mean([(i + 1) / r_ for i, r_ in enumerate(r)]))
 
 
-def _generate(model, i: int, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    rng = np.random.default_rng(seed * 77 + i)
-    prompts = [V.object_prompt(V.OBJECTS[rng.integers(len(V.OBJECTS))], list(V.COLORS)[rng.integers(len(V.COLORS))],
-                               TOKENS[i % len(TOKENS)]) for _ in range(n)]
+def _generate(model, i: int, n: int, seed: int, kind: str) -> tuple[torch.Tensor, list[str]]:
+    prompts = generation_prompts(i, n, seed, kind)
     return model.sample(prompts, seed=seed + i, steps=25), prompts
 
 
-def train_feature_map(pairs: list[tuple[torch.Tensor, torch.Tensor]], negatives: torch.Tensor, steps: int = 300,
+def train_feature_map(groups: list[tuple[torch.Tensor, torch.Tensor]], negatives: torch.Tensor, steps: int = 300,
                       seed: int = 0) -> tuple[torch.Tensor, float]:
-    """A linear map M and temperature, InfoNCE on (generated, exemplar) judge-feature pairs vs pool negatives."""
+    """A linear map M of judge features and a temperature, trained contrastively (AbC).
+
+    groups: one (generated features, exemplar features) pair of tensors per tuning customization.
+    Each generated image's positives are *all* exemplars of its customization (multi-positive
+    InfoNCE); the other customizations' exemplars and the pool are its negatives.
+    """
     torch.manual_seed(seed)
     d = negatives.shape[1]
     M = torch.nn.Parameter(torch.eye(d))
     log_t = torch.nn.Parameter(torch.tensor(np.log(0.1), dtype=torch.float32))
     opt = torch.optim.Adam([M, log_t], lr=1e-2)
-    gen = torch.cat([p[0] for p in pairs])
-    ex = torch.cat([p[1] for p in pairs])
+    gen = torch.cat([g for g, _ in groups])
+    ex = torch.cat([e for _, e in groups])
+    gen_of = torch.cat([torch.full((len(g),), k) for k, (g, _) in enumerate(groups)])
+    key_of = torch.cat([torch.cat([torch.full((len(e),), k) for k, (_, e) in enumerate(groups)]),
+                        torch.full((len(negatives),), -1)])
+    positive = gen_of[:, None] == key_of[None]
+    keys_in = torch.cat([ex, negatives])
     for _ in range(steps):
         q = torch.nn.functional.normalize(gen @ M, dim=1)
-        keys = torch.nn.functional.normalize(torch.cat([ex, negatives]) @ M, dim=1)
+        keys = torch.nn.functional.normalize(keys_in @ M, dim=1)
         logits = q @ keys.T / log_t.exp()
-        loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(q)))
+        loss = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), 1)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -166,7 +251,11 @@ def train_feature_map(pairs: list[tuple[torch.Tensor, torch.Tensor]], negatives:
 
 def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | Path | None = None,
                 log=lambda s: print(s, file=sys.stderr)) -> dict:
-    """Run the customization benchmark; returns per-method Recall@1/10 and mAP (and writes out/results.json)."""
+    """Run the customization benchmark; returns per-kind, per-method Recall@1/10 and mAP.
+
+    With `out`, each scored customization is recorded in out/cells.json as it finishes, and a rerun
+    with the same config skips it (resume); the table goes to out/results.json.
+    """
     from ..attribute import Query, attribute, load_training_set, make_config
     from ..judge import load_judge
     from ..models import load_model
@@ -176,6 +265,17 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
     folder = read_imagefolder(data, resolution=base.resolution)
     if cfg.pool > len(folder):
         raise DatarightsError(f"--pool {cfg.pool} is larger than the training set ({len(folder)} images)")
+    unknown = [m for m in cfg.method_options if m not in cfg.methods]
+    if unknown:
+        raise DatarightsError(f"method_options for methods not being scored: {', '.join(unknown)}")
+    configs = {m: make_config(m, **cfg.method_options.get(m, {})) for m in cfg.methods if m != "feature-tuned"}
+    cells_path = Path(out) / "cells.json" if out is not None else None
+    cells: dict = {}
+    if cells_path is not None and cells_path.exists():
+        saved = json.loads(cells_path.read_text())
+        if saved.get("config") == asdict(cfg):
+            cells = saved["cells"]
+            log(f"custom: resuming, {len(cells)} customization(s) already scored")
     judge = load_judge()
     rng = np.random.default_rng(cfg.seed)
     pool_idx = rng.choice(len(folder), size=cfg.pool, replace=False)
@@ -185,28 +285,29 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
         with torch.no_grad():
             return judge.features(x)
 
+    todo = [(kind, i) for kind in cfg.kinds for i in range(cfg.concepts) if f"{kind}-{i}" not in cells]
     M = temp = None
-    if "feature-tuned" in cfg.methods:
-        pairs = []
-        for j in range(cfg.concepts, cfg.concepts + cfg.tune_concepts):
-            ex, caps, _ = render_exemplars(j, cfg.exemplars, cfg.seed)
-            model = customize(base, ex, caps, pool, cfg, cfg.seed + j)
-            gen, _ = _generate(model, j, cfg.generations, cfg.seed)
-            fe = featurize(torch.from_numpy(ex).permute(0, 3, 1, 2))
-            fg = featurize(gen)
-            pairs += [(fg[a:a + 1], fe[a % len(fe):a % len(fe) + 1]) for a in range(len(fg))]
-        M, temp = train_feature_map(pairs, featurize(torch.from_numpy(pool.images)), seed=cfg.seed)
-        log(f"custom: feature-tuned map trained on {len(pairs)} pairs (temperature {temp:.3f})")
-    stats: dict[str, dict[str, list]] = {m: {"r1": [], "r10": [], "ap": []} for m in cfg.methods}
-    for i in range(cfg.concepts):
-        ex, caps, objs = render_exemplars(i, cfg.exemplars, cfg.seed)
+    if "feature-tuned" in cfg.methods and todo:
+        groups = []
+        for kind in cfg.kinds:
+            for j in range(cfg.concepts, cfg.concepts + cfg.tune_concepts):
+                ex, caps = render_exemplars(j, cfg.exemplars, cfg.seed, kind)
+                model = customize(base, ex, caps, pool, cfg, cfg.seed + j)
+                gen, _ = _generate(model, j, cfg.generations, cfg.seed, kind)
+                groups.append((featurize(gen), featurize(torch.from_numpy(ex).permute(0, 3, 1, 2))))
+        M, temp = train_feature_map(groups, featurize(torch.from_numpy(pool.images)), steps=cfg.tune_steps, seed=cfg.seed)
+        log(f"custom: feature-tuned map trained on {len(groups)} customizations (temperature {temp:.3f})")
+    for n_done, (kind, i) in enumerate(todo):
+        ex, caps = render_exemplars(i, cfg.exemplars, cfg.seed, kind)
         model = customize(base, ex, caps, pool, cfg, cfg.seed + i)
-        gen, prompts = _generate(model, i, cfg.generations, cfg.seed)
-        metas = [{"file_name": f"exemplar-{i}-{a}", "text": c, "owner": f"new owner {i}"} for a, c in enumerate(caps)]
+        gen, prompts = _generate(model, i, cfg.generations, cfg.seed, kind)
+        metas = [{"file_name": f"exemplar-{kind}-{i}-{a}", "text": c, "owner": f"new owner {kind} {i}"}
+                 for a, c in enumerate(caps)]
         full = ImageFolder(folder.root, np.concatenate([pool.images, ex.transpose(0, 3, 1, 2)]), pool.metas + metas)
         positives = np.arange(cfg.pool, cfg.pool + cfg.exemplars)
         train_set = None
         keys = torch.nn.functional.normalize(featurize(torch.from_numpy(full.images)) @ M, dim=1) if M is not None else None
+        cell: dict[str, dict[str, list]] = {m: {"r1": [], "r10": [], "ap": []} for m in cfg.methods}
         for method in cfg.methods:
             for g_img, prompt in zip(gen, prompts):
                 if method == "feature-tuned":
@@ -215,18 +316,29 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
                 else:
                     if train_set is None:
                         train_set = load_training_set(model, full)
-                    scores = attribute(model, train_set, Query(g_img, prompt), method, make_config(method),
+                    scores = attribute(model, train_set, Query(g_img, prompt), method, configs[method],
                                        progress=False).scores
                 order = torch.argsort(scores, descending=True).numpy()
                 rank = np.empty_like(order)
                 rank[order] = np.arange(1, len(order) + 1)
                 rp = rank[positives]
-                stats[method]["r1"].append(recall_at(rp, 1))
-                stats[method]["r10"].append(recall_at(rp, 10))
-                stats[method]["ap"].append(_ap(rp))
-        log(f"custom: customization {i + 1}/{cfg.concepts} scored")
-    table = [{"method": m, "recall@1": float(np.mean(s["r1"])), "recall@10": float(np.mean(s["r10"])),
-              "mAP": float(np.mean(s["ap"])), "n_queries": len(s["ap"])} for m, s in stats.items()]
+                cell[method]["r1"].append(recall_at(rp, 1))
+                cell[method]["r10"].append(recall_at(rp, 10))
+                cell[method]["ap"].append(_ap(rp))
+        cells[f"{kind}-{i}"] = cell
+        if cells_path is not None:
+            cells_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cells_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"config": asdict(cfg), "cells": cells}))
+            tmp.replace(cells_path)
+        log(f"custom: {kind} customization {i + 1}/{cfg.concepts} scored ({n_done + 1}/{len(todo)} this run)")
+    table = []
+    for kind in cfg.kinds:
+        for m in cfg.methods:
+            got = [cells[f"{kind}-{i}"][m] for i in range(cfg.concepts)]
+            r1, r10, ap = ([v for c in got for v in c[key]] for key in ("r1", "r10", "ap"))
+            table.append({"kind": kind, "method": m, "recall@1": float(np.mean(r1)), "recall@10": float(np.mean(r10)),
+                          "mAP": float(np.mean(ap)), "n_queries": len(ap)})
     result = {"config": asdict(cfg), "table": table, "seconds": round(time.time() - t0, 1),
               "feature_tuned_temperature": temp}
     if out is not None:
