@@ -28,7 +28,7 @@ import torch
 from ..errors import DatarightsError
 from ..world import ImageFolder, read_imagefolder
 from ..world import vocab as V
-from ..world.render import DARK, _background, _draw_object, _finish, _jitter_color
+from ..world.render import DARK, _background, _down, _draw_object, _finish, _grid, _jitter_color, _paint, object_layers
 
 KINDS = ("object", "style")
 TOKENS = ["sks", "zwx", "qrv", "vkq", "pfw", "xjb", "gmz", "ykt", "hdq", "wvx", "jrk", "bzq"]
@@ -84,15 +84,12 @@ def exemplar_instance(i: int):
     freq = float(rng.uniform(6.0, 10.0))
 
     def draw(img, rng_img, res=16):
-        from ..world.render import _down, _grid, _paint, object_layers
         cx, cy = res / 2 + rng_img.uniform(-1.5, 1.5), res / 2 + rng_img.uniform(-1.5, 1.5)
         r = res * 0.40 * rng_img.uniform(0.85, 1.05)
         X, Y = _grid(res)
         u, v = (X - cx) / r, (Y - cy) / r
         layers = object_layers(category, u, v)
-        body = np.zeros_like(u, dtype=bool)
-        for m, k in layers:
-            body |= m if k != "dark" else False
+        body = np.any([m for m, k in layers if k != "dark"], axis=0)
         mark = {"bands": np.sin(u * freq) > 0.3, "spots": (np.sin(u * freq) * np.sin(v * freq)) > 0.35,
                 "halves": v > 0.05, "diagonal": np.sin((u + v) * freq * 0.7) > 0.0}[kind]
         _paint(img, _down(body.astype(np.float32), res), _jitter_color(c1, rng_img))

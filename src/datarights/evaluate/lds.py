@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import DatarightsError
-from ..world import ImageFolder
-from .counterfactual import open_run, world_base_queries, write_json
+from .counterfactual import _subset, open_run, world_base_queries, write_json
 
 
 @dataclass
@@ -135,13 +134,11 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
         out = run / "subsets" / key
         if not out.exists():
             log(f"lds: training subset model {m + 1}/{cfg.subsets}")
-            keep = np.zeros(len(folder), dtype=bool)
-            keep[idx] = True
+            drop = np.setdiff1d(np.arange(len(folder)), idx).tolist()
             if cfg.coupled:
-                train(_recipe(cfg, np.flatnonzero(~keep).tolist()), folder, out, progress=False)
+                train(_recipe(cfg, drop), folder, out, progress=False)
             else:
-                sub = ImageFolder(folder.root, folder.images[keep], [meta for meta, k in zip(folder.metas, keep) if k])
-                train(_recipe(cfg), sub, out, progress=False)
+                train(_recipe(cfg), _subset(folder, drop), out, progress=False)
         model = load_model(out)
         results["outputs"][key] = [-query_loss(model, images[q], p, cfg.loss_draws, cfg.seed + 13 + q)
                                    for q, p in enumerate(prompts)]
