@@ -15,11 +15,30 @@ TINY_UNET = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "C
                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Tests never read or write the user's ~/.cache/datarights."""
+    old = os.environ.get("DATARIGHTS_CACHE")
+    os.environ["DATARIGHTS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    os.environ.pop("DATARIGHTS_CACHE") if old is None else os.environ.__setitem__("DATARIGHTS_CACHE", old)
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     from datarights.world import WorldConfig, make_world_folder
 
     return make_world_folder(tmp_path_factory.mktemp("w") / "world", WorldConfig(n_images=64, seed=3))
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_world, tmp_path_factory):
+    """A tiny model folder that records its training recipe (retrain and the CLI tests need one)."""
+    from datarights.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("m") / "tiny"
+    train(TrainConfig(steps=2, batch_size=4, warmup=1, unet_config=TINY_UNET), tiny_world, out, progress=False)
+    return out
 
 
 @pytest.fixture()

@@ -78,16 +78,6 @@ def test_erase_and_audit_bad_input(monkeypatch, capsys, tmp_path):
     assert code == 2 and "base model" in err and "missing" in err
 
 
-@pytest.fixture(scope="module")
-def tiny_trained(tiny_world, tmp_path_factory):
-    from datarights.train import TrainConfig, train
-
-    from .conftest import TINY_UNET
-    out = tmp_path_factory.mktemp("m") / "model"
-    train(TrainConfig(steps=2, batch_size=4, warmup=1, unet_config=TINY_UNET), tiny_world, out, progress=False)
-    return out
-
-
 def test_attribute_json_and_report(monkeypatch, capsys, tmp_path, tiny_world, tiny_trained):
     from PIL import Image
     Image.new("RGBA", (20, 20), (200, 30, 30, 255)).save(tmp_path / "q.png")  # other size and mode: converted

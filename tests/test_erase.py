@@ -8,7 +8,6 @@ from datarights.erase.base import concept_prompts, model_hash
 from datarights.errors import DatarightsError
 from datarights.models import load_model
 
-from .conftest import TINY_UNET
 
 FAST = {
     "ca": dict(steps=3, n_anchor_images=4, batch_size=2, sample_steps=2),
@@ -20,23 +19,13 @@ FAST = {
 }
 
 
-@pytest.fixture(scope="module")
-def trained_tiny(tiny_world, tmp_path_factory):
-    """A tiny model that records its training recipe (retrain needs one)."""
-    from datarights.train import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("m") / "tiny"
-    train(TrainConfig(steps=2, batch_size=4, warmup=1, unet_config=TINY_UNET), tiny_world, out, progress=False)
-    return out
-
-
 def test_every_method_has_a_contract_row():
     assert set(FAST) == set(METHODS)
 
 
 @pytest.mark.parametrize("method", sorted(FAST))
-def test_erase_contract(method, trained_tiny, tiny_world, tmp_path):
-    base = load_model(trained_tiny)
+def test_erase_contract(method, tiny_trained, tiny_world, tmp_path):
+    base = load_model(tiny_trained)
     before = {n: p.clone() for n, p in base.named_parameters().items()}
     opts = dict(FAST[method], **({"data": str(tiny_world)} if method == "retrain" else {}))
     edit = erase(base, ["grumpy face"], ["face"], method, progress=False, **opts)
@@ -126,10 +115,10 @@ def test_bad_erase_requests(tiny_model):
         erase(tiny_model, ["grumpy face"], ["face"], "retrain")
 
 
-def test_edit_with_missing_base_is_refused(trained_tiny, tmp_path):
+def test_edit_with_missing_base_is_refused(tiny_trained, tmp_path):
     import shutil
     base_copy = tmp_path / "base"
-    shutil.copytree(trained_tiny, base_copy)
+    shutil.copytree(tiny_trained, base_copy)
     base = load_model(base_copy)
     erase(base, ["grumpy face"], ["face"], "uce", progress=False).save(tmp_path / "e")
     shutil.rmtree(base_copy)

@@ -32,7 +32,7 @@ def test_interrupted_training_resumes_exactly(tiny_world, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(), tiny_world, tmp_path / "m", progress=False)
     assert not (tmp_path / "m").exists()  # no half-written model folder
-    assert (tmp_path / "m.ckpt" / "state.pt").is_file()
+    assert (tmp_path / "m.ckpt" / "state.json").is_file() and not list((tmp_path / "m.ckpt").glob("*.pt"))
     monkeypatch.undo()
     resumed = train(_cfg(), tiny_world, tmp_path / "m", progress=False)
     for (n, p), (_, q) in zip(ref.unet.named_parameters(), resumed.unet.named_parameters()):

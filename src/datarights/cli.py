@@ -7,6 +7,7 @@ JSON object on stdout; progress and logs go to stderr. Bad input exits with code
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,15 +39,31 @@ def _check_n(n: int, name: str = "--n") -> None:
         raise DatarightsError(f"{name} must be at least 1, got {n}")
 
 
+def _check_guidance(guidance: float | None) -> None:
+    if guidance is not None and not math.isfinite(guidance):
+        raise DatarightsError(f"--guidance must be a finite number, got {guidance}")
+
+
+def _check_report(report: Optional[Path], overwrite: bool, *inputs) -> None:
+    """A --report folder is checked before any work, so a long run never ends in a refused write."""
+    if report is not None:
+        from .files import check_output
+        check_output(report, "report", inputs, overwrite, flag="--report")
+
+
+OVERWRITE_HELP = "Replace the output if it exists and datarights wrote it (never anything else)."
+
+
 @world_app.command("make")
 def world_make(out: Path = typer.Argument(..., help="Folder to write (must not exist)."),
                n: int = typer.Option(5000, "--n", help="Number of images."),
-               seed: int = typer.Option(0, help="Generator seed.")):
+               seed: int = typer.Option(0, help="Generator seed."),
+               overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Write the procedural world as a Hugging Face imagefolder (PNG + metadata.jsonl)."""
     from .world import WorldConfig, make_world_folder
 
     _check_n(n)
-    path = make_world_folder(out, WorldConfig(n_images=n, seed=seed))
+    path = make_world_folder(out, WorldConfig(n_images=n, seed=seed), overwrite=overwrite)
     typer.echo(f"wrote {n} images to {path}", err=True)
 
 
@@ -81,14 +98,18 @@ def train_cmd(data: Path = typer.Option(..., "--data", help="Imagefolder with me
               seed: int = typer.Option(0, help="Seed of weights, batches, noise."),
               checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Checkpoint interval (steps)."),
               init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this model folder."),
-              resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from <out>.ckpt if present.")):
-    """Train a world model (progress bar, periodic checkpoints, resume after interruption)."""
+              resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from <out>.ckpt if present."),
+              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+    """Train a world model (progress bar, periodic checkpoints, resume after interruption).
+
+    Images of another size than the model's (16x16 for the world model) are resized to it.
+    """
     from .train import TrainConfig, train
 
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr,
                                        checkpoint_every=checkpoint_every).items() if v is not None}
     cfg = TrainConfig(seed=seed, **overrides)
-    model = train(cfg, data, out, init_from=init_from, resume=resume)
+    model = train(cfg, data, out, init_from=init_from, resume=resume, overwrite=overwrite)
     typer.echo(f"wrote {out} ({model.meta['training']['seconds']} s)", err=True)
 
 
@@ -100,11 +121,12 @@ def _progress(total: int, desc: str):
 @app.command("train-judge")
 def train_judge_cmd(out: Path = typer.Option(..., "--out", help="Judge folder to write."),
                     seed: int = typer.Option(0, help="Seed of rendering, initialisation and augmentation."),
-                    as_json: bool = typer.Option(False, "--json", help="Print the accuracy report as one JSON object.")):
+                    as_json: bool = typer.Option(False, "--json", help="Print the accuracy report as one JSON object."),
+                    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Train the world judge on freshly rendered world images and report held-out accuracy per label."""
     from .judge import JudgeConfig, train_judge
 
-    _, report = train_judge(JudgeConfig(seed=seed), out=out)
+    _, report = train_judge(JudgeConfig(seed=seed), out=out, overwrite=overwrite)
     _emit(report, as_json)
 
 
@@ -116,26 +138,27 @@ def generate_cmd(prompt: str = typer.Argument(..., help="Text prompt."),
                  steps: int = typer.Option(25, help="DDIM steps."),
                  guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's; 1.0 for the world model)."),
                  out: Path = typer.Option(Path("grid.png"), "--out", help="PNG grid to write."),
-                 scale: int = typer.Option(4, help="Upscale factor of the saved grid (nearest neighbour).")):
+                 scale: int = typer.Option(4, help="Upscale factor of the saved grid (nearest neighbour)."),
+                 overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Generate a grid of N images for one prompt."""
+    from .files import check_output_png, save_png
     from .models import load_model
     from .quality import to_pil_grid
 
     if not prompt.strip():
         raise DatarightsError("prompt is empty")
     _check_n(n)
+    _check_n(steps, "--steps")
+    _check_guidance(guidance)
     if scale < 1:
         raise DatarightsError(f"--scale must be at least 1, got {scale}")
-    if out.suffix.lower() != ".png":
-        raise DatarightsError(f"--out must be a .png file, got {out}")
+    check_output_png(out, [model], overwrite)
     m = load_model(model)
     bar = _progress(n, "generate")
     images = m.sample([prompt] * n, seed=seed, steps=steps, guidance=guidance, callback=bar.update)
     bar.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    to_pil_grid(images, ncol=int(n**0.5 + 0.999), scale=scale).save(tmp)
-    os.replace(tmp, out)
+    check_output_png(out, [model], overwrite)
+    save_png(to_pil_grid(images, ncol=int(n**0.5 + 0.999), scale=scale), out)
     typer.echo(f"wrote {out}", err=True)
 
 
@@ -146,12 +169,16 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
                    steps: int = typer.Option(25, help="DDIM steps."),
                    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's; 1.0 for the world model)."),
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-                   report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder.")):
+                   report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
+                   overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Generate from world-grammar prompts and let the judge score whether each image shows its prompt."""
     from .models import load_model
     from .quality import eval_model, public
 
     _check_n(n)
+    _check_n(steps, "--steps")
+    _check_guidance(guidance)
+    _check_report(report, overwrite, model)
     m = load_model(model)
     if m.kind != "world":
         raise DatarightsError("eval-model scores with the world judge, which reads world-model images only")
@@ -168,7 +195,7 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
         write_report(report, "datarights eval-model", [{"title": "Accuracies", "metrics": public(result)},
                      {"title": "Generations (green: the judge agrees with the prompt)",
                       "grids": [grid(f"{len(labels)} prompts", result["_images"], labels, cells)]}],
-                     public(result), subtitle=f"model: {m.source}")
+                     public(result), subtitle=f"model: {m.source}", overwrite=overwrite, inputs=(model,))
     _emit(public(result), as_json)
 
 
@@ -185,9 +212,12 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
               data: Optional[str] = typer.Option(None, "--data", help="Training imagefolder (retrain; optional for ga)."),
               seed: Optional[int] = typer.Option(None, help="Seed."),
               robust: bool = typer.Option(False, "--robust", help="ca/esd: AdvUnlearn-style min-max against soft-prompt attacks."),
-              as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+              as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Erase concepts from a model and write an edited model folder."""
     from .erase import check_targets, erase, make_config
+    from .erase.base import base_chain, base_ref
+    from .files import check_output
     from .models import load_model
     from .world import vocab as V
 
@@ -196,13 +226,15 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
         raise DatarightsError("--robust is available for ca and esd")
     cfg = make_config(method, params=params, steps=steps, lr=lr, loss=loss, data=data, seed=seed,
                       robust=robust or None)
+    check_output(out, "edited-model", [*base_chain(str(model) if model else "default"), data], overwrite)
     m = load_model(model)
+    check_output(out, "edited-model", [*base_chain(base_ref(m)), data], overwrite)
     if m.kind == "world":
         for t in target:
             if V.find_concept(t) is None:
                 typer.echo(f"warning: {t!r} is not in the world's vocabulary; the world judge cannot score its erasure", err=True)
     edit = erase(m, target, anchor, method, config=cfg)
-    edit.save(out)
+    edit.save(out, overwrite=overwrite)
     _emit({**edit.summary(), "out": str(out)}, as_json, text=f"wrote {out} ({edit.changed_params} changed parameters, {edit.seconds:.1f} s)")
 
 
@@ -233,13 +265,15 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
               seed: int = typer.Option(1, help="Seed of prompts and noise."),
               attacks: Optional[str] = typer.Option(None, "--attacks", help="Also attack the edited and base models: comma-separated udatk,ti,paraphrase."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-              report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder.")):
+              report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
+              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Measure whether a concept is gone from an edited model and what else changed."""
     from .audit import AuditConfig, audit, audit_sections
     from .models import DEFAULT_MODEL, load_model
     from .quality import public
 
     _check_n(n_target, "--n-target")
+    _check_report(report, overwrite, model, base)
     edited = load_model(model)
     if base is None:
         ref = edited.meta.get("edit", {}).get("base")
@@ -268,7 +302,8 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
                                                 ["bad" if ok else "ok" for ok in on_edit.success])]})
     if report is not None:
         from .report import write_report
-        write_report(report, "datarights audit", sections, public(result), subtitle=f"edited: {model}; base: {base}")
+        write_report(report, "datarights audit", sections, public(result), subtitle=f"edited: {model}; base: {base}",
+                     overwrite=overwrite, inputs=(model, base))
     _emit(public(result), as_json)
 
 
@@ -292,7 +327,8 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
                   temperature: Optional[float] = typer.Option(None, "--temperature", help="Owner-share softmax temperature on standardised scores (default: the method's calibrated value)."),
                   cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache folder (default ~/.cache/datarights)."),
                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-                  report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder.")):
+                  report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
+                  overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Rank the training images (and their owners) by influence on a generated image."""
     from .attribute import METHODS, Query, attribute, load_query, load_training_set, make_config
     from .models import load_model
@@ -302,6 +338,9 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
     if method not in METHODS:
         raise DatarightsError(f"unknown attribution method {method!r}; choose from {', '.join(sorted(METHODS))}")
     _check_n(top, "--top")
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise DatarightsError(f"--temperature must be positive, got {temperature}")
+    _check_report(report, overwrite, image, model, data, cache)
     m = load_model(model)
     query = Query(load_query(image, m.resolution), prompt)
     train = load_training_set(m, _training_data(data, m))
@@ -310,8 +349,6 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
         typer.echo("warning: this dataset is not the one the model was trained on (content hash differs)", err=True)
     if top > len(train):
         raise DatarightsError(f"--top {top} is larger than the training set ({len(train)} images)")
-    if temperature is not None and temperature <= 0:
-        raise DatarightsError(f"--temperature must be positive, got {temperature}")
     result = attribute(m, train, query, method, make_config(method), cache=cache, temperature=temperature)
     out = result.to_json(top)
     if report is not None:
@@ -323,7 +360,7 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
             {"title": f"Top {top} training images", "grids": [grid("most influential first", imgs,
                 [f"{it['owner']} ({it['score']:.3g})" for it in items])]},
             {"title": "Owner shares", "bars": [{"label": o["owner"], "value": o["share"]} for o in out["owners"][:15]]},
-        ], out)
+        ], out, overwrite=overwrite, inputs=(image, model, data, cache))
     _emit(out, as_json, text="\n".join(f"{o['share']:.3f}  {o['owner']}" for o in out["owners"][:10]))
 
 
@@ -379,8 +416,12 @@ def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtr
                     as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     """Customized-model ground truth: rank a new owner's exemplars (Recall@1/10, mAP)."""
     from .evaluate import CustomConfig, custom_eval
+    from .files import check_disjoint, open_run_folder
     from .models import load_model
 
+    if out is not None:  # before the default world is made or any model loads
+        check_disjoint(out, [data, model])
+        open_run_folder(out, "--out")
     cfg = CustomConfig(methods=[m for m in methods.split(",") if m], kinds=[k for k in kinds.split(",") if k],
                        concepts=concepts, pool=pool, seed=seed)
     res = custom_eval(cfg, _training_data(data, load_model(model)), model, out)
@@ -391,37 +432,29 @@ def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtr
 def demo_cmd(out: Path = typer.Option(Path("datarights-demo"), "--out", help="Folder for index.html and results.json."),
              model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
              seed: int = typer.Option(0, help="Seed of every generation."),
-             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+             overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """The end-to-end workflow on the embedded world, written as an HTML report."""
     from .demo import run_demo
 
-    results = run_demo(out, model, seed=seed)
+    results = run_demo(out, model, seed=seed, overwrite=overwrite)
     _emit(results, as_json, text=f"report: {results['report']}")
 
 
 def main() -> None:
-    """Entry point: run the app; DatarightsError becomes one line on stderr and exit code 2."""
+    """Entry point. Usage errors: click's usage message and exit code 2 (click handles them itself,
+    whichever click typer brings); DatarightsError: one line on stderr and exit code 2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        app(standalone_mode=False)
+        app(prog_name="datarights")
     except DatarightsError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors and friends
-        import click
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            typer.echo("aborted", err=True)
-            sys.exit(130)
-        raise
+    except OSError as e:  # the file system failed where no check could foresee it (disk full, lost mount)
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        typer.echo(f"error: {e.strerror or e}{where}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from pathlib import Path
 from .judge import describe, load_judge
 from .models import load_model
 from .quality import judge_accuracy
-from .report import grid, write_report
+from .files import atomic_folder
+from .report import grid, render_report
 from .world.vocab import object_prompt
 
 DEMO_PROMPTS: list[dict] = [
@@ -37,13 +38,22 @@ def _asked(p: dict) -> dict:
 def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0, steps: int = 25,
              per_prompt: int = 2, erase_target: str = "grumpy face", erase_anchor: str = "face",
              attribute_prompt: str = "a picture of Blubbo", attribute_methods: tuple[str, ...] = ("dtrak", "abu"),
-             log=lambda s: print(s, file=sys.stderr)) -> dict:
+             log=lambda s: print(s, file=sys.stderr), overwrite: bool = False) -> dict:
     """The workflow on the embedded world, written to <out>/index.html and results.json.
 
     1. Generate from the model and let the judge read every image.
     2. Opt-out: erase one concept with Concept Ablation, save the edited model, audit it.
     3. Compensation: attribute one generated image (of the character) to training images and owners.
     """
+    with atomic_folder(out, "demo", [model_path], overwrite) as tmp:  # all or nothing: the folder appears at the end
+        results = _run_demo(tmp, Path(out), model_path, seed, steps, per_prompt, erase_target, erase_anchor,
+                            attribute_prompt, attribute_methods, log)
+    results["report"] = str(Path(out) / "index.html")
+    return results
+
+
+def _run_demo(tmp: Path, out: Path, model_path, seed, steps, per_prompt, erase_target, erase_anchor, attribute_prompt,
+              attribute_methods, log) -> dict:
     t0 = time.time()
     model = load_model(model_path)
     judge = load_judge()
@@ -70,7 +80,7 @@ def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0
     from .quality import public
 
     edit = erase(model, [erase_target], [erase_anchor], "ca", seed=seed)
-    edit.save(Path(out) / "erased-model")
+    edit.save(tmp / "erased-model")
     edited = edit.apply(model)
     audited = audit(edited, model, erase_target, erase_anchor, AuditConfig(seed=seed + 1), judge=judge, log=log)
     results["erase"] = {"target": erase_target, "anchor": erase_anchor, "method": "ca",
@@ -89,9 +99,8 @@ def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0
     sections.append(section)
     results["seconds"] = round(time.time() - t0, 1)
     log("[4/4] writing report")
-    html = write_report(out, "datarights demo", sections, results,
-                        subtitle="The end-to-end workflow on the embedded world: generate, erase, attribute, verify.")
-    results["report"] = str(html)
+    render_report(tmp, "datarights demo", sections, results,
+                  subtitle="The end-to-end workflow on the embedded world: generate, erase, attribute, verify.")
     return results
 
 

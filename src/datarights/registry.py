@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -47,4 +48,7 @@ def build_config(registry: dict, method: str, kind: str, options: dict, strict: 
     unknown = set(given) - names
     if unknown and strict:
         raise DatarightsError(f"{kind} {method} has no option {', '.join(sorted('--' + u.replace('_', '-') for u in unknown))}")
+    for k, v in given.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise DatarightsError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
     return cls(**{k: v for k, v in given.items() if k in names})

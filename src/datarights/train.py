@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .errors import DatarightsError
+from .files import check_disjoint, check_output, open_run_folder, write_json
 from .models import T2IModel, build_world_model, load_model, save_world_model
 from .world import ImageFolder, read_imagefolder
 
@@ -87,10 +89,69 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac))))
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+CKPT_STATE = "state.json"
+
+
+def save_checkpoint(ckpt_dir: Path, fingerprint: str, step: int, elapsed: float, unet, ema, opt) -> None:
+    """Tensors (weights, EMA, optimiser moments) in safetensors, the rest in JSON; never a pickle.
+
+    The tensors go to a file named by the step; then state.json, which names that file and its
+    hash, is replaced atomically (the commit point); older tensor files are removed last. A kill at
+    any moment leaves the previous checkpoint or the new one, whole.
+    """
+    open_run_folder(ckpt_dir, "checkpoint folder", kind="checkpoint")
+    tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    opt_state = opt.state_dict()
+    for i, st in opt_state["state"].items():
+        tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()})
+    name = f"state-{step:08d}.safetensors"
+    tmp = ckpt_dir / f".{name}.tmp-{os.getpid()}"
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    os.replace(tmp, ckpt_dir / name)
+    write_json(ckpt_dir / CKPT_STATE, {"fingerprint": fingerprint, "step": step, "elapsed": elapsed, "tensors": name,
+                                       "tensors_sha256": digest, "param_groups": opt_state["param_groups"]})
+    for old in ckpt_dir.glob("*state-*.safetensors*"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def load_checkpoint(ckpt_dir: Path, fingerprint: str, unet, ema, opt) -> tuple[int, float]:
+    """Restore a checkpoint written by save_checkpoint; returns (step, elapsed seconds).
+
+    A foreign, corrupt or mismatched checkpoint is a one-line error that says which folder to remove.
+    """
+    from safetensors import SafetensorError
+
+    remove = f"remove {ckpt_dir} to start over"
+    try:
+        state = json.loads((ckpt_dir / CKPT_STATE).read_bytes().decode("utf-8"))
+        if not isinstance(state, dict) or Path(str(state.get("tensors"))).name != state.get("tensors"):
+            raise ValueError("state.json does not name a tensors file in the folder")
+        raw = (ckpt_dir / state["tensors"]).read_bytes()
+        if state.get("tensors_sha256") != hashlib.sha256(raw).hexdigest():
+            raise ValueError("the tensors do not belong to this state")
+        if state.get("fingerprint") != fingerprint:
+            raise DatarightsError(f"checkpoint {ckpt_dir} was made with another config or dataset; {remove}")
+        from safetensors.torch import load
+        tensors = load(raw)
+        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
+        if ema is not None:
+            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        moments: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, i, name = k.split(".", 2)
+                moments.setdefault(int(i), {})[name] = v
+        opt.load_state_dict({"state": moments, "param_groups": state["param_groups"]})
+        return int(state["step"]), float(state["elapsed"])
+    except DatarightsError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        raise DatarightsError(f"checkpoint {ckpt_dir} is corrupt or not a datarights checkpoint "
+                              f"({type(e).__name__}); {remove}") from None
 
 
 def precompute_text_states(model: T2IModel, texts: list[str], batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +174,7 @@ def diffusion_loss(model: T2IModel, x0: torch.Tensor, cond: torch.Tensor, genera
 
 
 def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, init_from: str | Path | None = None,
-          resume: bool = True, progress: bool = True) -> T2IModel:
+          resume: bool = True, progress: bool = True, overwrite: bool = False) -> T2IModel:
     """Train a world model on `data` and write it to `out` (atomically, at the end).
 
     Steps:
@@ -123,16 +184,16 @@ def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, ini
          drop captions with probability cond_drop, minimise the epsilon MSE.
       4. Checkpoint every `checkpoint_every` steps; at the end save the EMA weights to `out`.
     """
-    out = Path(out)
-    if isinstance(data, ImageFolder):
-        folder = data
-    else:
-        folder = read_imagefolder(data, resolution=None)
+    inputs = (data.root if isinstance(data, ImageFolder) else data, init_from)
+    out = check_output(out, "world-model", inputs, overwrite)
+    ckpt_dir = out.with_name(out.name + ".ckpt")
+    check_disjoint(ckpt_dir, inputs, "checkpoint folder")
     torch.manual_seed(cfg.seed)
     model = load_model(init_from) if init_from is not None else build_world_model(cfg.unet_config, seed=cfg.seed)
     if model.kind != "world":
         raise DatarightsError("training is implemented for world models (pixel space) only")
-    res = model.resolution
+    res = model.resolution  # every image is read at the model's resolution (resized if it differs)
+    folder = data if isinstance(data, ImageFolder) else read_imagefolder(data, resolution=res)
     if folder.images.shape[-1] != res:
         folder = read_imagefolder(folder.root, resolution=res)
     x_all = torch.from_numpy(folder.images) * 2 - 1  # [N, 3, H, W] in [-1, 1]
@@ -156,19 +217,12 @@ def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, ini
 
     fingerprint = hashlib.sha256(json.dumps(
         {"cfg": asdict(cfg), "data": data_hash(folder), "init": str(init_from)}, sort_keys=True).encode()).hexdigest()[:16]
-    ckpt_dir = out.with_name(out.name + ".ckpt")
-    ckpt = ckpt_dir / "state.pt"
     start, elapsed = 0, 0.0
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != fingerprint:
-            raise DatarightsError(f"checkpoint {ckpt} was made with another config or dataset; remove {ckpt_dir} to start over")
-        model.unet.load_state_dict(state["unet"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        start, elapsed = state["step"], state["elapsed"]
-        print(f"resuming from step {start} ({ckpt})", file=sys.stderr)
+    if ckpt_dir.exists():
+        open_run_folder(ckpt_dir, "checkpoint folder", kind="checkpoint")  # refuses a folder datarights did not write
+        if resume and (ckpt_dir / CKPT_STATE).exists():
+            start, elapsed = load_checkpoint(ckpt_dir, fingerprint, model.unet, ema, opt)
+            print(f"resuming from step {start} ({ckpt_dir})", file=sys.stderr)
 
     t0 = time.time() - elapsed
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress,
@@ -199,10 +253,7 @@ def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, ini
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_torch_save({"fingerprint": fingerprint, "step": step + 1, "elapsed": time.time() - t0,
-                                "unet": model.unet.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                                "opt": opt.state_dict()}, ckpt)
+            save_checkpoint(ckpt_dir, fingerprint, step + 1, time.time() - t0, model.unet, ema, opt)
     bar.close()
     seconds = time.time() - t0
     if ema is not None:
@@ -211,7 +262,7 @@ def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, ini
     model.meta = {"training": {**asdict(cfg), "data": str(folder.root), "data_hash": data_hash(folder),
                                "images": len(folder), "init_from": str(init_from) if init_from else None,
                                "seconds": round(seconds, 1), "threads": torch.get_num_threads()}}
-    save_world_model(model, out, extra=model.meta)
+    save_world_model(model, out, extra=model.meta, overwrite=overwrite, inputs=inputs)
     model.source = str(out)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return model

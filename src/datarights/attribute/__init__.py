@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DatarightsError
 from ..models import T2IModel
 from ..registry import build_config
 from . import abu, feature, pixel, trak  # noqa: F401  (registers the methods)
 from .base import METHODS, Attribution, Query, TrainingSet, load_training_set, owner_shares, share_temperature
-from .cache import artifact_key, cache_root, load_artifact, save_artifact
+from .cache import artifact_key, build_lock, cache_root, load_artifact, save_artifact
 
 
 def make_config(method: str, **options):
@@ -39,11 +38,13 @@ def default_world(log=None) -> Path:
     """The default world imagefolder (the shipped model's training set), made once in the cache (~4 s)."""
     from ..world import make_world_folder
 
-    folder = cache_root() / "world-default"
-    if not (folder / "metadata.jsonl").exists():
-        if log is not None:
-            log(f"making the default world in {folder} (once)")
-        make_world_folder(folder)
+    root = cache_root()
+    folder = root / "world-default"
+    with build_lock(root, "world-default"):  # a second process waits, then finds it made
+        if not (folder / "metadata.jsonl").exists():
+            if log is not None:
+                log(f"making the default world in {folder} (once)")
+            make_world_folder(folder, overwrite=True)
     return folder
 
 
@@ -57,16 +58,19 @@ def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | 
 
     key = artifact_key(method=method, model=model_hash(model), data=train.hash, config=result_config(cfg))
     root = cache_root(cache)
-    state = load_artifact(root, method, key)
-    if state is None:
-        state = load_artifact(SHIPPED, method, key)
+    state = load_artifact(SHIPPED, method, key)
     if state is not None:
         return state, 0.0, True
-    t0 = time.time()
-    state = METHODS[method].prepare(model, train, cfg, progress=progress)
-    seconds = time.time() - t0
-    save_artifact(root, method, key, state, {"method": method, "model": model.source, "data": str(train.folder.root),
-                                             "data_hash": train.hash, "config": asdict(cfg), "seconds": seconds})
+    with build_lock(root, f"{method}-{key}"):  # another process building this entry finishes first
+        state = load_artifact(root, method, key)
+        if state is not None:
+            return state, 0.0, True
+        t0 = time.time()
+        state = METHODS[method].prepare(model, train, cfg, progress=progress)
+        seconds = time.time() - t0
+        save_artifact(root, method, key, state, {"method": method, "model": model.source,
+                                                 "data": str(train.folder.root), "data_hash": train.hash,
+                                                 "config": asdict(cfg), "seconds": seconds})
     return state, seconds, False
 
 
@@ -91,19 +95,14 @@ def load_query(path: str | Path, resolution: int) -> torch.Tensor:
     import sys
 
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from ..files import open_rgb
 
     p = Path(path)
-    if not p.is_file():
-        raise DatarightsError(f"query image {p} does not exist")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            if im.mode != "RGB":
-                print(f"warning: {p} is {im.mode}; converting to RGB", file=sys.stderr)
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise DatarightsError(f"{p} is not a readable image ({type(e).__name__})") from None
+    rgb, mode = open_rgb(p, "query image")
+    if mode != "RGB":
+        print(f"warning: {p} is {mode}; converting to RGB", file=sys.stderr)
     if rgb.size != (resolution, resolution):
         print(f"warning: {p} is {rgb.size[0]}x{rgb.size[1]}; resizing to the model's {resolution}x{resolution}", file=sys.stderr)
         rgb = rgb.resize((resolution, resolution), Image.BICUBIC)

@@ -8,15 +8,19 @@ key, so stale artifacts are never used; an existing one is reused, so runs resum
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from ..files import replace_folder, temp_sibling
 
 
 def cache_root(path: str | Path | None = None) -> Path:
@@ -32,26 +36,45 @@ def artifact_key(**parts) -> str:
 
 
 def load_artifact(root: Path, method: str, key: str) -> dict[str, torch.Tensor] | None:
+    """The artifact's tensors, or None when it is absent, damaged, truncated or made for another key."""
     d = root / method / key
     try:
-        meta = json.loads((d / "config.json").read_text())
-        if meta.get("key") != key:
+        meta = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("key") != key:
             return None
         return load_file(d / "tensors.safetensors")
-    except (OSError, json.JSONDecodeError, ValueError, RuntimeError):
+    except (OSError, ValueError, RuntimeError, SafetensorError):
         return None  # absent or damaged: rebuild
 
 
+@contextlib.contextmanager
+def build_lock(root: Path, name: str) -> Iterator[None]:
+    """An inter-process lock (released by the OS if its holder dies, even by kill -9), so that two
+    processes building the same cache entry take turns: the second then finds the first's result."""
+    from filelock import FileLock
+
+    locks = root / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"{name}.lock")):
+        yield
+
+
 def save_artifact(root: Path, method: str, key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write the artifact under a unique temporary name and rename it into place.
+
+    A valid entry that appeared meanwhile (another process finished first) is kept and ours dropped;
+    a damaged one is replaced.
+    """
     d = root / method / key
     d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=d.parent))
+    tmp = temp_sibling(d, "tmp")
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "tensors.safetensors")
         (tmp / "config.json").write_text(json.dumps({"key": key, **meta}, indent=2, default=str))
-        if d.exists():
-            shutil.rmtree(d)
-        os.replace(tmp, d)
+        if d.exists() and load_artifact(root, method, key) is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return d
+        replace_folder(tmp, d)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

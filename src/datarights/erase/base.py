@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DatarightsError
+from ..files import atomic_folder
 from ..models import DEFAULT_MODEL, T2IModel
 from ..registry import Method, registrar
 from ..world import vocab as V
@@ -73,23 +72,33 @@ class Edit:
                 "base": self.base, "base_hash": self.base_hash, "config": self.config,
                 "seconds": round(self.seconds, 2), "changed_params": self.changed_params}
 
-    def save(self, out: str | Path) -> Path:
-        """Write a loadable model folder: model_index.json (points at the base) + edit.safetensors."""
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
+    def save(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write a loadable model folder: model_index.json (points at the base) + edit.safetensors.
+
+        The folder must not be, contain or lie inside the base (or the base's own base, for an edit
+        of an edit); an existing datarights edited model is replaced only with `overwrite`.
+        """
+        with atomic_folder(out, "edited-model", base_chain(self.base), overwrite) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}, tmp / "edit.safetensors")
             (tmp / "model_index.json").write_text(json.dumps({"_class_name": EDIT_CLASS, **self.summary()}, indent=2))
-            if out.exists():
-                if not (out / "model_index.json").is_file():
-                    raise DatarightsError(f"{out} exists and is not a model folder; refusing to overwrite it")
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+        return Path(out)
+
+
+def base_chain(base: str) -> list[Path]:
+    """The base folder of an edit and, if that is itself an edited model, its bases in turn."""
+    chain: list[Path] = []
+    ref = base
+    while ref not in (None, "", "default"):
+        p = Path(ref)
+        if p.resolve() in [c.resolve() for c in chain]:
+            break
+        chain.append(p)
+        try:
+            index = json.loads((p / "model_index.json").read_text(encoding="utf-8"))
+            ref = index.get("base") if index.get("_class_name") == EDIT_CLASS else None
+        except (OSError, ValueError, AttributeError):
+            break
+    return chain or [DEFAULT_MODEL]
 
 
 def model_hash(model: T2IModel) -> str:
@@ -112,21 +121,27 @@ def base_ref(model: T2IModel) -> str:
     return str(src)
 
 
-def load_edited(path: Path, index: dict) -> T2IModel:
+def load_edited(path: Path, index: dict, seen: tuple = ()) -> T2IModel:
     """Load an edited-model folder: its base, then the edit on top."""
     from ..models import load_model
 
     base_path = index.get("base")
-    if base_path is None:
+    if not isinstance(base_path, str) or not base_path:
         raise DatarightsError(f"{path}/model_index.json names no base model")
     base_dir = DEFAULT_MODEL if base_path == "default" else Path(base_path)
+    if base_dir.resolve() in (*seen, path.resolve()):
+        raise DatarightsError(f"edited model {path} names itself (or an edit that leads back to it) as its base")
     if not base_dir.exists():
         raise DatarightsError(f"the base model of {path} is missing: {base_dir}")
     if not (path / "edit.safetensors").is_file():
         raise DatarightsError(f"edited model {path} has no edit.safetensors")
-    base = load_model(base_dir)
-    edit = Edit(tensors=load_file(path / "edit.safetensors"), base=base_path, base_hash=index.get("base_hash", ""),
-                method=index.get("method", "?"), targets=tuple(index.get("targets", ())),
+    try:
+        tensors = load_file(path / "edit.safetensors")
+    except (SafetensorError, OSError) as e:
+        raise DatarightsError(f"{path}/edit.safetensors is corrupt or truncated ({str(e)[:80]})") from None
+    base = load_model(base_dir, _seen=(*seen, path.resolve()))
+    edit = Edit(tensors=tensors, base=base_path, base_hash=str(index.get("base_hash", "")),
+                method=str(index.get("method", "?")), targets=tuple(index.get("targets", ())),
                 anchors=tuple(index.get("anchors", ())), config=index.get("config", {}), seconds=index.get("seconds", 0))
     model = edit.apply(base)
     model.source = str(path)

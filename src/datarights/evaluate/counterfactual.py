@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import DatarightsError
+from ..files import open_run_folder, read_json_file, write_json
 from ..world import ImageFolder, WorldConfig, make_world_folder, read_imagefolder, sample_eval_prompts
 
 
@@ -75,21 +76,15 @@ def _subset(folder: ImageFolder, drop: list[int]) -> ImageFolder:
 
 
 def open_run(run: Path, cfg, empty: dict) -> tuple[dict, Path]:
-    """The run folder's results.json (or a new one holding `empty`); refuses a folder of another config."""
-    run.mkdir(parents=True, exist_ok=True)
+    """The run folder's results.json (or a new one holding `empty`); refuses a folder of another config
+    or one that datarights did not write."""
+    open_run_folder(run)
     res_path = run / "results.json"
     config = json.loads(json.dumps(asdict(cfg)))
-    results = json.loads(res_path.read_text()) if res_path.exists() else {"config": config, **empty}
-    if results["config"] != config:
+    results = read_json_file(res_path, "run results") if res_path.exists() else {"config": config, **empty}
+    if not isinstance(results, dict) or results.get("config") != config:
         raise DatarightsError(f"{run} holds a run with another config; use a new folder")
     return results, res_path
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write to a temporary file, then rename: an interrupted run never leaves a half-written file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def world_base_queries(run: Path, cfg, recipe, name: str, log) -> tuple[ImageFolder, object, list[str]]:

@@ -16,7 +16,6 @@ on the held-out ones.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import DatarightsError
+from ..files import check_disjoint, open_run_folder, read_json_file, write_json
 from ..world import ImageFolder, read_imagefolder
 from ..world import vocab as V
 from ..world.render import DARK, _background, _down, _draw_object, _finish, _grid, _jitter_color, _paint, object_layers
@@ -258,6 +258,8 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
     from ..models import load_model
 
     t0 = time.time()
+    if out is not None:
+        check_disjoint(out, [data, base_path], "--out")
     base = load_model(base_path)
     folder = read_imagefolder(data, resolution=base.resolution)
     if cfg.pool > len(folder):
@@ -266,11 +268,11 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
     if unknown:
         raise DatarightsError(f"method_options for methods not being scored: {', '.join(unknown)}")
     configs = {m: make_config(m, **cfg.method_options.get(m, {})) for m in cfg.methods if m != "feature-tuned"}
-    cells_path = Path(out) / "cells.json" if out is not None else None
+    cells_path = open_run_folder(out, "--out") / "cells.json" if out is not None else None
     cells: dict = {}
     if cells_path is not None and cells_path.exists():
-        saved = json.loads(cells_path.read_text())
-        if saved.get("config") == asdict(cfg):
+        saved = read_json_file(cells_path, "cells file")
+        if isinstance(saved, dict) and saved.get("config") == asdict(cfg):
             cells = saved["cells"]
             log(f"custom: resuming, {len(cells)} customization(s) already scored")
     judge = load_judge()
@@ -324,10 +326,7 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
                 cell[method]["ap"].append(_ap(rp))
         cells[f"{kind}-{i}"] = cell
         if cells_path is not None:
-            cells_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cells_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"config": asdict(cfg), "cells": cells}))
-            tmp.replace(cells_path)
+            write_json(cells_path, {"config": asdict(cfg), "cells": cells})
         log(f"custom: {kind} customization {i + 1}/{cfg.concepts} scored ({n_done + 1}/{len(todo)} this run)")
     table = []
     for kind in cfg.kinds:
@@ -339,6 +338,5 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
     result = {"config": asdict(cfg), "table": table, "seconds": round(time.time() - t0, 1),
               "feature_tuned_temperature": temp}
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "results.json").write_text(json.dumps(result, indent=2))
+        write_json(Path(out) / "results.json", result)
     return result

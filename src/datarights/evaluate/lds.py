@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..errors import DatarightsError
-from .counterfactual import _subset, open_run, world_base_queries, write_json
+from ..files import write_json
+from .counterfactual import _subset, open_run, world_base_queries
 
 
 @dataclass

@@ -9,10 +9,7 @@ world images with noise and blur augmentation, so that it reads imperfect genera
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +18,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import DatarightsError
+from ..files import atomic_folder, check_output, read_json_file
 from ..world.generate import LABEL_KEYS, sample_item
 from ..world.vocab import LABELS, RESOLUTION
 
@@ -140,9 +139,12 @@ def accuracy(judge: Judge, x: torch.Tensor, ys: dict[str, torch.Tensor]) -> dict
     return {k: round(float((logits[k].argmax(-1) == ys[k]).float().mean()), 4) for k in ys}
 
 
-def train_judge(cfg: JudgeConfig | None = None, out: str | Path | None = None, progress: bool = True) -> tuple[Judge, dict]:
+def train_judge(cfg: JudgeConfig | None = None, out: str | Path | None = None, progress: bool = True,
+                overwrite: bool = False) -> tuple[Judge, dict]:
     """Train the judge on rendered world images; report held-out accuracy per label."""
     cfg = cfg or JudgeConfig()
+    if out is not None:
+        check_output(out, "judge", overwrite=overwrite)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     x, ys = render_labelled(cfg.n_train, cfg.seed)
@@ -172,20 +174,17 @@ def train_judge(cfg: JudgeConfig | None = None, out: str | Path | None = None, p
               "n_test": cfg.n_test, "seconds": round(time.time() - t0, 1), "config": asdict(cfg)}
     judge.eval()
     if out is not None:
-        save_judge(judge, out, report)
+        save_judge(judge, out, report, overwrite)
     return judge, report
 
 
-def save_judge(judge: Judge, out: str | Path, report: dict | None = None) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, tmp / "model.safetensors")
-    (tmp / "config.json").write_text(json.dumps({"labels": judge.labels, **judge.config, "report": report or {}}, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+def save_judge(judge: Judge, out: str | Path, report: dict | None = None, overwrite: bool = False) -> Path:
+    """Write a judge folder (model.safetensors + config.json) atomically."""
+    with atomic_folder(out, "judge", overwrite=overwrite) as tmp:
+        save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps({"labels": judge.labels, **judge.config, "report": report or {}},
+                                                    indent=2))
+    return Path(out)
 
 
 def load_judge(path: str | Path | None = None) -> Judge:
@@ -193,8 +192,11 @@ def load_judge(path: str | Path | None = None) -> Judge:
     path = Path(path) if path is not None else DEFAULT_JUDGE
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise DatarightsError(f"judge folder {path} is missing config.json or model.safetensors")
-    cfg = json.loads((path / "config.json").read_text())
-    judge = Judge(cfg["labels"], width=cfg["width"], feat_dim=cfg["feat_dim"])
-    judge.load_state_dict(load_file(path / "model.safetensors"))
+    cfg = read_json_file(path / "config.json", "judge config")
+    try:
+        judge = Judge(cfg["labels"], width=cfg["width"], feat_dim=cfg["feat_dim"])
+        judge.load_state_dict(load_file(path / "model.safetensors"))
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as e:
+        raise DatarightsError(f"judge folder {path} is corrupt or not a judge ({type(e).__name__})") from None
     judge.report = cfg.get("report", {})
     return judge.eval().requires_grad_(False)

@@ -19,6 +19,7 @@ def load_sd_model(path: Path, index: dict) -> T2IModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # no 'Loading weights' bar on every command
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (path / sub).is_dir():
             raise DatarightsError(f"Stable Diffusion folder {path} has no {sub}/ subfolder")

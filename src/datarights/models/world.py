@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from ..errors import DatarightsError
+from ..files import atomic_folder
 from .t2i import T2IModel
 
 WORLD_CLASS = "DatarightsWorldModel"
@@ -48,6 +46,7 @@ def _minilm():
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # no 'Loading weights' bar on every command
     path = str(get_model_path())
     return AutoTokenizer.from_pretrained(path, local_files_only=True), AutoModel.from_pretrained(path, local_files_only=True)
 
@@ -77,28 +76,17 @@ def build_world_model(unet_config: dict | None = None, scheduler_config: dict | 
                     max_length=max_length)
 
 
-def save_world_model(model: T2IModel, out: str | Path, extra: dict | None = None) -> Path:
-    """Write the model folder atomically (temp folder, then rename); replaces an existing one."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+def save_world_model(model: T2IModel, out: str | Path, extra: dict | None = None, overwrite: bool = False,
+                     inputs: tuple = ()) -> Path:
+    """Write the model folder atomically (temp folder, then rename); see files.atomic_folder for the
+    rules on existing folders (`overwrite` replaces only a datarights world model)."""
+    with atomic_folder(out, "world-model", inputs, overwrite) as tmp:
         model.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         model.scheduler.save_pretrained(tmp / "scheduler")
         index = {"_class_name": WORLD_CLASS, "text_encoder": TEXT_ENCODER_PACKAGE, "max_length": model.max_length,
                  **(extra or {})}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def load_world_model(path: Path, index: dict) -> T2IModel:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
 from pathlib import Path
 
 import jinja2
 import torch
+
+from ..files import atomic_folder, write_json, write_text_atomic
 
 TEMPLATE = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
 <html><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -62,16 +62,20 @@ def grid(caption: str, images: torch.Tensor, labels: list[str], classes: list[st
                                           for im, lb, c in zip(images, labels, classes)]}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def render_report(folder: str | Path, title: str, sections: list[dict], results: dict, subtitle: str = "") -> Path:
+    """Write index.html and results.json into an existing folder (each file atomically); returns the HTML path."""
+    folder = Path(folder)
+    write_json(folder / "results.json", results)
+    write_text_atomic(folder / "index.html", TEMPLATE.render(title=title, subtitle=subtitle, sections=sections))
+    return folder / "index.html"
 
 
-def write_report(out_dir: str | Path, title: str, sections: list[dict], results: dict, subtitle: str = "") -> Path:
-    """Write <out_dir>/index.html and <out_dir>/results.json; returns the HTML path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "results.json", json.dumps(results, indent=2, default=str))
-    _atomic_write(out / "index.html", TEMPLATE.render(title=title, subtitle=subtitle, sections=sections))
-    return out / "index.html"
+def write_report(out_dir: str | Path, title: str, sections: list[dict], results: dict, subtitle: str = "",
+                 overwrite: bool = False, inputs: tuple = ()) -> Path:
+    """Write the report folder <out_dir> (index.html + results.json) atomically; returns the HTML path.
+
+    An existing report folder is replaced only with `overwrite`; see files.atomic_folder.
+    """
+    with atomic_folder(out_dir, "report", inputs, overwrite, flag="--report") as tmp:
+        render_report(tmp, title, sections, results, subtitle)
+    return Path(out_dir) / "index.html"

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import DatarightsError
+from ..files import atomic_folder, check_output, inside_folder, open_rgb
 from . import render
 from .vocab import (CATEGORY_OF, CHARACTER_TEMPLATES, CHARACTERS, COLORS, COMPOSITION_TEMPLATES, COMPOSITIONS,
                     MEMORIZED, NONE, OBJECTS, PHOTOGRAPHERS, PLAIN_STYLE, PREFIXES, RESOLUTION, STYLES, object_prompt)
@@ -124,32 +122,26 @@ def _ordered(meta: dict) -> dict:
     return {k: meta[k] for k in keys if k in meta} | {k: v for k, v in meta.items() if k not in keys}
 
 
-def write_imagefolder(out: str | Path, images: np.ndarray, metas: list[dict], config: dict | None = None) -> Path:
+def write_imagefolder(out: str | Path, images: np.ndarray, metas: list[dict], config: dict | None = None,
+                      overwrite: bool = False) -> Path:
     """Write an imagefolder (PNG files + metadata.jsonl) atomically: a temp folder, then a rename."""
-    out = Path(out)
-    if out.exists():
-        raise DatarightsError(f"{out} already exists; choose a new folder or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out, "dataset", overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
-        with open(tmp / "metadata.jsonl", "w") as f:
+        with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
             for img, meta in zip(images, metas):
                 Image.fromarray(to_uint8(img)).save(tmp / meta["file_name"])
                 f.write(json.dumps(_ordered(meta)) + "\n")
         if config is not None:
             (tmp / "world_config.json").write_text(json.dumps(config, indent=2))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
-def make_world_folder(out: str | Path, cfg: WorldConfig | None = None) -> Path:
+def make_world_folder(out: str | Path, cfg: WorldConfig | None = None, overwrite: bool = False) -> Path:
+    """Generate the world and write it as an imagefolder (the output is checked before generating)."""
     cfg = cfg or WorldConfig()
+    check_output(out, "dataset", overwrite=overwrite)
     images, metas = make_world(cfg)
-    return write_imagefolder(out, images, metas, config=asdict(cfg))
+    return write_imagefolder(out, images, metas, config=asdict(cfg), overwrite=overwrite)
 
 
 @dataclass
@@ -169,7 +161,12 @@ class ImageFolder:
 
 
 def read_imagefolder(path: str | Path, resolution: int | None = None) -> ImageFolder:
-    """Read and validate an imagefolder; every problem is a one-line DatarightsError."""
+    """Read and validate an imagefolder; every problem is a one-line DatarightsError.
+
+    Each row of metadata.jsonl needs a string `file_name` (relative, inside the folder) and a string
+    `text`. Images are converted to RGB and, when `resolution` is given, resized to it (bicubic);
+    without it they must all have one size.
+    """
     root = Path(path)
     if not root.is_dir():
         raise DatarightsError(f"dataset folder {root} does not exist")
@@ -177,34 +174,38 @@ def read_imagefolder(path: str | Path, resolution: int | None = None) -> ImageFo
     if not meta_path.is_file():
         raise DatarightsError(f"dataset folder {root} has no metadata.jsonl")
     metas, images = [], []
-    with open(meta_path) as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                meta = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatarightsError(f"{meta_path}:{ln}: not valid JSON ({e.msg})") from None
-            if not isinstance(meta, dict) or "file_name" not in meta or "text" not in meta:
-                raise DatarightsError(f"{meta_path}:{ln}: each row needs 'file_name' and 'text'")
-            img_path = root / meta["file_name"]
-            try:
-                with Image.open(img_path) as im:
-                    im.load()
-                    rgb = im.convert("RGB")
-            except FileNotFoundError:
-                raise DatarightsError(f"{img_path} is listed in metadata.jsonl but does not exist") from None
-            except (UnidentifiedImageError, OSError, SyntaxError) as e:
-                raise DatarightsError(f"{img_path} is not a readable image ({type(e).__name__})") from None
-            if resolution is not None and rgb.size != (resolution, resolution):
-                rgb = rgb.resize((resolution, resolution), Image.BICUBIC)
-            images.append(np.asarray(rgb, dtype=np.float32) / 255.0)
-            metas.append(meta)
+    try:
+        lines = meta_path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = meta_path.read_bytes()[:e.start].count(b"\n") + 1
+        raise DatarightsError(f"{meta_path}:{line}: not UTF-8 text") from None
+    for ln, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{meta_path}:{ln}"
+        try:
+            meta = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatarightsError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(meta, dict) or "file_name" not in meta or "text" not in meta:
+            raise DatarightsError(f"{where}: each row needs 'file_name' and 'text'")
+        if not isinstance(meta["text"], str):
+            raise DatarightsError(f"{where}: 'text' must be a string, got {type(meta['text']).__name__}")
+        img_path = inside_folder(root, meta["file_name"], where)
+        if not img_path.is_file():
+            raise DatarightsError(f"{img_path} is listed in metadata.jsonl but does not exist")
+        rgb, _ = open_rgb(img_path)
+        if resolution is not None and rgb.size != (resolution, resolution):
+            rgb = rgb.resize((resolution, resolution), Image.BICUBIC)
+        images.append(np.asarray(rgb, dtype=np.float32) / 255.0)
+        metas.append(meta)
     if not metas:
         raise DatarightsError(f"{meta_path} lists no images")
-    sizes = {im.shape for im in images}
+    sizes = sorted({im.shape[1::-1] for im in images})
     if len(sizes) > 1:
-        raise DatarightsError(f"images in {root} have different sizes {sorted(sizes)}; pass a resolution to resize")
+        shown = " and ".join(f"{w}x{h}" for w, h in sizes[:2])
+        raise DatarightsError(f"images in {root} have different sizes ({shown}); read it with resolution=N "
+                              "to resize them (the commands resize to the model's resolution)")
     arr = np.stack(images).transpose(0, 3, 1, 2).copy()  # [N, H, W, 3] -> [N, 3, H, W]
     return ImageFolder(root, arr, metas)
 
