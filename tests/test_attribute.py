@@ -5,7 +5,7 @@ import torch
 
 import datarights.attribute as A
 from datarights.attribute import METHODS, Query, attribute, load_training_set, make_config, owner_shares
-from datarights.attribute.task import draws, linear_modules, per_sample_grads, per_sample_loss
+from datarights.runtime import Draws, draws, linear_modules, per_sample_grads, per_sample_loss
 from datarights.errors import DatarightsError
 
 FAST = {
@@ -73,12 +73,12 @@ def test_linear_per_sample_grads_are_exact(train_set):
     model, train = train_set
     mods = linear_modules(model, "xattn-kv")
     idx = torch.arange(3)
-    d = draws(3, 2, tuple(train.x0.shape[1:]), model.num_train_timesteps, seed=0)
+    d = draws(3, 2, tuple(train.x0.shape[1:]), model.num_train_timesteps, seed=0, device=model.device)
     fast = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), d)
     for i in range(3):
         for m in mods.values():
             m.weight.requires_grad_(True)
-        di = A.task.Draws(d.t[i:i + 1], d.noise[i:i + 1])
+        di = Draws(d.t[i:i + 1], d.noise[i:i + 1])
         loss = per_sample_loss(model, train.x0[i:i + 1], train.cond(idx[i:i + 1]), di)[0]
         grads = torch.autograd.grad(loss, [m.weight for m in mods.values()])
         for m in mods.values():
@@ -91,7 +91,7 @@ def test_per_draw_grads_average_to_per_sample_grads(train_set):
     model, train = train_set
     mods = linear_modules(model, "xattn-kv")
     idx = torch.arange(3)
-    d = draws(3, 2, tuple(train.x0.shape[1:]), model.num_train_timesteps, seed=1)
+    d = draws(3, 2, tuple(train.x0.shape[1:]), model.num_train_timesteps, seed=1, device=model.device)
     full = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), d, per_draw=True)     # [6, P]
     mean = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), d)                   # [3, P]
     assert torch.allclose(full.view(3, 2, -1).mean(1), mean, atol=1e-6, rtol=1e-4)

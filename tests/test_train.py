@@ -50,7 +50,8 @@ def test_stale_checkpoint_is_refused(tiny_world, tmp_path, monkeypatch):
 
 def test_training_reduces_loss(tiny_world, tmp_path):
     from datarights.models import build_world_model
-    from datarights.train import diffusion_loss, precompute_text_states
+    from datarights.runtime import diffusion_loss
+    from datarights.train import precompute_text_states
     from datarights.world import read_imagefolder
 
     data = read_imagefolder(tiny_world)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import runtime
 from .erase.base import concept_prompts, prompts_showing
 from .errors import DatarightsError
 from .judge import Judge, load_judge
@@ -51,11 +52,12 @@ def kid(f1: torch.Tensor, f2: torch.Tensor, n_subsets: int = 20, subset_size: in
     f1 = torch.nn.functional.normalize(f1.double(), dim=1) * d**0.5
     f2 = torch.nn.functional.normalize(f2.double(), dim=1) * d**0.5
     m = min(subset_size, len(f1), len(f2))
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    f1, f2 = f1.cpu(), f2.cpu()
     vals = []
     for _ in range(n_subsets):
-        x = f1[torch.randperm(len(f1), generator=g)[:m]]
-        y = f2[torch.randperm(len(f2), generator=g)[:m]]
+        x = f1[torch.randperm(len(f1), generator=g, device="cpu")[:m]]
+        y = f2[torch.randperm(len(f2), generator=g, device="cpu")[:m]]
         kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
         mmd = ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
                - 2 * kxy.mean())
@@ -86,9 +88,7 @@ class AuditConfig:
 
 
 def _gen(model: T2IModel, prompts: list[str], cfg: AuditConfig, seed_offset: int, desc: str, progress: bool) -> torch.Tensor:
-    from .erase.base import progress_bar
-
-    bar = progress_bar(len(prompts), desc, progress)
+    bar = runtime.progress_bar(progress, len(prompts), desc)
     out = model.sample(prompts, seed=cfg.seed * 7919 + seed_offset, steps=cfg.steps, guidance=cfg.guidance,
                        callback=bar.update)
     bar.close()

@@ -52,6 +52,14 @@ def _check_report(report: Optional[Path], overwrite: bool, *inputs) -> None:
 
 
 OVERWRITE_HELP = "Replace the output if it exists and datarights wrote it (never anything else)."
+DEVICE_OPT = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA when available), cpu, cuda, cuda:N.")
+PRECISION_OPT = typer.Option("fp32", "--precision", help="Arithmetic of every model pass: fp32, bf16 or fp16 (GPU only); weights stay fp32.")
+
+
+def _check_device(device: str, precision: str) -> None:
+    """--device and --precision are checked before anything loads (a missing GPU is a one-line error)."""
+    from .runtime import resolve_device, resolve_precision
+    resolve_precision(precision, resolve_device(device))
 
 
 @world_app.command("make")
@@ -99,17 +107,20 @@ def train_cmd(data: Path = typer.Option(..., "--data", help="Imagefolder with me
               checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Checkpoint interval (steps)."),
               init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this model folder."),
               resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from <out>.ckpt if present."),
-              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+              device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Train a world model (progress bar, periodic checkpoints, resume after interruption).
 
     Images of another size than the model's (16x16 for the world model) are resized to it.
     """
+    _check_device(device, precision)
     from .train import TrainConfig, train
 
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr,
                                        checkpoint_every=checkpoint_every).items() if v is not None}
     cfg = TrainConfig(seed=seed, **overrides)
-    model = train(cfg, data, out, init_from=init_from, resume=resume, overwrite=overwrite)
+    model = train(cfg, data, out, init_from=init_from, resume=resume, overwrite=overwrite, device=device,
+                  precision=precision)
     typer.echo(f"wrote {out} ({model.meta['training']['seconds']} s)", err=True)
 
 
@@ -139,8 +150,10 @@ def generate_cmd(prompt: str = typer.Argument(..., help="Text prompt."),
                  guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's; 1.0 for the world model)."),
                  out: Path = typer.Option(Path("grid.png"), "--out", help="PNG grid to write."),
                  scale: int = typer.Option(4, help="Upscale factor of the saved grid (nearest neighbour)."),
-                 overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+                 overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+                 device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Generate a grid of N images for one prompt."""
+    _check_device(device, precision)
     from .files import check_output_png, save_png
     from .models import load_model
     from .quality import to_pil_grid
@@ -153,7 +166,7 @@ def generate_cmd(prompt: str = typer.Argument(..., help="Text prompt."),
     if scale < 1:
         raise DatarightsError(f"--scale must be at least 1, got {scale}")
     check_output_png(out, [model], overwrite)
-    m = load_model(model)
+    m = load_model(model, device, precision)
     bar = _progress(n, "generate")
     images = m.sample([prompt] * n, seed=seed, steps=steps, guidance=guidance, callback=bar.update)
     bar.close()
@@ -170,8 +183,10 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
                    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's; 1.0 for the world model)."),
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
-                   overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+                   overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+                   device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Generate from world-grammar prompts and let the judge score whether each image shows its prompt."""
+    _check_device(device, precision)
     from .models import load_model
     from .quality import eval_model, public
 
@@ -179,7 +194,7 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
     _check_n(steps, "--steps")
     _check_guidance(guidance)
     _check_report(report, overwrite, model)
-    m = load_model(model)
+    m = load_model(model, device, precision)
     if m.kind != "world":
         raise DatarightsError("eval-model scores with the world judge, which reads world-model images only")
     bar = _progress(n, "eval-model")
@@ -213,10 +228,12 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
               seed: Optional[int] = typer.Option(None, help="Seed."),
               robust: bool = typer.Option(False, "--robust", help="ca/esd: AdvUnlearn-style min-max against soft-prompt attacks."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+              device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Erase concepts from a model and write an edited model folder."""
+    _check_device(device, precision)
     from .erase import check_targets, erase, make_config
-    from .erase.base import base_chain, base_ref
+    from .models import base_chain, base_ref
     from .files import check_output
     from .models import load_model
     from .world import vocab as V
@@ -227,7 +244,7 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
     cfg = make_config(method, params=params, steps=steps, lr=lr, loss=loss, data=data, seed=seed,
                       robust=robust or None)
     check_output(out, "edited-model", [*base_chain(str(model) if model else "default"), data], overwrite)
-    m = load_model(model)
+    m = load_model(model, device, precision)
     check_output(out, "edited-model", [*base_chain(base_ref(m)), data], overwrite)
     if m.kind == "world":
         for t in target:
@@ -244,14 +261,16 @@ def attack_cmd(model: Path = typer.Option(..., "--model", help="(Edited) model f
                method: str = typer.Option("udatk", help="udatk | ti | paraphrase."),
                budget: int = typer.Option(16, help="Generated images (attempts)."),
                seed: int = typer.Option(0, help="Seed."),
-               as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+               device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Try to bring an erased concept back; the attack success rate is judged by the world judge."""
+    _check_device(device, precision)
     from .attack import attack, make_config
     from .models import load_model
 
     _check_n(budget, "--budget")
     cfg = make_config(method, budget=budget, seed=seed)
-    result = attack(load_model(model), target, method, cfg)
+    result = attack(load_model(model, device, precision), target, method, cfg)
     _emit(result.to_json(), as_json)
 
 
@@ -266,19 +285,21 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
               attacks: Optional[str] = typer.Option(None, "--attacks", help="Also attack the edited and base models: comma-separated udatk,ti,paraphrase."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
               report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
-              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+              device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Measure whether a concept is gone from an edited model and what else changed."""
+    _check_device(device, precision)
     from .audit import AuditConfig, audit, audit_sections
     from .models import DEFAULT_MODEL, load_model
     from .quality import public
 
     _check_n(n_target, "--n-target")
     _check_report(report, overwrite, model, base)
-    edited = load_model(model)
+    edited = load_model(model, device, precision)
     if base is None:
         ref = edited.meta.get("edit", {}).get("base")
         base = DEFAULT_MODEL if ref in (None, "default") else Path(ref)
-    b = load_model(base)
+    b = load_model(base, device, precision)
     methods = [m for m in (attacks or "").split(",") if m]
     if methods:
         from .attack import METHODS as ATTACKS
@@ -328,8 +349,10 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
                   cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache folder (default ~/.cache/datarights)."),
                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                   report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
-                  overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+                  overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+                  device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Rank the training images (and their owners) by influence on a generated image."""
+    _check_device(device, precision)
     from .attribute import METHODS, Query, attribute, load_query, load_training_set, make_config
     from .models import load_model
 
@@ -341,7 +364,7 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
         raise DatarightsError(f"--temperature must be positive, got {temperature}")
     _check_report(report, overwrite, image, model, data, cache)
-    m = load_model(model)
+    m = load_model(model, device, precision)
     query = Query(load_query(image, m.resolution), prompt)
     train = load_training_set(m, _training_data(data, m))
     trained_on = m.meta.get("training", {}).get("data_hash")
@@ -373,13 +396,15 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,fe
                             coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Mask the removed images out of the base run's own batch and noise stream (default), or retrain on the reduced set with fresh batches."),
                             run: Path = typer.Option(Path("runs/counterfactual"), "--run", help="Run folder (resumable)."),
                             seed: int = typer.Option(0, help="Seed."),
-                            as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+                            as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+                            device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Leave-K-out: remove each method's top-K, retrain, regenerate, measure the change (vs random-K)."""
+    _check_device(device, precision)
     from .evaluate import CounterfactualConfig, counterfactual
 
     cfg = CounterfactualConfig(methods=[m for m in methods.split(",") if m], k=list(k), queries=queries,
                                world_images=world_images, train_steps=train_steps, seed=seed, coupled=coupled)
-    res = counterfactual(cfg, run)
+    res = counterfactual(cfg, run, device=device, precision=precision)
     _emit({"summary": res["summary"], "run": str(run)}, as_json)
 
 
@@ -393,13 +418,15 @@ def eval_lds_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,feature,pixel
                  coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Subset models share one masked batch and noise stream (default), or each trains on its subset with its own batches."),
                  run: Path = typer.Option(Path("runs/lds"), "--run", help="Run folder (resumable)."),
                  seed: int = typer.Option(0, help="Seed."),
-                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+                 device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Linear datamodeling score: train on random subsets, correlate summed scores with the query's loss."""
+    _check_device(device, precision)
     from .evaluate import LDSConfig, lds
 
     cfg = LDSConfig(methods=[m for m in methods.split(",") if m], subsets=subsets, alpha=alpha, queries=queries,
                     world_images=world_images, train_steps=train_steps, seed=seed, coupled=coupled)
-    res = lds(cfg, run)
+    res = lds(cfg, run, device=device, precision=precision)
     _emit({"summary": [{k: v for k, v in r.items() if k != "per_query"} for r in res["summary"]], "run": str(run)},
           as_json, text="\n".join(f"{r['lds']:+.3f}  {r['method']}" for r in res["summary"]))
 
@@ -413,8 +440,10 @@ def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtr
                     pool: int = typer.Option(500, help="Training images in the ranked pool."),
                     out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json (and cells.json, to resume)."),
                     seed: int = typer.Option(0, help="Seed."),
-                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+                    device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Customized-model ground truth: rank a new owner's exemplars (Recall@1/10, mAP)."""
+    _check_device(device, precision)
     from .evaluate import CustomConfig, custom_eval
     from .files import check_disjoint, open_run_folder
     from .models import load_model
@@ -424,7 +453,8 @@ def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtr
         open_run_folder(out, "--out")
     cfg = CustomConfig(methods=[m for m in methods.split(",") if m], kinds=[k for k in kinds.split(",") if k],
                        concepts=concepts, pool=pool, seed=seed)
-    res = custom_eval(cfg, _training_data(data, load_model(model)), model, out)
+    res = custom_eval(cfg, _training_data(data, load_model(model, device, precision)), model, out, device=device,
+                      precision=precision)
     _emit(res, as_json)
 
 
@@ -433,11 +463,13 @@ def demo_cmd(out: Path = typer.Option(Path("datarights-demo"), "--out", help="Fo
              model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
              seed: int = typer.Option(0, help="Seed of every generation."),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-             overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+             overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+             device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """The end-to-end workflow on the embedded world, written as an HTML report."""
+    _check_device(device, precision)
     from .demo import run_demo
 
-    results = run_demo(out, model, seed=seed, overwrite=overwrite)
+    results = run_demo(out, model, seed=seed, overwrite=overwrite, device=device, precision=precision)
     _emit(results, as_json, text=f"report: {results['report']}")
 
 

@@ -38,7 +38,7 @@ def _asked(p: dict) -> dict:
 def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0, steps: int = 25,
              per_prompt: int = 2, erase_target: str = "grumpy face", erase_anchor: str = "face",
              attribute_prompt: str = "a picture of Blubbo", attribute_methods: tuple[str, ...] = ("dtrak", "abu"),
-             log=lambda s: print(s, file=sys.stderr), overwrite: bool = False) -> dict:
+             log=lambda s: print(s, file=sys.stderr), overwrite: bool = False, device=None, precision=None) -> dict:
     """The workflow on the embedded world, written to <out>/index.html and results.json.
 
     1. Generate from the model and let the judge read every image.
@@ -46,16 +46,16 @@ def run_demo(out: str | Path = "datarights-demo", model_path=None, seed: int = 0
     3. Compensation: attribute one generated image (of the character) to training images and owners.
     """
     with atomic_folder(out, "demo", [model_path], overwrite) as tmp:  # all or nothing: the folder appears at the end
-        results = _run_demo(tmp, Path(out), model_path, seed, steps, per_prompt, erase_target, erase_anchor,
+        model = load_model(model_path, device, precision)
+        results = _run_demo(tmp, Path(out), model, seed, steps, per_prompt, erase_target, erase_anchor,
                             attribute_prompt, attribute_methods, log)
     results["report"] = str(Path(out) / "index.html")
     return results
 
 
-def _run_demo(tmp: Path, out: Path, model_path, seed, steps, per_prompt, erase_target, erase_anchor, attribute_prompt,
+def _run_demo(tmp: Path, out: Path, model, seed, steps, per_prompt, erase_target, erase_anchor, attribute_prompt,
               attribute_methods, log) -> dict:
     t0 = time.time()
-    model = load_model(model_path)
     judge = load_judge()
     prompts = [p for p in DEMO_PROMPTS for _ in range(per_prompt)]
     log(f"[1/4] generating {len(prompts)} images from {model.source}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Callable, ClassVar
 
 from .errors import DatarightsError
 
@@ -52,3 +53,28 @@ def build_config(registry: dict, method: str, kind: str, options: dict, strict: 
         if isinstance(v, float) and not math.isfinite(v):
             raise DatarightsError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
     return cls(**{k: v for k, v in given.items() if k in names})
+
+
+class ModelDefaults:
+    """Mixin for method configs whose defaults depend on the model: a field left as None takes
+    `DEFAULTS['world']` for world models and `DEFAULTS['sd']` for Stable Diffusion folders.
+
+    `for_model(model)` returns the resolved config (validated again); results record that one.
+    """
+
+    DEFAULTS: ClassVar[dict[str, dict]] = {"world": {}, "sd": {}}
+
+    def for_model(self, model):
+        kind = "world" if model.kind == "world" else "sd"
+        fill = {k: v for k, v in self.DEFAULTS[kind].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill) if fill else self
+
+
+def check_fields(cfg, at_least_one: tuple = (), positive: tuple = (), non_negative: tuple = ()) -> None:
+    """One-line errors for numeric fields out of range; fields still None (a model default) are skipped."""
+    for names, ok, what in ((at_least_one, lambda v: v >= 1, "at least 1"), (positive, lambda v: v > 0, "positive"),
+                            (non_negative, lambda v: v >= 0, "non-negative")):
+        for n in names:
+            v = getattr(cfg, n)
+            if v is not None and not ok(v):
+                raise DatarightsError(f"--{n.replace('_', '-')} must be {what}, got {v}")

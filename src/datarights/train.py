@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
+from . import runtime
 from .errors import DatarightsError
 from .files import check_disjoint, check_output, open_run_folder, write_json
-from .models import T2IModel, build_world_model, load_model, save_world_model
+from .models import T2IModel, build_world_model, load_model, save_sd_model, save_world_model
 from .world import ImageFolder, read_imagefolder
 
 
@@ -118,8 +118,9 @@ def save_checkpoint(ckpt_dir: Path, fingerprint: str, step: int, elapsed: float,
             old.unlink(missing_ok=True)
 
 
-def load_checkpoint(ckpt_dir: Path, fingerprint: str, unet, ema, opt) -> tuple[int, float]:
-    """Restore a checkpoint written by save_checkpoint; returns (step, elapsed seconds).
+def load_checkpoint(ckpt_dir: Path, fingerprint: str, unet, ema, trainable: list) -> tuple[int, float, dict]:
+    """Restore weights and EMA from a checkpoint written by save_checkpoint; returns (step, elapsed
+    seconds, the optimiser state to resume with).
 
     A foreign, corrupt or mismatched checkpoint is a one-line error that says which folder to remove.
     """
@@ -144,9 +145,10 @@ def load_checkpoint(ckpt_dir: Path, fingerprint: str, unet, ema, opt) -> tuple[i
         for k, v in tensors.items():
             if k.startswith("opt."):
                 _, i, name = k.split(".", 2)
-                moments.setdefault(int(i), {})[name] = v
-        opt.load_state_dict({"state": moments, "param_groups": state["param_groups"]})
-        return int(state["step"]), float(state["elapsed"])
+                moments.setdefault(int(i), {})[name] = v.to(trainable[int(i)].device)
+        if len(state["param_groups"]) != 1 or len(state["param_groups"][0]["params"]) != len(trainable):
+            raise ValueError("the optimiser state does not match the trained parameters")
+        return int(state["step"]), float(state["elapsed"]), {"state": moments, "param_groups": state["param_groups"]}
     except DatarightsError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
@@ -161,49 +163,49 @@ def precompute_text_states(model: T2IModel, texts: list[str], batch: int = 256) 
     with torch.no_grad():
         states = torch.cat([model.encode_prompt(uniq[i:i + batch]) for i in range(0, len(uniq), batch)]
                            + [model.encode_prompt([""])])
-    return states, torch.tensor([pos[t] for t in texts])
-
-
-def diffusion_loss(model: T2IModel, x0: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
-                   reduction: str = "mean") -> torch.Tensor:
-    """The training loss: E_{t, eps} ||eps - eps_theta(x_t, t, c)||^2 with seeded t and eps."""
-    t = torch.randint(0, model.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    err = (model.predict_noise(model.add_noise(x0, noise, t), t, cond) - noise) ** 2
-    return err.mean() if reduction == "mean" else err.flatten(1).mean(1)
+    return states, torch.tensor([pos[t] for t in texts], device="cpu")
 
 
 def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, init_from: str | Path | None = None,
-          resume: bool = True, progress: bool = True, overwrite: bool = False) -> T2IModel:
-    """Train a world model on `data` and write it to `out` (atomically, at the end).
+          resume: bool = True, progress=True, overwrite: bool = False, device=None, precision=None) -> T2IModel:
+    """Train a world model on `data` (or fine-tune `init_from`, a world model or a Stable Diffusion
+    folder) and write it to `out` (atomically, at the end).
 
     Steps:
-      1. Load the data and encode each distinct caption once with the frozen text encoder.
-      2. Build the model (seeded) or start from `init_from`; resume from `<out>.ckpt/` if present.
-      3. For each step k: draw a batch, timesteps and noise from a generator seeded by (seed, k),
-         drop captions with probability cond_drop, minimise the epsilon MSE.
+      1. Build the model (seeded) or load `init_from`; read the data at the model's resolution and
+         encode it into model space (pixels, or VAE latents) and each distinct caption once.
+      2. Resume from `<out>.ckpt/` if present.
+      3. For each step k: draw a batch, caption dropout, timesteps and noise from stream (seed, k),
+         minimise the epsilon MSE (runtime.diffusion_loss) with AdamW, warm-up and cosine decay,
+         gradient clipping at 1 (runtime.optimise, i.e. accelerate), and an EMA of the weights.
       4. Checkpoint every `checkpoint_every` steps; at the end save the EMA weights to `out`.
     """
     inputs = (data.root if isinstance(data, ImageFolder) else data, init_from)
-    out = check_output(out, "world-model", inputs, overwrite)
+    out = Path(out)
+    check_disjoint(out, inputs)
     ckpt_dir = out.with_name(out.name + ".ckpt")
     check_disjoint(ckpt_dir, inputs, "checkpoint folder")
     torch.manual_seed(cfg.seed)
     model = load_model(init_from) if init_from is not None else build_world_model(cfg.unet_config, seed=cfg.seed)
-    if model.kind != "world":
-        raise DatarightsError("training is implemented for world models (pixel space) only")
+    kind = "world-model" if model.kind == "world" else "sd-model"
+    check_output(out, kind, inputs, overwrite)
+    model.to(device, precision)
     res = model.resolution  # every image is read at the model's resolution (resized if it differs)
     folder = data if isinstance(data, ImageFolder) else read_imagefolder(data, resolution=res)
     if folder.images.shape[-1] != res:
         folder = read_imagefolder(folder.root, resolution=res)
-    x_all = torch.from_numpy(folder.images) * 2 - 1  # [N, 3, H, W] in [-1, 1]
+    chunk = 256 if model.vae is None else 16
+    with torch.no_grad():  # [N, C, H, W] in model space: pixels in [-1, 1], or VAE latents
+        x_all = torch.cat([model.to_model_space(torch.from_numpy(folder.images[i:i + chunk]))
+                           for i in range(0, len(folder), chunk)])
     left_out = None
     if cfg.exclude is not None:
         if any(not 0 <= i < len(folder) for i in cfg.exclude):
             raise DatarightsError(f"exclude indices must be in [0, {len(folder) - 1}]")
-        left_out = torch.zeros(len(folder), dtype=torch.bool)
+        left_out = torch.zeros(len(folder), dtype=torch.bool, device=model.device)
         left_out[list(cfg.exclude)] = True
     states, idx = precompute_text_states(model, folder.texts)
+    idx = idx.to(model.device)
     empty = len(states) - 1
 
     model.unet.train()
@@ -211,58 +213,57 @@ def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, ini
     params = model.param_groups(cfg.params)
     for p in params.values():
         p.requires_grad_(True)
-    trainable = list(params.values())
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(model.unet).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+    ema_params = [p for n, p in ema.named_parameters() if n in {k[5:] for k in params}] if ema is not None else []
+    trainable = list(params.values())
 
     fingerprint = hashlib.sha256(json.dumps(
         {"cfg": asdict(cfg), "data": data_hash(folder), "init": str(init_from)}, sort_keys=True).encode()).hexdigest()[:16]
-    start, elapsed = 0, 0.0
+    start, elapsed, opt_state = 0, 0.0, None
     if ckpt_dir.exists():
         open_run_folder(ckpt_dir, "checkpoint folder", kind="checkpoint")  # refuses a folder datarights did not write
         if resume and (ckpt_dir / CKPT_STATE).exists():
-            start, elapsed = load_checkpoint(ckpt_dir, fingerprint, model.unet, ema, opt)
+            start, elapsed, opt_state = load_checkpoint(ckpt_dir, fingerprint, model.unet, ema, trainable)
             print(f"resuming from step {start} ({ckpt_dir})", file=sys.stderr)
-
+    micro, accumulate = runtime.micro_batches(model, cfg.batch_size)
     t0 = time.time() - elapsed
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    ema_params = [p for n, p in ema.named_parameters() if n in {k[5:] for k in params}] if ema is not None else []
-    for step in bar:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        b = torch.randint(0, len(x_all), (cfg.batch_size,), generator=g)
-        drop = torch.rand(cfg.batch_size, generator=g) < cfg.cond_drop
+
+    def loss_fn(k: int, g: torch.Generator) -> torch.Tensor | None:
+        b = runtime.randint(len(x_all), (micro,), g, model.device)
+        drop = runtime.rand((micro,), g, model.device) < cfg.cond_drop
         cond = states[torch.where(drop, torch.full_like(b, empty), idx[b])]
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
         if left_out is None:
-            loss = diffusion_loss(model, x_all[b], cond, g)
-        else:  # draws for the whole batch, loss over the kept rows only
-            keep = ~left_out[b]
-            if not keep.any():
-                continue
-            loss = diffusion_loss(model, x_all[b], cond, g, reduction="none")[keep].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
+            return runtime.diffusion_loss(model, x_all[b], cond, g)
+        keep = ~left_out[b]  # coupled leave-out: draws for the whole batch, loss over the kept rows only
+        if not keep.any():
+            return None
+        return runtime.diffusion_loss(model, x_all[b], cond, g, reduction="none")[keep].mean()
+
+    def after_step(step: int, opt) -> None:
         if ema is not None:  # (a step whose whole batch is left out is skipped, EMA included)
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, trainable, 1 - decay)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and runtime.is_main_process():
             save_checkpoint(ckpt_dir, fingerprint, step + 1, time.time() - t0, model.unet, ema, opt)
-    bar.close()
+
+    runtime.optimise(model, params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "train", progress, accumulate=accumulate,
+                     clip=1.0, optimizer="adamw", weight_decay=cfg.weight_decay, lr_at=lambda step: _lr_at(step, cfg),
+                     after_step=after_step, start=start, opt_state=opt_state)
     seconds = time.time() - t0
     if ema is not None:
         model.unet.load_state_dict(ema.state_dict())
     model.eval()
-    model.meta = {"training": {**asdict(cfg), "data": str(folder.root), "data_hash": data_hash(folder),
+    model.meta = {**{k: v for k, v in model.meta.items() if k == "pipeline_root"},
+                  "training": {**asdict(cfg), "data": str(folder.root), "data_hash": data_hash(folder),
                                "images": len(folder), "init_from": str(init_from) if init_from else None,
-                               "seconds": round(seconds, 1), "threads": torch.get_num_threads()}}
-    save_world_model(model, out, extra=model.meta, overwrite=overwrite, inputs=inputs)
+                               "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+                               "device": str(model.device), "precision": runtime.precision_name(model.precision)}}
+    if runtime.is_main_process():
+        if model.kind == "world":
+            save_world_model(model, out, extra={"training": model.meta["training"]}, overwrite=overwrite, inputs=inputs)
+        else:
+            save_sd_model(model, out, {"training": model.meta["training"]}, overwrite=overwrite, inputs=inputs)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     model.source = str(out)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
     return model

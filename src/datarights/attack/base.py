@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import runtime
 from ..errors import DatarightsError
 from ..models import T2IModel
 from ..registry import Method, registrar
@@ -97,7 +98,7 @@ def word_mask(model: T2IModel) -> torch.Tensor:
         vocab = model.tokenizer.convert_ids_to_tokens(list(range(model.token_embedding().weight.shape[0])))
         _WORDS.clear()
         _WORDS[key] = torch.tensor([not (w.startswith(("##", "[", "<|")) or not w.replace("</w>", "").isalpha())
-                                    for w in vocab])
+                                    for w in vocab], device="cpu")
     return _WORDS[key]
 
 
@@ -105,7 +106,7 @@ def nearest_tokens(model: T2IModel, soft: torch.Tensor) -> list[int]:
     """Project soft embeddings to the nearest whole-word tokens (cosine): the result must read as a prompt."""
     table = model.token_embedding().weight.detach()
     sims = torch.nn.functional.normalize(soft.detach(), dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
-    sims[:, ~word_mask(model)] = -2
+    sims[:, ~word_mask(model).to(sims.device)] = -2
     return sims.argmax(-1).tolist()
 
 
@@ -122,20 +123,23 @@ def fit_embeddings(model: T2IModel, images: torch.Tensor, emb: torch.nn.Paramete
     """Adam on token embeddings `emb` so that the model's denoising loss on `images` is low.
 
     `states(step, b)` gives the text states built from the current `emb` (a soft prompt, a new
-    token) for the batch's image indices b: [L, D] shared by the batch, or [B, L, D].
+    token) for the batch's image indices b: [L, D] shared by the batch, or [B, L, D]. Every step
+    draws its batch, timesteps and noise from the one stream `g` (runtime.generator(seed)).
     """
-    opt = torch.optim.Adam([emb], lr=lr)
+    if images.shape[-1] != model.resolution:  # rendered world images, for a model of another resolution
+        images = torch.nn.functional.interpolate(images, size=(model.resolution, model.resolution), mode="bicubic",
+                                                 align_corners=False).clamp(0, 1)
     x0 = model.to_model_space(images)
-    for step in range(steps):
-        b = torch.randint(0, len(x0), (batch_size,), generator=g)
-        t = torch.randint(0, model.num_train_timesteps, (batch_size,), generator=g)
-        noise = torch.randn(x0[b].shape, generator=g)
+
+    def loss_fn(step: int, _: torch.Generator) -> torch.Tensor:
+        b = runtime.randint(len(x0), (batch_size,), g, model.device)
+        t, noise = runtime.timesteps_and_noise(model, x0[b].shape, g)
         cond = states(step, b)
         cond = cond[None].expand(batch_size, -1, -1) if cond.ndim == 2 else cond
-        loss = torch.nn.functional.mse_loss(model.predict_noise(model.add_noise(x0[b], noise, t), t, cond), noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return runtime.diffusion_loss(model, x0[b], cond, t=t, noise=noise)
+
+    with runtime.frozen(model.unet, model.text_encoder):  # only `emb` learns (model may be mid-erasure)
+        runtime.optimise(model, {"emb": emb}, loss_fn, steps, lr, 0, "fit embeddings", progress=False)
     return emb.detach()
 
 

@@ -51,9 +51,10 @@ def _sentence_embeddings(model: T2IModel, texts: list[str], batch_size: int = 10
     with torch.no_grad():
         for s in range(0, len(texts), batch_size):
             tok = model.tokenizer(texts[s:s + batch_size], padding=True, truncation=True, max_length=16,
-                                  return_tensors="pt")
-            h = model.text_encoder(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
-            m = tok.attention_mask[..., None].to(h.dtype)
+                                  return_tensors="np")
+            ids, mask = (torch.from_numpy(a).to(model.device) for a in (tok.input_ids, tok.attention_mask))
+            h = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            m = mask[..., None].to(h.dtype)
             out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
     return torch.cat(out)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import runtime
 from ..errors import DatarightsError
 from ..models import T2IModel
 from .base import (PLACEHOLDER, AttackResult, fit_embeddings, judge_attempts, register, states_with_placeholder,
@@ -47,7 +48,7 @@ def textual_inversion(model: T2IModel, target: str, cfg: TIConfig, judge=None) -
 
     images, texts = target_images(target, cfg.n_images, cfg.seed)
     captions = [_with_placeholder(t, target) for t in texts]
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = runtime.generator(cfg.seed)
     start = model.tokenizer("picture", add_special_tokens=False).input_ids[0]
     v = torch.nn.Parameter(model.token_embedding().weight[start].detach().clone())          # [D]
     v = fit_embeddings(model, images, v, lambda step, b: states_with_placeholder(model, [captions[i] for i in b], v),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import runtime
 from ..errors import DatarightsError
 from ..models import T2IModel
 from .base import (AttackResult, best_of, fit_embeddings, judge_attempts, nearest_tokens, projected, register,
@@ -55,8 +56,9 @@ class UDAtkConfig:
 def optimise_soft_prompt(model: T2IModel, prompt: str, images: torch.Tensor, cfg: UDAtkConfig) -> torch.Tensor:
     """Soft token embeddings [n_tokens, D] that lower the model's denoising loss on `images` under `prompt`."""
     emb = model.token_embedding().weight
-    g = torch.Generator().manual_seed(cfg.seed)
-    soft = torch.nn.Parameter(emb[torch.randint(1000, emb.shape[0], (cfg.n_tokens,), generator=g)].detach().clone())
+    g = runtime.generator(cfg.seed)
+    start = torch.randint(1000, emb.shape[0], (cfg.n_tokens,), generator=g, device="cpu")
+    soft = torch.nn.Parameter(emb[start.to(emb.device)].detach().clone())
     return fit_embeddings(model, images, soft, lambda step, b: states_with_soft_tokens(model, prompt, projected(model, soft)),
                           cfg.steps, cfg.lr, cfg.batch_size, g)
 

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DatarightsError
 from ..models import T2IModel
 from ..registry import build_config
+from ..world import ImageFolder
 from . import abu, feature, pixel, trak  # noqa: F401  (registers the methods)
-from .base import METHODS, Attribution, Query, TrainingSet, load_training_set, owner_shares, share_temperature
+from .base import (METHODS, Attribution, Query, TrainingSet, fit_temperature, load_training_set, owner_shares,
+                   share_temperature)
 from .cache import artifact_key, build_lock, cache_root, load_artifact, save_artifact
 
 
@@ -48,14 +51,20 @@ def default_world(log=None) -> Path:
     return folder
 
 
+def resolved(cfg, model: T2IModel):
+    """The config with the model's defaults filled in (what runs, what the cache key and results record)."""
+    return cfg.for_model(model) if hasattr(cfg, "for_model") else cfg
+
+
 def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | Path | None = None,
-            progress: bool = True) -> tuple[dict, float, bool]:
+            progress=True) -> tuple[dict, float, bool]:
     """The method's per-training-set state: loaded from the cache if its key matches, else built and saved.
 
     Returns (state, seconds spent building it (0 when cached), whether it came from the cache).
     """
-    from ..erase.base import model_hash
+    from ..models import model_hash
 
+    cfg = resolved(cfg, model)
     key = artifact_key(method=method, model=model_hash(model), data=train.hash, config=result_config(cfg))
     root = cache_root(cache)
     state = load_artifact(SHIPPED, method, key)
@@ -75,19 +84,47 @@ def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | 
 
 
 def attribute(model: T2IModel, train: TrainingSet, query: Query, method: str = "abu", cfg=None,
-              cache: str | Path | None = None, progress: bool = True, temperature: float | None = None) -> Attribution:
+              cache: str | Path | None = None, progress=True, temperature: float | None = None) -> Attribution:
     """Score every training image's influence on the query; higher = more influential.
 
-    Owner shares use `temperature` (default: the method's calibrated value, see base.TEMPERATURE).
+    Owner shares use `temperature`; by default the method's value calibrated on the world model
+    (base.TEMPERATURE), or, for any other model, an uncalibrated default that the result says is
+    uncalibrated (pass a temperature, e.g. from `calibrate`, to fix it).
     """
-    cfg = cfg if cfg is not None else make_config(method)
+    cfg = resolved(cfg if cfg is not None else make_config(method), model)
     state, prep_s, _ = prepare(model, train, method, cfg, cache, progress)
     t0 = time.time()
     scores = METHODS[method].score(model, train, state, query, cfg)
     scores, extra = scores if isinstance(scores, tuple) else (scores, {})
-    return Attribution(method, scores.detach().float(), train.files, train.owners, time.time() - t0, prep_s,
-                       share_temperature(method) if temperature is None else temperature,
-                       extra)
+    if temperature is None:
+        temperature, calibrated = share_temperature(method, model)
+    else:
+        calibrated = True
+    return Attribution(method, scores.detach().float().cpu(), train.files, train.owners, time.time() - t0, prep_s,
+                       temperature, extra, calibrated=calibrated, config=asdict(cfg))
+
+
+def calibrate(model: T2IModel, train: TrainingSet, method: str, calibration: str | Path | ImageFolder, cfg=None,
+              cache: str | Path | None = None, progress=False) -> dict:
+    """Fit the owner-share temperature of `method` on known-owner images (temperature scaling).
+
+    `calibration` is an imagefolder of generated images whose rows give the prompt (`text`) and the
+    owner the image is known to draw on (`owner`). Returns {"temperature", "cross_entropy", "queries"}.
+    """
+    from ..world import read_imagefolder
+
+    folder = calibration if isinstance(calibration, ImageFolder) else read_imagefolder(calibration, model.resolution)
+    rows = [(i, m) for i, m in enumerate(folder.metas) if isinstance(m.get("owner"), str)]
+    unknown = sorted({m["owner"] for _, m in rows} - set(train.owners))
+    if not rows:
+        raise DatarightsError(f"calibration set {folder.root} has no rows with an 'owner'")
+    if unknown:
+        raise DatarightsError(f"calibration owner {unknown[0]!r} owns no training image")
+    images = torch.from_numpy(folder.images)
+    scores = [attribute(model, train, Query(images[i], m["text"]), method, cfg, cache, progress, temperature=1.0).scores
+              for i, m in rows]
+    t, ce = fit_temperature(scores, train.owners, [{m["owner"]: 1.0} for _, m in rows])
+    return {"method": method, "temperature": t, "cross_entropy": ce, "queries": len(rows)}
 
 
 def load_query(path: str | Path, resolution: int) -> torch.Tensor:
@@ -109,5 +146,5 @@ def load_query(path: str | Path, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-__all__ = ["METHODS", "Attribution", "Query", "TrainingSet", "attribute", "default_world", "load_query", "load_training_set",
-           "make_config", "owner_shares", "prepare"]
+__all__ = ["METHODS", "Attribution", "Query", "TrainingSet", "attribute", "calibrate", "default_world", "fit_temperature",
+           "load_query", "load_training_set", "make_config", "owner_shares", "prepare"]

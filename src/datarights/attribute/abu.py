@@ -11,25 +11,30 @@ Per query (the generated image z^ and its prompt c):
   4. Influence of z_i = L(z_i; theta') - L(z_i; theta), with the *same* draws before and after.
 Only the per-query loss pass over the training set is repeated; step 2's losses are reused
 (the official code recomputes both per query).
-Defaults for the world model: cross-attention K/V, 1 step, 256 query draws, 10 timesteps per
-training image, damping 1e-3 of the mean Fisher, loss passes in bf16 autocast.
+Defaults (AbUConfig.DEFAULTS): the world model: cross-attention K/V, 1 step at lr 0.01, 256 query
+draws, 10 timesteps per training image, damping 1e-3 of the mean Fisher, loss passes in bf16
+autocast, 256 images per batch. Stable Diffusion, the paper's COCO setting (PeterWang512/
+AttributeByUnlearning): K/V, 1 step at lr 0.01, the query gradient averaged over 50,000 draws,
+20 timesteps per training loss; batches sized to the device's free memory.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from .. import runtime
 from ..errors import DatarightsError
+from ..registry import ModelDefaults, check_fields
+from ..runtime import draws, linear_modules, per_sample_grads, per_sample_loss, spaced_timesteps
 from .base import register
-from .task import draws, linear_modules, per_sample_grads, per_sample_loss, spaced_timesteps
 
 
 @dataclass
-class AbUConfig:
-    """Settings of attribution by unlearning."""
+class AbUConfig(ModelDefaults):
+    """Settings of attribution by unlearning (None: the model's default, see DEFAULTS)."""
 
     params: str = "xattn-kv"
     """Linear-layer parameter group that is unlearned."""
@@ -37,46 +42,53 @@ class AbUConfig:
     """Step size of the Fisher-preconditioned ascent (scaled by 1/N as in the paper)."""
     steps: int = 1
     """Unlearning steps."""
-    query_draws: int = 256
-    """(t, eps) draws the query gradient is averaged over."""
-    eval_timesteps: int = 10
-    """Evenly spaced timesteps at which each training loss is evaluated (same noise before/after)."""
+    query_draws: int | None = None
+    """(t, eps) draws the query gradient is averaged over (world 256; SD 50,000)."""
+    eval_timesteps: int | None = None
+    """Evenly spaced timesteps at which each training loss is evaluated, same noise before/after (world 10; SD 20)."""
     fisher_draws: int = 4
     """(t, eps) draws per training image for the Fisher."""
     damping: float = 1e-3
     """Added to F, relative to its mean."""
-    batch_size: int = 256
-    """Training images per batch."""
+    batch_size: int | None = None
+    """Training images per gradient batch (world 256); None on SD: what fits in the device's memory.
+    Changes speed and memory only, never a score."""
     precision: str = "bf16"
     """Arithmetic of the training-loss passes: 'bf16' (autocast; ~1.6x faster on CPU, same ranking:
     correlation 0.99994 with fp32, identical top-50, see BENCHMARKS.md) or 'fp32'."""
     seed: int = 0
     """Seed of every draw."""
 
+    DEFAULTS: ClassVar[dict] = {"world": dict(query_draws=256, eval_timesteps=10, batch_size=256),
+                                "sd": dict(query_draws=50_000, eval_timesteps=20)}
+
     def __post_init__(self):
-        if self.lr <= 0 or self.steps < 1 or self.query_draws < 1 or self.eval_timesteps < 1:
-            raise DatarightsError("abu needs lr > 0 and steps, query_draws, eval_timesteps >= 1")
+        check_fields(self, at_least_one=("steps", "query_draws", "eval_timesteps", "fisher_draws", "batch_size"),
+                     positive=("lr",))
         if self.precision not in ("bf16", "fp32"):
             raise DatarightsError(f"abu precision must be bf16 or fp32, got {self.precision!r}")
 
 
-def _bar(total, desc, progress):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True)
+def _images_per_batch(model, cfg: AbUConfig, rows_per_image: int, backward: bool) -> int:
+    if cfg.batch_size is not None:
+        return cfg.batch_size
+    return max(1, runtime.rows_that_fit(model, backward=backward) // rows_per_image)
 
 
 @torch.no_grad()
-def training_losses(model, train, cfg: AbUConfig, progress: bool = False) -> torch.Tensor:
+def training_losses(model, train, cfg: AbUConfig, progress=False) -> torch.Tensor:
     """L(z_i; theta) for every training image under its fixed draws: [N]."""
     ts = spaced_timesteps(cfg.eval_timesteps, model.num_train_timesteps)
     out = []
-    bar = _bar(len(train), "abu losses", progress)
-    bs = max(1, cfg.batch_size // cfg.eval_timesteps * 4)
+    bar = runtime.progress_bar(progress, len(train), "abu losses")
+    bs = max(1, cfg.batch_size // cfg.eval_timesteps * 4) if cfg.batch_size else _images_per_batch(
+        model, cfg, cfg.eval_timesteps, backward=False)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else model.precision
     for s in range(0, len(train), bs):
-        idx = torch.arange(s, min(s + bs, len(train)))
+        idx = torch.arange(s, min(s + bs, len(train)), device=model.device)
         d = draws(len(idx), cfg.eval_timesteps, tuple(train.x0.shape[1:]), model.num_train_timesteps, cfg.seed,
-                  offset=s, timesteps=ts)
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                  model.device, offset=s, timesteps=ts)
+        with runtime.autocast(model.device, dtype):
             out.append(per_sample_loss(model, train.x0[idx], train.cond(idx), d).float())
         bar.update(len(idx))
     bar.close()
@@ -88,16 +100,30 @@ def prepare(model, train, cfg: AbUConfig, progress=True) -> dict:
     if not mods:
         raise DatarightsError(f"abu needs a group of linear layers; {cfg.params!r} has none")
     fisher = None
-    bar = _bar(len(train), "abu fisher", progress)
-    for s in range(0, len(train), cfg.batch_size):
-        idx = torch.arange(s, min(s + cfg.batch_size, len(train)))
-        d = draws(len(idx), cfg.fisher_draws, tuple(train.x0.shape[1:]), model.num_train_timesteps, cfg.seed + 1, offset=s)
+    bar = runtime.progress_bar(progress, len(train), "abu fisher")
+    bs = _images_per_batch(model, cfg, cfg.fisher_draws, backward=True)
+    for s in range(0, len(train), bs):
+        idx = torch.arange(s, min(s + bs, len(train)), device=model.device)
+        d = draws(len(idx), cfg.fisher_draws, tuple(train.x0.shape[1:]), model.num_train_timesteps, cfg.seed + 1,
+                  model.device, offset=s)
         g = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), d)           # [B, P]
         sq = (g.double() ** 2).sum(0)
         fisher = sq if fisher is None else fisher + sq
         bar.update(len(idx))
     bar.close()
-    return {"fisher": (fisher / len(train)).float(), "losses": training_losses(model, train, cfg, progress)}
+    return {"fisher": (fisher / len(train)).float().cpu(), "losses": training_losses(model, train, cfg, progress).cpu()}
+
+
+def query_gradient(model, mods, x0: torch.Tensor, cond: torch.Tensor, n_draws: int, seed: int) -> torch.Tensor:
+    """The query's loss gradient averaged over n_draws (t, eps) draws, in chunks that fit the device: [P]."""
+    d = draws(1, n_draws, tuple(x0.shape[1:]), model.num_train_timesteps, seed, "cpu")
+    chunk = max(1, runtime.rows_that_fit(model, backward=True))
+    total = None
+    for s in range(0, n_draws, chunk):
+        part = runtime.Draws(d.t[:, s:s + chunk].to(model.device), d.noise[:, s:s + chunk].to(model.device))
+        g = per_sample_grads(model, mods, x0, cond, part)[0] * part.t.shape[1]
+        total = g if total is None else total + g
+    return total / n_draws
 
 
 def unlearned(model, train, state, query, cfg: AbUConfig):
@@ -107,14 +133,13 @@ def unlearned(model, train, state, query, cfg: AbUConfig):
     work = copy.copy(model)
     work.unet = copy.deepcopy(model.unet)
     mods = linear_modules(work, cfg.params)
-    fisher = state["fisher"]
+    fisher = state["fisher"].to(work.device)
     precond = 1.0 / (fisher + cfg.damping * fisher.mean())
     x0 = work.to_model_space(query.image[None].float())
     cond = work.encode_prompt([query.prompt])
     n = len(train)
     for step in range(cfg.steps):
-        d = draws(1, cfg.query_draws, tuple(x0.shape[1:]), work.num_train_timesteps, cfg.seed + 2 + step)
-        g = per_sample_grads(work, mods, x0, cond, d)[0]                                 # [P]
+        g = query_gradient(work, mods, x0, cond, cfg.query_draws, cfg.seed + 2 + step)  # [P]
         delta = cfg.lr * precond * g / n
         with torch.no_grad():
             off = 0
@@ -127,7 +152,7 @@ def unlearned(model, train, state, query, cfg: AbUConfig):
 
 def score(model, train, state, query, cfg: AbUConfig) -> torch.Tensor:
     work = unlearned(model, train, state, query, cfg)
-    return training_losses(work, train, cfg) - state["losses"]
+    return training_losses(work, train, cfg).cpu() - state["losses"].cpu()
 
 
 register("abu", AbUConfig, prepare, score)

@@ -54,11 +54,12 @@ def load_training_set(model: T2IModel, data: str | Path | ImageFolder) -> Traini
     folder = data if isinstance(data, ImageFolder) else read_imagefolder(data, resolution=model.resolution)
     if folder.images.shape[-1] != model.resolution:
         folder = read_imagefolder(folder.root, resolution=model.resolution)
+    chunk = 256 if model.vae is None else 16  # a VAE encoder's activations at full resolution are large
     with torch.no_grad():
-        x0 = torch.cat([model.to_model_space(torch.from_numpy(folder.images[i:i + 256]))
-                        for i in range(0, len(folder), 256)])
+        x0 = torch.cat([model.to_model_space(torch.from_numpy(folder.images[i:i + chunk]))
+                        for i in range(0, len(folder), chunk)])
     states, idx = precompute_text_states(model, folder.texts)
-    return TrainingSet(folder, x0, states[:-1], idx, data_hash(folder))
+    return TrainingSet(folder, x0, states[:-1], idx.to(model.device), data_hash(folder))
 
 
 @dataclass
@@ -97,11 +98,32 @@ def register(name: str, config_cls: type, prepare: Callable, score: Callable) ->
 TEMPERATURE: dict[str, float] = {"abu": 0.774, "trak": 0.630, "dtrak": 1.442, "jtrak": 0.953, "feature": 0.138,
                                   "pixel": 0.294}
 DEFAULT_TEMPERATURE = 0.25
-"""Methods without a calibrated value (e.g. registered by a user) use this."""
+"""Uncalibrated temperature: methods without a calibrated value, and every model but the world model."""
 
 
-def share_temperature(method: str) -> float:
-    return TEMPERATURE.get(method, DEFAULT_TEMPERATURE)
+def share_temperature(method: str, model: T2IModel | None = None) -> tuple[float, bool]:
+    """(temperature, calibrated): the world calibration applies to world models only."""
+    if (model is None or model.kind == "world") and method in TEMPERATURE:
+        return TEMPERATURE[method], True
+    return DEFAULT_TEMPERATURE, False
+
+
+def fit_temperature(scores: list[torch.Tensor], owners: list[str], targets: list[dict[str, float]],
+                    grid: np.ndarray | None = None) -> tuple[float, float]:
+    """Temperature scaling of owner shares: the T (on a log grid, 0.005..5) that minimises the mean
+    cross-entropy -sum_o q_o log share_o(T) against target owner distributions q. Returns (T, cross-entropy)."""
+    grid = np.exp(np.linspace(np.log(0.005), np.log(5.0), 101)) if grid is None else grid
+
+    def ce(t: float) -> float:
+        vals = []
+        for sc, q in zip(scores, targets):
+            share = {x["owner"]: x["share"] for x in owner_shares(sc, owners, t)}
+            vals.append(-sum(w * np.log(max(share.get(o, 0.0), 1e-12)) for o, w in q.items()))
+        return float(np.mean(vals))
+
+    curve = [ce(t) for t in grid]
+    i = int(np.argmin(curve))
+    return float(grid[i]), curve[i]
 
 
 def owner_shares(scores: torch.Tensor, owners: list[str], temperature: float = DEFAULT_TEMPERATURE) -> list[dict]:
@@ -128,6 +150,10 @@ class Attribution:
     prepare_seconds: float = 0.0
     temperature: float = DEFAULT_TEMPERATURE
     extra: dict = field(default_factory=dict)
+    calibrated: bool = True
+    """False when the owner-share temperature is a default, not fitted for this model."""
+    config: dict = field(default_factory=dict)
+    """The method's settings as run (model defaults filled in)."""
 
     def top(self, k: int = 10) -> list[dict]:
         order = torch.argsort(self.scores, descending=True)[:k]
@@ -140,7 +166,8 @@ class Attribution:
     def to_json(self, k: int = 10) -> dict:
         return {"top": self.top(k), "owners": self.owner_shares(), "method": self.method,
                 "seconds": round(self.seconds, 3), "prepare_seconds": round(self.prepare_seconds, 2),
-                "temperature": self.temperature, **self.extra}
+                "temperature": self.temperature, "temperature_calibrated": self.calibrated, "config": self.config,
+                **self.extra}
 
 
 def rank_of(scores: torch.Tensor, positives: np.ndarray) -> np.ndarray:

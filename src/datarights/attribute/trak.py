@@ -22,56 +22,66 @@ loss of the model's x0-prediction x^0(t_j), re-noised to t_j; the ranking sums t
 from __future__ import annotations
 
 import functools
-import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from .. import runtime
 from ..errors import DatarightsError
+from ..registry import ModelDefaults, check_fields
+from ..runtime import Draws, draws, linear_modules, per_sample_grads, spaced_timesteps
 from .base import register
-from .task import Draws, draws, linear_modules, per_sample_grads, spaced_timesteps
 
 PROJECTIONS = ("sjlt", "dense")
 
 
 @dataclass
-class TRAKConfig:
-    """Settings of the TRAK family."""
+class TRAKConfig(ModelDefaults):
+    """Settings of the TRAK family (None: the model's default, see DEFAULTS).
+
+    Stable Diffusion defaults follow Journey-TRAK's released configuration (k = 4096) and D-TRAK's
+    10 timesteps; the world model's k = 512 keeps its kernel small on a CPU.
+    """
 
     params: str = "xattn-kv"
     """Linear-layer parameter group whose gradients are projected."""
-    proj_dim: int = 512
-    """Projection dimension k."""
+    proj_dim: int | None = None
+    """Projection dimension k (world 512; SD 4096)."""
     projection: str = "sjlt"
     """'sjlt' (sparse sign sketch, O(p) per sample) or 'dense' (one Gaussian matrix, O(pk))."""
     timesteps: int = 10
     """Evenly spaced timesteps per sample (trak/dtrak average f over them; jtrak keeps one kernel each)."""
     lam: float = 1e-2
     """Ridge term, relative to the mean diagonal of Phi^T Phi."""
-    batch_size: int = 48
-    """Training images per batch (x timesteps rows per forward/backward; ~500 rows is fastest on CPU)."""
+    batch_size: int | None = None
+    """Training images per batch, x timesteps rows per forward/backward (world 48: ~500 rows is fastest
+    on a CPU); None on SD: what fits in the device's free memory. Changes speed only, never a score."""
     seed: int = 0
     """Seed of the projection and of the noise draws."""
 
+    DEFAULTS: ClassVar[dict] = {"world": dict(proj_dim=512, batch_size=48), "sd": dict(proj_dim=4096)}
+
     def __post_init__(self):
-        if self.proj_dim < 1 or self.timesteps < 1:
-            raise DatarightsError("proj_dim and timesteps must be at least 1")
+        check_fields(self, at_least_one=("proj_dim", "timesteps", "batch_size"), non_negative=("lam",))
         if self.projection not in PROJECTIONS:
             raise DatarightsError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
 
 
-@functools.lru_cache(maxsize=1)  # rebuilding it per query costs seconds; it depends only on these three
-def projection(n_params: int, k: int, seed: int) -> torch.Tensor:
-    """Dense Gaussian projection [p, k] / sqrt(k)."""
-    g = torch.Generator().manual_seed(seed + 12345)
-    return torch.randn(n_params, k, generator=g) / k**0.5
+@functools.lru_cache(maxsize=1)  # rebuilding it per query costs seconds; it depends only on these
+def projection(n_params: int, k: int, seed: int, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Dense Gaussian projection [p, k] / sqrt(k) (drawn on the CPU, stored on `device`)."""
+    g = torch.Generator(device="cpu").manual_seed(seed + 12345)
+    return (torch.randn(n_params, k, generator=g, device="cpu") / k**0.5).to(device)
 
 
 @functools.lru_cache(maxsize=1)
-def sketch(n_params: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sketch(n_params: int, k: int, seed: int, device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse JL sketch: coordinate j goes to output bucket[j] with sign[j] (CountSketch)."""
-    g = torch.Generator().manual_seed(seed + 54321)
-    return torch.randint(0, k, (n_params,), generator=g), torch.randint(0, 2, (n_params,), generator=g).float() * 2 - 1
+    g = torch.Generator(device="cpu").manual_seed(seed + 54321)
+    bucket = torch.randint(0, k, (n_params,), generator=g, device="cpu")
+    sign = torch.randint(0, 2, (n_params,), generator=g, device="cpu").float() * 2 - 1
+    return bucket.to(device), sign.to(device)
 
 
 class Projector:
@@ -83,39 +93,45 @@ class Projector:
             raise DatarightsError(f"the TRAK family needs a group of linear layers; {cfg.params!r} has none")
         p = sum(m.weight.numel() for m in self.mods.values())
         self.k, self.dense = cfg.proj_dim, cfg.projection == "dense"
-        self.P = projection(p, cfg.proj_dim, cfg.seed) if self.dense else sketch(p, cfg.proj_dim, cfg.seed)
+        make = projection if self.dense else sketch
+        self.P = make(p, cfg.proj_dim, cfg.seed, model.device)
 
     def __call__(self, model, x0, cond, d: Draws, output: str, per_draw: bool = False) -> torch.Tensor:
         g = per_sample_grads(model, self.mods, x0, cond, d, output, per_draw=per_draw)   # [B, p]
         if self.dense:
             return g @ self.P
         bucket, sign = self.P
-        return torch.zeros(len(g), self.k).index_add_(1, bucket, g.mul_(sign))
+        return g.new_zeros(len(g), self.k).index_add_(1, bucket, g.mul_(sign))
 
 
 def _kernel(phi: torch.Tensor, lam: float) -> torch.Tensor:
     """A = Phi (Phi^T Phi + lam * mean diag * I)^-1: [N, k]."""
     phi = phi.double()
     gram = phi.T @ phi
-    gram += lam * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.float64)
+    gram += lam * gram.diagonal().mean() * torch.eye(len(gram), dtype=torch.float64, device=gram.device)
     return torch.linalg.solve(gram, phi.T).T.float()
 
 
 def _train_draws(model, x0, cfg, offset):
     ts = spaced_timesteps(cfg.timesteps, model.num_train_timesteps)
-    return draws(len(x0), cfg.timesteps, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed, offset=offset, timesteps=ts)
+    return draws(len(x0), cfg.timesteps, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed, model.device,
+                 offset=offset, timesteps=ts)
+
+
+def _batch(model, cfg: TRAKConfig) -> int:
+    """Training images per featurization batch: the configured one, else what fits (timesteps rows each)."""
+    return cfg.batch_size or max(1, runtime.rows_that_fit(model, backward=True) // cfg.timesteps)
 
 
 def make_prepare(output: str, journey: bool = False):
     def prepare(model, train, cfg: TRAKConfig, progress=True) -> dict:
-        from tqdm.auto import tqdm
-
         proj = Projector(model, cfg)
         phis = []
         name = "jtrak" if journey else {"loss": "trak", "norm": "dtrak"}[output]
-        bar = tqdm(total=len(train), desc=f"{name} features", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-        for s in range(0, len(train), cfg.batch_size):
-            idx = torch.arange(s, min(s + cfg.batch_size, len(train)))
+        bar = runtime.progress_bar(progress, len(train), f"{name} features")
+        bs = _batch(model, cfg)
+        for s in range(0, len(train), bs):
+            idx = torch.arange(s, min(s + bs, len(train)), device=model.device)
             x0 = train.x0[idx]
             phi = proj(model, x0, train.cond(idx), _train_draws(model, x0, cfg, s), output, per_draw=journey)
             phis.append(phi.view(len(idx), cfg.timesteps, -1) if journey else phi)
@@ -123,8 +139,8 @@ def make_prepare(output: str, journey: bool = False):
         bar.close()
         phi = torch.cat(phis)                                                           # [N, k] or [N, T, k]
         if journey:
-            return {"A": torch.stack([_kernel(phi[:, j], cfg.lam) for j in range(cfg.timesteps)])}  # [T, N, k]
-        return {"A": _kernel(phi, cfg.lam)}                                             # [N, k]
+            return {"A": torch.stack([_kernel(phi[:, j], cfg.lam) for j in range(cfg.timesteps)]).cpu()}  # [T, N, k]
+        return {"A": _kernel(phi, cfg.lam).cpu()}                                       # [N, k]
     return prepare
 
 
@@ -133,7 +149,7 @@ def make_score(output: str):
         x0 = model.to_model_space(query.image[None].float())
         cond = model.encode_prompt([query.prompt])
         phi_q = Projector(model, cfg)(model, x0, cond, _train_draws(model, x0, cfg, 10**9), output)[0]   # [k]
-        return state["A"] @ phi_q
+        return state["A"] @ phi_q.cpu()
     return score
 
 
@@ -145,8 +161,8 @@ def journey(model, x0: torch.Tensor, cond: torch.Tensor, timesteps: torch.Tensor
     step the model's noise estimate gives x^0(t) = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t).
     Returns [T, C, H, W] for x0 [1, C, H, W].
     """
-    abar = model.scheduler.alphas_cumprod
-    x, a_prev, out = x0, torch.tensor(1.0), []
+    abar = model.scheduler.alphas_cumprod.to(x0.device)
+    x, a_prev, out = x0, abar.new_ones(()), []
     eps = model.predict_noise(x0, timesteps[:1], cond)           # the first step's direction, from the image itself
     for t in timesteps:
         a = abar[t]
@@ -163,10 +179,10 @@ def jtrak_score(model, train, state, query, cfg: TRAKConfig) -> torch.Tensor:
     cond = model.encode_prompt([query.prompt])
     ts = spaced_timesteps(cfg.timesteps, model.num_train_timesteps)
     x0_hats = journey(model, x0, cond, ts)                                              # [T, C, H, W]
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 10**9)
-    d = Draws(ts[:, None], torch.randn((len(ts), 1, *x0.shape[1:]), generator=g))
+    g = runtime.generator(cfg.seed, 10**9)
+    d = Draws(ts[:, None].to(model.device), runtime.randn((len(ts), 1, *x0.shape[1:]), g, model.device))
     phi_q = Projector(model, cfg)(model, x0_hats, cond.expand(len(ts), -1, -1), d, "loss")        # [T, k]
-    per_step = torch.einsum("tnk,tk->tn", state["A"], phi_q)                           # [T, N]
+    per_step = torch.einsum("tnk,tk->tn", state["A"], phi_q.cpu())                     # [T, N]
     top = per_step.argmax(1).tolist()
     journey_top = [{"t": int(t), "file": train.files[i], "owner": train.owners[i]} for t, i in zip(ts.tolist(), top)]
     return per_step.sum(0), {"journey": journey_top}

@@ -8,10 +8,10 @@ One module per method, each a config dataclass plus a function registered by nam
 from __future__ import annotations
 
 from ..errors import DatarightsError
-from ..models import T2IModel
+from ..models import Edit, T2IModel, load_edited
 from ..registry import build_config
 from . import ca, esd, fmn, ga, retrain, uce  # noqa: F401  (registers the methods)
-from .base import METHODS, Edit, concept_prompts, load_edited
+from .base import METHODS, concept_prompts
 
 
 def make_config(method: str, **options):
@@ -20,7 +20,7 @@ def make_config(method: str, **options):
 
 
 def erase(model: T2IModel, targets: list[str] | str, anchors: list[str] | str, method: str = "ca", config=None,
-          progress: bool = True, **options) -> Edit:
+          progress=True, **options) -> Edit:
     """Erase targets towards anchors with a registered method; returns an `Edit` (the model is untouched)."""
     targets, anchors = check_targets(targets, anchors)
     cfg = config if config is not None else make_config(method, **options)

@@ -10,83 +10,89 @@ between noise predictions.
    optional prior preservation:   + || eps_theta(x_t, c_anchor, t) - eps ||^2 on the same anchor images.
 4. Update only the chosen parameter group (cross-attention K/V by default).
 
-Our choices for a 16x16 world model on a CPU: 64 anchor images, batch 16, 100 steps at lr 3e-4
-(the paper uses ~1000 images, batch 8, lr 2e-6 for SD's 860M-parameter UNet; a tiny model needs a
-larger step). Tuned on the audit: lr 1e-3 erased as well but cut nearby_preserved of 'grumpy face'
-to 0.75; lr 3e-4 kept it at 0.96 (BENCHMARKS.md).
+Defaults (CAConfig.DEFAULTS). World model, tuned on the audit of 'grumpy face' (BENCHMARKS.md):
+64 anchor images, batch 16, 100 steps at lr 3e-4 with prior preservation (lr 1e-3 erased as well
+but cut nearby_preserved to 0.75). Stable Diffusion, the official settings (nupurkmr9/concept-ablation,
+diffusers/README.md): cross-attention K/V, 100 steps, batch 4 on 2 GPUs (8) at base lr 2e-6 scaled by
+the batch (--scale_lr: 1.6e-5), 200 anchor images (1000 in the paper), no prior preservation
+(added for 'grumpy cat' only), anchor images sampled with 50 steps.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from .. import runtime
 from ..errors import DatarightsError
-from ..models import T2IModel
+from ..models import Edit, T2IModel
+from ..registry import ModelDefaults, check_fields
+from .base import (PromptSet, TrainOptions, concept_prompts, encode_cached, finish_edit, generate_model_space,
+                   register)
 from .robust import Adversary, RobustOptions
-from .base import (Edit, PromptSet, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached,
-                   generate_model_space, model_hash, optimise, register, trainable_copy)
 
 
 @dataclass
-class CAConfig(RobustOptions):
-    """Settings of Concept Ablation."""
+class CAConfig(RobustOptions, TrainOptions, ModelDefaults):
+    """Settings of Concept Ablation (None: the model's default, see DEFAULTS and the module docstring)."""
 
     loss: str = "model"
     """'model' (match the model's own anchor prediction, stop-gradient) or 'noise' (anchor images captioned with the target)."""
-    params: str = "xattn-kv"
-    """Parameter group: xattn-kv (default), xattn, embedding, full."""
-    steps: int = 100
-    """Optimisation steps."""
-    lr: float = 3e-4
-    """Adam learning rate."""
-    batch_size: int = 16
-    """Noised anchor images per step."""
-    n_anchor_images: int = 64
-    """Anchor images generated once by the base model."""
-    prior: float = 1.0
-    """Weight of the prior-preservation loss on anchor prompts (0 disables it)."""
+    steps: int | None = None
+    """Optimisation steps (world 100; SD 100)."""
+    lr: float | None = None
+    """Adam learning rate (world 3e-4; SD 1.6e-5 = 2e-6 x batch 8, the paper's --scale_lr)."""
+    batch_size: int | None = None
+    """Noised anchor images per step (world 16; SD 8); split into micro-batches that fit the device."""
+    n_anchor_images: int | None = None
+    """Anchor images generated once by the base model (world 64; SD 200)."""
+    prior: float | None = None
+    """Weight of the prior-preservation loss on anchor prompts, 0 disables it (world 1.0; SD 0)."""
     n_prompts: int = 48
     """Target/anchor prompt pairs built from templates."""
-    sample_steps: int = 20
-    """DDIM steps used to generate the anchor images."""
+    sample_steps: int | None = None
+    """DDIM steps used to generate the anchor images (world 20; SD 50)."""
     seed: int = 0
     """Seed of anchor images, timesteps and noise."""
 
+    DEFAULTS: ClassVar[dict] = {
+        "world": dict(params="xattn-kv", steps=100, lr=3e-4, batch_size=16, n_anchor_images=64, prior=1.0, sample_steps=20),
+        "sd": dict(params="xattn-kv", steps=100, lr=1.6e-5, batch_size=8, n_anchor_images=200, prior=0.0, sample_steps=50),
+    }
+
     def __post_init__(self):
         self.check_robust()
+        self.check_params(("xattn-kv", "xattn", "embedding", "full", "attn", *runtime.LORA_TARGETS), "ca")
         if self.loss not in ("model", "noise"):
             raise DatarightsError(f"--loss must be 'model' or 'noise', got {self.loss!r}")
-        if self.params not in ("xattn-kv", "xattn", "embedding", "full", "attn"):
-            raise DatarightsError(f"ca cannot train parameter group {self.params!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.n_anchor_images < 1:
-            raise DatarightsError("steps, batch_size and n_anchor_images must be at least 1")
-        if not self.lr > 0 or self.prior < 0:
-            raise DatarightsError("lr must be positive and prior non-negative")
+        check_fields(self, at_least_one=("steps", "batch_size", "n_anchor_images", "n_prompts", "sample_steps"),
+                     positive=("lr",), non_negative=("prior",))
 
 
 @register("ca", CAConfig)
 def concept_ablation(model: T2IModel, targets: list[str], anchors: list[str], cfg: CAConfig,
-                     progress: bool = True) -> Edit:
+                     progress=True) -> Edit:
     """Erase each target towards its anchor (several targets share one optimisation)."""
     t0 = time.time()
+    cfg = cfg.for_model(model)
     sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed) for t, a in zip(targets, anchors)]
     tgt = [p for s in sets for p in s.target]
     anc = [p for s in sets for p in s.anchor]
     x0, _ = generate_model_space(model, anc, cfg.n_anchor_images, cfg.seed, cfg.sample_steps)
     # anchor image i was generated from anc[i % len(anc)]: pair it with that prompt and its target twin
-    pair = torch.arange(cfg.n_anchor_images) % len(anc)
-    work, params = trainable_copy(model, cfg.params)
+    pair = torch.arange(cfg.n_anchor_images, device=model.device) % len(anc)
+    work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
     with_grad = cfg.params == "embedding"
     enc_t, enc_a = encode_cached(work, tgt, with_grad), encode_cached(work, anc, with_grad)
     adversary = Adversary(model, targets, cfg.robust_every, cfg.robust_attack_steps, cfg.seed) if cfg.robust else None
+    micro, accumulate = runtime.micro_batches(model, cfg.batch_size, passes=2 + (cfg.robust or 0))
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        b = torch.randint(0, len(x0), (cfg.batch_size,), generator=g)
-        t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=g)
-        noise = torch.randn(x0[b].shape, generator=g)
+        b = runtime.randint(len(x0), (micro,), g, model.device)
+        t, noise = runtime.timesteps_and_noise(model, x0[b].shape, g)
         x_t = work.add_noise(x0[b], noise, t)
         eps_t = work.predict_noise(x_t, t, enc_t(pair[b]))
         eps_a = None
@@ -98,15 +104,14 @@ def concept_ablation(model: T2IModel, targets: list[str], anchors: list[str], cf
         if cfg.prior > 0:
             loss = loss + cfg.prior * torch.nn.functional.mse_loss(eps_a, noise)
         if adversary is not None:
-            adv = adversary.states(work, step)
-            c_adv = adv[torch.randint(0, len(adv), (cfg.batch_size,), generator=g)]
+            adv = adversary.states(work, step // accumulate)
+            c_adv = adv[runtime.randint(len(adv), (micro,), g, model.device)]
             loss = loss + torch.nn.functional.mse_loss(work.predict_noise(x_t, t, c_adv), goal)
             loss = loss + cfg.retain * adversary.retain_loss(work, model, x_t, t, g)
         return loss
 
-    optimise(params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[ca]", progress)
-    return Edit(changed_tensors(params), base_ref(model), model_hash(model), "ca", tuple(targets), tuple(anchors),
-                config_dict(cfg), time.time() - t0)
+    runtime.optimise(work, params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[ca]", progress, accumulate=accumulate)
+    return finish_edit(model, params, "ca", targets, anchors, cfg, t0)
 
 
 __all__ = ["CAConfig", "PromptSet", "concept_ablation"]

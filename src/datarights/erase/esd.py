@@ -6,72 +6,79 @@ Negative guidance as a training target, from a frozen copy theta* of the base:
 2. Regress the edited model's eps(x_t, c, t) onto eps_target.
 ESD-x trains cross-attention (`--params xattn`), ESD-u everything else (`--params unet-noxattn`).
 The anchor is not used by the objective (ESD erases towards 'nothing'); it is recorded for the audit.
-Our choices for the world model: 150 steps at lr 1e-4, rollouts of 20 DDIM steps, batch 8
-(lr 1e-3 erased as well but cut others_preserved of 'grumpy face' to 0.24; 1e-4 gave 0.67).
+Defaults (ESDConfig.DEFAULTS). World model, tuned on the audit of 'grumpy face': 150 steps at lr
+1e-4, rollouts of 20 DDIM steps, batch 8 (lr 1e-3 erased as well but cut others_preserved to 0.24).
+Stable Diffusion, the official settings (rohitgandikota/erasing, train-scripts/train-esd.py): ESD-x,
+1000 iterations at lr 1e-5, batch 1, negative guidance eta 1.0, rollouts of 50 DDIM steps with
+guidance 3 (start_guidance).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from ..errors import DatarightsError
-from ..models import T2IModel
+from .. import runtime
+from ..models import Edit, T2IModel
+from ..registry import ModelDefaults, check_fields
+from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, register
 from .robust import Adversary, RobustOptions
-from .base import (Edit, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached, model_hash,
-                   optimise, register, trainable_copy)
 
 
 @dataclass
-class ESDConfig(RobustOptions):
-    """Settings of ESD."""
+class ESDConfig(RobustOptions, TrainOptions, ModelDefaults):
+    """Settings of ESD (None: the model's default, see DEFAULTS and the module docstring)."""
 
-    params: str = "xattn"
-    """'xattn' (ESD-x, specific concepts such as styles) or 'unet-noxattn' (ESD-u, global concepts)."""
-    steps: int = 150
-    """Optimisation steps (each with a fresh partial rollout)."""
-    lr: float = 1e-4
-    """Adam learning rate."""
+    steps: int | None = None
+    """Optimisation steps, each with a fresh partial rollout (world 150; SD 1000)."""
+    lr: float | None = None
+    """Adam learning rate (world 1e-4; SD 1e-5)."""
     eta: float = 1.0
     """Negative-guidance strength."""
-    batch_size: int = 8
-    """Rollouts per step."""
-    rollout_steps: int = 20
-    """DDIM steps of a full rollout; each step stops at a random one of them."""
+    batch_size: int | None = None
+    """Rollouts per step (world 8; SD 1)."""
+    rollout_steps: int | None = None
+    """DDIM steps of a full rollout; each step stops at a random one of them (world 20; SD 50)."""
     guidance: float | None = None
-    """Guidance of the frozen model's rollout (None: the model's default)."""
+    """Guidance of the frozen model's rollout (world: the model's, 1.0; SD 3.0)."""
     n_prompts: int = 48
     """Target prompts built from templates."""
     seed: int = 0
     """Seed of rollouts and noise."""
 
+    DEFAULTS: ClassVar[dict] = {
+        "world": dict(params="xattn", steps=150, lr=1e-4, batch_size=8, rollout_steps=20),
+        "sd": dict(params="xattn", steps=1000, lr=1e-5, batch_size=1, rollout_steps=50, guidance=3.0),
+    }
+
     def __post_init__(self):
         self.check_robust()
-        if self.params not in ("xattn", "xattn-kv", "unet-noxattn", "full"):
-            raise DatarightsError(f"esd trains 'xattn' (ESD-x) or 'unet-noxattn' (ESD-u), got {self.params!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.rollout_steps < 1:
-            raise DatarightsError("steps, batch_size and rollout_steps must be at least 1")
+        self.check_params(("xattn", "xattn-kv", "unet-noxattn", "full", *runtime.LORA_TARGETS), "esd")
+        check_fields(self, at_least_one=("steps", "batch_size", "rollout_steps", "n_prompts"), positive=("lr",))
 
 
 @register("esd", ESDConfig)
-def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig, progress: bool = True) -> Edit:
+def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig, progress=True) -> Edit:
     t0 = time.time()
+    cfg = cfg.for_model(model)
     prompts = [p for t, a in zip(targets, anchors) for p in concept_prompts(t, a, cfg.n_prompts, cfg.seed).target]
-    work, params = trainable_copy(model, cfg.params)
+    work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
     enc = encode_cached(model, prompts, False)
-    empty = encode_cached(model, [""], False)([0])
+    empty = encode_cached(model, [""], False)(torch.zeros(1, dtype=torch.long, device=model.device))
     adversary = Adversary(model, targets, cfg.robust_every, cfg.robust_attack_steps, cfg.seed) if cfg.robust else None
+    micro, accumulate = runtime.micro_batches(model, cfg.batch_size, passes=1 + (cfg.robust or 0))
+    w = model.default_guidance if cfg.guidance is None else cfg.guidance
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, len(prompts), (cfg.batch_size,), generator=g)
+        idx = runtime.randint(len(prompts), (micro,), g, model.device)
         cond = enc(idx)
         unc = empty.expand_as(cond)
         sched = model.ddim(cfg.rollout_steps)
-        w = model.default_guidance if cfg.guidance is None else cfg.guidance
-        stop = int(torch.randint(0, cfg.rollout_steps, (1,), generator=g))
-        noise = torch.randn((cfg.batch_size, *model.latent_shape), generator=g)
+        stop = int(runtime.randint(cfg.rollout_steps, (1,), g, "cpu"))
+        noise = runtime.randn((micro, *model.latent_shape), g, model.device)
         with torch.no_grad():  # partial rollout of the frozen model under c, stopped at a random step
             x = model.sample_states(cond, steps=cfg.rollout_steps, guidance=w, noise=noise, stop_at=stop)
             t = sched.timesteps[stop]
@@ -80,12 +87,11 @@ def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig,
             goal = eu - cfg.eta * (ec - eu)
         loss = torch.nn.functional.mse_loss(work.predict_noise(x, t, cond), goal)
         if adversary is not None:  # the adversarial prompt must lead to the same negatively guided target
-            adv = adversary.states(work, step)
-            c_adv = adv[torch.randint(0, len(adv), (cfg.batch_size,), generator=g)]
+            adv = adversary.states(work, step // accumulate)
+            c_adv = adv[runtime.randint(len(adv), (micro,), g, model.device)]
             loss = loss + torch.nn.functional.mse_loss(work.predict_noise(x, t, c_adv), goal)
             loss = loss + cfg.retain * adversary.retain_loss(work, model, x, t.expand(len(x)), g)
         return loss
 
-    optimise(params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[esd]", progress)
-    return Edit(changed_tensors(params), base_ref(model), model_hash(model), "esd", tuple(targets), tuple(anchors),
-                config_dict(cfg), time.time() - t0)
+    runtime.optimise(work, params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[esd]", progress, accumulate=accumulate)
+    return finish_edit(model, params, "esd", targets, anchors, cfg, t0)

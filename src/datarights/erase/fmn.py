@@ -3,21 +3,25 @@
 Minimise the cross-attention mass that the image queries put on the concept's tokens,
     L = sum over cross-attention layers of mean || A[:, :, concept tokens] ||^2,
 on reference images of the concept (generated once by the base model from target prompts and
-noised at random t). Fast, and known to be the weakest under attack. The paper uses ~35 steps
-at lr 2e-6 on SD; for the world model we use 35 steps at lr 1e-3 on cross-attention.
+noised at random t). Fast, and known to be the weakest under attack.
+Defaults (FMNConfig.DEFAULTS): Stable Diffusion as the official code (SHI-Labs/Forget-Me-Not,
+attn.yaml): 35 steps at lr 2e-6 on cross-attention, batch 1, a handful (8) of reference images;
+the world model needs a larger step: 35 steps at lr 1e-3, batch 16, 32 reference images.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from .. import runtime
 from ..errors import DatarightsError
-from ..models import T2IModel
-from .base import (Edit, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached,
-                   generate_model_space, model_hash, optimise, register, trainable_copy)
+from ..models import Edit, T2IModel
+from ..registry import ModelDefaults, check_fields
+from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, generate_model_space, register
 
 
 class CaptureCrossAttention:
@@ -52,31 +56,33 @@ class CaptureCrossAttention:
 
 
 @dataclass
-class FMNConfig:
-    """Settings of Forget-Me-Not."""
+class FMNConfig(TrainOptions, ModelDefaults):
+    """Settings of Forget-Me-Not (None: the model's default, see DEFAULTS and the module docstring)."""
 
-    params: str = "xattn"
-    """Parameter group to train."""
     steps: int = 35
     """Optimisation steps."""
-    lr: float = 1e-3
-    """Adam learning rate."""
-    batch_size: int = 16
-    """Noised reference images per step."""
-    n_images: int = 32
-    """Reference images of the concept, generated once by the base model."""
+    lr: float | None = None
+    """Adam learning rate (world 1e-3; SD 2e-6)."""
+    batch_size: int | None = None
+    """Noised reference images per step (world 16; SD 1)."""
+    n_images: int | None = None
+    """Reference images of the concept, generated once by the base model (world 32; SD 8)."""
     seed: int = 0
     """Seed of images, timesteps and noise."""
 
+    DEFAULTS: ClassVar[dict] = {"world": dict(params="xattn", lr=1e-3, batch_size=16, n_images=32),
+                                "sd": dict(params="xattn", lr=2e-6, batch_size=1, n_images=8)}
+
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.n_images < 1:
-            raise DatarightsError("steps, batch_size and n_images must be at least 1")
+        self.check_params(method="fmn")
+        check_fields(self, at_least_one=("steps", "batch_size", "n_images"), positive=("lr",))
 
 
 @register("fmn", FMNConfig)
 def forget_me_not(model: T2IModel, targets: list[str], anchors: list[str], cfg: FMNConfig,
-                  progress: bool = True) -> Edit:
+                  progress=True) -> Edit:
     t0 = time.time()
+    cfg = cfg.for_model(model)
     stop = {"a", "an", "and", "the", "of", "in", "style"}
     prompts, spans = [], []
     for t, a in zip(targets, anchors):
@@ -92,32 +98,30 @@ def forget_me_not(model: T2IModel, targets: list[str], anchors: list[str], cfg: 
     if not prompts:
         raise DatarightsError(f"fmn found no prompt that contains the words of {targets}")
     x0, _ = generate_model_space(model, prompts, cfg.n_images, cfg.seed)
-    pair = torch.arange(cfg.n_images) % len(prompts)
-    mask = torch.zeros(len(prompts), model.max_length)
+    pair = torch.arange(cfg.n_images, device=model.device) % len(prompts)
+    mask = torch.zeros(len(prompts), model.max_length, device=model.device)
     for i, s in enumerate(spans):
         mask[i, s] = 1.0
-    work, params = trainable_copy(model, cfg.params)
+    work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
     store: list = []
     procs = {n: (CaptureCrossAttention(store) if ".attn2." in n else p) for n, p in work.unet.attn_processors.items()}
     work.unet.set_attn_processor(procs)
     enc = encode_cached(work, prompts, False)
+    micro, accumulate = runtime.micro_batches(model, cfg.batch_size)
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        b = torch.randint(0, len(x0), (cfg.batch_size,), generator=g)
-        t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=g)
-        x_t = work.add_noise(x0[b], torch.randn(x0[b].shape, generator=g), t)
+        b = runtime.randint(len(x0), (micro,), g, model.device)
+        t, noise = runtime.timesteps_and_noise(model, x0[b].shape, g)
+        x_t = work.add_noise(x0[b], noise, t)
         store.clear()
         work.predict_noise(x_t, t, enc(pair[b]))
         m = mask[pair[b]]                                                 # [B, L]
         loss = 0.0
         for probs in store:                                               # [B*heads, HW, L]
-            heads = probs.shape[0] // cfg.batch_size
+            heads = probs.shape[0] // micro
             mm = m.repeat_interleave(heads, 0)[:, None, :]                # [B*heads, 1, L]
-            loss = loss + ((probs * mm) ** 2).sum(-1).mean()
+            loss = loss + ((probs.float() * mm) ** 2).sum(-1).mean()
         return loss
 
-    optimise(params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[fmn]", progress)
-    from diffusers.models.attention_processor import AttnProcessor2_0
-    work.unet.set_attn_processor(AttnProcessor2_0())
-    return Edit(changed_tensors(params), base_ref(model), model_hash(model), "fmn", tuple(targets), tuple(anchors),
-                config_dict(cfg), time.time() - t0)
+    runtime.optimise(work, params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[fmn]", progress, accumulate=accumulate)
+    return finish_edit(model, params, "fmn", targets, anchors, cfg, t0)

@@ -10,44 +10,47 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from .. import runtime
 from ..errors import DatarightsError
-from ..models import T2IModel
-from .base import (Edit, base_ref, changed_tensors, concept_prompts, config_dict, encode_cached,
-                   generate_model_space, model_hash, optimise, register, trainable_copy)
+from ..models import Edit, T2IModel
+from ..registry import ModelDefaults, check_fields
+from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, generate_model_space, register
 from .retrain import concept_mask
 
 
 @dataclass
-class GAConfig:
-    """Settings of gradient ascent."""
+class GAConfig(TrainOptions, ModelDefaults):
+    """Settings of gradient ascent (no paper settings: a baseline; SD values follow CA's scale)."""
 
-    params: str = "full"
-    """Parameter group to train."""
     steps: int = 30
     """Optimisation steps (ascent diverges: keep it short)."""
-    lr: float = 1e-4
-    """Adam learning rate."""
-    batch_size: int = 16
-    """Images per step."""
-    n_images: int = 64
-    """Generated images of the target when no training data is given."""
+    lr: float | None = None
+    """Adam learning rate (world 1e-4; SD 1e-5)."""
+    batch_size: int | None = None
+    """Images per step (world 16; SD 4)."""
+    n_images: int | None = None
+    """Generated images of the target when no training data is given (world 64; SD 16)."""
     data: str = ""
     """Training imagefolder; its images of the target are used when given."""
     seed: int = 0
     """Seed of images, timesteps and noise."""
 
+    DEFAULTS: ClassVar[dict] = {"world": dict(params="full", lr=1e-4, batch_size=16, n_images=64),
+                                "sd": dict(params="full", lr=1e-5, batch_size=4, n_images=16)}
+
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1:
-            raise DatarightsError("steps and batch_size must be at least 1")
+        self.check_params(method="ga")
+        check_fields(self, at_least_one=("steps", "batch_size", "n_images"), positive=("lr",))
 
 
 @register("ga", GAConfig)
-def gradient_ascent(model: T2IModel, targets: list[str], anchors: list[str], cfg: GAConfig,
-                    progress: bool = True) -> Edit:
+def gradient_ascent(model: T2IModel, targets: list[str], anchors: list[str], cfg: GAConfig, progress=True) -> Edit:
     t0 = time.time()
+    cfg = cfg.for_model(model)
     if cfg.data:
         from ..world import read_imagefolder
         data = read_imagefolder(cfg.data, resolution=model.resolution)
@@ -60,15 +63,14 @@ def gradient_ascent(model: T2IModel, targets: list[str], anchors: list[str], cfg
     else:
         prompts = [p for t, a in zip(targets, anchors) for p in concept_prompts(t, a, 48, cfg.seed).target]
         x0, prompts = generate_model_space(model, prompts, cfg.n_images, cfg.seed)
-    work, params = trainable_copy(model, cfg.params)
+    work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
     enc = encode_cached(work, prompts, cfg.params == "embedding")
+    micro, accumulate = runtime.micro_batches(model, cfg.batch_size)
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        b = torch.randint(0, len(x0), (cfg.batch_size,), generator=g)
-        t = torch.randint(0, model.num_train_timesteps, (cfg.batch_size,), generator=g)
-        noise = torch.randn(x0[b].shape, generator=g)
-        return torch.nn.functional.mse_loss(work.predict_noise(work.add_noise(x0[b], noise, t), t, enc(b)), noise)
+        b = runtime.randint(len(x0), (micro,), g, model.device)
+        return runtime.diffusion_loss(work, x0[b], enc(b), g)
 
-    optimise(params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[ga]", progress, maximize=True)
-    return Edit(changed_tensors(params), base_ref(model), model_hash(model), "ga", tuple(targets), tuple(anchors),
-                config_dict(cfg), time.time() - t0)
+    runtime.optimise(work, params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[ga]", progress, maximize=True,
+                     accumulate=accumulate)
+    return finish_edit(model, params, "ga", targets, anchors, cfg, t0)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatarightsError
-from ..models import T2IModel
+from ..models import Edit, T2IModel, base_ref, model_hash
 from ..world import vocab as V
-from .base import Edit, base_ref, config_dict, model_hash, register
+from .base import config_dict, register
 
 LABEL_OF_KIND = {"objects": "object", "categories": "category", "styles": "style", "characters": "character",
                  "memorized": "memorized", "compositions": "composition"}
@@ -52,7 +52,7 @@ class RetrainConfig:
 
 
 @register("retrain", RetrainConfig)
-def retrain(model: T2IModel, targets: list[str], anchors: list[str], cfg: RetrainConfig, progress: bool = True) -> Edit:
+def retrain(model: T2IModel, targets: list[str], anchors: list[str], cfg: RetrainConfig, progress=True) -> Edit:
     from ..train import TrainConfig, data_hash, train
     from ..world import ImageFolder, read_imagefolder
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import runtime
 from ..errors import DatarightsError
 from ..models import T2IModel
 from ..world import sample_eval_prompts
@@ -67,7 +68,7 @@ class Adversary:
 
     def retain_loss(self, work: T2IModel, base: T2IModel, x_t: torch.Tensor, t: torch.Tensor,
                     g: torch.Generator) -> torch.Tensor:
-        c = self.retain_states[torch.randint(0, len(self.retain_states), (len(x_t),), generator=g)]
+        c = self.retain_states[runtime.randint(len(self.retain_states), (len(x_t),), g, x_t.device)]
         with torch.no_grad():
             goal = base.predict_noise(x_t, t, c)
         return torch.nn.functional.mse_loss(work.predict_noise(x_t, t, c), goal)

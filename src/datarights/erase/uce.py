@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DatarightsError
-from ..models import T2IModel
+from ..models import Edit, T2IModel, base_ref, model_hash
 from ..world import vocab as V
-from .base import Edit, GENERIC_TEMPLATES, base_ref, config_dict, model_hash, register
+from .base import GENERIC_TEMPLATES, config_dict, register
 
 
 @dataclass
@@ -112,9 +112,10 @@ def uce(model: T2IModel, targets: list[str], anchors: list[str], cfg: UCEConfig,
         cp += [sp[i, kp[i]:] for i in range(len(pp))]
     C_e = torch.cat(ce).double().T            # [D, n_e]
     C_g = torch.cat(ve_src).double().T        # [D, n_e]
-    C_p = torch.cat(cp).double().T if cp else torch.zeros(C_e.shape[0], 0, dtype=torch.float64)
+    C_p = torch.cat(cp).double().T if cp else C_e.new_zeros(C_e.shape[0], 0)
     D = C_e.shape[0]
-    rhs_c = cfg.lam * torch.eye(D, dtype=torch.float64) + cfg.erase_scale * C_e @ C_e.T + cfg.preserve_scale * C_p @ C_p.T
+    rhs_c = (cfg.lam * torch.eye(D, dtype=torch.float64, device=C_e.device) + cfg.erase_scale * C_e @ C_e.T
+             + cfg.preserve_scale * C_p @ C_p.T)
     names = [n for n in model.param_groups("xattn-kv") if cfg.keys or ".to_v." in n]
     params = model.named_parameters()
     tensors = {}

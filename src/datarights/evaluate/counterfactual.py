@@ -87,7 +87,8 @@ def open_run(run: Path, cfg, empty: dict) -> tuple[dict, Path]:
     return results, res_path
 
 
-def world_base_queries(run: Path, cfg, recipe, name: str, log) -> tuple[ImageFolder, object, list[str]]:
+def world_base_queries(run: Path, cfg, recipe, name: str, log, device=None,
+                       precision=None) -> tuple[ImageFolder, object, list[str]]:
     """The run's smaller world and base model (made once, kept in the run folder) and its query prompts."""
     from ..models import load_model
     from ..train import train
@@ -97,13 +98,13 @@ def world_base_queries(run: Path, cfg, recipe, name: str, log) -> tuple[ImageFol
     folder = read_imagefolder(run / "world")
     if not (run / "base").exists():
         log(f"{name}: training the base model")
-        train(recipe, folder, run / "base", progress=False)
+        train(recipe, folder, run / "base", progress=False, device=device, precision=precision)
     asked = [a for a in sample_eval_prompts(cfg.queries * 4, cfg.seed + 99) if a["kind"] in ("object", "styled")]
-    return folder, load_model(run / "base"), [a["text"] for a in asked[:cfg.queries]]
+    return folder, load_model(run / "base", device, precision), [a["text"] for a in asked[:cfg.queries]]
 
 
 def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path | None = None,
-                   log=lambda s: print(s, file=sys.stderr), judge=None) -> dict:
+                   log=lambda s: print(s, file=sys.stderr), judge=None, device=None, precision=None) -> dict:
     """Run (or resume) the evaluation in folder `run`; returns the results (also in run/results.json)."""
     from ..attribute import Query, attribute, load_training_set, make_config
     from ..judge import load_judge
@@ -113,7 +114,7 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     run = Path(run)
     results, res_path = open_run(run, cfg, {"cells": {}})
     judge = judge or load_judge()
-    folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "counterfactual", log)
+    folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "counterfactual", log, device, precision)
     originals = base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps)
     train_set = load_training_set(base, folder)
     rankings: dict[str, list[list[int]]] = {}
@@ -138,10 +139,12 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                 if not out.exists():
                     log(f"counterfactual: retraining without {method}'s top {k} for query {qi}")
                     if cfg.coupled:
-                        train(_recipe(cfg, ranks[qi][:k]), folder, out, progress=False)
+                        train(_recipe(cfg, ranks[qi][:k]), folder, out, progress=False, device=device,
+                              precision=precision)
                     else:
-                        train(_recipe(cfg), _subset(folder, ranks[qi][:k]), out, progress=False)
-                model = load_model(out)
+                        train(_recipe(cfg), _subset(folder, ranks[qi][:k]), out, progress=False, device=device,
+                              precision=precision)
+                model = load_model(out, device, precision)
                 img = model.sample([p], seed=cfg.seed + 7, steps=cfg.sample_steps,
                                    noise=base.initial_noise(len(prompts), cfg.seed + 7)[qi:qi + 1])
                 with torch.no_grad():

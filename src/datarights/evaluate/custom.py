@@ -178,9 +178,10 @@ class CustomConfig:
 
 def customize(base, ex_images: np.ndarray, ex_caps: list[str], prior: ImageFolder, cfg: CustomConfig, seed: int):
     """Fine-tune a copy of `base` on the exemplars (with prior images), Custom-Diffusion style."""
-    from ..erase.base import encode_cached, optimise, trainable_copy
+    from .. import runtime
+    from ..erase.base import encode_cached
 
-    work, params = trainable_copy(base, cfg.params)
+    work, params = runtime.trainable_copy(base, cfg.params)
     x_ex = work.to_model_space(torch.from_numpy(ex_images).permute(0, 3, 1, 2))
     rng = np.random.default_rng(seed)
     pri = rng.choice(len(prior), size=min(64, len(prior)), replace=False)
@@ -190,13 +191,11 @@ def customize(base, ex_images: np.ndarray, ex_caps: list[str], prior: ImageFolde
     enc = encode_cached(work, texts, False)
     n_ex = len(x_ex)
 
-    def loss_fn(step, g):
-        b = torch.cat([torch.randint(0, n_ex, (4,), generator=g), n_ex + torch.randint(0, len(x_pr), (4,), generator=g)])
-        t = torch.randint(0, work.num_train_timesteps, (len(b),), generator=g)
-        noise = torch.randn(x_all[b].shape, generator=g)
-        return torch.nn.functional.mse_loss(work.predict_noise(work.add_noise(x_all[b], noise, t), t, enc(b)), noise)
+    def loss_fn(step, g):  # half exemplars, half prior images
+        b = torch.cat([runtime.randint(n_ex, (4,), g, work.device), n_ex + runtime.randint(len(x_pr), (4,), g, work.device)])
+        return runtime.diffusion_loss(work, x_all[b], enc(b), g)
 
-    optimise(params, loss_fn, cfg.steps, cfg.lr, seed, "customize", progress=False)
+    runtime.optimise(work, params, loss_fn, cfg.steps, cfg.lr, seed, "customize", progress=False)
     return work.eval()
 
 
@@ -247,7 +246,7 @@ def train_feature_map(groups: list[tuple[torch.Tensor, torch.Tensor]], negatives
 
 
 def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | Path | None = None,
-                log=lambda s: print(s, file=sys.stderr)) -> dict:
+                log=lambda s: print(s, file=sys.stderr), device=None, precision=None) -> dict:
     """Run the customization benchmark; returns per-kind, per-method Recall@1/10 and mAP.
 
     With `out`, each scored customization is recorded in out/cells.json as it finishes, and a rerun
@@ -260,7 +259,7 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
     t0 = time.time()
     if out is not None:
         check_disjoint(out, [data, base_path], "--out")
-    base = load_model(base_path)
+    base = load_model(base_path, device, precision)
     folder = read_imagefolder(data, resolution=base.resolution)
     if cfg.pool > len(folder):
         raise DatarightsError(f"--pool {cfg.pool} is larger than the training set ({len(folder)} images)")

@@ -83,9 +83,9 @@ def subset_indices(cfg: LDSConfig) -> list[list[int]]:
 @torch.no_grad()
 def query_loss(model, image: torch.Tensor, prompt: str, n_draws: int, seed: int) -> float:
     """The diffusion loss of one image under its prompt, over fixed evenly spaced timesteps and seeded noise."""
-    from ..attribute.task import draws, per_sample_loss, spaced_timesteps
+    from ..runtime import draws, per_sample_loss, spaced_timesteps
     x0 = model.to_model_space(image[None].float())
-    d = draws(1, n_draws, tuple(x0.shape[1:]), model.num_train_timesteps, seed,
+    d = draws(1, n_draws, tuple(x0.shape[1:]), model.num_train_timesteps, seed, model.device,
               timesteps=spaced_timesteps(n_draws, model.num_train_timesteps))
     return float(per_sample_loss(model, x0, model.encode_prompt([prompt]), d)[0])
 
@@ -110,7 +110,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
-        log=lambda s: print(s, file=sys.stderr)) -> dict:
+        log=lambda s: print(s, file=sys.stderr), device=None, precision=None) -> dict:
     """Run (or resume) the LDS evaluation in folder `run`; returns the results (also in run/results.json)."""
     from ..attribute import Query, attribute, load_training_set, make_config
     from ..models import load_model
@@ -118,7 +118,7 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
 
     run = Path(run)
     results, res_path = open_run(run, cfg, {"outputs": {}})
-    folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "lds", log)
+    folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "lds", log, device, precision)
     images = base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps)
     train_set = load_training_set(base, folder)
     scores: dict[str, list[np.ndarray]] = {}
@@ -137,10 +137,10 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
             log(f"lds: training subset model {m + 1}/{cfg.subsets}")
             drop = np.setdiff1d(np.arange(len(folder)), idx).tolist()
             if cfg.coupled:
-                train(_recipe(cfg, drop), folder, out, progress=False)
+                train(_recipe(cfg, drop), folder, out, progress=False, device=device, precision=precision)
             else:
-                train(_recipe(cfg), _subset(folder, drop), out, progress=False)
-        model = load_model(out)
+                train(_recipe(cfg), _subset(folder, drop), out, progress=False, device=device, precision=precision)
+        model = load_model(out, device, precision)
         results["outputs"][key] = [-query_loss(model, images[q], p, cfg.loss_draws, cfg.seed + 13 + q)
                                    for q, p in enumerate(prompts)]
         write_json(res_path, results)

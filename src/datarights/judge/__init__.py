@@ -53,6 +53,7 @@ class Judge(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, 16, 16] in [0, 1] -> features [B, feat_dim]."""
+        images = images.to(next(self.parameters()).device, torch.float32)
         if images.shape[-2:] != (RESOLUTION, RESOLUTION):
             images = F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="bilinear", antialias=True, align_corners=False)
         return self.body(images * 2 - 1)

@@ -8,12 +8,14 @@ guidance, image <-> model space, and named parameter groups.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
+from .. import runtime
 from ..errors import DatarightsError
 
 PARAM_GROUPS = ("xattn-kv", "xattn", "attn", "embedding", "unet-noxattn", "full")
@@ -35,11 +37,28 @@ class T2IModel:
     source: str = ""
     """Where it was loaded from (a folder path), for provenance in results."""
     meta: dict = field(default_factory=dict)
+    precision: torch.dtype = torch.float32
+    """Arithmetic of every model pass (autocast); the weights stay fp32. See runtime.resolve_precision."""
 
-    # ----------------------------------------------------------------- shapes and spaces
+    # ----------------------------------------------------------------- device, shapes and spaces
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    def to(self, device: torch.device | str | None = None, precision: torch.dtype | str | None = None) -> "T2IModel":
+        """Move every part to `device` (runtime.resolve_device) and set the compute precision; returns self."""
+        device = runtime.resolve_device(device)
+        self.precision = runtime.resolve_precision(precision if precision is not None else self.precision, device)
+        if next(self.text_encoder.parameters()).device != device:  # it may be shared (world models): move a copy
+            self.text_encoder = copy.deepcopy(self.text_encoder).to(device)
+        for m in (self.unet, self.vae):
+            if m is not None:
+                m.to(device)
+        return self
+
+    def autocast(self):
+        """The mixed-precision context of this model's passes (no-op in fp32)."""
+        return runtime.autocast(self.device, self.precision)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -56,19 +75,21 @@ class T2IModel:
         x = images.to(self.device) * 2 - 1
         if self.vae is None:
             return x
-        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+        with self.autocast():
+            return self.vae.encode(x).latent_dist.mean.float() * self.vae.config.scaling_factor
 
     def from_model_space(self, x0: torch.Tensor) -> torch.Tensor:
         """x_0 in model space -> images [B, 3, H, W] in [0, 1]."""
         if self.vae is not None:
-            x0 = self.vae.decode(x0 / self.vae.config.scaling_factor).sample
+            with self.autocast():
+                x0 = self.vae.decode(x0 / self.vae.config.scaling_factor).sample.float()
         return ((x0 + 1) / 2).clamp(0, 1)
 
     # ----------------------------------------------------------------- text
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         toks = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
-                              return_tensors="pt")
-        return toks.input_ids.to(self.device)
+                              return_tensors="np")  # numpy, then to the model's device: never a default device
+        return torch.from_numpy(toks.input_ids).to(self.device)
 
     def encode_prompt(self, prompts: list[str] | str) -> torch.Tensor:
         """Prompts -> text-encoder token states [B, max_length, D] (the cross-attention context)."""
@@ -78,9 +99,10 @@ class T2IModel:
 
     def encode_ids(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (or ready token embeddings, for soft prompts) -> token states."""
-        if inputs_embeds is not None:
-            return self.text_encoder(inputs_embeds=inputs_embeds).last_hidden_state
-        return self.text_encoder(input_ids=input_ids).last_hidden_state
+        with self.autocast():
+            if inputs_embeds is not None:
+                return self.text_encoder(inputs_embeds=inputs_embeds).last_hidden_state.float()
+            return self.text_encoder(input_ids=input_ids).last_hidden_state.float()
 
     def token_embedding(self) -> torch.nn.Embedding:
         return self.text_encoder.get_input_embeddings()
@@ -90,7 +112,8 @@ class T2IModel:
         """eps_theta(x_t, t, c)."""
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        return self.unet(x_t, t, encoder_hidden_states=cond).sample
+        with self.autocast():
+            return self.unet(x_t, t.to(x_t.device), encoder_hidden_states=cond).sample.float()
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Forward process: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
@@ -101,13 +124,23 @@ class T2IModel:
         return self.scheduler.config.num_train_timesteps
 
     def ddim(self, steps: int) -> DDIMScheduler:
-        sched = DDIMScheduler.from_config(self.scheduler.config)
-        sched.set_timesteps(steps)
+        """A DDIM sampler on the training schedule. Schedulers keep their tables on the CPU (diffusers
+        moves what it needs), so it is built under an explicit CPU device."""
+        with torch.device("cpu"):
+            sched = DDIMScheduler.from_config(self.scheduler.config)
+            sched.set_timesteps(steps)
         return sched
 
     def initial_noise(self, n: int, seed: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn((n, *self.latent_shape), generator=g).to(self.device)
+        """The initial noise of n images from one seed (drawn on the CPU: the same on every device)."""
+        return runtime.randn((n, *self.latent_shape), torch.Generator(device="cpu").manual_seed(seed), self.device)
+
+    def default_batch(self, guidance: float = 1.0) -> int:
+        """Images per sampling batch: 64 for the world model (fastest on a CPU); otherwise what fits
+        in the device's free memory (two UNet rows per image with guidance)."""
+        if self.kind == "world":
+            return 64
+        return max(1, runtime.rows_that_fit(self, cap=64) // (2 if guidance != 1.0 else 1))
 
     @property
     def default_guidance(self) -> float:
@@ -119,7 +152,7 @@ class T2IModel:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int = 0, steps: int = 25, guidance: float | None = None,
-               batch_size: int = 64, noise: torch.Tensor | None = None,
+               batch_size: int | None = None, noise: torch.Tensor | None = None,
                callback: Callable[[int], None] | None = None, return_model_space: bool = False) -> torch.Tensor:
         """DDIM sampling (eta=0) with classifier-free guidance.
 
@@ -141,7 +174,7 @@ class T2IModel:
 
     @torch.no_grad()
     def sample_states(self, cond: torch.Tensor, seed: int = 0, steps: int = 25, guidance: float | None = None,
-                      batch_size: int = 64, noise: torch.Tensor | None = None,
+                      batch_size: int | None = None, noise: torch.Tensor | None = None,
                       callback: Callable[[int], None] | None = None, return_model_space: bool = False,
                       stop_at: int | None = None) -> torch.Tensor:
         """`sample` from ready text states [B, L, D] (soft prompts, learned tokens); same seeding.
@@ -150,6 +183,7 @@ class T2IModel:
         `ddim(steps).timesteps[stop_at]`, model space), as ESD's training rollouts need.
         """
         guidance = self.default_guidance if guidance is None else guidance
+        batch_size = batch_size or self.default_batch(guidance)
         x_all = self.initial_noise(len(cond), seed) if noise is None else noise.to(self.device)
         uncond = self.encode_prompt([""])
         out = []
@@ -161,7 +195,7 @@ class T2IModel:
             x = x * sched.init_noise_sigma
             for t in sched.timesteps[:stop_at]:
                 xin = torch.cat([x, x]) if guidance != 1.0 else x
-                eps = self.predict_noise(sched.scale_model_input(xin, t), t.to(self.device), ctx)
+                eps = self.predict_noise(sched.scale_model_input(xin, t), t, ctx)
                 if guidance != 1.0:
                     eu, ec = eps.chunk(2)
                     eps = eu + guidance * (ec - eu)

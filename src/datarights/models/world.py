@@ -77,10 +77,10 @@ def build_world_model(unet_config: dict | None = None, scheduler_config: dict | 
 
 
 def save_world_model(model: T2IModel, out: str | Path, extra: dict | None = None, overwrite: bool = False,
-                     inputs: tuple = ()) -> Path:
+                     inputs: tuple = (), kind: str = "world-model") -> Path:
     """Write the model folder atomically (temp folder, then rename); see files.atomic_folder for the
-    rules on existing folders (`overwrite` replaces only a datarights world model)."""
-    with atomic_folder(out, "world-model", inputs, overwrite) as tmp:
+    rules on existing folders (`overwrite` replaces only a datarights folder of the same kind)."""
+    with atomic_folder(out, kind, inputs, overwrite) as tmp:
         model.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         model.scheduler.save_pretrained(tmp / "scheduler")
         index = {"_class_name": WORLD_CLASS, "text_encoder": TEXT_ENCODER_PACKAGE, "max_length": model.max_length,
