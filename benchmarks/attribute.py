@@ -107,7 +107,7 @@ def _featurize_dattri(n: int, proj_dim: int) -> dict:
     from dattri.task import AttributionTask
 
     from datarights.attribute import load_training_set
-    from datarights.attribute.task import draws, spaced_timesteps
+    from datarights.runtime import draws, spaced_timesteps
     from datarights.models import load_model
     from datarights.world import read_imagefolder
 
@@ -116,7 +116,7 @@ def _featurize_dattri(n: int, proj_dim: int) -> dict:
     folder.images, folder.metas = folder.images[:n], folder.metas[:n]
     train = load_training_set(model, folder)
     ts = spaced_timesteps(1, model.num_train_timesteps)
-    d = draws(n, 1, tuple(train.x0.shape[1:]), model.num_train_timesteps, 0, timesteps=ts)
+    d = draws(n, 1, tuple(train.x0.shape[1:]), model.num_train_timesteps, 0, model.device, timesteps=ts)
     data = torch.utils.data.TensorDataset(train.x0, train.cond(torch.arange(n)), d.t[:, 0], d.noise[:, 0])
     unet = model.unet
     layers = [n_.removeprefix("unet.") for n_ in model.param_groups("xattn-kv")]
@@ -280,7 +280,7 @@ def part_ship(args) -> dict:
     into src/datarights/assets/attribution (the demo's and first queries' per-training-set work)."""
     from datarights.attribute import SHIPPED, load_training_set, make_config, result_config
     from datarights.attribute.cache import artifact_key, save_artifact
-    from datarights.erase.base import model_hash
+    from datarights.models import model_hash
     from datarights.models import load_model
     from safetensors.torch import load_file
 

@@ -50,30 +50,22 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory):
-    """A tiny StableDiffusionPipeline folder (UNet, CLIP text encoder, tokenizer made here, VAE)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    """A tiny StableDiffusionPipeline folder whose tokenizer knows the world's words."""
+    from datarights.testing import build_tiny_sd
+    return build_tiny_sd(tmp_path_factory.mktemp("sd"))
 
-    root = tmp_path_factory.mktemp("sd")
-    vocab = ["!", "a", "photo", "of", "red", "cat", "dog", "grumpy", "in", "style"]
-    vocab = {**{t: i for i, t in enumerate(vocab)}, **{t + "</w>": i + len(vocab) for i, t in enumerate(vocab)}}
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    (root / "vocab.json").write_text(__import__("json").dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=12)
-    torch.manual_seed(0)
-    enc = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                       num_attention_heads=2, max_position_embeddings=12,
-                                       bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"]))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                                norm_num_groups=4, attention_head_dim=4)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, sample_size=16)
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=enc, tokenizer=tok, unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(root / "pipe")
-    return root / "pipe"
+
+@pytest.fixture(scope="session")
+def tiny_sd_trained(tiny_sd_folder, tiny_world, tmp_path_factory):
+    """The tiny SD pipeline fine-tuned 2 steps on the tiny world: an SD folder that records its recipe."""
+    from datarights.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("sdm") / "tiny-sd"
+    train(TrainConfig(steps=2, batch_size=4, warmup=1), tiny_world, out, init_from=tiny_sd_folder, progress=False)
+    return out
+
+
+@pytest.fixture(params=["world", "sd"])
+def backend_folder(request):
+    """A tiny model folder of each backend that records its training recipe (contract tables run on both)."""
+    return request.getfixturevalue("tiny_trained" if request.param == "world" else "tiny_sd_trained")

@@ -15,8 +15,12 @@ def test_every_attack_has_a_contract_row():
 
 
 @pytest.mark.parametrize("method", sorted(FAST))
-def test_attack_contract(method, tiny_model):
-    r = attack(tiny_model, "grumpy face", method, **FAST[method])
+def test_attack_contract(method, backend_folder):
+    """On the tiny world model and the tiny SD folder, under the meta default device."""
+    from datarights.models import load_model
+    model = load_model(backend_folder, "cpu")
+    with torch.device("meta"):
+        r = attack(model, "grumpy face", method, **FAST[method])
     out = r.to_json()
     assert set(out) >= {"asr", "attempts", "method", "seconds"}
     assert out["attempts"] == 2 and 0 <= out["asr"] <= 1 and out["method"] == method

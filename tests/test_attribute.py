@@ -31,12 +31,23 @@ def test_every_method_has_a_contract_row():
     assert set(FAST) == set(METHODS)
 
 
+@pytest.fixture(params=["world", "sd"])
+def backend_train_set(request, train_set, tiny_world):
+    if request.param == "world":
+        return train_set
+    from datarights.models import load_model
+    model = load_model(request.getfixturevalue("tiny_sd_trained"), "cpu")
+    return model, load_training_set(model, tiny_world)
+
+
 @pytest.mark.parametrize("method", sorted(FAST))
-def test_attribution_contract(method, train_set, tmp_path, monkeypatch):
-    model, train = train_set
+def test_attribution_contract(method, backend_train_set, tmp_path, monkeypatch):
+    """On the tiny world model and the tiny SD folder; the scoring under the meta default device."""
+    model, train = backend_train_set
     q = Query(train.images[5], train.folder.texts[5])
     cfg = make_config(method, **FAST[method])
-    r = attribute(model, train, q, method, cfg, cache=tmp_path, progress=False)
+    with torch.device("meta"):
+        r = attribute(model, train, q, method, cfg, cache=tmp_path, progress=False)
     assert r.scores.shape == (len(train),) and torch.isfinite(r.scores).all()
     out = r.to_json(5)
     assert len(out["top"]) == 5 and {"file", "owner", "score"} <= set(out["top"][0])

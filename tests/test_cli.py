@@ -9,6 +9,7 @@ from datarights.cli import main
 
 
 def run(monkeypatch, capsys, *args):
+    capsys.readouterr()  # only this command's output is returned
     monkeypatch.setattr(sys, "argv", ["datarights", *map(str, args)])
     code = 0
     try:

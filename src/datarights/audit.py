@@ -104,14 +104,14 @@ def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: l
     Private keys (`_grids`) carry the images for the HTML report.
     """
     cfg = cfg or AuditConfig()
+    if judge is None and (edited.kind != "world" or base.kind != "world"):
+        raise DatarightsError("the audit scores with the world judge, which reads world-model images only")
     judge = judge or load_judge()
     log = log or (lambda s: print(s, file=sys.stderr))
     targets = [targets] if isinstance(targets, str) else list(targets)
     anchors = [anchors] if isinstance(anchors, str) else list(anchors)
     if len(anchors) == 1:
         anchors = anchors * len(targets)
-    if edited.kind != "world" or base.kind != "world":
-        raise DatarightsError("the audit scores with the world judge, which reads world-model images only")
     t0 = time.time()
     per_target, grids = [], []
     for ti, (target, anchor) in enumerate(zip(targets, anchors)):

@@ -220,7 +220,9 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
               out: Path = typer.Option(..., "--out", help="Edited model folder to write (changed tensors + base reference)."),
               method: str = typer.Option("ca", help="ca | esd | uce | fmn | ga | retrain."),
               model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
-              params: Optional[str] = typer.Option(None, help="Parameter group: xattn-kv, xattn, attn, embedding, unet-noxattn, full."),
+              params: Optional[str] = typer.Option(None, help="Parameter group: xattn-kv, xattn, attn, embedding, unet-noxattn, full; or LoRA adapters: lora-xattn-kv, lora-xattn (default: the method's)."),
+              lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Rank of the LoRA adapters (lora-* groups; default 4)."),
+              batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per optimisation step (default: the method's for this model; split to fit the device's memory)."),
               steps: Optional[int] = typer.Option(None, help="Optimisation steps."),
               lr: Optional[float] = typer.Option(None, help="Learning rate."),
               loss: Optional[str] = typer.Option(None, help="ca only: 'model' (default) or 'noise'."),
@@ -241,8 +243,10 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
     target, anchor = check_targets(target, anchor)
     if robust and method not in ("ca", "esd"):
         raise DatarightsError("--robust is available for ca and esd")
+    if lora_rank is not None and not (params or "").startswith("lora-"):
+        raise DatarightsError("--lora-rank applies to LoRA parameter groups: pass --params lora-xattn-kv (or lora-xattn)")
     cfg = make_config(method, params=params, steps=steps, lr=lr, loss=loss, data=data, seed=seed,
-                      robust=robust or None)
+                      robust=robust or None, lora_rank=lora_rank, batch_size=batch_size)
     check_output(out, "edited-model", [*base_chain(str(model) if model else "default"), data], overwrite)
     m = load_model(model, device, precision)
     check_output(out, "edited-model", [*base_chain(base_ref(m)), data], overwrite)
@@ -253,6 +257,21 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
     edit = erase(m, target, anchor, method, config=cfg)
     edit.save(out, overwrite=overwrite)
     _emit({**edit.summary(), "out": str(out)}, as_json, text=f"wrote {out} ({edit.changed_params} changed parameters, {edit.seconds:.1f} s)")
+
+
+@app.command("export")
+def export_cmd(model: Path = typer.Argument(..., help="Edited (or any) model folder to export."),
+               out: Path = typer.Option(..., "--out", help="Folder to write: a complete StableDiffusionPipeline (or world-model) folder."),
+               overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+    """Write a standalone model folder with the edit applied, which diffusers' from_pretrained loads as is."""
+    from .files import check_output
+    from .models import base_chain, export_model, load_model
+
+    inputs = [model, *base_chain(str(model))]
+    check_output(out, "export", inputs, overwrite)
+    m = load_model(model, "cpu")
+    export_model(m, out, overwrite=overwrite, inputs=tuple(inputs))
+    typer.echo(f"wrote {out}", err=True)
 
 
 @app.command("attack")

@@ -391,8 +391,8 @@ def trainable_copy(model: T2IModel, group: str, lora_rank: int = 4) -> tuple[T2I
 
         config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS[group],
                             init_lora_weights=True)
-        inject_adapter_in_model(config, work.unet)
-        work.unet.to(model.device)
+        with torch.device(model.device):  # the adapters are made where the model lives
+            inject_adapter_in_model(config, work.unet)
         params = {f"unet.{n.replace('.default', '')}": p for n, p in work.unet.named_parameters() if "lora_" in n}
     else:
         params = work.param_groups(group)

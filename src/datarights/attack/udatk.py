@@ -57,7 +57,8 @@ def optimise_soft_prompt(model: T2IModel, prompt: str, images: torch.Tensor, cfg
     """Soft token embeddings [n_tokens, D] that lower the model's denoising loss on `images` under `prompt`."""
     emb = model.token_embedding().weight
     g = runtime.generator(cfg.seed)
-    start = torch.randint(1000, emb.shape[0], (cfg.n_tokens,), generator=g, device="cpu")
+    low = min(1000, emb.shape[0] // 2)  # past the special and most frequent tokens
+    start = torch.randint(low, emb.shape[0], (cfg.n_tokens,), generator=g, device="cpu")
     soft = torch.nn.Parameter(emb[start.to(emb.device)].detach().clone())
     return fit_embeddings(model, images, soft, lambda step, b: states_with_soft_tokens(model, prompt, projected(model, soft)),
                           cfg.steps, cfg.lr, cfg.batch_size, g)

@@ -76,8 +76,12 @@ def retrain(model: T2IModel, targets: list[str], anchors: list[str], cfg: Retrai
         tcfg.steps = cfg.steps
     if cfg.seed >= 0:
         tcfg.seed = cfg.seed
+    init_from = recipe.get("init_from")  # a fine-tuned base (e.g. Stable Diffusion) is retrained from its own start
+    if init_from and not Path(init_from).exists():
+        raise DatarightsError(f"the base model was trained from {init_from}, which is missing; retrain needs it")
     with tempfile.TemporaryDirectory() as tmp:
-        new = train(tcfg, subset, Path(tmp) / "retrained", progress=progress)
+        new = train(tcfg, subset, Path(tmp) / "retrained", init_from=init_from, progress=progress, device=model.device,
+                    precision=model.precision)
     tensors = {f"unet.{n}": p.detach().clone() for n, p in new.unet.named_parameters()}
     return Edit(tensors, base_ref(model), model_hash(model), "retrain", tuple(targets), tuple(anchors),
                 {**config_dict(cfg), "removed_images": int(drop.sum()), "train": config_dict(tcfg)}, time.time() - t0)

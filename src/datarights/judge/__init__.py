@@ -195,7 +195,8 @@ def load_judge(path: str | Path | None = None) -> Judge:
         raise DatarightsError(f"judge folder {path} is missing config.json or model.safetensors")
     cfg = read_json_file(path / "config.json", "judge config")
     try:
-        judge = Judge(cfg["labels"], width=cfg["width"], feat_dim=cfg["feat_dim"])
+        with torch.device("cpu"):  # the judge lives on the CPU whatever the default device
+            judge = Judge(cfg["labels"], width=cfg["width"], feat_dim=cfg["feat_dim"])
         judge.load_state_dict(load_file(path / "model.safetensors"))
     except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as e:
         raise DatarightsError(f"judge folder {path} is corrupt or not a judge ({type(e).__name__})") from None

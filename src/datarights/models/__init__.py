@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from diffusers.utils import logging as _diffusers_logging
 
 from ..errors import DatarightsError
@@ -44,10 +45,12 @@ def load_model(path: str | Path | None = None, device=None, dtype=None, _seen: t
     cls = index.get("_class_name")
     if cls == WORLD_CLASS:
         from .world import load_world_model
-        model = load_world_model(path, index)
+        with torch.device("cpu"):  # weights are read into CPU memory, then moved to `device`
+            model = load_world_model(path, index)
     elif cls in SD_CLASSES:
         from .sd import load_sd_model
-        model = load_sd_model(path, index)
+        with torch.device("cpu"):
+            model = load_sd_model(path, index)
     elif cls == EDIT_CLASS:
         model = load_edited(path, index, _seen, device=dev, dtype=precision)
     else:

@@ -99,10 +99,19 @@ class T2IModel:
 
     def encode_ids(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (or ready token embeddings, for soft prompts) -> token states."""
-        with self.autocast():
-            if inputs_embeds is not None:
-                return self.text_encoder(inputs_embeds=inputs_embeds).last_hidden_state.float()
-            return self.text_encoder(input_ids=input_ids).last_hidden_state.float()
+        if inputs_embeds is None:
+            with self.autocast():
+                return self.text_encoder(input_ids=input_ids).last_hidden_state.float()
+        # Ready embeddings enter through a hook on the token-embedding layer, so that every text
+        # encoder (BERT, CLIP: the latter takes no inputs_embeds) runs its own forward around them.
+        if input_ids is None:
+            input_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        hook = self.token_embedding().register_forward_hook(lambda mod, inp, out: inputs_embeds.to(out.dtype))
+        try:
+            with self.autocast():
+                return self.text_encoder(input_ids=input_ids).last_hidden_state.float()
+        finally:
+            hook.remove()
 
     def token_embedding(self) -> torch.nn.Embedding:
         return self.text_encoder.get_input_embeddings()

@@ -48,7 +48,8 @@ def _minilm():
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # no 'Loading weights' bar on every command
     path = str(get_model_path())
-    return AutoTokenizer.from_pretrained(path, local_files_only=True), AutoModel.from_pretrained(path, local_files_only=True)
+    with torch.device("cpu"):  # read into CPU memory whatever the default device; T2IModel.to moves it
+        return AutoTokenizer.from_pretrained(path, local_files_only=True), AutoModel.from_pretrained(path, local_files_only=True)
 
 
 def load_text_encoder(fresh: bool = False):
@@ -69,8 +70,9 @@ def build_world_model(unet_config: dict | None = None, scheduler_config: dict | 
                       max_length: int = 24, seed: int = 0) -> T2IModel:
     """A freshly initialised world model (seeded)."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**{**WORLD_UNET, **(unet_config or {})})
-    sched = DDPMScheduler(**{**WORLD_SCHEDULER, **(scheduler_config or {})})
+    with torch.device("cpu"):  # weights are made on the CPU, then moved with T2IModel.to
+        unet = UNet2DConditionModel(**{**WORLD_UNET, **(unet_config or {})})
+        sched = DDPMScheduler(**{**WORLD_SCHEDULER, **(scheduler_config or {})})
     tok, enc = load_text_encoder()
     return T2IModel(unet=unet, scheduler=sched, text_encoder=enc, tokenizer=tok, kind="world",
                     max_length=max_length)
