@@ -87,7 +87,7 @@ def _featurize_ours(n: int, proj_dim: int, projection: str = "sjlt") -> dict:
     folder = read_imagefolder(_world())
     folder.images, folder.metas = folder.images[:n], folder.metas[:n]
     train = load_training_set(model, folder)
-    cfg = make_config("trak", proj_dim=proj_dim, timesteps=1, projection=projection)
+    cfg = make_config("trak", proj_dim=proj_dim, timesteps=1, projection=projection).for_model(model)
     t0 = time.perf_counter()
     state = make_prepare("loss")(model, train, cfg, progress=False)
     dt = time.perf_counter() - t0

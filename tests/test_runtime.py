@@ -135,6 +135,27 @@ def test_share_temperature_is_uncalibrated_off_the_world(tiny_sd_trained, tiny_w
     assert cal["queries"] == len(train) and 0.005 <= cal["temperature"] <= 5 and np.isfinite(cal["cross_entropy"])
 
 
+def test_training_under_accelerate_launch_with_two_processes(tmp_path, tiny_world):
+    """`accelerate launch` runs the same command in several processes (here 2 on the CPU, gloo): they
+    train one model together and only the first writes it."""
+    import os
+    import shutil
+
+    launcher = shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("the accelerate launcher is not on PATH")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "datarights.cli", "train",
+                           "--data", str(tiny_world), "--out", str(tmp_path / "m"), "--steps", "4",
+                           "--batch-size", "4", "--checkpoint-every", "2"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("wrote ") == 1
+    assert load_model(tmp_path / "m", "cpu").meta["training"]["steps"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
 # ----------------------------------------------------------------------------- diffusers-native outputs
 def _pipeline_pixels(pipe) -> np.ndarray:
     return pipe("a red grumpy face", num_inference_steps=3, guidance_scale=7.5, output_type="np",

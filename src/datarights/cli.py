@@ -121,7 +121,9 @@ def train_cmd(data: Path = typer.Option(..., "--data", help="Imagefolder with me
     cfg = TrainConfig(seed=seed, **overrides)
     model = train(cfg, data, out, init_from=init_from, resume=resume, overwrite=overwrite, device=device,
                   precision=precision)
-    typer.echo(f"wrote {out} ({model.meta['training']['seconds']} s)", err=True)
+    from .runtime import is_main_process
+    if is_main_process():  # under `accelerate launch`, only the first process writes
+        typer.echo(f"wrote {out} ({model.meta['training']['seconds']} s)", err=True)
 
 
 def _progress(total: int, desc: str):
