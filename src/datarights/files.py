@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import DatarightsError
 
@@ -216,13 +216,13 @@ def open_run_folder(run: str | Path, flag: str = "--run", kind: str = "run") -> 
 
 
 # ----------------------------------------------------------------------------- single files
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a text file under a temporary name, then rename it into place."""
+def atomic_file(path: str | Path, write: Callable[[str], None], suffix: str = "") -> Path:
+    """Create `path` by `write(temporary_path)` beside it, then one rename; on any error nothing is left."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -230,6 +230,11 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a text file under a temporary name, then rename it into place."""
+    return atomic_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_json(path: str | Path, obj) -> Path:
@@ -272,17 +277,7 @@ def save_png(image, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     info.add_text("Software", PNG_SOFTWARE)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-{os.getpid()}-", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return out
+    return atomic_file(out, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), suffix=".png")
 
 
 # ----------------------------------------------------------------------------- reading

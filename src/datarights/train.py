@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -24,7 +23,7 @@ from safetensors.torch import save_file
 
 from . import runtime
 from .errors import DatarightsError
-from .files import check_disjoint, check_output, open_run_folder, write_json
+from .files import atomic_file, check_disjoint, check_output, open_run_folder, write_json
 from .models import T2IModel, build_world_model, load_model, save_sd_model, save_world_model
 from .world import ImageFolder, read_imagefolder
 
@@ -107,10 +106,8 @@ def save_checkpoint(ckpt_dir: Path, fingerprint: str, step: int, elapsed: float,
     for i, st in opt_state["state"].items():
         tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()})
     name = f"state-{step:08d}.safetensors"
-    tmp = ckpt_dir / f".{name}.tmp-{os.getpid()}"
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, ckpt_dir / name)
+    atomic_file(ckpt_dir / name, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp))
+    digest = hashlib.sha256((ckpt_dir / name).read_bytes()).hexdigest()
     write_json(ckpt_dir / CKPT_STATE, {"fingerprint": fingerprint, "step": step, "elapsed": elapsed, "tensors": name,
                                        "tensors_sha256": digest, "param_groups": opt_state["param_groups"]})
     for old in ckpt_dir.glob("*state-*.safetensors*"):
