@@ -32,7 +32,7 @@ from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
 from .base import (PromptSet, TrainOptions, concept_prompts, encode_cached, finish_edit, generate_model_space,
                    register)
-from .robust import Adversary, RobustOptions
+from .robust import ROBUST_DEFAULTS, Adversary, RobustOptions
 
 
 @dataclass
@@ -59,8 +59,8 @@ class CAConfig(RobustOptions, TrainOptions, ModelDefaults):
     """Seed of anchor images, timesteps and noise."""
 
     DEFAULTS: ClassVar[dict] = {
-        "world": dict(params="xattn-kv", steps=100, lr=3e-4, batch_size=16, n_anchor_images=64, prior=1.0, sample_steps=20),
-        "sd": dict(params="xattn-kv", steps=100, lr=1.6e-5, batch_size=8, n_anchor_images=200, prior=0.0, sample_steps=50),
+        "world": dict(**ROBUST_DEFAULTS["world"], params="xattn-kv", steps=100, lr=3e-4, batch_size=16, n_anchor_images=64, prior=1.0, sample_steps=20),
+        "sd": dict(**ROBUST_DEFAULTS["sd"], params="xattn-kv", steps=100, lr=1.6e-5, batch_size=8, n_anchor_images=200, prior=0.0, sample_steps=50),
     }
 
     def __post_init__(self):

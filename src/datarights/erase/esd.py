@@ -25,7 +25,7 @@ from .. import runtime
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
 from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, register
-from .robust import Adversary, RobustOptions
+from .robust import ROBUST_DEFAULTS, Adversary, RobustOptions
 
 
 @dataclass
@@ -50,8 +50,8 @@ class ESDConfig(RobustOptions, TrainOptions, ModelDefaults):
     """Seed of rollouts and noise."""
 
     DEFAULTS: ClassVar[dict] = {
-        "world": dict(params="xattn", steps=150, lr=1e-4, batch_size=8, rollout_steps=20),
-        "sd": dict(params="xattn", steps=1000, lr=1e-5, batch_size=1, rollout_steps=50, guidance=3.0),
+        "world": dict(**ROBUST_DEFAULTS["world"], params="xattn", steps=150, lr=1e-4, batch_size=8, rollout_steps=20),
+        "sd": dict(**ROBUST_DEFAULTS["sd"], params="xattn", steps=1000, lr=1e-5, batch_size=1, rollout_steps=50, guidance=3.0),
     }
 
     def __post_init__(self):

@@ -18,22 +18,32 @@ from ..models import T2IModel
 from ..world import sample_eval_prompts
 
 
+ROBUST_DEFAULTS = {"world": dict(robust_every=25, robust_attack_steps=15),
+                   "sd": dict(robust_every=1, robust_attack_steps=30)}
+"""AdvUnlearn's official settings for Stable Diffusion (OPTML-Group/AdvUnlearn: adv_prompt_update_step 1,
+attack_step 30, retain loss weight 1); the world model: an attack every 25 steps of 15 steps each."""
+
+
 @dataclass
 class RobustOptions:
     """The min-max options shared by the erase methods that support `--robust` (ca, esd)."""
 
     robust: bool = False
     """AdvUnlearn-style min-max: also erase under soft prompts found by attacking the model being edited."""
-    robust_every: int = 25
-    """Steps between two inner attacks (robust only)."""
-    robust_attack_steps: int = 15
-    """Steps of each inner attack (robust only)."""
+    robust_every: int | None = None
+    """Steps between two inner attacks (robust only; world 25, SD 1)."""
+    robust_attack_steps: int | None = None
+    """Steps of each inner attack (robust only; world 15, SD 30)."""
     retain: float = 1.0
     """Weight of keeping other prompts' predictions equal to the base's (robust only)."""
 
     def check_robust(self):
-        if self.robust and (self.robust_every < 1 or self.robust_attack_steps < 1 or self.retain < 0):
-            raise DatarightsError("robust_every and robust_attack_steps must be at least 1, retain at least 0")
+        for name in ("robust_every", "robust_attack_steps"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise DatarightsError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        if self.retain < 0:
+            raise DatarightsError(f"--retain must be non-negative, got {self.retain}")
 
 
 class Adversary:
