@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from ..models import T2IModel
 from ..registry import build_config
 from . import paraphrase, ti, udatk  # noqa: F401  (registers the attacks)
@@ -20,7 +22,9 @@ def attack(model: T2IModel, target: str, method: str = "udatk", config=None, jud
 
     label_check(target)
     cfg = config if config is not None else make_config(method, **options)
-    return METHODS[method].fn(model, target, cfg, judge=judge)
+    result = METHODS[method].fn(model, target, cfg, judge=judge)
+    result.config = asdict(cfg)
+    return result
 
 
 __all__ = ["METHODS", "AttackResult", "attack", "make_config"]

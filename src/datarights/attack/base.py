@@ -28,10 +28,12 @@ class AttackResult:
     prompts: list = field(default_factory=list)
     images: torch.Tensor | None = None
     success: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    """The attack's settings as run."""
 
     def to_json(self) -> dict:
         return {"asr": round(self.asr, 4), "attempts": self.attempts, "method": self.method, "target": self.target,
-                "seconds": round(self.seconds, 2), "prompts": sorted(set(self.prompts))[:20]}
+                "seconds": round(self.seconds, 2), "prompts": sorted(set(self.prompts))[:20], "config": self.config}
 
 
 METHODS: dict[str, Method] = {}
