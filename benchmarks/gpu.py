@@ -150,11 +150,11 @@ def part_audit(a) -> dict:
 
     m = load_model(a.folder, a.device, "bf16")
     edited = erase(m, ["grumpy face"], ["face"], "uce", progress=False).apply(m)
-    cfg = AuditConfig(n_target=8, n_nearby=4, n_others=8, n_anchor=2, steps=25)
+    cfg = AuditConfig(n_target=16, n_seen=16, n_nearby=16, n_others=16, n_anchor=16, steps=25)
     t0 = time.perf_counter()
     res = audit(edited, m, "grumpy face", "face", cfg, judge=load_judge(), progress=False, log=lambda s: None)
     dt = time.perf_counter() - t0
-    n = 2 * (cfg.n_target + cfg.n_anchor + 2 * cfg.n_nearby + cfg.n_others)
+    n = 2 * (cfg.n_target + cfg.n_seen + 2 * cfg.n_nearby + cfg.n_others) + cfg.n_anchor
     return {"seconds": round(dt, 2), "images": n, "img_per_s": round(n / dt, 3), "target_erased": res["target_erased"]}
 
 

@@ -301,7 +301,9 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
               anchor: list[str] = typer.Option(..., "--anchor", help="Its anchor (one, or one per target)."),
               base: Optional[Path] = typer.Option(None, "--base", help="Base model; default: the edited model's base."),
               nearby: list[str] = typer.Option([], "--nearby", help="Nearby concepts that must survive (default: from world info)."),
-              n_target: int = typer.Option(48, "--n-target", help="Images from target prompts."),
+              n_target: int = typer.Option(384, "--n-target", help="Images from held-out target prompts (384: a 95% interval of at most +-0.05)."),
+              n_seen: int = typer.Option(96, "--n-seen", help="Images from the target prompts the erase trained on (reported apart; 0 skips)."),
+              judge: Optional[Path] = typer.Option(None, "--judge", help="A local CLIP folder to judge with (any model); default: the world judge."),
               seed: int = typer.Option(1, help="Seed of prompts and noise."),
               attacks: Optional[str] = typer.Option(None, "--attacks", help="Also attack the edited and base models: comma-separated udatk,ti,paraphrase."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -314,8 +316,14 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
     from .models import DEFAULT_MODEL, load_model
     from .quality import public
 
-    _check_n(n_target, "--n-target")
+    cfg = AuditConfig(n_target=n_target, n_seen=n_seen, seed=seed, nearby=list(nearby))
     _check_report(report, overwrite, model, base)
+    scorer = None
+    if judge is not None:
+        from .judge.scorer import ClipScorer
+        if attacks:
+            raise DatarightsError("--attacks are judged by the world judge; they cannot be combined with --judge yet")
+        scorer = ClipScorer(judge)
     edited = load_model(model, device, precision)
     if base is None:
         ref = edited.meta.get("edit", {}).get("base")
@@ -327,7 +335,7 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
         bad = [m for m in methods if m not in ATTACKS]
         if bad:
             raise DatarightsError(f"unknown attack {bad[0]!r}; choose from {', '.join(sorted(ATTACKS))}")
-    result = audit(edited, b, target, anchor, AuditConfig(n_target=n_target, seed=seed, nearby=list(nearby)))
+    result = audit(edited, b, target, anchor, cfg, judge=scorer)
     sections = audit_sections(result)
     if methods:
         from .attack import attack
@@ -336,8 +344,11 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
         for t in target:
             for m in methods:
                 on_edit, on_base = attack(edited, t, m, seed=seed), attack(b, t, m, seed=seed)
-                result["attacks"][f"{m}|{t}"] = {"asr": on_edit.asr, "asr_base": on_base.asr, "attempts": on_edit.attempts,
-                                                 "seconds": round(on_edit.seconds + on_base.seconds, 1)}
+                je, jb = on_edit.to_json(), on_base.to_json()
+                result["attacks"][f"{m}|{t}"] = {
+                    **{k: je[k] for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain", "attempts")},
+                    "asr_base": jb["asr"], "asr_base_ci": jb["asr_ci"],
+                    "seconds": round(on_edit.seconds + on_base.seconds, 1)}
                 sections.append({"title": f"Attack {m} on '{t}': ASR {on_edit.asr:.2f} (base {on_base.asr:.2f})",
                                  "grids": [grid("recovered images (edited model)", on_edit.images,
                                                 [f"{p[:40]} → {'back' if ok else 'gone'}" for p, ok in zip(on_edit.prompts, on_edit.success)],

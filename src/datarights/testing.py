@@ -58,3 +58,26 @@ def build_tiny_sd(folder):
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder / "pipe")
     return folder / "pipe"
+
+
+def build_tiny_clip(folder):
+    """A tiny CLIP folder (CLIPModel, tokenizer, preprocessor config) to stand in for a real CLIP judge."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = tiny_clip_tokenizer(folder)
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=24, bos_token_id=tok.bos_token_id,
+                                      eos_token_id=tok.eos_token_id),
+                     vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        image_size=32, patch_size=8),
+                     projection_dim=8)
+    CLIPModel(cfg).save_pretrained(folder / "clip")
+    tok.save_pretrained(folder / "clip")
+    (folder / "clip" / "preprocessor_config.json").write_text(json.dumps(
+        {"crop_size": {"height": 32, "width": 32}, "size": {"shortest_edge": 32},
+         "image_mean": [0.4815, 0.4578, 0.4082], "image_std": [0.2686, 0.2613, 0.2758]}))
+    return folder / "clip"

@@ -8,7 +8,8 @@ from dataclasses import asdict
 from ..models import T2IModel
 from ..registry import build_config
 from . import paraphrase, ti, udatk  # noqa: F401  (registers the attacks)
-from .base import METHODS, AttackResult
+from ..erase.base import prompts_showing
+from .base import METHODS, AttackResult, judge_attempts
 
 
 def make_config(method: str, **options):
@@ -24,6 +25,10 @@ def attack(model: T2IModel, target: str, method: str = "udatk", config=None, jud
     cfg = config if config is not None else make_config(method, **options)
     result = METHODS[method].fn(model, target, cfg, judge=judge)
     result.config = asdict(cfg)
+    # the trivial baseline beside every attack: the plain held-out prompts, the same budget and noise seed
+    plain = prompts_showing(target, cfg.budget, cfg.seed, split="eval")
+    images = model.sample([plain[i % len(plain)] for i in range(cfg.budget)], seed=cfg.seed + 1)
+    result.plain = judge_attempts(images, target, judge)
     return result
 
 

@@ -30,9 +30,21 @@ class AttackResult:
     success: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
     """The attack's settings as run."""
+    plain: list = field(default_factory=list)
+    """The trivial baseline: whether each of as many images from plain held-out target prompts (same
+    model, same noise seed) shows the target."""
+
+    @property
+    def asr_plain(self) -> float:
+        return sum(self.plain) / len(self.plain) if self.plain else float("nan")
 
     def to_json(self) -> dict:
-        return {"asr": round(self.asr, 4), "attempts": self.attempts, "method": self.method, "target": self.target,
+        from ..stats import wilson
+        k = sum(self.success) if self.success else round(self.asr * self.attempts)
+        return {"asr": round(self.asr, 4), "asr_ci": [round(v, 4) for v in wilson(k, self.attempts)],
+                "attempts": self.attempts, "asr_plain": round(self.asr_plain, 4),
+                "asr_plain_ci": [round(v, 4) for v in wilson(sum(self.plain), len(self.plain))],
+                "gain": round(self.asr - self.asr_plain, 4), "method": self.method, "target": self.target,
                 "seconds": round(self.seconds, 2), "prompts": sorted(set(self.prompts))[:20], "config": self.config}
 
 

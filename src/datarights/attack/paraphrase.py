@@ -103,7 +103,8 @@ def paraphrase(model: T2IModel, target: str, cfg: ParaphraseConfig, judge=None) 
     from ..erase.base import concept_prompts
 
     subs = paraphrases(model, target, cfg.neighbours)[:cfg.probes]
-    templates = concept_prompts(target, "something else entirely", max(cfg.budget, len(subs)), cfg.seed).target
+    templates = concept_prompts(target, "something else entirely", max(cfg.budget, len(subs)), cfg.seed,
+                                split="eval").target
 
     def prompts_for(phrases, n):
         return [templates[i % len(templates)].replace(target, phrases[i % len(phrases)]) for i in range(n)]

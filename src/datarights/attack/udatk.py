@@ -67,8 +67,10 @@ def optimise_soft_prompt(model: T2IModel, prompt: str, images: torch.Tensor, cfg
 @register("udatk", UDAtkConfig)
 @timed
 def udatk(model: T2IModel, target: str, cfg: UDAtkConfig, judge=None) -> AttackResult:
-    images, texts = target_images(target, cfg.n_images, cfg.seed)
-    prompt = texts[0]
+    from ..erase.base import prompts_showing
+
+    images, _ = target_images(target, cfg.n_images, cfg.seed)
+    prompt = prompts_showing(target, 1, cfg.seed, split="eval")[0]  # a held-out prompt (erasure trained on the other half)
     hard = [prompt]
     for r in range(cfg.restarts):
         soft = optimise_soft_prompt(model, prompt, images, dataclasses.replace(cfg, seed=cfg.seed + 1000 * r))

@@ -27,6 +27,17 @@ register = registrar(METHODS, "erase method")  # @register("ca", CAConfig); a du
 # ----------------------------------------------------------------------------- prompts
 GENERIC_TEMPLATES = ["{}", "a photo of {}", "a picture of {}", "an image of {}", "a drawing of {}",
                      "a painting of {}", "a close-up of {}", "a nice picture of {}"]
+SPLITS = ("train", "eval", "all")
+"""Prompt halves: erase methods and the attacks inside robust erasure train on 'train'; the audit and
+the evaluation attacks use 'eval' (other prefixes, colours and templates), so no figure is measured
+on the prompts an edit was fitted to. The audit reports the 'train' half separately ('seen')."""
+
+
+def half(items: list, split: str) -> list:
+    """The split's half of a list of templates, prefixes or colours (every other item)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown prompt split {split!r}")
+    return list(items) if split == "all" else list(items)[0 if split == "train" else 1::2]
 
 
 @dataclass
@@ -38,54 +49,57 @@ class PromptSet:
     kind: str = "unknown"
 
 
-def concept_prompts(target: str, anchor: str, n: int = 48, seed: int = 0) -> PromptSet:
+def concept_prompts(target: str, anchor: str, n: int = 48, seed: int = 0, split: str = "train") -> PromptSet:
     """Target prompts built from templates over the concept's words, and the same with the anchor.
 
     For a world concept, captions come from the world grammar (many captions that contain the
-    concept words, as the paper uses); otherwise generic templates are used.
+    concept words, as the paper uses); otherwise generic templates are used. `split` picks the half
+    of the templates (see SPLITS).
     """
     if not target.strip() or not anchor.strip():
         raise DatarightsError("target and anchor must not be empty")
     if target.strip().lower() == anchor.strip().lower():
         raise DatarightsError(f"target and anchor are the same ({target!r}); choose a more general anchor")
-    return _pairs(target, anchor, n, seed)
+    return _pairs(target, anchor, n, seed, split)
 
 
-def prompts_showing(concept: str, n: int = 16, seed: int = 0) -> list[str]:
+def prompts_showing(concept: str, n: int = 16, seed: int = 0, split: str = "eval") -> list[str]:
     """Prompts whose images should show the concept (the target side of `concept_prompts`)."""
-    return _pairs(concept, concept, n, seed).target
+    return _pairs(concept, concept, n, seed, split).target
 
 
-def _pairs(target: str, anchor: str, n: int, seed: int) -> PromptSet:
+def _pairs(target: str, anchor: str, n: int, seed: int, split: str) -> PromptSet:
     rng = random.Random(seed)
     found = V.find_concept(target)
     kind = found[0] if found else "unknown"
-    colors = list(V.COLORS)
+    colors, prefixes = half(list(V.COLORS), split), half(V.PREFIXES, split)
     pairs: list[tuple[str, str]] = []
     if kind in ("objects", "categories"):
         for _ in range(n):
-            c, p = rng.choice(colors), rng.choice(V.PREFIXES)
+            c, p = rng.choice(colors), rng.choice(prefixes)
             s = rng.choice([None, None, *V.STYLES])
             pairs.append((V.object_prompt(target, c, s, p), V.object_prompt(anchor, c, s, p)))
     elif kind == "styles":
         for _ in range(n):
-            o, c, p = rng.choice(V.OBJECTS), rng.choice(colors), rng.choice(V.PREFIXES)
+            o, c, p = rng.choice(V.OBJECTS), rng.choice(colors), rng.choice(prefixes)
             pairs.append((V.object_prompt(o, c, target, p), V.object_prompt(o, c, anchor, p)))
     elif kind == "characters":
+        templates = half(V.CHARACTER_TEMPLATES, split)
         for i in range(n):
-            t = V.CHARACTER_TEMPLATES[i % len(V.CHARACTER_TEMPLATES)]
+            t = templates[i % len(templates)]
             pairs.append((t.format(name=target), t.format(name=f"a {anchor}")))
     elif kind == "memorized":
-        prompt = V.MEMORIZED[found[1]["name"]]["prompt"]
-        pairs = [(prompt, f"a {anchor}")] + [(t.format(target), t.format(f"a {anchor}"))
-                                             for t in GENERIC_TEMPLATES[1:]]
+        prompt = V.MEMORIZED[found[1]["name"]]["prompt"]  # the memorized caption itself is trained on
+        pairs = [(prompt, f"a {anchor}")] if split != "eval" else []
+        pairs += [(t.format(target), t.format(f"a {anchor}")) for t in half(GENERIC_TEMPLATES[1:], split)]
     elif kind == "compositions":
         a, b = V.COMPOSITIONS[found[1]["name"]]
+        templates = half(V.COMPOSITION_TEMPLATES, split)
         for i in range(n):
-            t = V.COMPOSITION_TEMPLATES[i % len(V.COMPOSITION_TEMPLATES)]
+            t = templates[i % len(templates)]
             pairs.append((t.format(a=a, b=b), t.split(" and ")[0].format(a=anchor)))
     else:
-        pairs = [(t.format(target), t.format(anchor)) for t in GENERIC_TEMPLATES]
+        pairs = [(t.format(target), t.format(anchor)) for t in half(GENERIC_TEMPLATES, split)]
     uniq = list(dict.fromkeys(pairs))
     return PromptSet([p[0] for p in uniq], [p[1] for p in uniq], kind)
 

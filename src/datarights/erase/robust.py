@@ -46,15 +46,24 @@ class RobustOptions:
             raise DatarightsError(f"--retain must be non-negative, got {self.retain}")
 
 
+ADVERSARY_SEED = 100_003
+"""Offset of the inner attack's seeds: its rendered images and draws never coincide with an evaluation attack's."""
+
+
 class Adversary:
     """Finds adversarial prompt states for the targets against the current model, and retain states."""
 
     def __init__(self, base: T2IModel, targets: list[str], every: int, attack_steps: int, seed: int):
         from ..attack.base import target_images
 
+        from .base import prompts_showing
+
         self.targets = targets
-        self.every, self.attack_steps, self.seed = every, attack_steps, seed
-        self.images = [target_images(t, 8, seed + i) for i, t in enumerate(targets)]
+        self.every, self.attack_steps, self.seed = every, attack_steps, seed + ADVERSARY_SEED
+        # images, seeds and prompts disjoint from the evaluation attacks': another seed range for the
+        # rendered images and the optimisation, the 'train' half of the prompts
+        self.images = [target_images(t, 8, self.seed + i) for i, t in enumerate(targets)]
+        self.prompts = [prompts_showing(t, 1, seed, split="train")[0] for t in targets]
         others = [o["text"] for o in sample_eval_prompts(64, seed + 5)
                   if not any(t.lower() in o["text"].lower() for t in targets)]
         with torch.no_grad():
@@ -69,10 +78,10 @@ class Adversary:
         if self.adv is None or step % self.every == 0:
             cfg = UDAtkConfig(steps=self.attack_steps, seed=self.seed + step)
             rows = []
-            for images, texts in self.images:
-                soft = optimise_soft_prompt(work, texts[0], images, cfg)
+            for (images, _), prompt in zip(self.images, self.prompts):
+                soft = optimise_soft_prompt(work, prompt, images, cfg)
                 with torch.no_grad():
-                    rows.append(states_with_soft_tokens(work, texts[0], projected(work, soft)))
+                    rows.append(states_with_soft_tokens(work, prompt, projected(work, soft)))
             self.adv = torch.stack(rows)
         return self.adv
 

@@ -20,7 +20,7 @@ import torch
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel, base_ref, model_hash
 from ..world import vocab as V
-from .base import GENERIC_TEMPLATES, config_dict, register
+from .base import GENERIC_TEMPLATES, config_dict, half, register
 
 
 @dataclass
@@ -55,16 +55,18 @@ def _last_token(tokenizer, ids: list[int], concept: str) -> int:
     raise DatarightsError(f"could not find {concept!r} in its own prompt (tokenizer mismatch)")
 
 
-def _prompts_for(concept: str, n: int, seed: int) -> list[str]:
+def _prompts_for(concept: str, n: int, seed: int, split: str = "train") -> list[str]:
+    """The edit's prompts for a concept, from the 'train' half of colours, prefixes and templates."""
     found = V.find_concept(concept)
     rng = random.Random(seed)
+    colors, prefixes = half(list(V.COLORS), split), half(V.PREFIXES, split)
     if found and found[0] == "styles":
-        return [V.object_prompt(rng.choice(V.OBJECTS), rng.choice(list(V.COLORS)), concept, rng.choice(V.PREFIXES))
+        return [V.object_prompt(rng.choice(V.OBJECTS), rng.choice(colors), concept, rng.choice(prefixes))
                 for _ in range(n)]
     if found and found[0] in ("objects", "categories"):
-        return [concept] + [V.object_prompt(concept, rng.choice(list(V.COLORS)), None, rng.choice(V.PREFIXES))
+        return [concept] + [V.object_prompt(concept, rng.choice(colors), None, rng.choice(prefixes))
                             for _ in range(n - 1)]
-    return [t.format(concept) for t in GENERIC_TEMPLATES[:n]]
+    return [t.format(concept) for t in half(GENERIC_TEMPLATES, split)[:n]]
 
 
 @torch.no_grad()
