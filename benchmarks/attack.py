@@ -2,9 +2,11 @@
 
     python benchmarks/attack.py [--methods base,ca,esd,uce,fmn,ca-robust,esd-robust] [--attacks udatk,ti,paraphrase]
 
-For an object instance and a style: erase with each method (defaults; `-robust` = `--robust`),
-audit the edit against the base (nearby_preserved, kid), then run every attack on the edited
-model; ASR = share of the attack's generated images that the judge labels with the target.
+For two object instances and two styles (one of each is the defaults' tuning set, the other held
+out): erase with each method (defaults; `-robust` = `--robust`), audit the edit against the base
+(held-out prompts, seed 2), then run every attack on the edited model; ASR = share of the attack's
+generated images that the judge labels with the target (Wilson interval), beside the plain
+held-out prompt's rate on the same model and noise (the trivial baseline; `gain` = the difference).
 Cells already in benchmarks/results/attack.json are skipped, so an interrupted run resumes.
 Run it alone on the machine.
 """
@@ -23,7 +25,8 @@ from datarights.judge import load_judge
 from datarights.models import load_model
 from datarights.quality import public
 
-CONCEPTS = [("object instance", "grumpy face", "face"), ("style", "Ada Vell", "plain")]
+CONCEPTS = [("object instance", "grumpy face", "face"), ("style", "Ada Vell", "plain"),     # the defaults' tuning set
+            ("object instance", "swordfish", "fish"), ("style", "Cleo Marr", "plain")]     # held out
 VARIANTS = {
     "base": None,
     "ca": ("ca", {}),
@@ -41,11 +44,12 @@ def main():
     ap.add_argument("--attacks", default="udatk,ti,paraphrase")
     ap.add_argument("--concepts", default=",".join(c[1] for c in CONCEPTS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="benchmarks/results/attack.json")
+    ap.add_argument("--out", default="benchmarks/results/attack-v2.json")
     args = ap.parse_args()
     results = load_cells(args.out)
     base = load_model()
     judge = load_judge()
+    base_images: dict = {}
     for row, kind, target, anchor, key in pending(results, args.methods.split(","), CONCEPTS,
                                                   set(args.concepts.split(","))):
         cell = {"method": row, "kind": kind, "target": target, "anchor": anchor}
@@ -56,33 +60,36 @@ def main():
             edit = erase(base, [target], [anchor], method, progress=False, **opts)
             model = edit.apply(base)
             t0 = time.time()
-            r = public(audit(model, base, target, anchor, AuditConfig(), judge=judge, progress=False,
-                             log=lambda s: None))
-            cell.update({k: r[k] for k in ("target_erased", "nearby_preserved", "others_preserved", "kid", "kid_std")},
+            r = public(audit(model, base, target, anchor, AuditConfig(seed=2), judge=judge, progress=False,
+                             log=lambda s: None, cache=base_images))
+            cell.update({k: r[k] for k in ("verdict", "target_erased", "target_erased_ci", "nearby_preserved",
+                                           "nearby_preserved_ci", "others_preserved", "others_preserved_ci", "kid",
+                                           "kid_std")},
                         erase_s=round(edit.seconds, 1), audit_s=round(time.time() - t0, 1))
         for a in args.attacks.split(","):
-            res = attack(model, target, a, judge=judge, seed=args.seed)
-            cell[f"asr_{a}"] = res.asr
-            cell[f"{a}_s"] = round(res.seconds, 1)
-            cell[f"{a}_prompt"] = res.prompts[0] if res.prompts else None
+            res = attack(model, target, a, judge=judge, seed=args.seed).to_json()
+            for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain"):
+                cell[f"{k}_{a}"] = res[k]
+            cell[f"{a}_s"] = res["seconds"]
+            cell[f"{a}_prompt"] = res["prompts"][0] if res["prompts"] else None
         results["cells"][key] = cell
         print(json.dumps(cell), flush=True)
         save_cells(args.out, results)
     print(markdown(results, args.attacks.split(",")))
 
 
-def _f(v, spec=".2f"):
-    return "–" if v is None else format(v, spec)
-
-
 def markdown(results: dict, attacks: list[str]) -> str:
-    head = "| method | concept | " + " | ".join(f"ASR {a}" for a in attacks) + " | target_erased | nearby_preserved | kid | erase s |"
+    from datarights.stats import fmt
+
+    head = ("| method | concept | " + " | ".join(f"ASR {a} (plain prompt)" for a in attacks)
+            + " | verdict | target_erased | nearby_preserved | erase s |")
     lines = [head, "|" + "---|" * (len(attacks) + 6)]
     for c in results["cells"].values():
-        lines.append(f"| {c['method']} | {c['target']} ({c['kind']}) | "
-                     + " | ".join(_f(c.get(f"asr_{a}")) for a in attacks)
-                     + f" | {_f(c.get('target_erased'))} | {_f(c.get('nearby_preserved'))} | {_f(c.get('kid'), '.4f')} | "
-                     f"{_f(c.get('erase_s'), '.1f')} |")
+        asr = [f"{fmt(c.get(f'asr_{a}'), c.get(f'asr_ci_{a}') or [0, 0])} ({c.get(f'asr_plain_{a}', float('nan')):.2f})"
+               for a in attacks]
+        lines.append(f"| {c['method']} | {c['target']} ({c['kind']}) | " + " | ".join(asr)
+                     + f" | {c.get('verdict', '–')} | {fmt(c.get('target_erased'), c.get('target_erased_ci') or [0, 0])} | "
+                     f"{fmt(c.get('nearby_preserved'), c.get('nearby_preserved_ci') or [0, 0])} | {c.get('erase_s', '–')} |")
     return "\n".join(lines)
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from datarights.files import write_json
+
 RESULTS = Path("benchmarks/results")
 
 
@@ -212,66 +214,73 @@ def part_abu_reference(args) -> dict:
             "top50_overlap": len(top[0] & top[1]) / 50}
 
 
-def _calibration_queries(n_styles: int, n_objects: int) -> list[tuple[str, dict]]:
-    """(prompt, labels its images must carry): styles, the character, the memorized image, plain objects."""
+def _calibration_queries(n_objects: int = 3) -> list[tuple[str, dict]]:
+    """(prompt, labels its training images carry) for >= 30 queries whose owners are known by
+    construction: every style on 3 objects (the artist), the character's templates (its studio), the
+    memorized caption and a paraphrase (its company), and plain objects (their photographers)."""
     from datarights.world import vocab as V
 
-    rows = [(V.object_prompt(V.OBJECTS[(3 * i) % len(V.OBJECTS)], list(V.COLORS)[i % len(V.COLORS)], name), {"style": name})
-            for i, name in enumerate(list(V.STYLES)[:n_styles])]
-    rows += [(V.find_concept(n)[1]["prompt"], {"character": n}) for n in V.CHARACTERS]
-    rows += [(V.find_concept(n)[1]["prompt"], {"memorized": n}) for n in V.MEMORIZED]
+    rows = [(V.object_prompt(V.OBJECTS[(3 * i + j) % len(V.OBJECTS)], list(V.COLORS)[(i + j) % len(V.COLORS)], name),
+             {"style": name}) for i, name in enumerate(V.STYLES) for j in range(3)]
+    rows += [(t.format(name=n), {"character": n}) for n in V.CHARACTERS for t in V.CHARACTER_TEMPLATES[1:]]
+    rows += [(p, {"memorized": n}) for n in V.MEMORIZED for p in (V.MEMORIZED[n]["prompt"], f"a picture of the {n}")]
     rows += [(V.object_prompt(o, list(V.COLORS)[(i + 2) % len(V.COLORS)]), {"object": o, "style": "plain", "kind": "object"})
              for i, o in enumerate(V.OBJECTS[1::4][:n_objects])]
     return rows
 
 
 def part_calibrate(args) -> dict:
-    """Temperature scaling of owner shares against a ground-truth owner distribution.
+    """Owner-share temperature by leave-one-out over >= 30 known-owner queries, beside the uniform baseline.
 
-    For each query, the target distribution q is the ownership of the training images that carry
-    the query's labels (one owner for a style, the character or the memorized image; the
-    photographers, in proportion, for a plain object). T minimises the mean cross-entropy
-    -sum_o q_o log share_o(T) over the queries (temperature scaling with soft targets).
+    For each query, the target distribution q is the ownership of the training images that carry the
+    query's labels. For each method and each query i, T is fitted (temperature scaling, min mean
+    cross-entropy) on the other queries and the held-out query is scored at that T: its
+    cross-entropy and the share its shares give to the true owners. The uniform baseline gives every
+    training image the same score (owner share = the owner's share of the images). Reported: means
+    over queries with bootstrap intervals, and T fitted on all queries (what the package ships).
     """
     import numpy as np
 
-    from datarights.attribute import METHODS, Query, attribute, load_training_set, make_config, owner_shares
+    from datarights.attribute import METHODS, Query, attribute, fit_temperature, load_training_set, make_config, owner_shares
     from datarights.models import load_model
+    from datarights.stats import mean_ci
 
     model = load_model()
     train = load_training_set(model, _world())
-    rows = _calibration_queries(args.styles, args.objects)
+    rows = _calibration_queries(args.objects)
     targets = []
     for _, labels in rows:
         owners = [m["owner"] for m in train.folder.metas if all(m.get(k) == v for k, v in labels.items())]
         targets.append({o: owners.count(o) / len(owners) for o in set(owners)})
     images = model.sample([p for p, _ in rows], seed=11)
-    grid = np.exp(np.linspace(np.log(0.005), np.log(5.0), 101))
-    out = {"machine": _machine(), "queries": [{"prompt": p, "labels": lab, "owners": len(q)} for (p, lab), q in zip(rows, targets)],
+
+    def evaluate(sc, q, t):
+        share = {x["owner"]: x["share"] for x in owner_shares(sc, train.owners, t)}
+        return (-sum(w * np.log(max(share.get(o, 0.0), 1e-12)) for o, w in q.items()),
+                sum(share.get(o, 0.0) for o in q))
+
+    flat = torch.zeros(len(train))
+    uni = [evaluate(flat, q, 1.0) for q in targets]
+    out = {"machine": _machine(), "queries": [{"prompt": p, "labels": lab, "owners": len(q)} for (p, lab), q in
+                                              zip(rows, targets)],
+           "uniform": {"cross_entropy": mean_ci([u[0] for u in uni]), "share_on_true_owners": mean_ci([u[1] for u in uni])},
            "methods": {}}
     cache = _bench_cache()
     for method in args.methods or sorted(METHODS):
         scores = [attribute(model, train, Query(img, p), method, make_config(method), cache=cache, progress=False).scores
                   for img, (p, _) in zip(images, rows)]
-
-        def ce(t):
-            vals = []
-            for sc, q in zip(scores, targets):
-                share = {x["owner"]: x["share"] for x in owner_shares(sc, train.owners, t)}
-                vals.append(-sum(w * np.log(max(share.get(o, 0.0), 1e-12)) for o, w in q.items()))
-            return vals
-        curves = [ce(t) for t in grid]
-        means = [float(np.mean(c)) for c in curves]
-        i = int(np.argmin(means))
-        best = float(grid[i])
-        mass = [sum(x["share"] for x in owner_shares(sc, train.owners, best) if x["owner"] in q)
-                for sc, q in zip(scores, targets)]
-        out["methods"][method] = {"temperature": round(best, 4), "cross_entropy": round(means[i], 4),
-                                  "cross_entropy_at_0.25": round(float(np.mean(ce(0.25))), 4),
-                                  "share_on_true_owners": round(float(np.mean(mass)), 4),
-                                  "share_on_true_owners_per_query": [round(x, 4) for x in mass]}
-        print(method, {k: v for k, v in out["methods"][method].items() if not k.endswith("per_query")},
-              file=sys.stderr, flush=True)
+        t_all, _ = fit_temperature(scores, train.owners, targets)
+        loo = []
+        for i in range(len(rows)):
+            t_i, _ = fit_temperature(scores[:i] + scores[i + 1:], train.owners, targets[:i] + targets[i + 1:])
+            loo.append((t_i, *evaluate(scores[i], targets[i], t_i)))
+        out["methods"][method] = {"temperature_all": round(t_all, 4),
+                                  "loo_temperature_range": [round(min(x[0] for x in loo), 4), round(max(x[0] for x in loo), 4)],
+                                  "loo_cross_entropy": mean_ci([x[1] for x in loo]),
+                                  "loo_share_on_true_owners": mean_ci([x[2] for x in loo]),
+                                  "per_query_share": [round(x[2], 4) for x in loo]}
+        print(method, {k: v for k, v in out["methods"][method].items() if k != "per_query_share"}, file=sys.stderr,
+              flush=True)
     return out
 
 
@@ -305,14 +314,15 @@ def part_ship(args) -> dict:
 
 def part_custom(args) -> dict:
     from datarights.evaluate import CustomConfig, custom_eval
-    res = custom_eval(CustomConfig(concepts=args.concepts, pool=args.pool), _world(), out=args.run or "runs/custom")
+    cfg = CustomConfig(concepts=args.concepts, pool=args.pool, exemplar_captions=args.exemplar_captions)
+    res = custom_eval(cfg, _world(), out=args.run or f"runs/custom-{args.exemplar_captions}")
     return {"machine": _machine(), **res}
 
 
 def part_counterfactual(args) -> dict:
     from datarights.evaluate import CounterfactualConfig, counterfactual
-    cfg = CounterfactualConfig(k=args.k, queries=args.queries, world_images=args.world_images,
-                               train_steps=args.train_steps, coupled=not args.uncoupled,
+    cfg = CounterfactualConfig(k=args.k, queries=args.queries or 20, world_images=args.world_images,
+                               train_steps=args.train_steps, coupled=not args.uncoupled, random_draws=args.random_draws,
                                unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = counterfactual(cfg, args.run or "runs/counterfactual")
     return {"machine": _machine(), "summary": res["summary"], "config": res["config"]}
@@ -320,7 +330,7 @@ def part_counterfactual(args) -> dict:
 
 def part_lds(args) -> dict:
     from datarights.evaluate import LDSConfig, lds
-    cfg = LDSConfig(subsets=args.subsets, queries=args.queries, world_images=args.world_images,
+    cfg = LDSConfig(subsets=args.subsets, queries=args.queries or 16, world_images=args.world_images,
                     train_steps=args.train_steps, coupled=not args.uncoupled,
                     unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = lds(cfg, args.run or ("runs/lds-uncoupled" if args.uncoupled else "runs/lds"))
@@ -331,15 +341,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "calibrate", "ship", "custom", "counterfactual", "lds"])
     ap.add_argument("--methods", nargs="*", default=None)
-    ap.add_argument("--styles", type=int, default=4)
     ap.add_argument("--objects", type=int, default=3)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--proj-dim", type=int, default=512)
     ap.add_argument("--concepts", type=int, default=4)
     ap.add_argument("--pool", type=int, default=500)
     ap.add_argument("--k", type=int, nargs="+", default=[50])
-    ap.add_argument("--queries", type=int, default=4)
-    ap.add_argument("--subsets", type=int, default=16, help="LDS subset models")
+    ap.add_argument("--queries", type=int, default=None, help="default: the evaluation's (counterfactual 20, lds 16)")
+    ap.add_argument("--subsets", type=int, default=32, help="LDS subset models")
+    ap.add_argument("--random-draws", type=int, default=3, help="counterfactual random removals per query")
+    ap.add_argument("--exemplar-captions", default="token", choices=["token", "plain"], help="custom: pool captions")
     ap.add_argument("--world-images", type=int, default=1000)
     ap.add_argument("--train-steps", type=int, default=1500)
     ap.add_argument("--unet-channels", type=int, nargs=3, default=None,
@@ -353,7 +364,8 @@ def main():
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-uncoupled" if args.part in ("counterfactual", "lds") and args.uncoupled else ""
-    (RESULTS / f"attribute-{args.part}{suffix}.json").write_text(json.dumps(res, indent=2, default=str))
+    suffix += "-plain" if args.part == "custom" and args.exemplar_captions == "plain" else ""
+    write_json(RESULTS / f"attribute-{args.part}{suffix}.json", res)
     print(json.dumps(res, default=str))
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from datarights.files import write_json
+
 
 def load_cells(out: str | Path) -> dict:
     """The results file's contents ({"cells": {...}, "machine": ...}), empty if it does not exist yet."""
@@ -20,9 +22,7 @@ def load_cells(out: str | Path) -> dict:
 def save_cells(out: str | Path, results: dict) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
+    write_json(out, results)
 
 
 def pending(results: dict, rows: list[str], concepts: list[tuple[str, str, str]], wanted: set[str]):

@@ -15,6 +15,7 @@ FAST = {
     "jtrak": dict(proj_dim=16, timesteps=3, batch_size=16),
     "feature": {},
     "pixel": {},
+    "caption": {},
 }
 
 

@@ -11,19 +11,34 @@ from .conftest import TINY_UNET
 
 
 def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
-    cfg = CounterfactualConfig(methods=["pixel"], k=[5], queries=1, world_images=30, train_steps=2, batch_size=4,
-                               sample_steps=2, unet_config=TINY_UNET)
+    cfg = CounterfactualConfig(methods=["pixel"], k=[5], queries=2, random_draws=2, world_images=30, train_steps=2,
+                               batch_size=4, sample_steps=2, loss_draws=4, unet_config=TINY_UNET)
     res = counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
-    methods = {r["method"] for r in res["summary"]}
-    assert methods == {"pixel", "random"}
+    assert {r["method"] for r in res["summary"]} == {"pixel", "random"}
+    assert len(res["cells"]) == 2 * (1 + 2)                   # queries x (method + random draws)
     for c in res["cells"].values():
-        assert c["mse"] >= 0 and 0 <= c["feature_distance"] <= 2
+        assert c["mse"] >= 0 and 0 <= c["feature_distance"] <= 2 and np.isfinite(c["loss_rise"])
+    rows = {r["method"]: r for r in res["summary"]}
+    assert rows["random"]["cells"] == 4 and rows["random"]["queries"] == 2
+    for m in ("mse", "feature_distance", "loss_rise"):
+        lo, hi = rows["pixel"][f"{m}_ci"]
+        assert lo <= rows["pixel"][m] <= hi
+    assert "mse_vs_random_ci" in rows["pixel"] and "loss_rise_minus_random" in rows["pixel"]
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished cell"))
     again = counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert again["cells"] == res["cells"]
     with pytest.raises(DatarightsError, match="another config"):
         counterfactual(CounterfactualConfig(methods=["feature"], k=[5], queries=1, world_images=30, train_steps=2,
                                             batch_size=4, unet_config=TINY_UNET), tmp_path / "run", log=lambda s: None)
+
+
+def test_counterfactual_queries_cover_every_kind():
+    from datarights.evaluate.counterfactual import query_prompts
+    from datarights.world import vocab as V
+    prompts = query_prompts(10, 99)
+    assert len(prompts) == 10 and len(set(prompts)) >= 8
+    assert any("Blubbo" in p for p in prompts) and any(V.MEMORIZED["Rosa Villa postcard"]["prompt"] == p for p in prompts)
+    assert any(" and a " in p for p in prompts) and any(" style" in p for p in prompts)
 
 
 def test_k_larger_than_the_data_is_refused():
@@ -35,13 +50,14 @@ def test_custom_benchmark_tiny(tiny_world, tmp_path):
     from datarights.train import TrainConfig, train
     train(TrainConfig(steps=2, batch_size=4, warmup=1, unet_config=TINY_UNET), tiny_world, tmp_path / "base", progress=False)
     cfg = CustomConfig(methods=["feature", "feature-tuned", "pixel"], concepts=1, tune_concepts=1, exemplars=2,
-                       generations=1, pool=20, steps=2)
+                       generations=2, pool=20, steps=2)
     logs = []
     res = custom_eval(cfg, tiny_world, tmp_path / "base", tmp_path / "custom", log=logs.append)
     assert [(r["kind"], r["method"]) for r in res["table"]] == [
         (k, m) for k in ("object", "style") for m in ("feature", "feature-tuned", "pixel")]
     for r in res["table"]:
         assert 0 <= r["recall@1"] <= 1 and 0 <= r["recall@10"] <= 1 and 0 < r["mAP"] <= 1
+        assert r["recall@10_ci"][0] <= r["recall@10"] <= r["recall@10_ci"][1] and r["n_queries"] == 2
     # a rerun with the same config resumes: nothing is customized or scored again, same table
     logs.clear()
     again = custom_eval(cfg, tiny_world, tmp_path / "base", tmp_path / "custom", log=logs.append)
@@ -79,7 +95,7 @@ def test_lds_runs_and_resumes(tmp_path, monkeypatch):
     res = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert {r["method"] for r in res["summary"]} == {"pixel", "random"}
     for r in res["summary"]:
-        assert -1 <= r["lds"] <= 1 and len(r["per_query"]) == 1
+        assert -1 <= r["lds"] <= 1 and len(r["per_query"]) == 1 and r["lds_ci"] is None  # one query: no interval
     assert len(res["outputs"]) == 3 and all(len(v) == 1 and v[0] < 0 for v in res["outputs"].values())
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished subset"))
     again = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
@@ -102,3 +118,24 @@ def test_lds_subsets_and_rank_correlation():
         LDSConfig(subsets=2)
     with pytest.raises(DatarightsError, match="alpha"):
         LDSConfig(alpha=1.0)
+
+
+def test_caption_baseline_finds_exemplars_only_through_their_token(tiny_world, tmp_path):
+    from datarights.evaluate.custom import TOKENS
+    """The text-only baseline ranks the exemplars first when their captions carry the token the query
+    uses, and cannot when the pool's captions are plain: the 'plain' variant removes that shortcut."""
+    from datarights.train import TrainConfig, train
+    from datarights.evaluate.custom import instance_color, plain_caption
+    train(TrainConfig(steps=2, batch_size=4, warmup=1, unet_config=TINY_UNET), tiny_world, tmp_path / "base", progress=False)
+    out = {}
+    for captions in ("token", "plain"):
+        cfg = CustomConfig(methods=["caption"], kinds=["object"], concepts=1, tune_concepts=0, exemplars=2,
+                           generations=2, pool=20, steps=2, exemplar_captions=captions)
+        out[captions] = custom_eval(cfg, tiny_world, tmp_path / "base", log=lambda s: None)["table"][0]["recall@1"]
+    assert out["token"] == 1.0 and out["plain"] < 1.0
+    fish = [i for i in range(12) if plain_caption(f"a {TOKENS[i]} fish", i, "object") != f"a {TOKENS[i]} fish"][0]
+    colour = instance_color(fish)
+    assert plain_caption(f"a {TOKENS[fish]} fish in Ada Vell style", fish, "object") == f"a {colour} fish in Ada Vell style"
+    assert plain_caption("a red tree in sks style", 0, "style") == "a red tree"
+    with pytest.raises(DatarightsError, match="exemplar_captions"):
+        CustomConfig(exemplar_captions="none")

@@ -99,6 +99,22 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model):
     assert torch.allclose(results[0], results[1], atol=1e-6)
 
 
+def test_one_process_can_switch_precision_between_runs(tiny_model):
+    """accelerate keeps one shared state per process; running bf16 after fp32 (and back) must work."""
+    from datarights.erase import erase
+
+    opts = dict(steps=2, n_anchor_images=2, batch_size=2, sample_steps=2)
+    a = erase(tiny_model, ["grumpy face"], ["face"], "ca", progress=False, **opts)
+    tiny_model.to("cpu", "bf16")
+    try:
+        b = erase(tiny_model, ["grumpy face"], ["face"], "ca", progress=False, **opts)
+    finally:
+        tiny_model.to("cpu", "fp32")
+    c = erase(tiny_model, ["grumpy face"], ["face"], "ca", progress=False, **opts)
+    assert all(torch.equal(a.tensors[n], c.tensors[n]) for n in a.tensors)      # fp32 again: the same edit
+    assert any(not torch.equal(a.tensors[n], b.tensors[n]) for n in a.tensors)  # bf16 arithmetic differs
+
+
 def test_ca_with_micro_batches_runs_and_records_its_settings(monkeypatch, tiny_model):
     from datarights.erase import erase
 

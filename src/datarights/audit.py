@@ -17,7 +17,7 @@ from . import runtime
 from .erase.base import concept_prompts, prompts_showing
 from .errors import DatarightsError
 from .models import T2IModel
-from .stats import MIN_QUERIES, meets, rate, ratio_of_means
+from .stats import MIN_QUERIES, meets, rate, ratio_of_means, rounded
 from .world import vocab as V
 
 CHECK_KEY = {"objects": "object", "categories": "object", "styles": "style", "characters": "character",
@@ -104,11 +104,23 @@ class AuditConfig:
             raise DatarightsError(f"--steps must be at least 1, got {self.steps}")
 
 
-def _gen(model: T2IModel, prompts: list[str], cfg: AuditConfig, seed_offset: int, desc: str, progress) -> torch.Tensor:
+def _gen(model: T2IModel, prompts: list[str], cfg: AuditConfig, seed_offset: int, desc: str, progress,
+         cache: dict | None = None) -> torch.Tensor:
+    """Images of the prompts (seed from the audit's seed); `cache` (a dict the caller keeps) reuses the
+    images of the same model, prompts and seed, e.g. the base side of many audits of one concept."""
+    from .models import model_hash
+
+    key = None
+    if cache is not None:
+        key = (model_hash(model), hash(tuple(prompts)), cfg.seed * 7919 + seed_offset, cfg.steps, cfg.guidance)
+        if key in cache:
+            return cache[key]
     bar = runtime.progress_bar(progress, len(prompts), desc)
     out = model.sample(prompts, seed=cfg.seed * 7919 + seed_offset, steps=cfg.steps, guidance=cfg.guidance,
                        callback=bar.update)
     bar.close()
+    if key is not None:
+        cache[key] = out
     return out
 
 
@@ -127,7 +139,7 @@ def as_scorer(judge):
 
 
 def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: list[str] | str,
-          cfg: AuditConfig | None = None, judge=None, log=None, progress=True) -> dict:
+          cfg: AuditConfig | None = None, judge=None, log=None, progress=True, cache: dict | None = None) -> dict:
     """Audit an edited model against its base for each target.
 
     Edited and base models generate from the same prompts with the same seeds; the judge (the world
@@ -167,7 +179,7 @@ def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: l
         log(f"audit: generating {len(shared)} images from the edited model and {len(shared) + len(a_prompts)} "
             f"from the base ({target!r})")
         img_e = _gen(edited, shared, cfg, ti, "audit[edited]", progress)
-        img_b = _gen(base, shared + a_prompts, cfg, ti, "audit[base]", progress)
+        img_b = _gen(base, shared + a_prompts, cfg, ti, "audit[base]", progress, cache)
         sl_t = slice(0, len(t_prompts))
         sl_s = slice(sl_t.stop, sl_t.stop + len(s_prompts))
         sl_n = slice(sl_s.stop, sl_s.stop + len(n_prompts))
@@ -237,7 +249,7 @@ def _figures(c: dict, cfg: AuditConfig) -> dict:
 
     def put(name, fig):
         out[name] = round(fig["value"], 4) if np.isfinite(fig["value"]) else None
-        out[f"{name}_ci"] = [round(v, 4) for v in fig["ci"]]
+        out[f"{name}_ci"] = rounded(fig["ci"])
         out[f"{name}_n"] = fig["n"]
 
     put("target_erased", rate(c["erased"]))
@@ -266,7 +278,7 @@ def verdict(fig: dict, cfg: AuditConfig) -> str:
     if meets(fig["degenerate_share_ci"], cfg.broken_bar):
         return "model broken on target"
     halves = [fig["target_erased_ci"]] + ([fig["target_erased_seen_ci"]] if fig.get("target_erased_seen_n") else [])
-    if all(np.isfinite(ci[0]) and meets(ci, cfg.erased_bar) for ci in halves):
+    if all(meets(ci, cfg.erased_bar) for ci in halves):
         return "erased"
     return "not erased"
 

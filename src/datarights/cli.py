@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from .errors import DatarightsError
+from .stats import finite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Erase concepts from text-to-image models, attribute generated images to owners, and verify both.")
@@ -29,9 +30,9 @@ MODEL_HELP = "Model folder (world model or Stable Diffusion pipeline); default: 
 
 def _emit(obj: dict, as_json: bool, text: str | None = None) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.write(json.dumps(finite(obj), allow_nan=False) + "\n")
     else:
-        typer.echo(text if text is not None else json.dumps(obj, indent=2))
+        typer.echo(text if text is not None else json.dumps(finite(obj), indent=2, allow_nan=False))
 
 
 def _check_n(n: int, name: str = "--n") -> None:
@@ -373,7 +374,7 @@ def _training_data(data: Optional[Path], model) -> Path:
 @app.command("attribute")
 def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) to attribute."),
                   prompt: str = typer.Option(..., "--prompt", help="The prompt that generated it."),
-                  method: str = typer.Option("abu", help="abu | trak | dtrak | jtrak | feature | pixel."),
+                  method: str = typer.Option("abu", help="abu | trak | dtrak | jtrak | feature | pixel | caption (the text-only baseline)."),
                   model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                   data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder; default: the default world (for the shipped model)."),
                   top: int = typer.Option(10, "--top", help="How many training images to list."),
@@ -422,7 +423,8 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
 @eval_app.command("counterfactual")
 def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,feature,pixel", help="Comma-separated methods."),
                             k: list[int] = typer.Option([50], "--k", help="Top-K to remove (repeat for several)."),
-                            queries: int = typer.Option(4, help="Generated queries."),
+                            queries: int = typer.Option(20, help="Generated queries (every kind of world prompt in turn)."),
+                            random_draws: int = typer.Option(3, "--random-draws", help="Random removals per query (the reference)."),
                             world_images: int = typer.Option(1000, "--world-images", help="Size of the smaller world."),
                             train_steps: int = typer.Option(1500, "--train-steps", help="Steps of every (re)training."),
                             coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Mask the removed images out of the base run's own batch and noise stream (default), or retrain on the reduced set with fresh batches."),
@@ -435,16 +437,17 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,fe
     from .evaluate import CounterfactualConfig, counterfactual
 
     cfg = CounterfactualConfig(methods=[m for m in methods.split(",") if m], k=list(k), queries=queries,
-                               world_images=world_images, train_steps=train_steps, seed=seed, coupled=coupled)
+                               world_images=world_images, train_steps=train_steps, seed=seed, coupled=coupled,
+                               random_draws=random_draws)
     res = counterfactual(cfg, run, device=device, precision=precision)
     _emit({"summary": res["summary"], "run": str(run)}, as_json)
 
 
 @eval_app.command("lds")
 def eval_lds_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,feature,pixel", help="Comma-separated methods."),
-                 subsets: int = typer.Option(16, help="Subset models trained from scratch."),
+                 subsets: int = typer.Option(32, help="Subset models trained from scratch."),
                  alpha: float = typer.Option(0.5, help="Fraction of the training set in each subset."),
-                 queries: int = typer.Option(4, help="Generated queries."),
+                 queries: int = typer.Option(16, help="Generated queries."),
                  world_images: int = typer.Option(600, "--world-images", help="Size of the smaller world."),
                  train_steps: int = typer.Option(800, "--train-steps", help="Steps of every training."),
                  coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Subset models share one masked batch and noise stream (default), or each trains on its subset with its own batches."),

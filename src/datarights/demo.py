@@ -87,10 +87,15 @@ def _run_demo(tmp: Path, out: Path, model, seed, steps, per_prompt, erase_target
                         "model": str(Path(out) / "erased-model"), "audit": public(audited)}
     erase_secs = audit_sections(audited)
     erase_secs[0]["title"] = f"2. Erase (opt-out): '{erase_target}' -> '{erase_anchor}' with Concept Ablation"
-    erase_secs[0]["text"] = ("target_erased: share of images from target prompts in which the judge no longer sees the "
-                             "target; anchor_fidelity: share that show the anchor instead; nearby/others_preserved: "
-                             "judge accuracy on nearby and other prompts, edited / base; kid: distance of edited to "
-                             "base images on other prompts, in judge features.")
+    erase_secs[0]["text"] = ("The audit generates from prompts the erase never trained on (other prefixes, colours and "
+                             "templates; the erase's own prompts are reported apart as *_seen) and gives every figure "
+                             "a 95% interval. target_erased: share of the non-degenerate images from target prompts in "
+                             "which the judge no longer sees the target; degenerate_share: images that look like no "
+                             "world image (noise, a broken model); anchor_fidelity: share that show the anchor "
+                             "instead; nearby/others_preserved: judge accuracy on nearby and other prompts, edited / "
+                             "base; kid: distance of edited to base images on other prompts; kid_to_anchor: of the "
+                             "edited target images to the base's anchor images. verdict: 'erased' when the interval "
+                             "of target_erased lies above 0.9 on both prompt halves.")
     sections += erase_secs
     qi = next(i for i, p in enumerate(prompts) if p["text"] == attribute_prompt)
     log(f"[3/4] attributing the generated image of {attribute_prompt!r} to training images and owners "

@@ -238,7 +238,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=str))
+    from .stats import finite
+    return write_text_atomic(path, json.dumps(finite(obj), indent=2, default=str, allow_nan=False))
 
 
 def check_output_png(out: str | Path, inputs: Iterable[str | Path | None] = (), overwrite: bool = False,

@@ -7,6 +7,7 @@ import time
 import torch
 
 from .judge import Judge, load_judge
+from .stats import rounded, wilson
 from .models import T2IModel, load_model
 from .world import sample_eval_prompts
 from .world.vocab import NONE
@@ -32,7 +33,9 @@ def judge_accuracy(asked: list[dict], read: list[dict]) -> dict:
     for name, key in METRICS.items():
         pairs = [(a[key], r[key]) for a, r in zip(asked, read)
                  if a[key] != NONE and not (key == "style" and a["kind"] != "styled")]
-        out[name] = round(sum(x == y for x, y in pairs) / len(pairs), 4) if pairs else None
+        k = sum(x == y for x, y in pairs)
+        out[name] = round(k / len(pairs), 4) if pairs else None
+        out[f"{name}_ci"] = rounded(wilson(k, len(pairs)))
         out[f"{name.removesuffix('_acc')}_n"] = len(pairs)
     return out
 

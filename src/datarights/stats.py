@@ -16,10 +16,10 @@ MIN_QUERIES = 16
 """No claim rests on fewer queries (images, prompts, attempts) than this."""
 
 
-def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a rate k/n (95% by default); (nan, nan) when n == 0."""
+def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval of a rate k/n (95% by default); None when n == 0 (no interval)."""
     if n <= 0:
-        return (float("nan"), float("nan"))
+        return None
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -31,19 +31,29 @@ def rate(flags: Sequence[bool] | np.ndarray) -> dict:
     """A rate with its count and Wilson interval: {"value", "k", "n", "ci"}."""
     flags = np.asarray(flags, dtype=bool)
     k, n = int(flags.sum()), int(flags.size)
-    return {"value": k / n if n else float("nan"), "k": k, "n": n, "ci": list(wilson(k, n))}
+    return {"value": k / n if n else float("nan"), "k": k, "n": n, "ci": as_list(wilson(k, n))}
+
+
+def as_list(ci: tuple | None) -> list | None:
+    return None if ci is None else list(ci)
+
+
+def rounded(ci: Sequence[float] | None, digits: int = 4) -> list | None:
+    """An interval rounded for JSON; None stays None."""
+    return None if ci is None else [round(float(v), digits) for v in ci]
 
 
 def bootstrap(stat: Callable[[np.ndarray], float], n: int, reps: int = 2000, seed: int = 0,
-              level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of stat(indices) over n resampled units (images, queries, pairs)."""
+              level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of stat(indices) over n resampled units (images, queries, pairs);
+    None when it has no interval (fewer than 2 units, or no finite resample)."""
     if n <= 1:
-        return (float("nan"), float("nan"))
+        return None
     rng = np.random.default_rng(seed)
     vals = np.array([stat(rng.integers(0, n, n)) for _ in range(reps)], dtype=np.float64)
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
-        return (float("nan"), float("nan"))
+        return None
     a = (1 - level) / 2
     return (float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a)))
 
@@ -58,24 +68,40 @@ def ratio_of_means(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0
         d = b[idx].mean()
         return a[idx].mean() / d if d > 0 else float("nan")
 
-    return {"value": float(value), "n": int(a.size), "ci": list(bootstrap(stat, a.size, reps, seed))}
+    return {"value": float(value), "n": int(a.size), "ci": as_list(bootstrap(stat, a.size, reps, seed))}
 
 
 def mean_ci(x: Sequence[float], reps: int = 2000, seed: int = 0) -> dict:
     """A mean with its bootstrap interval (over the units in x)."""
     x = np.asarray(x, dtype=np.float64)
     return {"value": float(x.mean()) if x.size else float("nan"), "n": int(x.size),
-            "ci": list(bootstrap(lambda idx: x[idx].mean(), x.size, reps, seed))}
+            "ci": as_list(bootstrap(lambda idx: x[idx].mean(), x.size, reps, seed))}
 
 
-def meets(ci: Sequence[float], bar: float, above: bool = True) -> bool:
-    """A bar is met only when the whole interval is on its side."""
+def meets(ci: Sequence[float] | None, bar: float, above: bool = True) -> bool:
+    """A bar is met only when the whole interval is on its side (never without an interval)."""
+    if ci is None:
+        return False
     lo, hi = ci
     return bool(lo >= bar) if above else bool(hi <= bar)
 
 
-def fmt(value: float, ci: Sequence[float], digits: int = 2) -> str:
-    """'0.94 [0.89, 0.97]' for tables."""
+def fmt(value: float, ci: Sequence[float] | None, digits: int = 2) -> str:
+    """'0.94 [0.89, 0.97]' for tables; '0.94 [no interval]' where there is none."""
     if value is None or not np.isfinite(value):
         return "–"
+    if ci is None:
+        return f"{value:.{digits}f} [no interval]"
     return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def finite(obj):
+    """`obj` with every non-finite float replaced by None, so that JSON written from it is valid JSON
+    (json.dumps would write NaN, which strict parsers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj

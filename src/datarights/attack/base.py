@@ -39,11 +39,11 @@ class AttackResult:
         return sum(self.plain) / len(self.plain) if self.plain else float("nan")
 
     def to_json(self) -> dict:
-        from ..stats import wilson
+        from ..stats import rounded, wilson
         k = sum(self.success) if self.success else round(self.asr * self.attempts)
-        return {"asr": round(self.asr, 4), "asr_ci": [round(v, 4) for v in wilson(k, self.attempts)],
+        return {"asr": round(self.asr, 4), "asr_ci": rounded(wilson(k, self.attempts)),
                 "attempts": self.attempts, "asr_plain": round(self.asr_plain, 4),
-                "asr_plain_ci": [round(v, 4) for v in wilson(sum(self.plain), len(self.plain))],
+                "asr_plain_ci": rounded(wilson(sum(self.plain), len(self.plain))),
                 "gain": round(self.asr - self.asr_plain, 4), "method": self.method, "target": self.target,
                 "seconds": round(self.seconds, 2), "prompts": sorted(set(self.prompts))[:20], "config": self.config}
 

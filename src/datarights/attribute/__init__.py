@@ -2,7 +2,7 @@
 
 One module per method, each a config dataclass plus a `prepare` (per-training-set work, cached on
 disk by a content hash of model, data and config) and a `score` (per query): `abu`, `trak`,
-`dtrak`, `jtrak`, `feature`, `pixel`.
+`dtrak`, `jtrak`, `feature`, `pixel`, and the text-only baseline `caption`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..errors import DatarightsError
 from ..models import T2IModel
 from ..registry import build_config
 from ..world import ImageFolder
-from . import abu, feature, pixel, trak  # noqa: F401  (registers the methods)
+from . import abu, caption, feature, pixel, trak  # noqa: F401  (registers the methods)
 from .base import (METHODS, Attribution, Query, TrainingSet, fit_temperature, load_training_set, owner_shares,
                    share_temperature)
 from .cache import artifact_key, build_lock, cache_root, load_artifact, save_artifact

@@ -5,10 +5,13 @@ the same recipe and seed (by default *coupled*: the removed images are masked ou
 run's own batch/timestep/noise stream, so that their absence is the only difference; otherwise
 every removal, even a random one, also reshuffles training and changes the image by itself),
 regenerate with the same prompt and noise, and measure how much the
-image changed (pixel MSE, judge-feature distance; higher = the removed images mattered more) and
-whether the judge's reading of the asked concept flipped. Removing K random images is the
-reference. Retraining is the cost, so this runs on a smaller world with a shorter recipe; every
-model and cell is kept in the run folder, so an interrupted run resumes.
+image changed (pixel MSE, judge-feature distance; higher = the removed images mattered more),
+whether the judge's reading of the asked concept flipped, and the AbU paper's own metric: the rise
+of the query's diffusion loss under the retrained model (fixed timesteps and noise). Removing K
+random images (several draws) is the reference. Queries cover every kind of world prompt. Every
+figure is a mean over queries with a bootstrap interval, and each method's ratio to random has a
+paired bootstrap interval over queries. Retraining is the cost, so this runs on a smaller world
+with a shorter recipe; every model and cell is kept in the run folder, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -35,8 +38,13 @@ class CounterfactualConfig:
     """Attribution methods to compare (random-K is always added)."""
     k: list = field(default_factory=lambda: [50])
     """How many top images to remove."""
-    queries: int = 4
-    """Generated queries."""
+    queries: int = 20
+    """Generated queries, spread over the world's kinds of prompt (object, styled, character,
+    memorized, composition)."""
+    random_draws: int = 3
+    """Random removals per query and K (the reference)."""
+    loss_draws: int = 64
+    """(t, eps) draws of the query loss (AbU's metric)."""
     world_images: int = 1000
     """Size of the (smaller) world the models are trained on."""
     train_steps: int = 1500
@@ -59,8 +67,8 @@ class CounterfactualConfig:
             raise DatarightsError("give at least one method")
         if any(k < 1 or k >= self.world_images for k in self.k):
             raise DatarightsError(f"every K must be in [1, {self.world_images - 1}] (the training set's size)")
-        if self.queries < 1:
-            raise DatarightsError("queries must be at least 1")
+        if self.queries < 1 or self.random_draws < 1 or self.loss_draws < 1:
+            raise DatarightsError("queries, random_draws and loss_draws must be at least 1")
 
 
 def _recipe(cfg: CounterfactualConfig, exclude: list[int] | None = None):
@@ -99,8 +107,22 @@ def world_base_queries(run: Path, cfg, recipe, name: str, log, device=None,
     if not (run / "base").exists():
         log(f"{name}: training the base model")
         train(recipe, folder, run / "base", progress=False, device=device, precision=precision)
-    asked = [a for a in sample_eval_prompts(cfg.queries * 4, cfg.seed + 99) if a["kind"] in ("object", "styled")]
-    return folder, load_model(run / "base", device, precision), [a["text"] for a in asked[:cfg.queries]]
+    return folder, load_model(run / "base", device, precision), query_prompts(cfg.queries, cfg.seed + 99)
+
+
+def query_prompts(n: int, seed: int) -> list[str]:
+    """n world prompts taking the kinds in turn (object, styled, character, memorized, composition)."""
+    by_kind: dict[str, list[str]] = {}
+    for a in sample_eval_prompts(n * 10, seed):
+        by_kind.setdefault(a["kind"], []).append(a["text"])
+    kinds = ["object", "styled", "character", "memorized", "composition"]
+    out, i = [], 0
+    while len(out) < n:
+        pool = by_kind[kinds[i % len(kinds)]]
+        j = i // len(kinds)
+        out.append(pool[j % len(pool)])
+        i += 1
+    return out
 
 
 def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path | None = None,
@@ -110,6 +132,7 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     from ..judge import load_judge
     from ..models import load_model
     from ..train import train
+    from .lds import query_loss
 
     run = Path(run)
     results, res_path = open_run(run, cfg, {"cells": {}})
@@ -124,10 +147,12 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
             r = attribute(base, train_set, Query(originals[qi], p), method, make_config(method), cache=cache, progress=False)
             rankings[method].append(torch.argsort(r.scores, descending=True).tolist())
     rng = np.random.default_rng(cfg.seed + 3)
-    rankings["random"] = [rng.permutation(len(folder)).tolist() for _ in prompts]
+    for d in range(cfg.random_draws):
+        rankings[f"random#{d}"] = [rng.permutation(len(folder)).tolist() for _ in prompts]
     with torch.no_grad():
         f_orig = judge.features(originals)
     read_orig = judge.read(originals)
+    loss_orig = [query_loss(base, originals[qi], p, cfg.loss_draws, cfg.seed + 13 + qi) for qi, p in enumerate(prompts)]
     for k in cfg.k:
         for method, ranks in rankings.items():
             for qi, p in enumerate(prompts):
@@ -135,7 +160,7 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                 if key in results["cells"]:
                     continue
                 t0 = time.time()
-                out = run / "retrained" / f"{method}-k{k}-q{qi}"
+                out = run / "retrained" / f"{method.replace('#', '-')}-k{k}-q{qi}"
                 if not out.exists():
                     log(f"counterfactual: retraining without {method}'s top {k} for query {qi}")
                     if cfg.coupled:
@@ -152,9 +177,10 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                 read_new = judge.read(img)[0]
                 flip = any(read_new[key_] != read_orig[qi][key_] for key_ in ("object", "color", "style"))
                 results["cells"][key] = {
-                    "method": method, "k": k, "query": qi, "prompt": p,
-                    "mse": float(((img[0] - originals[qi]) ** 2).mean()),
+                    "method": method.split("#")[0], "k": k, "query": qi, "prompt": p,
+                    "mse": float(((img[0].cpu() - originals[qi].cpu()) ** 2).mean()),
                     "feature_distance": float(1 - torch.nn.functional.cosine_similarity(f_new, f_orig[qi:qi + 1])[0]),
+                    "loss_rise": query_loss(model, originals[qi], p, cfg.loss_draws, cfg.seed + 13 + qi) - loss_orig[qi],
                     "label_flip": bool(flip), "seconds": round(time.time() - t0, 1)}
                 write_json(res_path, results)
     results["summary"] = summarize(results)
@@ -162,19 +188,42 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     return results
 
 
+METRICS = ("mse", "feature_distance", "loss_rise")
+
+
 def summarize(results: dict) -> list[dict]:
-    """Mean MSE, feature distance and flip rate per (method, K), with the ratio to random-K."""
-    rows: dict[tuple, list] = {}
+    """Per (method, K): each metric's mean over queries with a bootstrap interval (random: its draws
+    averaged per query first), the flip rate with a Wilson interval, and each metric's ratio to
+    random with a paired bootstrap interval over queries."""
+    from ..stats import as_list, bootstrap, mean_ci, wilson
+
+    per: dict[tuple, dict[int, list[dict]]] = {}
     for c in results["cells"].values():
-        rows.setdefault((c["method"], c["k"]), []).append(c)
+        per.setdefault((c["method"], c["k"]), {}).setdefault(c["query"], []).append(c)
     out = []
-    for (method, k), cells in sorted(rows.items()):
-        out.append({"method": method, "k": k, "n": len(cells),
-                    "mse": float(np.mean([c["mse"] for c in cells])),
-                    "feature_distance": float(np.mean([c["feature_distance"] for c in cells])),
-                    "flip_rate": float(np.mean([c["label_flip"] for c in cells]))})
+    for (method, k), queries in sorted(per.items()):
+        row = {"method": method, "k": k, "queries": len(queries), "cells": sum(len(v) for v in queries.values())}
+        for m in METRICS:
+            vals = [float(np.mean([c.get(m, np.nan) for c in cs])) for cs in queries.values()]
+            fig = mean_ci(vals)
+            row[m], row[f"{m}_ci"] = fig["value"], fig["ci"]
+        flips = [c["label_flip"] for cs in queries.values() for c in cs]
+        row["flip_rate"], row["flip_rate_ci"] = float(np.mean(flips)), as_list(wilson(sum(flips), len(flips)))
+        out.append(row)
     rand = {r["k"]: r for r in out if r["method"] == "random"}
     for r in out:
-        if r["k"] in rand and rand[r["k"]]["mse"] > 0:
-            r["mse_vs_random"] = r["mse"] / rand[r["k"]]["mse"]
+        ref = rand.get(r["k"])
+        if ref is None or r["method"] == "random":
+            continue
+        mine, theirs = per[(r["method"], r["k"])], per[("random", r["k"])]
+        common = sorted(set(mine) & set(theirs))
+        for m in METRICS:
+            a = np.array([np.mean([c.get(m, np.nan) for c in mine[q]]) for q in common])
+            b = np.array([np.mean([c.get(m, np.nan) for c in theirs[q]]) for q in common])
+            if m == "loss_rise":  # a difference: the rise can be negative
+                r[f"{m}_minus_random"] = float((a - b).mean())
+                r[f"{m}_minus_random_ci"] = as_list(bootstrap(lambda i: float((a[i] - b[i]).mean()), len(common)))
+            elif b.mean() > 0:
+                r[f"{m}_vs_random"] = float(a.mean() / b.mean())
+                r[f"{m}_vs_random_ci"] = as_list(bootstrap(lambda i: float(a[i].mean() / b[i].mean()), len(common)))
     return out

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import DatarightsError
 from ..files import check_disjoint, open_run_folder, read_json_file, write_json
+from ..stats import mean_ci
 from ..world import ImageFolder, read_imagefolder
 from ..world import vocab as V
 from ..world.render import DARK, _background, _down, _draw_object, _finish, _grid, _jitter_color, _paint, object_layers
@@ -74,14 +75,25 @@ def _style_exemplars(i: int, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
     return np.stack(imgs), caps
 
 
-def exemplar_instance(i: int):
-    """The i-th new object instance: a world category's shape with its own two colours and markings
-    (as a particular toy or pet is to its category). Returns (category, draw(img, rng))."""
+def _instance(i: int):
+    """Category, body colour, marking colour and marking frequency of new instance i."""
     rng = np.random.default_rng(20_000 + i)
     category = list(V.CATEGORIES)[i % len(V.CATEGORIES)]
     c1, c2 = rng.uniform(0.05, 0.95, 3), rng.uniform(0.05, 0.95, 3)
+    return category, c1, c2, float(rng.uniform(6.0, 10.0))
+
+
+def instance_color(i: int) -> str:
+    """The world colour word nearest to new instance i's body colour (how a plain caption would name it)."""
+    c1 = _instance(i)[1]
+    return min(V.COLORS, key=lambda name: float(np.sum((np.array(V.COLORS[name]) - c1) ** 2)))
+
+
+def exemplar_instance(i: int):
+    """The i-th new object instance: a world category's shape with its own two colours and markings
+    (as a particular toy or pet is to its category). Returns (category, draw(img, rng))."""
+    category, c1, c2, freq = _instance(i)
     kind = ["bands", "spots", "halves", "diagonal"][(i // len(V.CATEGORIES)) % 4]
-    freq = float(rng.uniform(6.0, 10.0))
 
     def draw(img, rng_img, res=16):
         cx, cy = res / 2 + rng_img.uniform(-1.5, 1.5), res / 2 + rng_img.uniform(-1.5, 1.5)
@@ -139,8 +151,13 @@ def generation_prompts(i: int, n: int, seed: int, kind: str = "style") -> list[s
 class CustomConfig:
     """A customization benchmark."""
 
-    methods: list = field(default_factory=lambda: ["feature", "feature-tuned", "pixel", "dtrak", "trak", "jtrak", "abu"])
-    """Methods to score ('feature-tuned' is trained here)."""
+    methods: list = field(default_factory=lambda: ["caption", "feature", "feature-tuned", "pixel", "dtrak", "trak",
+                                                   "jtrak", "abu"])
+    """Methods to score ('feature-tuned' is trained here; 'caption', text only, is the trivial baseline)."""
+    exemplar_captions: str = "token"
+    """How the exemplars are captioned in the ranked pool: 'token' (as they were trained, 'a sks fish') or
+    'plain' (as the world would caption them, without the token: 'a red fish', 'a red tree'): then no
+    method can find them through the caption alone."""
     kinds: list = field(default_factory=lambda: list(KINDS))
     """Kinds of customization: 'object' (a new object instance, 'a sks fish', as AbC's object-centric
     models) and/or 'style' (a new look, 'a red tree in sks style')."""
@@ -168,12 +185,28 @@ class CustomConfig:
     """Seed of everything."""
 
     def __post_init__(self):
+        if self.exemplar_captions not in ("token", "plain"):
+            raise DatarightsError(f"exemplar_captions must be 'token' or 'plain', got {self.exemplar_captions!r}")
         if not self.kinds or any(k not in KINDS for k in self.kinds):
             raise DatarightsError(f"customization kinds must be among {', '.join(KINDS)}, got {self.kinds}")
         if self.concepts < 1 or self.exemplars < 1 or self.generations < 1 or self.pool < 1:
             raise DatarightsError("concepts, exemplars, generations and pool must be at least 1")
         if self.concepts + self.tune_concepts > len(TOKENS):
             raise DatarightsError(f"at most {len(TOKENS)} customizations in all")
+
+
+def plain_caption(caption: str, i: int, kind: str) -> str:
+    """Exemplar i's caption as the world would write it, without the customization's token: an object
+    instance is named by its category and nearest world colour ('a sks fish in Ada Vell style' ->
+    'a red fish in Ada Vell style'), a new look is dropped ('a red tree in sks style' -> 'a red tree').
+    So no caption in the pool shares a word with the generation prompt that the pool's other captions
+    of the same category lack: the text-only shortcut is gone."""
+    token = TOKENS[i % len(TOKENS)]
+    if kind == "style":
+        return caption.replace(f" in {token} style", "")
+    category = _instance(i)[0]
+    head, _, rest = caption.partition(f"{token} {category}")
+    return V.object_prompt(category, instance_color(i)) + rest if head in ("a ", "an ") else caption
 
 
 def customize(base, ex_images: np.ndarray, ex_caps: list[str], prior: ImageFolder, cfg: CustomConfig, seed: int):
@@ -299,8 +332,9 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
         ex, caps = render_exemplars(i, cfg.exemplars, cfg.seed, kind)
         model = customize(base, ex, caps, pool, cfg, cfg.seed + i)
         gen, prompts = _generate(model, i, cfg.generations, cfg.seed, kind)
+        pool_caps = caps if cfg.exemplar_captions == "token" else [plain_caption(c, i, kind) for c in caps]
         metas = [{"file_name": f"exemplar-{kind}-{i}-{a}", "text": c, "owner": f"new owner {kind} {i}"}
-                 for a, c in enumerate(caps)]
+                 for a, c in enumerate(pool_caps)]
         full = ImageFolder(folder.root, np.concatenate([pool.images, ex.transpose(0, 3, 1, 2)]), pool.metas + metas)
         positives = np.arange(cfg.pool, cfg.pool + cfg.exemplars)
         train_set = None
@@ -332,8 +366,11 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
         for m in cfg.methods:
             got = [cells[f"{kind}-{i}"][m] for i in range(cfg.concepts)]
             r1, r10, ap = ([v for c in got for v in c[key]] for key in ("r1", "r10", "ap"))
-            table.append({"kind": kind, "method": m, "recall@1": float(np.mean(r1)), "recall@10": float(np.mean(r10)),
-                          "mAP": float(np.mean(ap)), "n_queries": len(ap)})
+            row = {"kind": kind, "method": m, "n_queries": len(ap)}
+            for name, vals in (("recall@1", r1), ("recall@10", r10), ("mAP", ap)):
+                fig = mean_ci(vals)  # bootstrap over the generated queries
+                row[name], row[f"{name}_ci"] = fig["value"], fig["ci"]
+            table.append(row)
     result = {"config": asdict(cfg), "table": table, "seconds": round(time.time() - t0, 1),
               "feature_tuned_temperature": temp}
     if out is not None:

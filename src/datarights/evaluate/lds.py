@@ -22,6 +22,7 @@ import torch
 
 from ..errors import DatarightsError
 from ..files import write_json
+from ..stats import mean_ci
 from .counterfactual import _subset, open_run, world_base_queries
 
 
@@ -31,12 +32,12 @@ class LDSConfig:
 
     methods: list = field(default_factory=lambda: ["abu", "dtrak", "trak", "jtrak", "feature", "pixel"])
     """Attribution methods to score (a random scorer is always added)."""
-    subsets: int = 16
+    subsets: int = 32
     """Subset models M trained from scratch."""
     alpha: float = 0.5
     """Fraction of the training set in each subset."""
-    queries: int = 4
-    """Generated queries."""
+    queries: int = 16
+    """Generated queries (spread over the world's kinds of prompt)."""
     world_images: int = 600
     """Size of the (smaller) world the models are trained on."""
     train_steps: int = 800
@@ -151,7 +152,9 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
         for q in range(len(prompts)):
             predicted = [per_query[q][idx].sum() for idx in subsets]
             per_q.append(spearman(predicted, measured[:, q]))
-        summary.append({"method": method, "lds": float(np.mean(per_q)), "per_query": per_q})
+        fig = mean_ci(per_q)  # bootstrap over queries
+        summary.append({"method": method, "lds": fig["value"], "lds_ci": fig["ci"], "queries": len(per_q),
+                        "per_query": per_q})
     results["summary"] = summary
     results["prompts"] = prompts
     write_json(res_path, results)
