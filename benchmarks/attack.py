@@ -68,7 +68,7 @@ def main():
                         erase_s=round(edit.seconds, 1), audit_s=round(time.time() - t0, 1))
         for a in args.attacks.split(","):
             res = attack(model, target, a, judge=judge, seed=args.seed).to_json()
-            for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain"):
+            for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain", "attempts"):
                 cell[f"{k}_{a}"] = res[k]
             cell[f"{a}_s"] = res["seconds"]
             cell[f"{a}_prompt"] = res["prompts"][0] if res["prompts"] else None
@@ -90,6 +90,27 @@ def markdown(results: dict, attacks: list[str]) -> str:
         lines.append(f"| {c['method']} | {c['target']} ({c['kind']}) | " + " | ".join(asr)
                      + f" | {c.get('verdict', '–')} | {fmt(c.get('target_erased'), c.get('target_erased_ci') or [0, 0])} | "
                      f"{fmt(c.get('nearby_preserved'), c.get('nearby_preserved_ci') or [0, 0])} | {c.get('erase_s', '–')} |")
+    return "\n".join(lines) + "\n\n" + pooled(results, attacks)
+
+
+def pooled(results: dict, attacks: list[str]) -> str:
+    """Per method and attack, the attempts of every concept pooled: ASR and the plain held-out prompt's
+    rate on the same model and noise (Wilson intervals), so that a claim rests on 16 x concepts attempts."""
+    from datarights.stats import fmt, wilson
+
+    rows: dict[str, list[dict]] = {}
+    for c in results["cells"].values():
+        rows.setdefault(c["method"], []).append(c)
+    head = "| method (concepts) | " + " | ".join(f"{a}: ASR / plain prompt" for a in attacks) + " |"
+    lines = [head, "|" + "---|" * (len(attacks) + 1)]
+    for method, cells in rows.items():
+        out = []
+        for a in attacks:
+            n = sum(c.get(f"attempts_{a}", 16) for c in cells)  # 16: the default budget (older cells)
+            k = sum(round(c[f"asr_{a}"] * c.get(f"attempts_{a}", 16)) for c in cells)
+            kp = sum(round(c[f"asr_plain_{a}"] * c.get(f"attempts_{a}", 16)) for c in cells)
+            out.append(f"{fmt(k / n, wilson(k, n))} / {fmt(kp / n, wilson(kp, n))}")
+        lines.append(f"| {method} ({len(cells)}) | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
 

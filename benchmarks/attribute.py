@@ -349,7 +349,7 @@ def main():
     ap.add_argument("--k", type=int, nargs="+", default=[50])
     ap.add_argument("--queries", type=int, default=None, help="default: the evaluation's (counterfactual 20, lds 16)")
     ap.add_argument("--subsets", type=int, default=32, help="LDS subset models")
-    ap.add_argument("--random-draws", type=int, default=3, help="counterfactual random removals per query")
+    ap.add_argument("--random-draws", type=int, default=6, help="counterfactual random removals (one retrained model each)")
     ap.add_argument("--exemplar-captions", default="token", choices=["token", "plain"], help="custom: pool captions")
     ap.add_argument("--world-images", type=int, default=1000)
     ap.add_argument("--train-steps", type=int, default=1500)

@@ -16,6 +16,9 @@ def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
     res = counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert {r["method"] for r in res["summary"]} == {"pixel", "random"}
     assert len(res["cells"]) == 2 * (1 + 2)                   # queries x (method + random draws)
+    # one retrained model per (method, query), and one per random draw, shared by the queries
+    assert sorted(p.name for p in (tmp_path / "run" / "retrained").iterdir()) == [
+        "pixel-k5-q0", "pixel-k5-q1", "random-0-k5", "random-1-k5"]
     for c in res["cells"].values():
         assert c["mse"] >= 0 and 0 <= c["feature_distance"] <= 2 and np.isfinite(c["loss_rise"])
     rows = {r["method"]: r for r in res["summary"]}

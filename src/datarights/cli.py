@@ -424,7 +424,7 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
 def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,feature,pixel", help="Comma-separated methods."),
                             k: list[int] = typer.Option([50], "--k", help="Top-K to remove (repeat for several)."),
                             queries: int = typer.Option(20, help="Generated queries (every kind of world prompt in turn)."),
-                            random_draws: int = typer.Option(3, "--random-draws", help="Random removals per query (the reference)."),
+                            random_draws: int = typer.Option(6, "--random-draws", help="Random removals of K images (the reference; each one retrained model, scored on every query)."),
                             world_images: int = typer.Option(1000, "--world-images", help="Size of the smaller world."),
                             train_steps: int = typer.Option(1500, "--train-steps", help="Steps of every (re)training."),
                             coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Mask the removed images out of the base run's own batch and noise stream (default), or retrain on the reduced set with fresh batches."),

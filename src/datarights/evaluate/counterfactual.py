@@ -8,7 +8,8 @@ regenerate with the same prompt and noise, and measure how much the
 image changed (pixel MSE, judge-feature distance; higher = the removed images mattered more),
 whether the judge's reading of the asked concept flipped, and the AbU paper's own metric: the rise
 of the query's diffusion loss under the retrained model (fixed timesteps and noise). Removing K
-random images (several draws) is the reference. Queries cover every kind of world prompt. Every
+random images (several draws; a random removal does not depend on the query, so each draw is one
+retrained model scored on every query) is the reference. Queries cover every kind of world prompt. Every
 figure is a mean over queries with a bootstrap interval, and each method's ratio to random has a
 paired bootstrap interval over queries. Retraining is the cost, so this runs on a smaller world
 with a shorter recipe; every model and cell is kept in the run folder, so an interrupted run resumes.
@@ -41,8 +42,9 @@ class CounterfactualConfig:
     queries: int = 20
     """Generated queries, spread over the world's kinds of prompt (object, styled, character,
     memorized, composition)."""
-    random_draws: int = 3
-    """Random removals per query and K (the reference)."""
+    random_draws: int = 6
+    """Random removals of K images (the reference). A random removal does not depend on the query, so
+    each draw is one retrained model, scored on every query."""
     loss_draws: int = 64
     """(t, eps) draws of the query loss (AbU's metric)."""
     world_images: int = 1000
@@ -147,8 +149,9 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
             r = attribute(base, train_set, Query(originals[qi], p), method, make_config(method), cache=cache, progress=False)
             rankings[method].append(torch.argsort(r.scores, descending=True).tolist())
     rng = np.random.default_rng(cfg.seed + 3)
-    for d in range(cfg.random_draws):
-        rankings[f"random#{d}"] = [rng.permutation(len(folder)).tolist() for _ in prompts]
+    for d in range(cfg.random_draws):  # a random removal does not depend on the query: one model per draw
+        perm = rng.permutation(len(folder)).tolist()
+        rankings[f"random#{d}"] = [perm] * len(prompts)
     with torch.no_grad():
         f_orig = judge.features(originals)
     read_orig = judge.read(originals)
@@ -160,9 +163,11 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                 if key in results["cells"]:
                     continue
                 t0 = time.time()
-                out = run / "retrained" / f"{method.replace('#', '-')}-k{k}-q{qi}"
+                shared = method.startswith("random#")  # the same removal for every query
+                out = run / "retrained" / (f"{method.replace('#', '-')}-k{k}" if shared else f"{method}-k{k}-q{qi}")
                 if not out.exists():
-                    log(f"counterfactual: retraining without {method}'s top {k} for query {qi}")
+                    log(f"counterfactual: retraining without {method}'s {k} images" if shared else
+                        f"counterfactual: retraining without {method}'s top {k} for query {qi}")
                     if cfg.coupled:
                         train(_recipe(cfg, ranks[qi][:k]), folder, out, progress=False, device=device,
                               precision=precision)
