@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from .errors import DatarightsError
+from .ledger.cli import ledger_app
 from .stats import finite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,6 +25,7 @@ eval_app = typer.Typer(no_args_is_help=True, help="Score attribution methods aga
 world_app = typer.Typer(no_args_is_help=True, help="The embedded ground-truth world: make it, list its vocabulary.")
 app.add_typer(world_app, name="world")
 app.add_typer(eval_app, name="evaluate")
+app.add_typer(ledger_app, name="ledger")
 
 MODEL_HELP = "Model folder (world model or Stable Diffusion pipeline); default: the shipped world model."
 

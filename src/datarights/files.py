@@ -130,7 +130,8 @@ def temp_sibling(out: Path, tag: str) -> Path:
     return tmp
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -146,7 +147,7 @@ def sweep_stale(out: Path) -> None:
         return
     for p in out.parent.glob(f".{out.name}.*-*-*"):
         parts = p.name[len(out.name) + 2:].split("-")
-        if len(parts) >= 3 and parts[0] in ("tmp", "old") and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+        if len(parts) >= 3 and parts[0] in ("tmp", "old") and parts[1].isdigit() and not pid_alive(int(parts[1])):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 

@@ -380,7 +380,7 @@ def trainable_copy(model: T2IModel, group: str, lora_rank: int = 4) -> tuple[T2I
     trains only those; their parameters are returned under 'unet.<module>.lora_A.weight' names.
     """
     work = copy.copy(model)
-    work.__dict__.pop("_hash", None)
+    work.__dict__.pop("_digest", None)
     work.unet = copy.deepcopy(model.unet)
     if group == "embedding":
         work.text_encoder = copy.deepcopy(model.text_encoder)

@@ -10,7 +10,7 @@ from diffusers.utils import logging as _diffusers_logging
 
 from ..errors import DatarightsError
 from ..files import read_json_file
-from .edit import EDIT_CLASS, Edit, base_chain, base_ref, load_edited, model_hash
+from .edit import EDIT_CLASS, Edit, base_chain, base_ref, load_edited, model_hash, weights_digest
 from .sd import SD_CLASSES, save_sd_model
 from .t2i import PARAM_GROUPS, T2IModel
 from .world import WORLD_CLASS, build_world_model, load_text_encoder, save_world_model
@@ -69,4 +69,4 @@ def export_model(model: T2IModel, out: str | Path, overwrite: bool = False, inpu
 
 __all__ = ["DEFAULT_MODEL", "EDIT_CLASS", "Edit", "PARAM_GROUPS", "T2IModel", "base_chain", "base_ref",
            "build_world_model", "export_model", "load_edited", "load_model", "load_text_encoder", "model_hash",
-           "save_sd_model", "save_world_model"]
+           "save_sd_model", "save_world_model", "weights_digest"]

@@ -85,7 +85,7 @@ class Edit:
             raise DatarightsError(f"this edit was made on another base model (hash {self.base_hash}, got {model_hash(base)})")
         new = self.merged_tensors(base)
         edited = copy.copy(base)
-        edited.__dict__.pop("_hash", None)
+        edited.__dict__.pop("_digest", None)
         edited.unet = copy.deepcopy(base.unet)
         if any(n.startswith("text_encoder.") for n in new):
             edited.text_encoder = copy.deepcopy(base.text_encoder)
@@ -143,17 +143,23 @@ def base_chain(base: str) -> list[Path]:
     return chain or [_default_model()]
 
 
-def model_hash(model: T2IModel) -> str:
-    """Content hash of a model's weights (cached on the object; independent of device and precision)."""
-    cached = getattr(model, "_hash", None)
+def weights_digest(model: T2IModel) -> str:
+    """SHA-256 of a model's weights: every parameter's name and fp32 values, in name order (cached on
+    the object; independent of device, precision and the files' layout). What a certificate binds."""
+    cached = getattr(model, "_digest", None)
     if cached is not None:
         return cached
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters().items()):
         h.update(name.encode())
         h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    model._hash = h.hexdigest()[:16]
-    return model._hash
+    model._digest = h.hexdigest()
+    return model._digest
+
+
+def model_hash(model: T2IModel) -> str:
+    """Short content hash of a model's weights: the first 16 hex digits of `weights_digest`."""
+    return weights_digest(model)[:16]
 
 
 def base_ref(model: T2IModel) -> str:

@@ -1,0 +1,200 @@
+"""`datarights ledger ...`: the ownership loop from the command line (a thin layer over `Ledger`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import DatarightsError
+
+ledger_app = typer.Typer(no_args_is_help=True, help="The ownership service: works, owners, opt-outs, certificates, payouts.")
+
+LEDGER_OPT = typer.Option(None, "--ledger", help="Ledger file or SQLAlchemy URL (default: $DATARIGHTS_LEDGER or "
+                                                "./datarights-ledger.db).")
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON object.")
+
+
+def _open(ledger: Optional[str], create: bool = False):
+    from .core import Ledger
+    return Ledger(ledger or os.environ.get("DATARIGHTS_LEDGER") or "datarights-ledger.db", create=create)
+
+
+def _emit(obj, as_json: bool, text: str | None = None) -> None:
+    from ..stats import finite
+    if as_json or text is None:
+        typer.echo(json.dumps(finite(obj), indent=None if as_json else 2, allow_nan=False))
+    else:
+        typer.echo(text)
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DatarightsError(f"--works must be comma-separated work ids, got {text!r}") from None
+    if not ids:
+        raise DatarightsError("--works names no work")
+    return ids
+
+
+@ledger_app.command("import")
+def import_cmd(data: Path = typer.Argument(..., help="Imagefolder (metadata.jsonl with file_name, text, owner)."),
+               model: Optional[Path] = typer.Option(None, "--model", help="The model trained on it (default: the shipped world model)."),
+               name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: the folder's name)."),
+               ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Register a dataset's works and owners (a new version if its content changed) and its model."""
+    r = _open(ledger, create=True).import_dataset(data, model, name, log=lambda s: typer.echo(s, err=True))
+    _emit(r, as_json, f"dataset {r['dataset']} v{r['version']}: {r['images']} images, {r['new_works']} new works, "
+                      f"{r['new_owners']} new owners, {r['duplicates']} duplicates, {len(r['conflicts'])} conflicts; "
+                      f"model id {r['model_id']}")
+
+
+@ledger_app.command("owners")
+def owners_cmd(ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Every owner with the number of works registered."""
+    rows = _open(ledger).owners()
+    _emit({"owners": rows}, as_json, "\n".join(f"{o['name']:28} {o['role']:6} {o['works']:5} works" for o in rows))
+
+
+@ledger_app.command("models")
+def models_cmd(ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Registered models (base models and the edited models that processing made)."""
+    rows = _open(ledger).models()
+    _emit({"models": rows}, as_json, "\n".join(
+        f"{m['id']:4} {m['kind']:6} {m['weights_sha256'][:16]} dataset={m['dataset_id']} base={m['base_id']} {m['path']}"
+        for m in rows))
+
+
+@ledger_app.command("token")
+def token_cmd(owner: Optional[str] = typer.Option(None, "--owner", help="Owner to issue a token to."),
+              admin: Optional[str] = typer.Option(None, "--admin", help="Name of a model-owner (admin) account."),
+              ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Issue a new API token (printed once; the ledger keeps only its hash; an older token stops working)."""
+    if bool(owner) == bool(admin):
+        raise DatarightsError("give either --owner NAME or --admin NAME")
+    token = _open(ledger).issue_token(owner or admin, admin=bool(admin))
+    _emit({"owner": owner or admin, "role": "admin" if admin else "owner", "token": token}, as_json, token)
+
+
+@ledger_app.command("lookup")
+def lookup_cmd(image: Path = typer.Argument(..., help="An image: is it (or a near copy) in a registered training set?"),
+               limit: int = typer.Option(10, "--limit", help="At most this many matches."),
+               ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Exact (SHA-256), near-copy (perceptual hash) and look-alike matches among registered works."""
+    if limit < 1:
+        raise DatarightsError(f"--limit must be at least 1, got {limit}")
+    rows = _open(ledger).lookup(image, limit)
+    _emit({"matches": rows}, as_json, "\n".join(
+        f"work {m['work_id']:6} {m['match']:10} owner={m['owner']!r} {m['caption']!r} in "
+        + ", ".join(f"{d['dataset']} v{d['version']} (models {d['models']})" for d in m["in"]) for m in rows)
+        or "no match")
+
+
+@ledger_app.command("optout")
+def optout_cmd(owner: str = typer.Option(..., "--owner", help="The owner filing the request."),
+               works: Optional[str] = typer.Option(None, "--works", help="Comma-separated work ids (the concept they show is erased)."),
+               concept: Optional[str] = typer.Option(None, "--concept", help="A concept to erase (e.g. 'Blubbo')."),
+               anchor: Optional[str] = typer.Option(None, "--anchor", help="What to show instead (world: from the vocabulary)."),
+               model_id: Optional[int] = typer.Option(None, "--model-id", help="Model to erase it from (default: the latest base model)."),
+               ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """File an opt-out request (pending until `process`)."""
+    r = _open(ledger).optout(owner, _ids(works) if works is not None else None, concept, anchor, model_id)
+    _emit(r, as_json, f"opt-out {r['id']}: erase {r['concept']!r} (anchor {r['anchor']!r}) from model {r['model_id']}: {r['status']}")
+
+
+@ledger_app.command("status")
+def status_cmd(owner: Optional[str] = typer.Option(None, "--owner", help="Only this owner's requests."),
+               ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Opt-out requests with their status history."""
+    rows = _open(ledger).optouts(owner)
+    _emit({"optouts": rows}, as_json, "\n".join(
+        f"{r['id']:4} {r['status']:10} {r['owner']!r} {r['concept']!r} job={r['job_id']} certificate={r['certificate_id']}"
+        for r in rows) or "no opt-outs")
+
+
+@ledger_app.command("process")
+def process_cmd(method: str = typer.Option("ca", help="Erase method."),
+                attacks: str = typer.Option("udatk,ti,paraphrase", "--attacks", help="Attacks in the audit ('' for none)."),
+                batch: bool = typer.Option(False, "--batch/--one-by-one", help="One multi-concept edit per model for all pending opt-outs."),
+                n_target: int = typer.Option(384, "--n-target", help="Held-out target images of the audit."),
+                budget: int = typer.Option(16, "--budget", help="Attempts per attack."),
+                limit: Optional[int] = typer.Option(None, "--limit", help="Process at most this many requests."),
+                ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Erase, audit (with attacks) and certify every pending opt-out; records every result."""
+    from ..audit import AuditConfig
+
+    if budget < 1:
+        raise DatarightsError(f"--budget must be at least 1, got {budget}")
+    cfg = AuditConfig(n_target=n_target)
+    jobs = _open(ledger).process(method=method, attacks=[a for a in attacks.split(",") if a], batch=batch,
+                                 audit_config=cfg, attack_budget=budget, limit=limit,
+                                 log=lambda s: typer.echo(s, err=True))
+    _emit({"jobs": jobs}, as_json, "\n".join(
+        f"job {j['id']}: {j['status']}; " + ", ".join(f"{t['target']}: {t['verdict']}" for t in j["audit"]["targets"])
+        for j in jobs) or "no pending opt-outs")
+
+
+@ledger_app.command("certificate")
+def certificate_cmd(cert_id: int = typer.Argument(..., help="Certificate id."),
+                    out: Optional[Path] = typer.Option(None, "--out", help="Write the certificate to this JSON file."),
+                    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+                    ledger: Optional[str] = LEDGER_OPT):
+    """Print (or write) a signed erase certificate."""
+    from ..files import write_text_atomic
+
+    cert = _open(ledger).certificate(cert_id)
+    text = json.dumps(cert, indent=2)
+    if out is None:
+        typer.echo(text)
+        return
+    if out.exists() and not overwrite:
+        raise DatarightsError(f"--out {out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise DatarightsError(f"--out {out}: folder {out.parent} does not exist")
+    write_text_atomic(out, text + "\n")
+    typer.echo(f"wrote certificate {cert_id} to {out}", err=True)
+
+
+@ledger_app.command("verify-certificate")
+def verify_cmd(file: Path = typer.Argument(..., help="Certificate JSON file."),
+               model: Optional[Path] = typer.Option(None, "--model", help="The edited model folder: recompute its weights hash."),
+               public_key: Optional[str] = typer.Option(None, "--public-key", help="Expected signer key (hex) or its fingerprint."),
+               as_json: bool = JSON_OPT):
+    """Check a certificate offline: signature, signer and (with --model) the edited weights. Exit 2 if any fails."""
+    from .certificate import verify_certificate
+
+    r = verify_certificate(file, model, public_key)
+    if as_json:
+        _emit(r, True)
+    if not r["valid"]:
+        failed = next(c for c in r["checks"] if not c["ok"])
+        raise DatarightsError(f"certificate {file} does not verify: {failed['check']}: {failed['detail']}")
+    if not as_json:
+        typer.echo(f"certificate {file} verifies (signer {r['fingerprint']}): "
+                   + "; ".join(c["detail"] for c in r["checks"]))
+
+
+@ledger_app.command("attribute-log")
+def attribute_log_cmd(image: Path = typer.Argument(..., help="The generated image."),
+                      prompt: str = typer.Option(..., "--prompt", help="The prompt that generated it."),
+                      revenue: str = typer.Option(..., "--revenue", help="What the generation earned, e.g. 0.04."),
+                      method: str = typer.Option("dtrak", help="Attribution method for the owner shares."),
+                      model_id: Optional[int] = typer.Option(None, "--model-id", help="Model that generated it (default: the latest base model)."),
+                      ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Record a paid generation: owner shares by attribution, revenue split in whole cents that sum exactly."""
+    r = _open(ledger).attribute_log(image, prompt, revenue, method, model_id)
+    _emit(r, as_json, f"event {r['event_id']}: {r['revenue_cents']} cents to {len(r['payouts'])} owners; "
+                      + ", ".join(f"{p['owner']} {p['cents']}" for p in r["payouts"][:5]))
+
+
+@ledger_app.command("statement")
+def statement_cmd(owner: str = typer.Option(..., "--owner", help="Owner."),
+                  period: str = typer.Option(..., "--period", help="Month, e.g. 2026-11."),
+                  ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """What an owner earned in a month, from which generations."""
+    r = _open(ledger).statement(owner, period)
+    _emit(r, as_json, f"{r['owner']} {r['period']}: {r['total_cents']} cents from {r['generations']} generations")

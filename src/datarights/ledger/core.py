@@ -1,0 +1,602 @@
+"""The ownership loop as one Python API: register works, look images up, opt out, erase and
+certify, log paid generations, and tell each owner what they earned.
+
+Every method that writes does so in one transaction (`Store.transaction`): a failure leaves the
+ledger as it was. Owner-scoped reads and writes take the acting owner and refuse another owner's
+rows with `NotYours` (the web layer answers 404 for it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from ..errors import DatarightsError
+from ..files import inside_folder, open_rgb, pid_alive, sweep_stale
+from . import money, signing
+from .db import Store, open_engine, url_of
+from .phash import distance, phash
+from .schema import (POLICIES, AttributionEvent, Certificate, Dataset, DatasetWork, Job, Model, OptOut, OptOutEvent,
+                     Owner, Payout, Work, now)
+
+NEAR_BITS = 10
+"""A perceptual hash within this many of 64 bits is a near copy."""
+SIMILAR = 0.97
+"""Cosine similarity of judge features above which a work is reported as similar."""
+LABEL_KEYS = ("kind", "object", "category", "color", "style", "character", "memorized", "composition")
+PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class NotYours(DatarightsError):
+    """A row that exists but belongs to another owner (or does not exist): the same answer for both."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.replace(tzinfo=timezone.utc).isoformat(timespec="seconds")
+
+
+class Ledger:
+    """A ledger file (or database URL) and its signing key.
+
+    Args:
+        location: an SQLite file path or an SQLAlchemy URL.
+        create: create a new ledger if there is none.
+        key: the Ed25519 signing key file (default: `<ledger file>.key`, made on first use).
+    """
+
+    def __init__(self, location: str | Path, create: bool = False, key: str | Path | None = None):
+        self.location = str(location)
+        _, path = url_of(location)
+        self.path = path
+        self.store = Store(open_engine(location, create=create))
+        self.key_path = Path(key) if key else (Path(str(path) + ".key") if path else None)
+        self.root = (path.parent if path else Path.cwd()) / ((path.stem if path else "ledger") + "-models")
+        self._index = None
+        self.recover()
+
+    # ------------------------------------------------------------------ owners and tokens
+    def owner(self, s, name: str) -> Owner:
+        o = s.scalar(select(Owner).where(Owner.name == name))
+        if o is None:
+            raise DatarightsError(f"unknown owner {name!r} (see `datarights ledger owners`)")
+        return o
+
+    def owner_by_token(self, token: str) -> dict:
+        """The owner a token belongs to; an unknown token is refused (no hint which part was wrong)."""
+        with self.store.read() as s:
+            o = s.scalar(select(Owner).where(Owner.token_hash == hash_token(token or "")))
+            if o is None:
+                raise DatarightsError("unknown token")
+            return {"id": o.id, "name": o.name, "role": o.role}
+
+    def issue_token(self, name: str, admin: bool = False) -> str:
+        """A new API token for an owner (or a new admin); shown once, stored only as its sha256."""
+        token = secrets.token_urlsafe(24)
+        with self.store.transaction() as s:
+            o = s.scalar(select(Owner).where(Owner.name == name))
+            if o is None:
+                if not admin:
+                    raise DatarightsError(f"unknown owner {name!r} (see `datarights ledger owners`)")
+                o = Owner(name=name, role="admin")
+                s.add(o)
+            elif admin and o.role != "admin":
+                raise DatarightsError(f"{name!r} is an owner of works; an admin needs a name of its own")
+            o.token_hash = hash_token(token)
+        return token
+
+    def owners(self) -> list[dict]:
+        with self.store.read() as s:
+            counts = dict(s.execute(select(Work.owner_id, func.count()).group_by(Work.owner_id)).all())
+            return [{"id": o.id, "name": o.name, "role": o.role, "works": counts.get(o.id, 0),
+                     "has_token": o.token_hash is not None}
+                    for o in s.scalars(select(Owner).order_by(Owner.name))]
+
+    # ------------------------------------------------------------------ datasets and models
+    def import_dataset(self, data: str | Path, model: str | Path | None = None, name: str | None = None,
+                       log=lambda s: None) -> dict:
+        """Register an imagefolder's works (metadata.jsonl with `file_name`, `text`, `owner`, optional
+        `policy`) as a dataset version, and the model trained on it.
+
+        Works are identified by the SHA-256 of their file: a content already registered (here or in
+        another dataset) is the same work; a second row with the same content in this folder is
+        recorded as a duplicate; the same content claimed by another owner is a conflict (the work
+        keeps its first owner) and is listed in the result. Importing the same folder again makes no
+        new version.
+        """
+        root = Path(data)
+        meta_path = root / "metadata.jsonl"
+        if not meta_path.is_file():
+            raise DatarightsError(f"dataset folder {root} has no metadata.jsonl" if root.is_dir() else
+                                  f"dataset folder {root} does not exist")
+        rows = []
+        for ln, line in enumerate(meta_path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{meta_path}:{ln}"
+            try:
+                m = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatarightsError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(m, dict) or not isinstance(m.get("text"), str):
+                raise DatarightsError(f"{where}: each row needs 'file_name' and a string 'text'")
+            if not isinstance(m.get("owner"), str) or not m["owner"].strip():
+                raise DatarightsError(f"{where}: each row needs an 'owner' (a non-empty string) to be registered")
+            policy = m.get("policy", "allow")
+            if policy not in POLICIES:
+                raise DatarightsError(f"{where}: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+            path = inside_folder(root, m.get("file_name"), where)
+            if not path.is_file():
+                raise DatarightsError(f"{path} is listed in metadata.jsonl but does not exist")
+            rgb, _ = open_rgb(path)
+            rows.append({"file_name": m["file_name"], "text": m["text"], "owner": m["owner"], "policy": policy,
+                         "sha256": file_sha256(path), "phash": phash(rgb),
+                         "labels": {k: m[k] for k in LABEL_KEYS if k in m}})
+        if not rows:
+            raise DatarightsError(f"{meta_path} lists no images")
+        log(f"ledger: hashed {len(rows)} images")
+        registered = None
+        if model is not None or name is None:
+            registered = _model_identity(model)
+        name = name or root.resolve().name
+        content = hashlib.sha256("".join(r["sha256"] for r in rows).encode()).hexdigest()
+        conflicts, new_works, new_owners = [], 0, 0
+        with self.store.transaction() as s:
+            ds = s.scalar(select(Dataset).where(Dataset.name == name, Dataset.content_sha256 == content))
+            created = ds is None
+            if created:
+                version = (s.scalar(select(func.max(Dataset.version)).where(Dataset.name == name)) or 0) + 1
+                ds = Dataset(name=name, version=version, source=str(root.resolve()), content_sha256=content,
+                             images=len(rows), duplicates=0)
+                s.add(ds)
+                s.flush()
+                owners = {o.name: o for o in s.scalars(select(Owner))}
+                works = {w.sha256: w for w in s.scalars(select(Work).where(Work.sha256.in_([r["sha256"] for r in rows])))}
+                first: dict[str, int] = {}
+                for pos, r in enumerate(rows):
+                    o = owners.get(r["owner"])
+                    if o is None:
+                        o = owners[r["owner"]] = Owner(name=r["owner"], role="owner")
+                        s.add(o)
+                        s.flush()
+                        new_owners += 1
+                    w = works.get(r["sha256"])
+                    if w is None:
+                        w = works[r["sha256"]] = Work(owner_id=o.id, sha256=r["sha256"], phash=r["phash"],
+                                                      caption=r["text"], policy=r["policy"], labels=r["labels"])
+                        s.add(w)
+                        s.flush()
+                        new_works += 1
+                    elif w.owner_id != o.id:
+                        conflicts.append({"file_name": r["file_name"], "claimed_by": r["owner"], "work": w.id})
+                    dup = first.get(r["sha256"])
+                    first.setdefault(r["sha256"], pos)
+                    ds.duplicates += dup is not None
+                    s.add(DatasetWork(dataset_id=ds.id, position=pos, work_id=w.id, file_name=r["file_name"],
+                                      duplicate_of=dup))
+            model_id = None
+            if registered is not None:
+                m = s.scalar(select(Model).where(Model.weights_sha256 == registered["weights_sha256"],
+                                                 Model.dataset_id == ds.id))
+                if m is None:
+                    m = Model(dataset_id=ds.id, **registered)
+                    s.add(m)
+                    s.flush()
+                model_id = m.id
+            out = {"dataset": ds.name, "version": ds.version, "dataset_id": ds.id, "new_version": created,
+                   "images": ds.images, "duplicates": ds.duplicates, "new_works": new_works,
+                   "new_owners": new_owners, "conflicts": conflicts, "model_id": model_id}
+        self._index = None
+        return out
+
+    def models(self) -> list[dict]:
+        with self.store.read() as s:
+            return [{"id": m.id, "path": m.path, "kind": m.kind, "weights_sha256": m.weights_sha256,
+                     "dataset_id": m.dataset_id, "base_id": m.base_id, "created_at": _iso(m.created_at)}
+                    for m in s.scalars(select(Model).order_by(Model.id))]
+
+    def _model(self, s, model_id: int | None) -> Model:
+        if model_id is None:
+            m = s.scalar(select(Model).where(Model.base_id.is_(None)).order_by(Model.id.desc()))
+            if m is None:
+                raise DatarightsError("the ledger has no model yet (register one with `datarights ledger import DATA --model M`)")
+            return m
+        m = s.get(Model, model_id)
+        if m is None:
+            raise DatarightsError(f"unknown model id {model_id} (see `datarights ledger models`)")
+        return m
+
+    # ------------------------------------------------------------------ lookup
+    def _works_index(self):
+        """Hashes (and, for world datasets, judge features) of every registered work, built once."""
+        if self._index is None:
+            import numpy as np
+
+            with self.store.read() as s:
+                rows = s.execute(select(Work.id, Work.sha256, Work.phash)).all()
+            self._index = {"ids": np.array([r[0] for r in rows], dtype=np.int64),
+                           "sha": {r[1]: r[0] for r in rows},
+                           "phash": np.array([r[2] for r in rows], dtype=np.int64).view(np.uint64),
+                           "features": None}
+        return self._index
+
+    def _features(self):
+        """Judge features of the registered works whose dataset folder is still on disk (lazily)."""
+        import numpy as np
+        import torch
+
+        idx = self._works_index()
+        if idx["features"] is None:
+            from ..judge import load_judge
+
+            judge = load_judge()
+            with self.store.read() as s:
+                rows = s.execute(select(DatasetWork.work_id, DatasetWork.file_name, Dataset.source)
+                                 .join(Dataset, Dataset.id == DatasetWork.dataset_id)).all()
+            seen, ids, imgs = set(), [], []
+            for wid, fname, source in rows:
+                p = Path(source) / fname
+                if wid in seen or not p.is_file():
+                    continue
+                seen.add(wid)
+                rgb, _ = open_rgb(p)
+                ids.append(wid)
+                imgs.append(np.asarray(rgb.resize((16, 16)), dtype=np.float32) / 255.0)
+            feats = torch.zeros(0, 1)
+            if imgs:
+                x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2)
+                with torch.no_grad():
+                    feats = torch.nn.functional.normalize(torch.cat([judge.features(x[i:i + 512])
+                                                                     for i in range(0, len(x), 512)]), dim=1)
+            idx["features"] = (np.array(ids, dtype=np.int64), feats, judge)
+        return idx["features"]
+
+    def lookup(self, image: str | Path, limit: int = 10, features: bool = True) -> list[dict]:
+        """Registered works that are this image (same bytes), a near copy (perceptual hash within
+        NEAR_BITS bits), or, for world-sized images, look alike in judge features (cosine >= SIMILAR);
+        best first, each with its owner and the datasets and models it is in."""
+        import numpy as np
+
+        path = Path(image)
+        rgb, _ = open_rgb(path)
+        sha, ph = file_sha256(path), phash(rgb)
+        idx = self._works_index()
+        found: dict[int, dict] = {}
+        if sha in idx["sha"]:
+            found[idx["sha"][sha]] = {"match": "exact", "distance_bits": 0}
+        if len(idx["ids"]):
+            x = np.bitwise_xor(idx["phash"], np.array([ph], dtype=np.int64).view(np.uint64))
+            bits = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
+            for i in np.argsort(bits, kind="stable")[:limit]:
+                if bits[i] <= NEAR_BITS and int(idx["ids"][i]) not in found:
+                    found[int(idx["ids"][i])] = {"match": "near copy", "distance_bits": int(bits[i])}
+        if features and len(found) < limit and max(rgb.size) <= 64:
+            import torch
+
+            ids, feats, judge = self._features()
+            if len(ids):
+                q = np.asarray(rgb.resize((16, 16)), dtype=np.float32) / 255.0
+                with torch.no_grad():
+                    f = torch.nn.functional.normalize(judge.features(torch.from_numpy(q).permute(2, 0, 1)[None]), dim=1)[0]
+                sim = (feats @ f).numpy()
+                for i in np.argsort(-sim)[:limit]:
+                    if sim[i] >= SIMILAR and int(ids[i]) not in found:
+                        found[int(ids[i])] = {"match": "similar", "similarity": round(float(sim[i]), 4)}
+        order = {"exact": 0, "near copy": 1, "similar": 2}
+        ranked = sorted(found.items(), key=lambda kv: (order[kv[1]["match"]], kv[1].get("distance_bits", 0),
+                                                        -kv[1].get("similarity", 0)))[:limit]
+        with self.store.read() as s:
+            out = []
+            for wid, how in ranked:
+                w = s.get(Work, wid)
+                out.append({"work_id": wid, "owner": w.owner.name, "caption": w.caption, "policy": w.policy,
+                            "sha256": w.sha256, **how, "in": self._where(s, wid)})
+        return out
+
+    def _where(self, s, work_id: int) -> list[dict]:
+        rows = s.execute(select(Dataset.id, Dataset.name, Dataset.version, DatasetWork.file_name)
+                         .join(DatasetWork, DatasetWork.dataset_id == Dataset.id)
+                         .where(DatasetWork.work_id == work_id)).all()
+        out = []
+        for did, name, version, fname in rows:
+            models = [m.id for m in s.scalars(select(Model).where(Model.dataset_id == did))]
+            out.append({"dataset": name, "version": version, "file_name": fname, "models": models})
+        return out
+
+    # ------------------------------------------------------------------ an owner's rows
+    def works(self, owner: str, limit: int = 1000, offset: int = 0) -> list[dict]:
+        with self.store.read() as s:
+            o = self.owner(s, owner)
+            ws = s.scalars(select(Work).where(Work.owner_id == o.id).order_by(Work.id).limit(limit).offset(offset))
+            return [{"id": w.id, "caption": w.caption, "policy": w.policy, "sha256": w.sha256, "labels": w.labels,
+                     "in": self._where(s, w.id)} for w in ws]
+
+    def work(self, owner: str, work_id: int) -> dict:
+        with self.store.read() as s:
+            o = self.owner(s, owner)
+            w = s.get(Work, work_id)
+            if w is None or w.owner_id != o.id:
+                raise NotYours(f"work {work_id} is not one of {owner!r}'s works")
+            return {"id": w.id, "caption": w.caption, "policy": w.policy, "sha256": w.sha256, "labels": w.labels,
+                    "in": self._where(s, w.id)}
+
+    def work_file(self, work_id: int) -> Path | None:
+        """The image file of a work in the first dataset folder that still has it."""
+        with self.store.read() as s:
+            for fname, source in s.execute(select(DatasetWork.file_name, Dataset.source)
+                                           .join(Dataset, Dataset.id == DatasetWork.dataset_id)
+                                           .where(DatasetWork.work_id == work_id)):
+                p = Path(source) / fname
+                if p.is_file():
+                    return p
+        return None
+
+    # ------------------------------------------------------------------ opt-out
+    def optout(self, owner: str, works: list[int] | None = None, concept: str | None = None,
+               anchor: str | None = None, model_id: int | None = None) -> dict:
+        """File an opt-out: by concept ("Blubbo"), or by works (the concept they show is erased).
+
+        The concept must be one the model knows (world models: the world's vocabulary, see
+        `world info`); works must be the owner's own. The request starts as `pending`.
+        """
+        if bool(works) == bool(concept):
+            raise DatarightsError("give either --works or --concept")
+        with self.store.transaction() as s:
+            o = self.owner(s, owner)
+            m = self._model(s, model_id)
+            if works:
+                rows = [s.get(Work, int(w)) for w in works]
+                for wid, w in zip(works, rows):
+                    if w is None or w.owner_id != o.id:
+                        raise NotYours(f"work {wid} is not one of {owner!r}'s works")
+                concept = concept_of_works([w.labels for w in rows])
+            concept, anchor = resolve_concept(m, concept, anchor)
+            req = OptOut(owner_id=o.id, model_id=m.id, concept=concept, anchor=anchor,
+                         works=[int(w) for w in works or []], status="pending")
+            s.add(req)
+            s.flush()
+            s.add(OptOutEvent(optout_id=req.id, status="pending",
+                              note=f"filed by {owner}: erase {concept!r} (anchor {anchor!r}) from model {m.id}"))
+            return self._optout_json(s, req)
+
+    def _optout_json(self, s, r: OptOut) -> dict:
+        events = s.scalars(select(OptOutEvent).where(OptOutEvent.optout_id == r.id).order_by(OptOutEvent.id))
+        cert = s.scalar(select(Certificate.id).where(Certificate.optout_id == r.id))
+        return {"id": r.id, "owner": r.owner.name, "model_id": r.model_id, "concept": r.concept, "anchor": r.anchor,
+                "works": r.works, "status": r.status, "job_id": r.job_id, "certificate_id": cert,
+                "created_at": _iso(r.created_at),
+                "history": [{"status": e.status, "note": e.note, "at": _iso(e.at)} for e in events]}
+
+    def optouts(self, owner: str | None = None, status: str | None = None) -> list[dict]:
+        """Opt-out requests (one owner's, or all for the model owner), newest first."""
+        with self.store.read() as s:
+            q = select(OptOut).order_by(OptOut.id.desc())
+            if owner is not None:
+                q = q.where(OptOut.owner_id == self.owner(s, owner).id)
+            if status is not None:
+                q = q.where(OptOut.status == status)
+            return [self._optout_json(s, r) for r in s.scalars(q)]
+
+    def optout_status(self, request_id: int, owner: str | None = None) -> dict:
+        with self.store.read() as s:
+            r = s.get(OptOut, request_id)
+            if r is None or (owner is not None and r.owner.name != owner):
+                raise NotYours(f"opt-out {request_id} is not one of {owner!r}'s requests" if owner else
+                               f"unknown opt-out {request_id}")
+            return self._optout_json(s, r)
+
+    # ------------------------------------------------------------------ jobs (see workflow.py)
+    def recover(self) -> list[int]:
+        """Jobs left `running` by a process that no longer exists (killed, crashed) are marked failed,
+        their temporary folders removed, and their opt-outs go back to `pending`, so the next
+        `process` does them again."""
+        done = []
+        with self.store.transaction() as s:
+            for j in s.scalars(select(Job).where(Job.status == "running")):
+                if j.pid and pid_alive(j.pid) and j.pid != os.getpid():
+                    continue
+                sweep_stale(self.root / f"job-{j.id}")      # its half-written edited folder, if any
+                j.status, j.error, j.finished_at = "failed", f"interrupted (process {j.pid} ended)", now()
+                for r in s.scalars(select(OptOut).where(OptOut.id.in_(j.optouts))):
+                    if r.status == "processing":
+                        r.status = "pending"
+                        s.add(OptOutEvent(optout_id=r.id, status="pending",
+                                          note=f"job {j.id} was interrupted; back in the queue"))
+                done.append(j.id)
+        return done
+
+    def jobs(self) -> list[dict]:
+        with self.store.read() as s:
+            return [job_json(j) for j in s.scalars(select(Job).order_by(Job.id.desc()))]
+
+    def job(self, job_id: int) -> dict:
+        with self.store.read() as s:
+            j = s.get(Job, job_id)
+            if j is None:
+                raise DatarightsError(f"unknown job {job_id}")
+            return job_json(j)
+
+    def process(self, **kw) -> list[dict]:
+        from .workflow import process
+        return process(self, **kw)
+
+    # ------------------------------------------------------------------ certificates
+    def signing_key(self):
+        if self.key_path is None:
+            raise DatarightsError("this ledger is a database URL: give its signing key file with --key")
+        return signing.load_or_create_key(self.key_path)
+
+    def public_key(self) -> str:
+        return signing.public_hex(self.signing_key())
+
+    def certificate(self, cert_id: int, owner: str | None = None) -> dict:
+        """The signed certificate {"document", "signature"}; an owner may open only their own."""
+        with self.store.read() as s:
+            c = s.get(Certificate, cert_id)
+            if c is None or (owner is not None and s.get(OptOut, c.optout_id).owner.name != owner):
+                raise NotYours(f"certificate {cert_id} is not one of {owner!r}'s certificates" if owner else
+                               f"unknown certificate {cert_id}")
+            return {"document": json.loads(c.document), "signature": c.signature}
+
+    def certificates(self, owner: str | None = None) -> list[dict]:
+        with self.store.read() as s:
+            q = select(Certificate, OptOut).join(OptOut, OptOut.id == Certificate.optout_id).order_by(Certificate.id)
+            out = []
+            for c, r in s.execute(q).all():
+                if owner is None or r.owner.name == owner:
+                    doc = json.loads(c.document)
+                    out.append({"id": c.id, "optout_id": r.id, "concept": r.concept,
+                                "verdict": doc["audit"].get("verdict"), "issued_at": doc["issued_at"]})
+            return out
+
+    # ------------------------------------------------------------------ compensation
+    def attribute_log(self, image: str | Path, prompt: str, revenue: str | float, method: str = "dtrak",
+                      model_id: int | None = None, at: datetime | None = None) -> dict:
+        """Attribute a generated image to the registered model's training set and record a paid
+        generation: per-owner shares, and the revenue split by them in integer cents (largest
+        remainder: the parts sum exactly to the revenue)."""
+        from ..attribute import METHODS, Query, attribute, load_training_set, make_config
+        from ..models import load_model
+        from ..world import read_imagefolder
+
+        cents = money.to_cents(revenue)
+        if not prompt or not prompt.strip():
+            raise DatarightsError("--prompt must not be empty")
+        if method not in METHODS:
+            raise DatarightsError(f"unknown attribution method {method!r}; choose from {', '.join(sorted(METHODS))}")
+        path = Path(image)
+        rgb, _ = open_rgb(path)
+        with self.store.read() as s:
+            m = self._model(s, model_id)
+            ds = s.get(Dataset, m.dataset_id) if m.dataset_id else None
+            if ds is None:
+                raise DatarightsError(f"model {m.id} has no registered training set to attribute to")
+            model_path, source = m.path, ds.source
+        model = load_model(None if model_path == "default" else model_path)
+        import numpy as np
+        import torch
+
+        folder = read_imagefolder(source, resolution=model.resolution)
+        train = load_training_set(model, folder)
+        x = torch.from_numpy(np.asarray(rgb.resize((model.resolution, model.resolution)), dtype=np.float32) / 255.0)
+        r = attribute(model, train, Query(x.permute(2, 0, 1), prompt), method, make_config(method), progress=False)
+        shares = r.owner_shares()
+        split = money.split_cents(cents, {x["owner"]: x["share"] for x in shares}) if cents else {}
+        with self.store.transaction() as s:
+            ev = AttributionEvent(model_id=m.id, image_sha256=file_sha256(path), prompt=prompt, method=method,
+                                  shares=[{"owner": x["owner"], "share": round(float(x["share"]), 6)} for x in shares],
+                                  revenue_cents=cents, created_at=at or now())
+            s.add(ev)
+            s.flush()
+            owners = {o.name: o for o in s.scalars(select(Owner).where(Owner.name.in_(list(split))))}
+            missing = [o for o in split if o not in owners]
+            if missing:
+                raise DatarightsError(f"owner {missing[0]!r} of the training set is not registered in the ledger")
+            share_of = {x["owner"]: float(x["share"]) for x in shares}
+            for name, c in split.items():
+                if c:
+                    s.add(Payout(event_id=ev.id, owner_id=owners[name].id, cents=c, share=share_of[name]))
+            return {"event_id": ev.id, "model_id": m.id, "method": method, "revenue_cents": cents,
+                    "payouts": sorted(({"owner": k, "cents": v} for k, v in split.items() if v),
+                                      key=lambda p: (-p["cents"], p["owner"])),
+                    "shares": ev.shares[:10], "created_at": _iso(ev.created_at)}
+
+    def statement(self, owner: str, period: str) -> dict:
+        """What an owner earned in a month ('2026-11'), from which generations."""
+        if not PERIOD.match(period or ""):
+            raise DatarightsError(f"--period must be a month such as 2026-11, got {period!r}")
+        y, mo = map(int, period.split("-"))
+        start = datetime(y, mo, 1)
+        end = datetime(y + (mo == 12), mo % 12 + 1, 1)
+        with self.store.read() as s:
+            o = self.owner(s, owner)
+            rows = s.execute(select(Payout, AttributionEvent).join(AttributionEvent, AttributionEvent.id == Payout.event_id)
+                             .where(Payout.owner_id == o.id, AttributionEvent.created_at >= start,
+                                    AttributionEvent.created_at < end).order_by(AttributionEvent.created_at)).all()
+            items = [{"event_id": e.id, "at": _iso(e.created_at), "prompt": e.prompt, "image_sha256": e.image_sha256,
+                      "method": e.method, "share": round(p.share, 6), "cents": p.cents, "revenue_cents": e.revenue_cents}
+                     for p, e in rows]
+            return {"owner": o.name, "period": period, "total_cents": sum(i["cents"] for i in items),
+                    "generations": len(items), "items": items}
+
+    def earnings(self, owner: str) -> list[dict]:
+        """An owner's earnings per month, oldest first (for the chart)."""
+        with self.store.read() as s:
+            o = self.owner(s, owner)
+            rows = s.execute(select(AttributionEvent.created_at, Payout.cents)
+                             .join(Payout, Payout.event_id == AttributionEvent.id).where(Payout.owner_id == o.id)).all()
+        months: dict[str, int] = {}
+        for t, c in rows:
+            months[t.strftime("%Y-%m")] = months.get(t.strftime("%Y-%m"), 0) + c
+        return [{"period": k, "cents": v} for k, v in sorted(months.items())]
+
+
+def job_json(j: Job) -> dict:
+    return {"id": j.id, "model_id": j.model_id, "optouts": j.optouts, "method": j.method, "settings": j.settings,
+            "status": j.status, "stage": j.stage, "progress": round(j.progress, 3), "edited_path": j.edited_path,
+            "edited_model_id": j.edited_model_id, "audit": j.audit, "attacks": j.attacks, "error": j.error,
+            "started_at": _iso(j.started_at), "finished_at": _iso(j.finished_at)}
+
+
+def _model_identity(path: str | Path | None) -> dict:
+    """What the ledger records of a model folder: where it is, its kind and its weights' SHA-256."""
+    from ..models import load_model, weights_digest
+
+    m = load_model(path)
+    return {"path": "default" if path is None else str(Path(path).resolve()), "kind": m.kind,
+            "weights_sha256": weights_digest(m)}
+
+
+def concept_of_works(labels: list[dict]) -> str:
+    """The one nameable concept every listed work shows: a character, a memorized image, an artist's
+    style, a composition, or an object instance (in that order of preference)."""
+    from ..world import vocab as V
+
+    for key in ("character", "memorized", "style", "composition", "object"):
+        vals = {lab.get(key) for lab in labels}
+        if len(vals) == 1:
+            v = vals.pop()
+            if v and v != V.NONE and v != V.PLAIN_STYLE and not (key == "object" and v in V.CATEGORIES):
+                return v
+    raise DatarightsError("these works show no one concept in common that can be erased; opt out by --concept, "
+                          "or list works of one concept")
+
+
+def resolve_concept(model: Model, concept: str, anchor: str | None) -> tuple[str, str]:
+    """(concept, anchor): for a world model the concept must be in the world's vocabulary and its
+    anchor defaults to the vocabulary's; for other models both are free text (anchor required)."""
+    concept = (concept or "").strip()
+    if not concept:
+        raise DatarightsError("the concept to opt out of must not be empty")
+    if model.kind == "world":
+        from ..world import vocab as V
+
+        found = V.find_concept(concept)
+        if found is None or found[0] == "categories":
+            raise DatarightsError(f"model {model.id} does not know the concept {concept!r} (see `datarights world info`)")
+        concept = found[1]["name"]
+        anchor = anchor or found[1].get("anchor")
+    if not anchor or not anchor.strip() or anchor.strip().lower() == concept.lower():
+        raise DatarightsError(f"give an --anchor for {concept!r} (what the model should show instead), other than "
+                              "the concept itself")
+    return concept, anchor.strip()
+

@@ -1,0 +1,169 @@
+"""The ledger's tables (SQLAlchemy 2 declarative models).
+
+One row type per thing the ownership loop talks about: owners, their works, the datasets a model was
+trained on, the models, opt-out requests and their status history, erase jobs, certificates,
+attribution events and the payouts they split into. The schema itself is created and upgraded by
+the Alembic migrations in `migrations/` (never by `create_all`), so a ledger file always says which
+revision it is at.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+POLICIES = ("allow", "opt-out", "licence-required")
+ROLES = ("owner", "admin")
+OPTOUT_STATES = ("pending", "processing", "done", "failed")
+JOB_STATES = ("running", "done", "failed")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored as naive UTC
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Owner(Base):
+    __tablename__ = "owners"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(10), default="owner")
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    """sha256 of the owner's API token (the token itself is shown once and never stored)."""
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Work(Base):
+    __tablename__ = "works"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    """SHA-256 of the image file's bytes: one work per content."""
+    phash: Mapped[int] = mapped_column(BigInteger, index=True)
+    """64-bit perceptual hash (DCT), stored signed."""
+    caption: Mapped[str] = mapped_column(Text)
+    policy: Mapped[str] = mapped_column(String(20), default="allow")
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    """What the dataset's metadata says the image shows (world labels), for opt-outs by works."""
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    owner: Mapped[Owner] = relationship()
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(Text)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    """Hash of the ordered list of its works' hashes: the same folder imported twice is one version."""
+    images: Mapped[int] = mapped_column(Integer)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class DatasetWork(Base):
+    __tablename__ = "dataset_works"
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """Row of the image in the dataset's metadata.jsonl (0-based)."""
+    work_id: Mapped[int] = mapped_column(ForeignKey("works.id"), index=True)
+    file_name: Mapped[str] = mapped_column(Text)
+    duplicate_of: Mapped[int | None] = mapped_column(Integer, default=None)
+    """Position of an earlier row with the same content, if any."""
+
+
+class Model(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(10))
+    weights_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), default=None)
+    base_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), default=None)
+    """For an edited model: the model it was edited from."""
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class OptOut(Base):
+    __tablename__ = "optouts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    concept: Mapped[str] = mapped_column(String(200))
+    """The concept to erase (named, or the one the listed works show)."""
+    anchor: Mapped[str] = mapped_column(String(200))
+    works: Mapped[list] = mapped_column(JSON, default=list)
+    """Work ids when the request names works."""
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    owner: Mapped[Owner] = relationship()
+
+
+class OptOutEvent(Base):
+    __tablename__ = "optout_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    optout_id: Mapped[int] = mapped_column(ForeignKey("optouts.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    note: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    optouts: Mapped[list] = mapped_column(JSON)
+    method: Mapped[str] = mapped_column(String(40))
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    stage: Mapped[str] = mapped_column(String(40), default="")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    edited_path: Mapped[str | None] = mapped_column(Text, default=None)
+    edited_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), default=None)
+    audit: Mapped[dict | None] = mapped_column(JSON, default=None)
+    attacks: Mapped[dict | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+
+class Certificate(Base):
+    __tablename__ = "certificates"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    optout_id: Mapped[int] = mapped_column(ForeignKey("optouts.id"), index=True)
+    document: Mapped[str] = mapped_column(Text)
+    """The signed document, as the canonical JSON that was signed."""
+    signature: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class AttributionEvent(Base):
+    __tablename__ = "attribution_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(40))
+    shares: Mapped[list] = mapped_column(JSON)
+    """[{"owner", "share"}] as the attribution gave them."""
+    revenue_cents: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
+
+
+class Payout(Base):
+    __tablename__ = "payouts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("attribution_events.id"), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
+    cents: Mapped[int] = mapped_column(Integer)
+    share: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,306 @@
+"""The ledger: registry, lookup, opt-out -> process -> signed certificate, payouts, statements, and
+every refusal (another owner's rows, bad files, newer schemas, bad certificates)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datarights.errors import DatarightsError
+from datarights.ledger import Ledger, NotYours, split_cents, to_cents, verify_certificate
+
+from .conftest import TINY_UNET
+
+SMALL_AUDIT = dict(n_target=16, n_seen=16, n_nearby=16, n_others=16, n_anchor=16, steps=2)
+SMALL_ERASE = dict(steps=2, n_anchor_images=2, batch_size=2, sample_steps=2)
+
+
+@pytest.fixture()
+def ledger(tmp_path, tiny_world, tiny_trained):
+    led = Ledger(tmp_path / "l.db", create=True)
+    led.import_dataset(tiny_world, tiny_trained)
+    return led
+
+
+def _metas(world):
+    return [json.loads(line) for line in (world / "metadata.jsonl").read_text().splitlines()]
+
+
+def _owner_with_character(world):
+    return next(m["owner"] for m in _metas(world) if m["character"] != "none")
+
+
+def test_import_registers_works_owners_and_versions(tmp_path, tiny_world, tiny_trained):
+    led = Ledger(tmp_path / "l.db", create=True)
+    r = led.import_dataset(tiny_world, tiny_trained)
+    metas = _metas(tiny_world)
+    assert r["version"] == 1 and r["images"] == len(metas) and r["new_works"] == len(metas) and not r["conflicts"]
+    assert {o["name"] for o in led.owners()} == {m["owner"] for m in metas}
+    assert sum(o["works"] for o in led.owners()) == len(metas)
+    again = led.import_dataset(tiny_world, tiny_trained)              # same content: no new version
+    assert again["version"] == 1 and not again["new_version"] and again["model_id"] == r["model_id"]
+    # a changed copy: a duplicated row (same bytes twice) and a row claimed by another owner
+    copy = tmp_path / "world2"
+    shutil.copytree(tiny_world, copy)
+    rows = metas + [dict(metas[0]), dict(metas[1], owner="Someone Else")]
+    (copy / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in rows))
+    v2 = led.import_dataset(copy, tiny_trained, name=tiny_world.name)
+    assert v2["version"] == 2 and v2["new_works"] == 0 and v2["duplicates"] == 2
+    assert [c["claimed_by"] for c in v2["conflicts"]] == ["Someone Else"]
+    assert led.works(metas[1]["owner"])[0]["in"]                       # the work keeps its first owner
+
+
+def test_lookup_finds_exact_and_near_copies_and_nothing_for_noise(tmp_path, ledger, tiny_world):
+    m = _metas(tiny_world)[5]
+    exact = ledger.lookup(tiny_world / m["file_name"])
+    assert exact[0]["match"] == "exact" and exact[0]["owner"] == m["owner"]
+    assert exact[0]["in"][0]["models"] == [1]
+    img = np.asarray(Image.open(tiny_world / m["file_name"]).convert("RGB")).astype(np.int16)
+    near = tmp_path / "near.png"
+    Image.fromarray(np.clip(img + 3, 0, 255).astype(np.uint8)).resize((64, 64), Image.BICUBIC).save(near)
+    found = ledger.lookup(near, features=False)
+    assert found and found[0]["match"] == "near copy" and found[0]["work_id"] == exact[0]["work_id"]
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(noise)
+    assert all(x["match"] == "similar" for x in ledger.lookup(noise)) and not ledger.lookup(noise, features=False)
+
+
+def test_optout_checks_owner_works_and_concept(ledger, tiny_world):
+    metas = _metas(tiny_world)
+    studio = _owner_with_character(tiny_world)
+    mine = [w["id"] for w in ledger.works(studio)]
+    r = ledger.optout(studio, works=mine)
+    assert r["concept"] == "Blubbo" and r["anchor"] == "fish" and r["status"] == "pending"
+    other = next(m["owner"] for m in metas if m["owner"] != studio)
+    theirs = ledger.works(other)[0]["id"]
+    with pytest.raises(NotYours):
+        ledger.optout(studio, works=[theirs])
+    with pytest.raises(NotYours):
+        ledger.work(studio, theirs)
+    with pytest.raises(NotYours):
+        ledger.optout_status(r["id"], owner=other)
+    with pytest.raises(DatarightsError, match="does not know the concept"):
+        ledger.optout(studio, concept="Mickey")
+    with pytest.raises(DatarightsError, match="unknown owner"):
+        ledger.optout("Nobody", concept="Blubbo")
+    with pytest.raises(DatarightsError, match="either"):
+        ledger.optout(studio)
+    assert [x["id"] for x in ledger.optouts(owner=other)] == []
+
+
+def test_process_issues_a_certificate_that_verifies_and_breaks_on_one_byte(ledger, tiny_world, tmp_path):
+    from datarights.audit import AuditConfig
+
+    studio = _owner_with_character(tiny_world)
+    req = ledger.optout(studio, concept="Blubbo")
+    jobs = ledger.process(attacks=["paraphrase"], audit_config=AuditConfig(**SMALL_AUDIT), attack_budget=2,
+                          erase_options=SMALL_ERASE)
+    assert [j["status"] for j in jobs] == ["done"] and ledger.process() == []      # nothing pending any more
+    status = ledger.optout_status(req["id"], owner=studio)
+    assert status["status"] == "done" and [h["status"] for h in status["history"]] == ["pending", "processing", "done"]
+    cert = ledger.certificate(status["certificate_id"], owner=studio)
+    doc = cert["document"]
+    assert doc["optout"]["concept"] == "Blubbo" and doc["audit"]["verdict"] and "target_erased_ci" in doc["audit"]
+    assert doc["attacks"]["paraphrase"]["attempts"] == 2 and doc["dataset"]["version"] == 1
+    edited = jobs[0]["edited_path"]
+    ok = verify_certificate(cert, model=edited, public_key=ledger.public_key())
+    assert ok["valid"], ok
+    # one byte of the document
+    bad = json.loads(json.dumps(cert))
+    bad["document"]["audit"]["target_erased_n"] = (bad["document"]["audit"]["target_erased_n"] or 0) + 1
+    assert not verify_certificate(bad)["valid"]
+    # one byte of the edited weights (inside a tensor's data, so the file still loads)
+    copy = tmp_path / "edited-copy"
+    shutil.copytree(edited, copy)
+    f = copy / "edit.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[-3] ^= 0x01
+    f.write_bytes(bytes(raw))
+    res = verify_certificate(cert, model=copy)
+    assert not res["valid"] and [c["check"] for c in res["checks"] if not c["ok"]] == ["edited weights"]
+    # another signer
+    assert not verify_certificate(cert, public_key="00" * 32)["valid"]
+    with pytest.raises(NotYours):
+        ledger.certificate(status["certificate_id"], owner=next(o["name"] for o in ledger.owners() if o["name"] != studio))
+
+
+def test_a_killed_job_is_marked_failed_and_its_optouts_are_pending_again(ledger, tiny_world):
+    from datarights.ledger.schema import Job, OptOut
+
+    req = ledger.optout(_owner_with_character(tiny_world), concept="Blubbo")
+    with ledger.store.transaction() as s:
+        s.add(Job(model_id=1, optouts=[req["id"]], method="ca", pid=2 ** 22 + 12345, status="running"))
+        s.get(OptOut, req["id"]).status = "processing"
+    assert ledger.recover() == [1]
+    assert ledger.job(1)["status"] == "failed" and "interrupted" in ledger.job(1)["error"]
+    assert ledger.optout_status(req["id"])["status"] == "pending"
+
+
+def test_split_cents_sums_exactly_for_10000_random_splits():
+    rng = np.random.default_rng(0)
+    for _ in range(10_000):
+        n = int(rng.integers(1, 40))
+        shares = rng.dirichlet(np.full(n, rng.uniform(0.05, 2.0)))
+        total = int(rng.integers(0, 100_000))
+        split = split_cents(total, {f"o{i}": float(s) for i, s in enumerate(shares)})
+        assert sum(split.values()) == total
+        exact = {f"o{i}": total * s / shares[shares > 0].sum() for i, s in enumerate(shares) if s > 0}
+        assert all(v >= 0 and abs(v - exact[o]) < 1 for o, v in split.items())
+    assert split_cents(1, {"b": 0.5, "a": 0.5}) == {"a": 1, "b": 0}       # ties go by name: reproducible
+    assert to_cents("0.04") == 4 and to_cents("12") == 1200
+    for bad in ("0.001", "-1", "nan", "abc", "inf"):
+        with pytest.raises(DatarightsError):
+            to_cents(bad)
+
+
+def test_attribute_log_and_statement(ledger, tiny_world, tmp_path):
+    from datetime import datetime
+
+    m = _metas(tiny_world)[3]
+    ev = ledger.attribute_log(tiny_world / m["file_name"], m["text"], "0.37", method="pixel",
+                              at=datetime(2026, 11, 5, 12, 0))
+    assert ev["revenue_cents"] == 37 and sum(p["cents"] for p in ev["payouts"]) == 37
+    top = ev["payouts"][0]["owner"]
+    st = ledger.statement(top, "2026-11")
+    assert st["generations"] == 1 and st["total_cents"] == ev["payouts"][0]["cents"]
+    assert ledger.statement(top, "2026-10")["total_cents"] == 0
+    assert ledger.earnings(top) == [{"period": "2026-11", "cents": st["total_cents"]}]
+    with pytest.raises(DatarightsError, match="period"):
+        ledger.statement(top, "2026-13")
+
+
+def test_migrations_create_exactly_the_models_schema(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from datarights.ledger.schema import Base
+
+    led = Ledger(tmp_path / "l.db", create=True)
+    with led.store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_files_that_are_not_ledgers_are_refused(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all, just some bytes")
+    with pytest.raises(DatarightsError, match="not a datarights ledger"):
+        Ledger(junk)
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as c:
+        c.execute("CREATE TABLE photos (id INTEGER)")
+    with pytest.raises(DatarightsError, match="not a datarights ledger"):
+        Ledger(other)
+    newer = tmp_path / "newer.db"
+    Ledger(newer, create=True)
+    with sqlite3.connect(newer) as c:
+        c.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(DatarightsError, match="newer than this datarights"):
+        Ledger(newer)
+    with pytest.raises(DatarightsError, match="does not exist"):
+        Ledger(tmp_path / "missing.db")
+    before = junk.read_bytes()
+    with pytest.raises(DatarightsError):
+        Ledger(junk, create=True)
+    assert junk.read_bytes() == before                                    # nothing written
+
+
+def test_tokens_are_stored_hashed(ledger, tiny_world):
+    studio = _owner_with_character(tiny_world)
+    token = ledger.issue_token(studio)
+    assert ledger.owner_by_token(token)["name"] == studio
+    with ledger.store.read() as s:
+        from datarights.ledger.schema import Owner
+        stored = [o.token_hash for o in s.query(Owner) if o.token_hash]
+    assert token not in stored and len(stored) == 1
+    with pytest.raises(DatarightsError, match="unknown token"):
+        ledger.owner_by_token(token + "x")
+    admin = ledger.issue_token("model owner", admin=True)
+    assert ledger.owner_by_token(admin)["role"] == "admin"
+    with pytest.raises(DatarightsError):
+        ledger.issue_token(studio, admin=True)
+
+
+def test_ledger_cli_answers_bad_input_in_one_line(tmp_path, tiny_world, tiny_trained, capsys):
+    from datarights.cli import main
+
+    def run(*args):
+        import sys
+        old = sys.argv
+        sys.argv = ["datarights", *args]
+        try:
+            main()
+            return 0
+        except SystemExit as e:
+            return e.code
+        finally:
+            sys.argv = old
+
+    db = str(tmp_path / "l.db")
+    assert run("ledger", "import", str(tiny_world), "--model", str(tiny_trained), "--ledger", db, "--json") in (0, None)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["images"] == len(_metas(tiny_world))
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"xx" * 20)
+    cases = [
+        ("ledger", "owners", "--ledger", str(junk)),
+        ("ledger", "optout", "--owner", "Nobody", "--concept", "Blubbo", "--ledger", db),
+        ("ledger", "optout", "--owner", _owner_with_character(tiny_world), "--concept", "Mickey", "--ledger", db),
+        ("ledger", "optout", "--owner", _owner_with_character(tiny_world), "--works", "a,b", "--ledger", db),
+        ("ledger", "statement", "--owner", _owner_with_character(tiny_world), "--period", "11-2026", "--ledger", db),
+        ("ledger", "attribute-log", str(tmp_path / "missing.png"), "--prompt", "x", "--revenue", "0.04", "--ledger", db),
+        ("ledger", "attribute-log", str(tiny_world / _metas(tiny_world)[0]["file_name"]), "--prompt", "x",
+         "--revenue", "0.001", "--ledger", db),
+        ("ledger", "verify-certificate", str(junk)),
+        ("ledger", "certificate", "7", "--ledger", db),
+        ("ledger", "lookup", str(junk), "--ledger", db),
+        ("ledger", "token", "--ledger", db),
+        ("ledger", "optout", "--ledger", db),                                 # a missing option: usage error
+    ]
+    for args in cases:
+        assert run(*args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err and (err.count("\n") == 0 or "Usage" in err), (args, err)
+
+
+def test_kill_9_during_process_leaves_a_failed_job_and_a_rerun_finishes(tmp_path, tiny_world, tiny_trained):
+    """`kill -9` in the middle of `ledger process`: no half-written row or folder; the job is marked
+    failed when the ledger is next opened, its opt-out is pending again, and a rerun certifies it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "l.db"
+    led = Ledger(db, create=True)
+    led.import_dataset(tiny_world, tiny_trained)
+    req = led.optout(_owner_with_character(tiny_world), concept="Blubbo")
+    cmd = [sys.executable, "-c", "from datarights.cli import main; main()", "ledger", "process", "--attacks", "",
+           "--n-target", "16", "--ledger", str(db)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        with sqlite3.connect(db) as c:
+            row = c.execute("SELECT status, stage FROM jobs").fetchone()
+        if row and row[0] == "running":
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "process finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = Ledger(db)                                                    # opening recovers the dead job
+    job = again.jobs()[0]
+    assert job["status"] == "failed" and "interrupted" in job["error"]
+    assert again.optout_status(req["id"])["status"] == "pending"
+    folders = [p for p in again.root.iterdir()] if again.root.exists() else []
+    assert all((p / "model_index.json").is_file() for p in folders), folders   # whole edited folders, no temp
+    from datarights.audit import AuditConfig
+    done = again.process(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE)
+    assert done[0]["status"] == "done" and again.optout_status(req["id"])["certificate_id"] is not None
