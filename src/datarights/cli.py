@@ -510,6 +510,23 @@ def demo_cmd(out: Path = typer.Option(Path("datarights-demo"), "--out", help="Fo
     _emit(results, as_json, text=f"report: {results['report']}")
 
 
+@app.command("serve")
+def serve_cmd(ledger: Optional[str] = typer.Option(None, "--ledger", help="Ledger file or URL (default: $DATARIGHTS_LEDGER or ./datarights-ledger.db)."),
+              host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+              port: int = typer.Option(8000, help="Port.")):
+    """The owners' web page and JSON API (/docs) on a ledger."""
+    if not 0 < port < 65536:
+        raise DatarightsError(f"--port must be in 1..65535, got {port}")
+    from .web.app import create_app
+
+    location = ledger or os.environ.get("DATARIGHTS_LEDGER") or "datarights-ledger.db"
+    app_ = create_app(location)   # opened (and checked) before the server starts
+    import uvicorn
+
+    typer.echo(f"datarights: serving {location} on http://{host}:{port}/ (API docs: /docs)", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     """Entry point. Usage errors: click's usage message and exit code 2 (click handles them itself,
     whichever click typer brings); DatarightsError: one line on stderr and exit code 2."""

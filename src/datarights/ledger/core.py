@@ -435,6 +435,13 @@ class Ledger:
                 raise DatarightsError(f"unknown job {job_id}")
             return job_json(j)
 
+    def evidence(self, job_id: int) -> list[dict]:
+        """The before/after grids a job saved beside its edited model (empty if gone)."""
+        from ..files import read_json_file
+
+        p = self.root / f"job-{job_id}-evidence.json"
+        return read_json_file(p, "evidence file") if p.is_file() else []
+
     def process(self, **kw) -> list[dict]:
         from .workflow import process
         return process(self, **kw)

@@ -17,6 +17,7 @@ from datetime import timezone
 from sqlalchemy import select
 
 from ..errors import DatarightsError
+from ..files import write_json
 from ..stats import finite
 from . import signing
 from .schema import Certificate, Dataset, Job, Model, OptOut, OptOutEvent, now
@@ -108,7 +109,9 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, lo
         edited = load_model(out_dir)
         _stage(ledger, job_id, "audit", 0.4)
         log(f"job {job_id}: auditing")
-        result = public(audit(edited, base, targets, anchors, audit_config, progress=False, log=lambda s: None))
+        raw = audit(edited, base, targets, anchors, audit_config, progress=False, log=lambda s: None)
+        write_json(ledger.root / f"job-{job_id}-evidence.json", evidence(raw["_grids"]))
+        result = public(raw)
         per_target = result.get("targets") or [result]
         attack_res: dict = {}
         for i, t in enumerate(targets):
@@ -166,3 +169,20 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, lo
         raise
     return ledger.job(job_id)
 
+
+
+def evidence(grids: list[dict], per_grid: int = 8) -> list[dict]:
+    """Before/after image grids of the audit (base and edited model, same prompts and noise) for the
+    certificate page: the first images of each prompt family, with what the judge read in them."""
+    from ..report import image_uri
+
+    out = []
+    for g in grids:
+        if "edited" not in g:
+            continue
+        k = min(per_grid, len(g["prompts"]))
+        out.append({"title": g["title"],
+                    "base": [{"uri": image_uri(g["base"][i]), "label": g["read_base"][i]} for i in range(k)],
+                    "edited": [{"uri": image_uri(g["edited"][i]), "label": g["read_edited"][i],
+                                "cls": "bad" if g["read_edited"][i] == "degenerate" else ""} for i in range(k)]})
+    return out

@@ -1,0 +1,1 @@
+"""The owners web page and JSON API (`datarights serve`)."""

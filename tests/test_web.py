@@ -1,0 +1,155 @@
+"""The owners' web page and JSON API: access (every owner-scoped route refuses another owner's ids),
+CSRF, uploads, and the whole loop through HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datarights.ledger import Ledger
+
+from .test_ledger import SMALL_AUDIT, SMALL_ERASE, _metas, _owner_with_character
+
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+
+@pytest.fixture()
+def site(tmp_path, tiny_world, tiny_trained):
+    """A ledger with two owners signed up, one opt-out processed (so a certificate exists), one paid
+    generation; returns (client factory, ids of each owner's rows)."""
+    from datetime import datetime
+
+    from datarights.audit import AuditConfig
+    from datarights.web.app import create_app
+
+    db = tmp_path / "l.db"
+    led = Ledger(db, create=True)
+    led.import_dataset(tiny_world, tiny_trained)
+    studio = _owner_with_character(tiny_world)
+    other = next(m["owner"] for m in _metas(tiny_world) if m["owner"] != studio)
+    tokens = {"studio": led.issue_token(studio), "other": led.issue_token(other), "admin": led.issue_token("admin", admin=True)}
+    req = led.optout(studio, concept="Blubbo")
+    led.process(attacks=["paraphrase"], audit_config=AuditConfig(**SMALL_AUDIT), attack_budget=2, erase_options=SMALL_ERASE)
+    m = _metas(tiny_world)[3]
+    led.attribute_log(tiny_world / m["file_name"], m["text"], "1.00", method="pixel", at=datetime(2026, 11, 5))
+    app = create_app(db, process_options=dict(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE))
+    ids = {"work": led.works(studio)[0]["id"], "optout": req["id"], "certificate": led.optout_status(req["id"])["certificate_id"],
+           "studio": studio, "other": other}
+    return app, tokens, ids, tiny_world
+
+
+def _bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _png(arr=None) -> bytes:
+    arr = np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8) if arr is None else arr
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _signed_in(app, token) -> tuple[TestClient, str]:
+    c = TestClient(app)
+    r = c.post("/signin", data={"token": token}, follow_redirects=False)
+    assert r.status_code == 303
+    page = c.get("/optouts").text
+    return c, re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+
+
+OWNER_ROUTES = [("GET", "/api/works/{work}"), ("GET", "/api/works/{work}/image"), ("GET", "/api/optouts/{optout}"),
+                ("GET", "/api/certificates/{certificate}"), ("GET", "/optouts/{optout}"),
+                ("GET", "/certificates/{certificate}"), ("GET", "/certificates/{certificate}.json")]
+
+
+def test_every_owner_scoped_route_refuses_another_owners_ids(site):
+    app, tokens, ids, _ = site
+    c = TestClient(app)
+    for method, route in OWNER_ROUTES:
+        url = route.format(**ids)
+        assert c.request(method, url, headers=_bearer(tokens["studio"])).status_code == 200, url
+        assert c.request(method, url, headers=_bearer(tokens["other"])).status_code == 404, url   # not theirs
+        assert c.request(method, url).status_code == 401, url                                       # nobody
+        assert c.request(method, url, headers=_bearer("forged")).status_code == 401, url
+    # the other owner's lists hold none of the studio's rows; statements are the caller's own
+    assert c.get("/api/optouts", headers=_bearer(tokens["other"])).json()["optouts"] == []
+    assert c.get("/api/certificates", headers=_bearer(tokens["other"])).json()["certificates"] == []
+    assert ids["work"] not in [w["id"] for w in c.get("/api/works", headers=_bearer(tokens["other"])).json()["works"]]
+    # an opt-out naming another owner's work is refused, and nothing is written
+    before = c.get("/api/optouts", headers=_bearer(tokens["other"])).json()
+    r = c.post("/api/optouts", headers=_bearer(tokens["other"]), json={"works": [ids["work"]]})
+    assert r.status_code == 404 and c.get("/api/optouts", headers=_bearer(tokens["other"])).json() == before
+    # admin routes: 403 for owners, 200 for the admin
+    for url in ("/api/admin/optouts", "/api/admin/jobs", "/admin"):
+        assert c.get(url, headers=_bearer(tokens["studio"])).status_code == 403, url
+        assert c.get(url, headers=_bearer(tokens["admin"])).status_code == 200, url
+    assert c.post("/api/admin/process", headers=_bearer(tokens["studio"])).status_code == 403
+    assert c.post("/api/admin/attribute", headers=_bearer(tokens["other"]), files={"file": ("x.png", _png())},
+                  data={"prompt": "a fish", "revenue": "0.04"}).status_code == 403
+
+
+def test_forms_need_the_csrf_token_and_uploads_are_checked(site):
+    app, tokens, ids, world = site
+    c, csrf = _signed_in(app, tokens["studio"])
+    assert c.post("/optouts", data={"concept": "Ada Vell"}, follow_redirects=False).status_code == 403   # no token
+    assert c.post("/optouts", data={"concept": "Ada Vell", "csrf": "0" * 64}, follow_redirects=False).status_code == 403
+    r = c.post("/optouts", data={"concept": "Ada Vell", "csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/optouts/")
+    bad = c.post("/optouts", data={"concept": "Mickey", "csrf": csrf})
+    assert bad.status_code == 400 and "does not know the concept" in bad.text and "Traceback" not in bad.text
+    # uploads: not an image, too large, empty, and a real one
+    assert c.post("/check", data={"csrf": csrf}, files={"file": ("a.png", b"hello")}).status_code == 400
+    assert c.post("/check", data={"csrf": csrf}, files={"file": ("a.png", b"")}).status_code == 400
+    big = b"\x89PNG" + b"0" * (9 * 1024 * 1024)
+    assert c.post("/api/lookup", headers=_bearer(tokens["studio"]), files={"file": ("a.png", big)}).status_code == 413
+    m = _metas(world)[0]
+    r = c.post("/check", data={"csrf": csrf}, files={"file": ("w.png", (world / m["file_name"]).read_bytes())})
+    assert r.status_code == 200 and "exact" in r.text and m["owner"] in r.text
+    js = c.post("/api/lookup", headers=_bearer(tokens["other"]), files={"file": ("w.png", (world / m["file_name"]).read_bytes())})
+    assert js.json()["matches"][0]["match"] == "exact"
+    # a JSON body that is not an object
+    assert c.post("/api/optouts", headers=_bearer(tokens["studio"]), content=b"[1]").status_code == 400
+
+
+def test_pages_render_for_owner_and_admin(site):
+    app, tokens, ids, _ = site
+    c, csrf = _signed_in(app, tokens["studio"])
+    for url in ("/works", "/check", "/optouts", f"/optouts/{ids['optout']}", f"/certificates/{ids['certificate']}",
+                "/statements", "/statements?period=2026-11"):
+        r = c.get(url)
+        assert r.status_code == 200 and "Traceback" not in r.text, url
+    assert 'id="signature">valid' in c.get(f"/certificates/{ids['certificate']}").text
+    assert "before:" in c.get(f"/certificates/{ids['certificate']}").text                # before/after grids
+    assert c.get("/statements?period=2026-13").status_code == 400
+    a, _ = _signed_in(app, tokens["admin"])
+    assert "Pending opt-outs" in a.get("/admin").text
+    docs = c.get("/openapi.json").json()
+    assert "/api/optouts" in docs["paths"] and "/api/admin/process" in docs["paths"]
+
+
+def test_the_admin_processes_in_the_background_and_the_owner_follows(site):
+    app, tokens, ids, _ = site
+    c = TestClient(app)
+    r = c.post("/api/optouts", headers=_bearer(tokens["studio"]), json={"concept": "Ada Vell"})
+    assert r.status_code == 201
+    rid = r.json()["id"]
+    assert c.post("/api/admin/process", headers=_bearer(tokens["admin"])).json()["started"]
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        status = c.get(f"/api/optouts/{rid}", headers=_bearer(tokens["studio"])).json()
+        if status["status"] in ("done", "failed"):
+            break
+        time.sleep(0.2)
+    assert status["status"] == "done", status
+    cert = c.get(f"/api/certificates/{status['certificate_id']}", headers=_bearer(tokens["studio"])).json()
+    from datarights.ledger import verify_certificate
+    assert verify_certificate(json.loads(json.dumps(cert)))["valid"]
+    st = c.get("/api/statements/2026-11", headers=_bearer(tokens["admin"])).json()
+    assert st["total_cents"] == 0 and st["items"] == []             # the admin owns no works: earns nothing
