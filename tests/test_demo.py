@@ -8,3 +8,11 @@ def test_attribution_step_is_skipped_for_a_model_not_trained_on_the_default_worl
     res, section = _attribute_step(tiny_model, None, "a picture of Blubbo", ("pixel",), logs.append)
     assert "skipped" in res and "default world" in res["skipped"]
     assert section["text"].startswith("Skipped") and logs
+
+
+def test_service_step_is_skipped_for_a_model_not_trained_on_the_default_world(tiny_model, tmp_path):
+    from datarights.demo import _service_step
+
+    logs = []
+    res, section = _service_step(tmp_path, tmp_path, tiny_model, None, "a picture of Blubbo", 0, logs.append)
+    assert "skipped" in res and "default world" in res["skipped"] and not (tmp_path / "ledger.db").exists()

@@ -299,7 +299,7 @@ def test_kill_9_during_process_leaves_a_failed_job_and_a_rerun_finishes(tmp_path
     job = again.jobs()[0]
     assert job["status"] == "failed" and "interrupted" in job["error"]
     assert again.optout_status(req["id"])["status"] == "pending"
-    folders = [p for p in again.root.iterdir()] if again.root.exists() else []
+    folders = [p for p in again.root.iterdir() if p.is_dir()] if again.root.exists() else []
     assert all((p / "model_index.json").is_file() for p in folders), folders   # whole edited folders, no temp
     from datarights.audit import AuditConfig
     done = again.process(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE)

@@ -153,3 +153,54 @@ def test_the_admin_processes_in_the_background_and_the_owner_follows(site):
     assert verify_certificate(json.loads(json.dumps(cert)))["valid"]
     st = c.get("/api/statements/2026-11", headers=_bearer(tokens["admin"])).json()
     assert st["total_cents"] == 0 and st["items"] == []             # the admin owns no works: earns nothing
+
+
+def test_kill_9_of_the_server_during_process_leaves_the_job_failed_and_resumable(tmp_path, tiny_world, tiny_trained):
+    """`datarights serve` is killed with SIGKILL while its background job runs: reopening the ledger
+    marks the job failed, its request is pending again, no edited folder is half-written."""
+    import os
+    import signal
+    import socket
+    import sqlite3
+    import subprocess
+    import sys
+
+    import httpx
+
+    db = tmp_path / "l.db"
+    led = Ledger(db, create=True)
+    led.import_dataset(tiny_world, tiny_trained)
+    studio = _owner_with_character(tiny_world)
+    owner, admin = led.issue_token(studio), led.issue_token("admin", admin=True)
+    led.store.engine.dispose()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen([sys.executable, "-c", "from datarights.cli import main; main()", "serve", "--ledger", str(db),
+                            "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                httpx.get(url + "/", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        rid = httpx.post(url + "/api/optouts", headers=_bearer(owner), json={"concept": "Blubbo"}).json()["id"]
+        assert httpx.post(url + "/api/admin/process", headers=_bearer(admin)).status_code == 202
+        while time.time() < deadline:
+            with sqlite3.connect(db) as c:
+                row = c.execute("SELECT status FROM jobs").fetchone()
+            if row and row[0] == "running":
+                break
+            time.sleep(0.05)
+        assert row and row[0] == "running"
+    finally:
+        srv.send_signal(signal.SIGKILL)
+        srv.wait()
+    again = Ledger(db)
+    assert again.jobs()[0]["status"] == "failed" and again.optout_status(rid)["status"] == "pending"
+    if again.root.exists():                     # whole edited folders only (a killed write's temp folder is swept)
+        assert all((p / "model_index.json").is_file() for p in again.root.iterdir() if p.is_dir())

@@ -507,7 +507,8 @@ def demo_cmd(out: Path = typer.Option(Path("datarights-demo"), "--out", help="Fo
     from .demo import run_demo
 
     results = run_demo(out, model, seed=seed, overwrite=overwrite, device=device, precision=precision)
-    _emit(results, as_json, text=f"report: {results['report']}")
+    serve = results.get("service", {}).get("serve")
+    _emit(results, as_json, text=f"report: {results['report']}" + (f"\nowners' page: {serve}" if serve else ""))
 
 
 @app.command("serve")

@@ -58,7 +58,7 @@ def _run_demo(tmp: Path, out: Path, model, seed, steps, per_prompt, erase_target
     t0 = time.time()
     judge = load_judge()
     prompts = [p for p in DEMO_PROMPTS for _ in range(per_prompt)]
-    log(f"[1/4] generating {len(prompts)} images from {model.source}")
+    log(f"[1/5] generating {len(prompts)} images from {model.source}")
     images = model.sample([p["text"] for p in prompts], seed=seed, steps=steps)
     read = judge.read(images)
     asked = [_asked(p) for p in prompts]
@@ -74,7 +74,7 @@ def _run_demo(tmp: Path, out: Path, model, seed, steps, per_prompt, erase_target
                  "reading (green: it matches the prompt).", "metrics": acc,
          "grids": [grid("generated images", images, labels, ok)]},
     ]
-    log(f"[2/4] erasing {erase_target!r} -> {erase_anchor!r} with Concept Ablation, then auditing it")
+    log(f"[2/5] erasing {erase_target!r} -> {erase_anchor!r} with Concept Ablation, then auditing it")
     from .audit import AuditConfig, audit, audit_sections
     from .erase import erase
     from .quality import public
@@ -98,12 +98,15 @@ def _run_demo(tmp: Path, out: Path, model, seed, steps, per_prompt, erase_target
                              "of target_erased lies above 0.9 on both prompt halves.")
     sections += erase_secs
     qi = next(i for i, p in enumerate(prompts) if p["text"] == attribute_prompt)
-    log(f"[3/4] attributing the generated image of {attribute_prompt!r} to training images and owners "
+    log(f"[3/5] attributing the generated image of {attribute_prompt!r} to training images and owners "
         f"({', '.join(attribute_methods)})")
     results["attribute"], section = _attribute_step(model, images[qi], attribute_prompt, attribute_methods, log)
     sections.append(section)
+    log("[4/5] the ownership service: a ledger of the world, one opt-out processed end to end, a paid generation")
+    results["service"], section = _service_step(tmp, out, model, images[qi], attribute_prompt, seed, log)
+    sections.append(section)
     results["seconds"] = round(time.time() - t0, 1)
-    log("[4/4] writing report")
+    log("[5/5] writing report")
     render_report(tmp, "datarights demo", sections, results,
                   subtitle="The end-to-end workflow on the embedded world: generate, erase, attribute, verify.")
     return results
@@ -146,4 +149,69 @@ def _attribute_step(model, image, prompt: str, methods: tuple[str, ...], log) ->
                  f"per owner. The owner known by construction is {known}."),
         "metrics": metrics, "grids": grids, "bars": bars,
     }
+    return res, section
+
+
+SERVICE_OWNER, SERVICE_CONCEPT = "Finwave Studios", "Blubbo"
+
+
+def _service_step(tmp: Path, out: Path, model, image, prompt: str, seed: int, log) -> tuple[dict, dict]:
+    """The owners' loop on a ledger of the world: register its 5,000 works and 70 owners, file the
+    character studio's opt-out, process it (erase, audit, attacks, signed certificate), verify the
+    certificate offline, and record the generated image as a paid generation split among owners."""
+    from .attribute import default_world, load_training_set
+    from .audit import AuditConfig
+    from .files import save_png, write_json
+    from .ledger import Ledger, verify_certificate
+
+    title = "4. The ownership service: opt-out -> erase -> signed certificate; a paid generation"
+    trained_on = model.meta.get("training", {}).get("data_hash")
+    world = default_world(log)
+    if model.kind != "world" or trained_on != load_training_set(model, world).hash:
+        why = "this model was not trained on the default world, whose works the demo's ledger registers"
+        log(f"service step skipped: {why}")
+        return {"skipped": why}, {"title": title, "text": f"Skipped: {why}. Use `datarights ledger import DATA --model M`."}
+    ledger = Ledger(tmp / "ledger.db", create=True)
+    reg = ledger.import_dataset(world, model.source)
+    req = ledger.optout(SERVICE_OWNER, concept=SERVICE_CONCEPT)
+    log(f"  opt-out {req['id']}: {SERVICE_OWNER} opts out of {SERVICE_CONCEPT!r}; processing (erase, audit, attacks)")
+    job = ledger.process(audit_config=AuditConfig(seed=seed + 2), log=lambda s: log("  " + s))[0]
+    status = ledger.optout_status(req["id"])
+    cert = ledger.certificate(status["certificate_id"])
+    write_json(tmp / "certificate-1.json", cert)
+    check = verify_certificate(cert, model=job["edited_path"], public_key=ledger.public_key())
+    from PIL import Image
+
+    save_png(Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype("uint8")),
+             tmp / "generated.png")
+    paid = ledger.attribute_log(tmp / "generated.png", prompt, "0.04", method="dtrak")
+    studio_cents = next((p["cents"] for p in paid["payouts"] if p["owner"] == SERVICE_OWNER), 0)
+    tokens = {"owner": ledger.issue_token(SERVICE_OWNER), "admin": ledger.issue_token("model owner", admin=True)}
+    serve = f"datarights serve --ledger {out / 'ledger.db'}"
+    log(f"  open the owners' page: {serve}   (sign in as {SERVICE_OWNER} with {tokens['owner']}, "
+        f"as the model owner with {tokens['admin']})")
+    ledger.store.engine.dispose()       # closes the database (its write-ahead log folded in) before the folder moves
+    row = job["audit"]["targets"][0]
+    res = {"ledger": str(out / "ledger.db"), "owners": len(ledger.owners()) - 1, "works": reg["images"],
+           "optout": status["id"], "certificate": str(out / "certificate-1.json"), "verdict": row["verdict"],
+           "target_erased": row["target_erased"], "target_erased_ci": row["target_erased_ci"],
+           "attacks": {k.split("|")[0]: v["asr"] for k, v in job["attacks"].items()},
+           "certificate_valid": check["valid"], "signer": check["fingerprint"],
+           "paid_generation": {"revenue_cents": paid["revenue_cents"], "owners_paid": len(paid["payouts"]),
+                               "finwave_studios_cents": studio_cents}, "serve": serve}
+    metrics = {"owners / works registered": f"{res['owners']} / {res['works']}",
+               f"opt-out: {SERVICE_OWNER} -> erase {SERVICE_CONCEPT!r}": status["status"],
+               "audit verdict": row["verdict"], "target_erased (95% interval)":
+                   f"{row['target_erased']} {row['target_erased_ci']}",
+               "attack success (udatk / ti / paraphrase)": " / ".join(f"{v:.2f}" for v in res["attacks"].values()),
+               "certificate": f"signed (Ed25519, {check['fingerprint']}); verifies with the edited weights: {check['valid']}",
+               "paid generation": f"4 cents split among {len(paid['payouts'])} owners; {SERVICE_OWNER}: {studio_cents}",
+               "open the page": serve}
+    section = {"title": title, "metrics": metrics,
+               "text": ("The ledger (ledger.db) registers every training image with its owner and content hashes. "
+                        f"{SERVICE_OWNER} opts out of {SERVICE_CONCEPT}; processing erases it with Concept Ablation, "
+                        "audits the edit on held-out prompts and under three attacks, and signs a certificate "
+                        "(certificate-1.json; `datarights ledger verify-certificate` checks it offline). The image "
+                        "generated above is recorded as a paid generation: 4 cents, split by owner shares in whole "
+                        "cents. The tokens to sign in are printed once, in the command's log.")}
     return res, section

@@ -74,6 +74,25 @@ class Ledger:
         self._index = None
         self.recover()
 
+    # ------------------------------------------------------------------ paths
+    def stored(self, path: str | Path) -> str:
+        """How the ledger records a folder: relative to the ledger file's folder when it lies inside
+        it (so a ledger moves together with its edited models), else absolute."""
+        p = Path(path).resolve()
+        if self.path is not None and p.is_relative_to(self.path.resolve().parent):
+            return str(p.relative_to(self.path.resolve().parent))
+        return str(p)
+
+    def resolved(self, stored: str | None) -> str | None:
+        """The folder a recorded path names ('default': the shipped model)."""
+        if stored in (None, "default") or os.path.isabs(stored) or self.path is None:
+            return stored
+        return str(self.path.resolve().parent / stored)
+
+    def load(self, stored: str):
+        from ..models import load_model
+        return load_model(None if stored == "default" else self.resolved(stored))
+
     # ------------------------------------------------------------------ owners and tokens
     def owner(self, s, name: str) -> Owner:
         o = s.scalar(select(Owner).where(Owner.name == name))
@@ -157,6 +176,8 @@ class Ledger:
         registered = None
         if model is not None or name is None:
             registered = _model_identity(model)
+            if registered["path"] != "default":
+                registered["path"] = self.stored(registered["path"])
         name = name or root.resolve().name
         content = hashlib.sha256("".join(r["sha256"] for r in rows).encode()).hexdigest()
         conflicts, new_works, new_owners = [], 0, 0
@@ -210,7 +231,7 @@ class Ledger:
 
     def models(self) -> list[dict]:
         with self.store.read() as s:
-            return [{"id": m.id, "path": m.path, "kind": m.kind, "weights_sha256": m.weights_sha256,
+            return [{"id": m.id, "path": self.resolved(m.path), "kind": m.kind, "weights_sha256": m.weights_sha256,
                      "dataset_id": m.dataset_id, "base_id": m.base_id, "created_at": _iso(m.created_at)}
                     for m in s.scalars(select(Model).order_by(Model.id))]
 
@@ -426,14 +447,14 @@ class Ledger:
 
     def jobs(self) -> list[dict]:
         with self.store.read() as s:
-            return [job_json(j) for j in s.scalars(select(Job).order_by(Job.id.desc()))]
+            return [self.job_json(j) for j in s.scalars(select(Job).order_by(Job.id.desc()))]
 
     def job(self, job_id: int) -> dict:
         with self.store.read() as s:
             j = s.get(Job, job_id)
             if j is None:
                 raise DatarightsError(f"unknown job {job_id}")
-            return job_json(j)
+            return self.job_json(j)
 
     def evidence(self, job_id: int) -> list[dict]:
         """The before/after grids a job saved beside its edited model (empty if gone)."""
@@ -441,6 +462,13 @@ class Ledger:
 
         p = self.root / f"job-{job_id}-evidence.json"
         return read_json_file(p, "evidence file") if p.is_file() else []
+
+    def job_json(self, j: Job) -> dict:
+        return {"id": j.id, "model_id": j.model_id, "optouts": j.optouts, "method": j.method, "settings": j.settings,
+                "status": j.status, "stage": j.stage, "progress": round(j.progress, 3),
+                "edited_path": self.resolved(j.edited_path), "edited_model_id": j.edited_model_id, "audit": j.audit,
+                "attacks": j.attacks, "error": j.error, "started_at": _iso(j.started_at),
+                "finished_at": _iso(j.finished_at)}
 
     def process(self, **kw) -> list[dict]:
         from .workflow import process
@@ -482,7 +510,6 @@ class Ledger:
         generation: per-owner shares, and the revenue split by them in integer cents (largest
         remainder: the parts sum exactly to the revenue)."""
         from ..attribute import METHODS, Query, attribute, load_training_set, make_config
-        from ..models import load_model
         from ..world import read_imagefolder
 
         cents = money.to_cents(revenue)
@@ -498,7 +525,7 @@ class Ledger:
             if ds is None:
                 raise DatarightsError(f"model {m.id} has no registered training set to attribute to")
             model_path, source = m.path, ds.source
-        model = load_model(None if model_path == "default" else model_path)
+        model = self.load(model_path)
         import numpy as np
         import torch
 
@@ -555,13 +582,6 @@ class Ledger:
         for t, c in rows:
             months[t.strftime("%Y-%m")] = months.get(t.strftime("%Y-%m"), 0) + c
         return [{"period": k, "cents": v} for k, v in sorted(months.items())]
-
-
-def job_json(j: Job) -> dict:
-    return {"id": j.id, "model_id": j.model_id, "optouts": j.optouts, "method": j.method, "settings": j.settings,
-            "status": j.status, "stage": j.stage, "progress": round(j.progress, 3), "edited_path": j.edited_path,
-            "edited_model_id": j.edited_model_id, "audit": j.audit, "attacks": j.attacks, "error": j.error,
-            "started_at": _iso(j.started_at), "finished_at": _iso(j.finished_at)}
 
 
 def _model_identity(path: str | Path | None) -> dict:

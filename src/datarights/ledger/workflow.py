@@ -98,7 +98,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, lo
         base_sha = m.weights_sha256
     try:
         log(f"job {job_id}: erasing {', '.join(targets)} with {method}")
-        base = load_model(None if model_path == "default" else model_path)
+        base = ledger.load(model_path)
         if weights_digest(base) != base_sha:
             raise DatarightsError(f"model {group[0].model_id} at {model_path} has changed since it was registered")
         t0 = time.time()
@@ -126,12 +126,12 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, lo
         key = ledger.signing_key()
         with ledger.store.transaction() as s:
             j = s.get(Job, job_id)
-            em = Model(path=str(out_dir.resolve()), kind=edited.kind, weights_sha256=edited_sha,
+            em = Model(path=ledger.stored(out_dir), kind=edited.kind, weights_sha256=edited_sha,
                        dataset_id=dataset and dataset.id, base_id=group[0].model_id)
             s.add(em)
             s.flush()
             j.status, j.stage, j.progress, j.finished_at = "done", "done", 1.0, now()
-            j.edited_path, j.edited_model_id = str(out_dir.resolve()), em.id
+            j.edited_path, j.edited_model_id = ledger.stored(out_dir), em.id
             j.audit = {"targets": [{k: row.get(k) for k in ("target", "anchor", *AUDIT_KEYS)} for row in per_target],
                        "seconds": round(time.time() - t0, 1)}
             j.attacks = attack_res

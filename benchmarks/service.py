@@ -1,0 +1,195 @@
+"""The ownership service under load, and killed mid-job (loopback only; every loop is bounded).
+
+    python benchmarks/service.py [--requests 200] [--concurrency 200]
+
+1. A ledger of the default world (70 owners, 5,000 works; made once in runs/service/).
+2. `datarights serve` on 127.0.0.1 in its own process; `--requests` POST /api/lookup requests, all
+   in flight at once (`--concurrency`), each uploading a world image (exact), a brightened and
+   resized copy (near copy) or noise (no match); latency of each from send to the whole answer.
+3. An opt-out is processed through the API and the server is killed with SIGKILL while the job
+   runs; the ledger is reopened (the job must be marked failed, its request pending, no row or
+   folder half-written) and a restarted server processes it to a certificate that verifies.
+
+Writes benchmarks/results/service.json. Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RUN = Path("runs/service")
+OUT = Path("benchmarks/results/service.json")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(db: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", "from datarights.cli import main; main()", "serve", "--ledger",
+                             str(db), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import httpx
+    for _ in range(600):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1.0)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def _uploads(world: Path, n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    from PIL import Image
+
+    metas = [json.loads(line) for line in (world / "metadata.jsonl").read_text().splitlines()]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = ["exact", "near copy", "none"][i % 3]
+        m = metas[int(rng.integers(len(metas)))]
+        raw = (world / m["file_name"]).read_bytes()
+        if kind == "near copy":
+            img = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")).astype(np.int16)
+            im = Image.fromarray(np.clip(img + 4, 0, 255).astype(np.uint8)).resize((48, 48), Image.BICUBIC)
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            raw = buf.getvalue()
+        elif kind == "none":
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="PNG")
+            raw = buf.getvalue()
+        out.append((kind, raw))
+    return out
+
+
+async def _load(url: str, token: str, uploads: list, concurrency: int) -> list[dict]:
+    import httpx
+
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300.0, limits=limits,
+                                 headers={"Authorization": f"Bearer {token}"}) as c:
+        async def one(kind, raw):
+            async with sem:
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post("/api/lookup", files={"file": ("q.png", raw, "image/png")})
+                    ok = r.status_code == 200
+                    best = r.json()["matches"][0]["match"] if ok and r.json()["matches"] else None
+                except httpx.HTTPError as e:
+                    ok, best = False, type(e).__name__
+                return {"kind": kind, "ok": ok, "best": best, "seconds": time.perf_counter() - t0}
+        return await asyncio.gather(*(one(k, r) for k, r in uploads))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=200)
+    args = ap.parse_args()
+    import httpx
+
+    from datarights.attribute import default_world
+    from datarights.ledger import Ledger, verify_certificate
+
+    RUN.mkdir(parents=True, exist_ok=True)
+    db = RUN / "ledger.db"
+    world = default_world()
+    t0 = time.time()
+    led = Ledger(db, create=True)
+    reg = led.import_dataset(world)
+    import_s = time.time() - t0
+    owner = led.issue_token("Dana Ortiz")
+    admin = led.issue_token("model owner", admin=True)
+    led.store.engine.dispose()
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} threads", "works": reg["images"],
+           "import_seconds": round(import_s, 1)}
+
+    port = _port()
+    url = f"http://127.0.0.1:{port}"
+    srv = _serve(db, port)
+    try:
+        httpx.post(f"{url}/api/lookup", headers={"Authorization": f"Bearer {owner}"},   # builds the index once
+                   files={"file": ("w.png", (world / "images/00000.png").read_bytes())}, timeout=300)
+        uploads = _uploads(world, args.requests)
+        t0 = time.perf_counter()
+        rows = asyncio.run(_load(url, owner, uploads, args.concurrency))
+        wall = time.perf_counter() - t0
+    finally:
+        srv.terminate()
+        srv.wait()
+    lat = np.array([r["seconds"] for r in rows])
+    right = {k: float(np.mean([r["best"] == k or (k == "none" and r["best"] in (None, "similar"))
+                               for r in rows if r["kind"] == k])) for k in ("exact", "near copy", "none")}
+    res["load"] = {"requests": len(rows), "concurrency": args.concurrency, "errors": int(sum(not r["ok"] for r in rows)),
+                   "wall_seconds": round(wall, 2), "throughput_rps": round(len(rows) / wall, 1),
+                   "p50_s": round(float(np.percentile(lat, 50)), 3), "p95_s": round(float(np.percentile(lat, 95)), 3),
+                   "p99_s": round(float(np.percentile(lat, 99)), 3), "max_s": round(float(lat.max()), 3),
+                   "best_match_as_expected": right}
+    print(json.dumps(res["load"]), flush=True)
+
+    # ---- kill -9 of the server while it processes an opt-out
+    port = _port()
+    url = f"http://127.0.0.1:{port}"
+    srv = _serve(db, port)
+    rid = httpx.post(f"{url}/api/optouts", headers={"Authorization": f"Bearer {owner}"},
+                     json={"concept": "Ada Vell"}, timeout=60).json()["id"]
+    httpx.post(f"{url}/api/admin/process", headers={"Authorization": f"Bearer {admin}"}, timeout=60)
+    while True:
+        with sqlite3.connect(db) as c:
+            row = c.execute("SELECT id, stage FROM jobs ORDER BY id DESC").fetchone()
+        if row and row[1] == "audit":
+            break
+        time.sleep(0.1)
+    time.sleep(2.0)                                             # in the middle of the audit
+    srv.send_signal(signal.SIGKILL)
+    srv.wait()
+    led = Ledger(db)                                            # opening recovers the dead job
+    job = led.job(row[0])
+    status = led.optout_status(rid)
+    folders = sorted(p.name for p in led.root.iterdir()) if led.root.exists() else []
+    led.store.engine.dispose()
+    port = _port()
+    url = f"http://127.0.0.1:{port}"
+    srv = _serve(db, port)
+    try:
+        httpx.post(f"{url}/api/admin/process", headers={"Authorization": f"Bearer {admin}"}, timeout=60)
+        t0 = time.time()
+        while time.time() - t0 < 900:
+            st = httpx.get(f"{url}/api/optouts/{rid}", headers={"Authorization": f"Bearer {owner}"}, timeout=60).json()
+            if st["status"] in ("done", "failed"):
+                break
+            time.sleep(1)
+        cert = httpx.get(f"{url}/api/certificates/{st['certificate_id']}", headers={"Authorization": f"Bearer {owner}"},
+                         timeout=60).json() if st.get("certificate_id") else None
+    finally:
+        srv.terminate()
+        srv.wait()
+    res["kill"] = {"killed_job": job["id"], "job_status_after": job["status"], "job_error": job["error"],
+                   "request_status_after": status["status"], "folders_after_kill": folders,
+                   "rerun_status": st["status"], "rerun_seconds": round(time.time() - t0, 1),
+                   "certificate_verifies": bool(cert and verify_certificate(cert)["valid"])}
+    print(json.dumps(res["kill"]), flush=True)
+    from datarights.files import write_json
+    write_json(OUT, res)
+
+
+if __name__ == "__main__":
+    main()
