@@ -5,6 +5,14 @@
 Cells already in the results file are skipped, so an interrupted run resumes. `retrain` is
 included only when named (it is a full training run per concept: ~50 min each on 2 cores) and
 needs --data (the base model's training imagefolder). Run it alone on the machine.
+
+    python benchmarks/erase.py --many 1,2,4,8,12 [--methods ca,uce]
+
+Many opt-outs at once: the first k concepts of MANY (every kind, nested sets) erased in one edit,
+audited together (held-out prompts, seed 2; pooled over the k targets; other targets are left out
+of each target's nearby and other prompts): how target_erased, nearby_preserved and
+others_preserved move as k grows, so the service can choose between one edit per opt-out and a
+batched edit. Results: benchmarks/results/erase-many.json.
 """
 
 from __future__ import annotations
@@ -47,13 +55,65 @@ KEYS = ("verdict", "target_erased", "target_erased_seen", "degenerate_share", "a
         "others_preserved", "kid", "seconds")
 
 
+MANY = [("grumpy face", "face"), ("Ada Vell", "plain"), ("Blubbo", "fish"), ("Rosa Villa postcard", "house"),
+        ("swordfish", "fish"), ("Cleo Marr", "plain"), ("castle", "house"), ("Dario Fenn", "plain"),
+        ("pine tree", "tree"), ("Elsa Brandt", "plain"), ("face and tree", "face"), ("smiling face", "face")]
+MANY_AUDIT = dict(n_target=128, n_seen=32, n_nearby=16, n_others=96, n_anchor=32, seed=AUDIT_SEED)
+"""Per target: 128 held-out images (the pooled interval over k targets narrows with k)."""
+
+
+def many(args) -> None:
+    from datarights.stats import fmt
+
+    out = args.out if args.out != DEFAULT_OUT else "benchmarks/results/erase-many.json"
+    results = load_cells(out)
+    base = load_model()
+    judge = load_judge()
+    for method in args.methods.split(","):
+        for k in [int(x) for x in args.many.split(",")]:
+            key = f"{method}|k={k}"
+            if key in results["cells"]:
+                continue
+            targets, anchors = [t for t, _ in MANY[:k]], [a for _, a in MANY[:k]]
+            name, opts = VARIANTS[method]
+            edit = erase(base, targets, anchors, name, progress=False, **opts)
+            r = public(audit(edit.apply(base), base, targets, anchors, AuditConfig(**MANY_AUDIT), judge=judge,
+                             progress=False, log=lambda s: None))
+            rows = r.get("targets") or [r]
+            cell = {"method": method, "k": k, "targets": targets, "seconds": round(edit.seconds, 1),
+                    **{x: r.get(x) for x in ("verdict", "target_erased", "target_erased_ci", "target_erased_n",
+                                             "degenerate_share", "degenerate_share_ci", "nearby_preserved",
+                                             "nearby_preserved_ci", "others_preserved", "others_preserved_ci", "kid")},
+                    "erased_targets": sum(t["verdict"] == "erased" for t in rows),
+                    "per_target": [{x: t.get(x) for x in ("target", "verdict", "target_erased", "nearby_preserved")}
+                                   for t in rows]}
+            results["cells"][key] = cell
+            print(json.dumps({x: cell[x] for x in ("method", "k", "verdict", "target_erased", "nearby_preserved",
+                                                   "others_preserved", "erased_targets", "seconds")}), flush=True)
+            save_cells(out, results)
+    lines = ["| method | k | targets erased (verdict) | target_erased (pooled) | nearby_preserved | others_preserved | "
+             "degenerate | erase s |", "|" + "---|" * 8]
+    for c in results["cells"].values():
+        lines.append(f"| {c['method']} | {c['k']} | {c['erased_targets']}/{c['k']} | "
+                     f"{fmt(c['target_erased'], c['target_erased_ci'])} | {fmt(c['nearby_preserved'], c['nearby_preserved_ci'])} | "
+                     f"{fmt(c['others_preserved'], c['others_preserved_ci'])} | {fmt(c['degenerate_share'], c['degenerate_share_ci'])} | "
+                     f"{c['seconds']} |")
+    print("\n".join(lines))
+
+
+DEFAULT_OUT = "benchmarks/results/erase-v2.json"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="ca,ca-noise,ca-full,esd,uce,fmn,ga")
     ap.add_argument("--concepts", default=",".join(c[1] for c in CONCEPTS))
     ap.add_argument("--data", default="", help="training imagefolder (retrain, and ga on training images)")
-    ap.add_argument("--out", default="benchmarks/results/erase-v2.json")
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--many", default="", help="many concepts at once: comma-separated k, e.g. 1,2,4,8,12")
     args = ap.parse_args()
+    if args.many:
+        return many(args)
     results = load_cells(args.out)
     base = load_model()
     judge = load_judge()

@@ -166,7 +166,9 @@ def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: l
     for ti, (target, anchor) in enumerate(zip(targets, anchors)):
         scorer.check(target)
         found = V.find_concept(target)
-        nearby = list(cfg.nearby) or (list(found[1].get("nearby", [])) if found else [])
+        # an erased concept cannot be asked to survive: other targets are neither nearby nor "other" prompts
+        nearby = [c for c in (list(cfg.nearby) or (list(found[1].get("nearby", [])) if found else []))
+                  if c not in targets]
         for c in nearby:
             scorer.check(c)
         held = concept_prompts(target, anchor, cfg.n_target, cfg.seed, split="eval")
@@ -174,7 +176,7 @@ def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: l
         s_prompts = _cycle(concept_prompts(target, anchor, cfg.n_seen, cfg.seed, split="train").target, cfg.n_seen)
         n_prompts = [p for c in nearby for p in _cycle(prompts_showing(c, cfg.n_nearby, cfg.seed, split="eval"), cfg.n_nearby)]
         n_concepts = [c for c in nearby for _ in range(cfg.n_nearby)]
-        o_prompts, o_asked = scorer.other_prompts(cfg.n_others, cfg.seed + ti, [target])
+        o_prompts, o_asked = scorer.other_prompts(cfg.n_others, cfg.seed + ti, targets)
         shared = t_prompts + s_prompts + n_prompts + o_prompts
         log(f"audit: generating {len(shared)} images from the edited model and {len(shared) + len(a_prompts)} "
             f"from the base ({target!r})")

@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from ..errors import DatarightsError
-from ..files import inside_folder, open_rgb, pid_alive, sweep_stale
+from ..files import open_rgb, pid_alive, sweep_stale
 from . import money, signing
 from .db import Store, open_engine, url_of
 from .phash import distance, phash
@@ -142,36 +142,22 @@ class Ledger:
         keeps its first owner) and is listed in the result. Importing the same folder again makes no
         new version.
         """
+        from ..world.generate import metadata_rows
+
         root = Path(data)
-        meta_path = root / "metadata.jsonl"
-        if not meta_path.is_file():
-            raise DatarightsError(f"dataset folder {root} has no metadata.jsonl" if root.is_dir() else
-                                  f"dataset folder {root} does not exist")
         rows = []
-        for ln, line in enumerate(meta_path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{meta_path}:{ln}"
-            try:
-                m = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatarightsError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(m, dict) or not isinstance(m.get("text"), str):
-                raise DatarightsError(f"{where}: each row needs 'file_name' and a string 'text'")
+        for where, m, path in metadata_rows(root):
             if not isinstance(m.get("owner"), str) or not m["owner"].strip():
                 raise DatarightsError(f"{where}: each row needs an 'owner' (a non-empty string) to be registered")
             policy = m.get("policy", "allow")
             if policy not in POLICIES:
                 raise DatarightsError(f"{where}: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-            path = inside_folder(root, m.get("file_name"), where)
-            if not path.is_file():
-                raise DatarightsError(f"{path} is listed in metadata.jsonl but does not exist")
             rgb, _ = open_rgb(path)
             rows.append({"file_name": m["file_name"], "text": m["text"], "owner": m["owner"], "policy": policy,
                          "sha256": file_sha256(path), "phash": phash(rgb),
                          "labels": {k: m[k] for k in LABEL_KEYS if k in m}})
         if not rows:
-            raise DatarightsError(f"{meta_path} lists no images")
+            raise DatarightsError(f"{root / 'metadata.jsonl'} lists no images")
         log(f"ledger: hashed {len(rows)} images")
         registered = None
         if model is not None or name is None:

@@ -160,25 +160,21 @@ class ImageFolder:
         return len(self.metas)
 
 
-def read_imagefolder(path: str | Path, resolution: int | None = None) -> ImageFolder:
-    """Read and validate an imagefolder; every problem is a one-line DatarightsError.
-
-    Each row of metadata.jsonl needs a string `file_name` (relative, inside the folder) and a string
-    `text`. Images are converted to RGB and, when `resolution` is given, resized to it (bicubic);
-    without it they must all have one size.
-    """
-    root = Path(path)
+def metadata_rows(root: Path) -> list[tuple[str, dict, Path]]:
+    """(where, row, image path) of every row of an imagefolder's metadata.jsonl, each checked: UTF-8,
+    valid JSON, a `file_name` inside the folder that exists, a string `text`; every problem is a
+    one-line DatarightsError naming the file and line."""
     if not root.is_dir():
         raise DatarightsError(f"dataset folder {root} does not exist")
     meta_path = root / "metadata.jsonl"
     if not meta_path.is_file():
         raise DatarightsError(f"dataset folder {root} has no metadata.jsonl")
-    metas, images = [], []
     try:
         lines = meta_path.read_bytes().decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         line = meta_path.read_bytes()[:e.start].count(b"\n") + 1
         raise DatarightsError(f"{meta_path}:{line}: not UTF-8 text") from None
+    rows = []
     for ln, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -194,13 +190,27 @@ def read_imagefolder(path: str | Path, resolution: int | None = None) -> ImageFo
         img_path = inside_folder(root, meta["file_name"], where)
         if not img_path.is_file():
             raise DatarightsError(f"{img_path} is listed in metadata.jsonl but does not exist")
+        rows.append((where, meta, img_path))
+    return rows
+
+
+def read_imagefolder(path: str | Path, resolution: int | None = None) -> ImageFolder:
+    """Read and validate an imagefolder; every problem is a one-line DatarightsError.
+
+    Each row of metadata.jsonl needs a string `file_name` (relative, inside the folder) and a string
+    `text`. Images are converted to RGB and, when `resolution` is given, resized to it (bicubic);
+    without it they must all have one size.
+    """
+    root = Path(path)
+    metas, images = [], []
+    for _, meta, img_path in metadata_rows(root):
         rgb, _ = open_rgb(img_path)
         if resolution is not None and rgb.size != (resolution, resolution):
             rgb = rgb.resize((resolution, resolution), Image.BICUBIC)
         images.append(np.asarray(rgb, dtype=np.float32) / 255.0)
         metas.append(meta)
     if not metas:
-        raise DatarightsError(f"{meta_path} lists no images")
+        raise DatarightsError(f"{root / 'metadata.jsonl'} lists no images")
     sizes = sorted({im.shape[1::-1] for im in images})
     if len(sizes) > 1:
         shown = " and ".join(f"{w}x{h}" for w, h in sizes[:2])
