@@ -304,3 +304,40 @@ def test_kill_9_during_process_leaves_a_failed_job_and_a_rerun_finishes(tmp_path
     from datarights.audit import AuditConfig
     done = again.process(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE)
     assert done[0]["status"] == "done" and again.optout_status(req["id"])["certificate_id"] is not None
+
+
+def test_batch_processing_erases_every_pending_request_in_one_edit(ledger, tiny_world, tmp_path, capsys):
+    from datarights.audit import AuditConfig
+    from datarights.cli import main
+
+    studio = _owner_with_character(tiny_world)
+    artist = "Ada Vell"
+    a = ledger.optout(studio, concept="Blubbo")
+    b = ledger.optout(artist, concept="Ada Vell") if artist in {o["name"] for o in ledger.owners()} else \
+        ledger.optout(studio, concept="Ada Vell")
+    jobs = ledger.process(batch=True, attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE)
+    assert len(jobs) == 1 and jobs[0]["settings"]["targets"] == ["Blubbo", "Ada Vell"]
+    assert [t["target"] for t in jobs[0]["audit"]["targets"]] == ["Blubbo", "Ada Vell"]
+    certs = [ledger.optout_status(r["id"])["certificate_id"] for r in (a, b)]
+    assert None not in certs and len(set(certs)) == 2
+    docs = [ledger.certificate(c)["document"] for c in certs]
+    assert [d["optout"]["concept"] for d in docs] == ["Blubbo", "Ada Vell"]
+    assert docs[0]["edited_model"]["weights_sha256"] == docs[1]["edited_model"]["weights_sha256"]
+    # the CLI refuses a certificate changed after signing (exit 2, one line) and accepts the original
+    good = tmp_path / "c.json"
+    good.write_text(json.dumps(ledger.certificate(certs[0])))
+    bad = tmp_path / "bad.json"
+    doc = json.loads(good.read_text())
+    doc["document"]["optout"]["concept"] = "Bluebo"
+    bad.write_text(json.dumps(doc))
+    import sys
+    for path, code in ((good, None), (bad, 2)):
+        sys.argv = ["datarights", "ledger", "verify-certificate", str(path), "--model", jobs[0]["edited_path"]]
+        try:
+            main()
+            got = None
+        except SystemExit as e:
+            got = e.code
+        assert got in ((0, None) if code is None else (code,)), path
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: certificate") and "signature" in err[-1]
