@@ -58,8 +58,9 @@ KEYS = ("verdict", "target_erased", "target_erased_seen", "degenerate_share", "a
 MANY = [("grumpy face", "face"), ("Ada Vell", "plain"), ("Blubbo", "fish"), ("Rosa Villa postcard", "house"),
         ("swordfish", "fish"), ("Cleo Marr", "plain"), ("castle", "house"), ("Dario Fenn", "plain"),
         ("pine tree", "tree"), ("Elsa Brandt", "plain"), ("face and tree", "face"), ("smiling face", "face")]
-MANY_AUDIT = dict(n_target=128, n_seen=32, n_nearby=16, n_others=96, n_anchor=32, seed=AUDIT_SEED)
-"""Per target: 128 held-out images (the pooled interval over k targets narrows with k)."""
+MANY_AUDIT = dict(n_target=128, n_seen=48, n_nearby=16, n_others=96, n_anchor=32, seed=AUDIT_SEED)
+"""Per target: 128 held-out and 48 seen images (the fewest for which a perfect erasure can pass the
+verdict's bar: the Wilson lower end of 48/48 is 0.93); pooled intervals narrow as k grows."""
 
 
 def many(args) -> None:

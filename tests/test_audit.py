@@ -61,7 +61,7 @@ def test_gradient_ascent_does_not_pass_as_erasure(shipped):
 def test_audit_json_and_held_out_prompts(shipped, monkeypatch, capsys, tmp_path):
     erase(shipped, ["grumpy face"], ["face"], "uce", progress=False).save(tmp_path / "e")
     code, out, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "e", "--target", "grumpy face",
-                         "--anchor", "face", "--n-target", "16", "--n-seen", "16", "--json", "--device", "cpu")
+                         "--anchor", "face", "--n-target", "35", "--n-seen", "35", "--json", "--device", "cpu")
     assert code == 0, err
     r = json.loads(out)
     assert {"verdict", "degenerate_share", "degenerate_share_ci", "target_erased_ci", "target_erased_seen_ci",
@@ -109,13 +109,22 @@ def test_audit_with_a_clip_judge_on_the_tiny_sd_folder(monkeypatch, capsys, tmp_
     base = load_model(tiny_sd_folder, "cpu")
     erase(base, ["grumpy face"], ["face"], "uce", progress=False).save(tmp_path / "e")
     code, out, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "e", "--target", "grumpy face",
-                         "--anchor", "face", "--nearby", "smiling face", "--judge", clip, "--n-target", "16",
-                         "--n-seen", "16", "--json", "--device", "cpu", "--report", tmp_path / "r")
+                         "--anchor", "face", "--nearby", "smiling face", "--judge", clip, "--n-target", "35",
+                         "--n-seen", "35", "--json", "--device", "cpu", "--report", tmp_path / "r")
     assert code == 0, err
     r = json.loads(out)
     assert r["judge"] == "CLIP" and r["verdict"] in ("erased", "not erased", "model broken on target")
     assert np.isfinite(r["kid"]) and len(r["target_erased_ci"]) == 2
     assert (tmp_path / "r" / "index.html").is_file()
     code, _, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "e", "--target", "  ", "--anchor", "face",
-                       "--judge", clip, "--n-target", "16")
+                       "--judge", clip, "--n-target", "35")
     one_line(code, err, "must not be empty")
+
+
+def test_too_few_images_for_a_verdict_are_refused(monkeypatch, capsys, tmp_path):
+    """Even 34/34 erased has a Wilson interval starting below 0.9: such an audit could never say
+    'erased', so the command refuses it before any model loads."""
+    for flag in ("--n-target", "--n-seen"):
+        code, _, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "missing", "--target", "grumpy face",
+                           "--anchor", "face", flag, "34")
+        one_line(code, err, "too few images for a verdict")

@@ -282,7 +282,7 @@ def test_kill_9_during_process_leaves_a_failed_job_and_a_rerun_finishes(tmp_path
     led.import_dataset(tiny_world, tiny_trained)
     req = led.optout(_owner_with_character(tiny_world), concept="Blubbo")
     cmd = [sys.executable, "-c", "from datarights.cli import main; main()", "ledger", "process", "--attacks", "",
-           "--n-target", "16", "--ledger", str(db)]
+           "--n-target", "35", "--ledger", str(db)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120

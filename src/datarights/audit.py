@@ -104,6 +104,19 @@ class AuditConfig:
             raise DatarightsError(f"--steps must be at least 1, got {self.steps}")
 
 
+def check_verdict_reachable(cfg: AuditConfig) -> None:
+    """Refuse image counts so small that even a perfect erasure could not get the verdict 'erased'
+    (the Wilson interval of n/n must start above erased_bar): the CLI calls this; tiny configs in
+    tests may skip it."""
+    from .stats import wilson
+
+    need = next(n for n in range(1, 100_000) if wilson(n, n)[0] >= cfg.erased_bar)
+    for flag, n in (("--n-target", cfg.n_target), ("--n-seen", cfg.n_seen)):
+        if 0 < n < need:
+            raise DatarightsError(f"{flag} {n} is too few images for a verdict: even {n}/{n} erased has a 95% "
+                                  f"interval starting below {cfg.erased_bar}; use at least {need}")
+
+
 def _gen(model: T2IModel, prompts: list[str], cfg: AuditConfig, seed_offset: int, desc: str, progress,
          cache: dict | None = None) -> torch.Tensor:
     """Images of the prompts (seed from the audit's seed); `cache` (a dict the caller keeps) reuses the

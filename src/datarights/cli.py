@@ -315,11 +315,12 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
               device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Measure whether a concept is gone from an edited model and what else changed."""
     _check_device(device, precision)
-    from .audit import AuditConfig, audit, audit_sections
+    from .audit import AuditConfig, audit, audit_sections, check_verdict_reachable
     from .models import DEFAULT_MODEL, load_model
     from .quality import public
 
     cfg = AuditConfig(n_target=n_target, n_seen=n_seen, seed=seed, nearby=list(nearby))
+    check_verdict_reachable(cfg)
     _check_report(report, overwrite, model, base)
     scorer = None
     if judge is not None:

@@ -125,11 +125,12 @@ def process_cmd(method: str = typer.Option("ca", help="Erase method."),
                 limit: Optional[int] = typer.Option(None, "--limit", help="Process at most this many requests."),
                 ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
     """Erase, audit (with attacks) and certify every pending opt-out; records every result."""
-    from ..audit import AuditConfig
+    from ..audit import AuditConfig, check_verdict_reachable
 
     if budget < 1:
         raise DatarightsError(f"--budget must be at least 1, got {budget}")
     cfg = AuditConfig(n_target=n_target)
+    check_verdict_reachable(cfg)
     jobs = _open(ledger).process(method=method, attacks=[a for a in attacks.split(",") if a], batch=batch,
                                  audit_config=cfg, attack_budget=budget, limit=limit,
                                  log=lambda s: typer.echo(s, err=True))
