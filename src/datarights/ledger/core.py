@@ -72,6 +72,7 @@ class Ledger:
         self.key_path = Path(key) if key else (Path(str(path) + ".key") if path else None)
         self.root = (path.parent if path else Path.cwd()) / ((path.stem if path else "ledger") + "-models")
         self._index = None
+        self._attribution = None
         self.recover()
 
     # ------------------------------------------------------------------ paths
@@ -511,12 +512,14 @@ class Ledger:
             if ds is None:
                 raise DatarightsError(f"model {m.id} has no registered training set to attribute to")
             model_path, source = m.path, ds.source
-        model = self.load(model_path)
         import numpy as np
         import torch
 
-        folder = read_imagefolder(source, resolution=model.resolution)
-        train = load_training_set(model, folder)
+        key = (model_path, source)
+        if self._attribution is None or self._attribution[0] != key:   # a server attributes many generations
+            model = self.load(model_path)
+            self._attribution = (key, model, load_training_set(model, read_imagefolder(source, resolution=model.resolution)))
+        _, model, train = self._attribution
         x = torch.from_numpy(np.asarray(rgb.resize((model.resolution, model.resolution)), dtype=np.float32) / 255.0)
         r = attribute(model, train, Query(x.permute(2, 0, 1), prompt), method, make_config(method), progress=False)
         shares = r.owner_shares()

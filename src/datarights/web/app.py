@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import os
 import secrets
 import tempfile
 import threading
@@ -87,9 +88,10 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
             raise HTTPError(413, f"the upload is larger than {max_upload // (1024 * 1024)} MB")
         if not data:
             raise HTTPError(400, "the upload is empty")
-        tmp = Path(tempfile.mkstemp(prefix="datarights-upload-", suffix=".img")[1])
-        tmp.write_bytes(data)
-        return tmp
+        fd, name = tempfile.mkstemp(prefix="datarights-upload-", suffix=".img")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return Path(name)
 
     def page(request: Request, name: str, who: dict | None, http_status: int = 200, **ctx) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, name, {"who": who, **ctx}, status_code=http_status)
