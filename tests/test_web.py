@@ -119,7 +119,7 @@ def test_forms_need_the_csrf_token_and_uploads_are_checked(site):
 
 
 def test_pages_render_for_owner_and_admin(site):
-    app, tokens, ids, _ = site
+    app, tokens, ids, world = site
     c, csrf = _signed_in(app, tokens["studio"])
     for url in ("/works", "/check", "/optouts", f"/optouts/{ids['optout']}", f"/certificates/{ids['certificate']}",
                 "/statements", "/statements?period=2026-11"):
@@ -128,8 +128,12 @@ def test_pages_render_for_owner_and_admin(site):
     assert 'id="signature">valid' in c.get(f"/certificates/{ids['certificate']}").text
     assert "before:" in c.get(f"/certificates/{ids['certificate']}").text                # before/after grids
     assert c.get("/statements?period=2026-13").status_code == 400
-    a, _ = _signed_in(app, tokens["admin"])
+    a, admin_csrf = _signed_in(app, tokens["admin"])
     assert "Pending opt-outs" in a.get("/admin").text
+    m = _metas(world)[2]
+    paid = a.post("/admin/attribute", data={"csrf": admin_csrf, "prompt": m["text"], "revenue": "0.10", "method": "pixel"},
+                  files={"file": ("g.png", (world / m["file_name"]).read_bytes())})
+    assert paid.status_code == 200 and "10 cents split among" in paid.text
     docs = c.get("/openapi.json").json()
     assert "/api/optouts" in docs["paths"] and "/api/admin/process" in docs["paths"]
 

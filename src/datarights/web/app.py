@@ -218,11 +218,13 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
                     st=led.statement(who["name"], period))
 
     # ------------------------------------------------------------------ the model owner's pages
+    def admin_view(request: Request, who: dict, attributed: dict | None = None) -> HTMLResponse:
+        return page(request, "admin.html", who, pending=led.optouts(status="pending"), jobs=led.jobs()[:20],
+                    running=_running(), error=worker["error"], attributed=attributed)
+
     @app.get("/admin", response_class=HTMLResponse)
     def admin_page(request: Request):
-        who = user(request, admin=True)
-        return page(request, "admin.html", who, pending=led.optouts(status="pending"), jobs=led.jobs()[:20],
-                    running=_running(), error=worker["error"], attributed=None)
+        return admin_view(request, user(request, admin=True))
 
     @app.post("/admin/process")
     async def admin_process(request: Request):
@@ -240,8 +242,7 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
                                    str(form.get("method", "dtrak")) or "dtrak")
         finally:
             path.unlink(missing_ok=True)
-        return page(request, "admin.html", who, pending=led.optouts(status="pending"), jobs=led.jobs()[:20],
-                    running=_running(), error=worker["error"], attributed=ev)
+        return admin_view(request, who, ev)
 
     def _running() -> bool:
         t = worker["thread"]
