@@ -76,7 +76,12 @@ def many(args) -> None:
             if key in results["cells"]:
                 continue
             targets, anchors = [t for t, _ in MANY[:k]], [a for _, a in MANY[:k]]
-            name, opts = VARIANTS[method]
+            if method.endswith("-scaled"):  # the method's default steps for each concept: steps x k
+                name = method.removesuffix("-scaled")
+                from datarights.erase import make_config
+                opts = {"steps": make_config(name).for_model(base).steps * k}
+            else:
+                name, opts = VARIANTS[method]
             edit = erase(base, targets, anchors, name, progress=False, **opts)
             r = public(audit(edit.apply(base), base, targets, anchors, AuditConfig(**MANY_AUDIT), judge=judge,
                              progress=False, log=lambda s: None))

@@ -136,3 +136,17 @@ def test_robust_variants_run(method, tiny_model):
     edit = erase(tiny_model, ["grumpy face"], ["face"], method, progress=False, **opts)
     plain = erase(tiny_model, ["grumpy face"], ["face"], method, progress=False, **FAST[method])
     assert edit.config["robust"] and any(not torch.equal(edit.tensors[n], plain.tensors[n]) for n in edit.tensors)
+
+
+def test_every_target_gets_its_own_images_when_several_are_erased(tiny_model):
+    """Several targets: n images for each target's prompts (one shared budget of n images cycled over
+    the concatenated prompts gave the later targets none); one target: generate_model_space's images."""
+    from datarights.erase.base import generate_model_space, images_per_target
+
+    a, b = ["a red face", "a blue face", "a green face"], ["a fish", "a red fish"]
+    x1, chosen1, idx1 = images_per_target(tiny_model, [a], 4, seed=0, steps=2)
+    x_ref, chosen_ref = generate_model_space(tiny_model, a, 4, seed=0, steps=2)
+    assert torch.equal(x1, x_ref) and chosen1 == chosen_ref and idx1.tolist() == [0, 1, 2, 0]
+    x2, chosen2, idx2 = images_per_target(tiny_model, [a, b], 4, seed=0, steps=2)
+    assert len(x2) == 8 and idx2.tolist() == [0, 1, 2, 0, 3, 4, 3, 4]
+    assert chosen2[4:] == ["a fish", "a red fish", "a fish", "a red fish"]

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .. import runtime
@@ -111,6 +112,22 @@ def generate_model_space(model: T2IModel, prompts: list[str], n: int, seed: int,
     chosen = [prompts[i % len(prompts)] for i in range(n)]
     x0 = model.sample(chosen, seed=seed, steps=steps, guidance=guidance, return_model_space=True)
     return x0, chosen
+
+
+def images_per_target(model: T2IModel, prompt_sets: list[list[str]], n: int, seed: int, steps: int = 20,
+                      guidance: float | None = None) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """n images for *each* target's prompt list (cycled), generated once by the frozen model.
+
+    Returns (x_0 in model space, the prompt of each image, the index of that prompt in the
+    concatenated lists). Each target gets its own n images, so that erasing k concepts together
+    trains on all of them (cycling one budget of n images over the concatenated prompts gave the
+    later targets none). With one target these are exactly generate_model_space's images.
+    """
+    flat = [p for ps in prompt_sets for p in ps]
+    offsets = np.cumsum([0] + [len(ps) for ps in prompt_sets[:-1]])
+    idx = [int(o) + j % len(ps) for ps, o in zip(prompt_sets, offsets) for j in range(n)]
+    x0, chosen = generate_model_space(model, [flat[i] for i in idx], len(idx), seed, steps, guidance)
+    return x0, chosen, torch.tensor(idx, device=model.device)
 
 
 def config_dict(cfg) -> dict:

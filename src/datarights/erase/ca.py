@@ -30,8 +30,7 @@ from .. import runtime
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
-from .base import (PromptSet, TrainOptions, concept_prompts, encode_cached, finish_edit, generate_model_space,
-                   register)
+from .base import PromptSet, TrainOptions, concept_prompts, encode_cached, finish_edit, images_per_target, register
 from .robust import ROBUST_DEFAULTS, Adversary, RobustOptions
 
 
@@ -48,7 +47,7 @@ class CAConfig(RobustOptions, TrainOptions, ModelDefaults):
     batch_size: int | None = None
     """Noised anchor images per step (world 16; SD 8); split into micro-batches that fit the device."""
     n_anchor_images: int | None = None
-    """Anchor images generated once by the base model (world 64; SD 200)."""
+    """Anchor images generated once by the base model, for each target (world 64; SD 200)."""
     prior: float | None = None
     """Weight of the prior-preservation loss on anchor prompts, 0 disables it (world 1.0; SD 0)."""
     n_prompts: int = 48
@@ -81,9 +80,9 @@ def concept_ablation(model: T2IModel, targets: list[str], anchors: list[str], cf
     sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed) for t, a in zip(targets, anchors)]
     tgt = [p for s in sets for p in s.target]
     anc = [p for s in sets for p in s.anchor]
-    x0, _ = generate_model_space(model, anc, cfg.n_anchor_images, cfg.seed, cfg.sample_steps)
-    # anchor image i was generated from anc[i % len(anc)]: pair it with that prompt and its target twin
-    pair = torch.arange(cfg.n_anchor_images, device=model.device) % len(anc)
+    # every target gets its own anchor images; image i was generated from anc[pair[i]]: it is paired
+    # with that prompt and its target twin tgt[pair[i]]
+    x0, _, pair = images_per_target(model, [s.anchor for s in sets], cfg.n_anchor_images, cfg.seed, cfg.sample_steps)
     work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
     with_grad = cfg.params == "embedding"
     enc_t, enc_a = encode_cached(work, tgt, with_grad), encode_cached(work, anc, with_grad)

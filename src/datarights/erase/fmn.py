@@ -21,7 +21,7 @@ from .. import runtime
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
-from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, generate_model_space, register
+from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, images_per_target, register
 
 
 class CaptureCrossAttention:
@@ -66,7 +66,7 @@ class FMNConfig(TrainOptions, ModelDefaults):
     batch_size: int | None = None
     """Noised reference images per step (world 16; SD 1)."""
     n_images: int | None = None
-    """Reference images of the concept, generated once by the base model (world 32; SD 8)."""
+    """Reference images of each target concept, generated once by the base model (world 32; SD 8)."""
     seed: int = 0
     """Seed of images, timesteps and noise."""
 
@@ -84,8 +84,9 @@ def forget_me_not(model: T2IModel, targets: list[str], anchors: list[str], cfg: 
     t0 = time.time()
     cfg = cfg.for_model(model)
     stop = {"a", "an", "and", "the", "of", "in", "style"}
-    prompts, spans = [], []
+    prompts, spans, per_target = [], [], []
     for t, a in zip(targets, anchors):
+        per_target.append([])
         # the concept's tokens: every token of its content words (a composition's parts are apart)
         word_ids = {i for w in t.split() if w.lower() not in stop
                     for i in model.tokenizer(w, add_special_tokens=False).input_ids}
@@ -94,11 +95,11 @@ def forget_me_not(model: T2IModel, targets: list[str], anchors: list[str], cfg: 
             pos = [j for j, i in enumerate(ids) if i in word_ids]
             if pos:
                 prompts.append(p)
+                per_target[-1].append(p)
                 spans.append(pos)
     if not prompts:
         raise DatarightsError(f"fmn found no prompt that contains the words of {targets}")
-    x0, _ = generate_model_space(model, prompts, cfg.n_images, cfg.seed)
-    pair = torch.arange(cfg.n_images, device=model.device) % len(prompts)
+    x0, _, pair = images_per_target(model, [ps for ps in per_target if ps], cfg.n_images, cfg.seed)
     mask = torch.zeros(len(prompts), model.max_length, device=model.device)
     for i, s in enumerate(spans):
         mask[i, s] = 1.0

@@ -18,7 +18,7 @@ from .. import runtime
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
-from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, generate_model_space, register
+from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, images_per_target, register
 from .retrain import concept_mask
 
 
@@ -33,7 +33,7 @@ class GAConfig(TrainOptions, ModelDefaults):
     batch_size: int | None = None
     """Images per step (world 16; SD 4)."""
     n_images: int | None = None
-    """Generated images of the target when no training data is given (world 64; SD 16)."""
+    """Generated images of each target when no training data is given (world 64; SD 16)."""
     data: str = ""
     """Training imagefolder; its images of the target are used when given."""
     seed: int = 0
@@ -61,8 +61,8 @@ def gradient_ascent(model: T2IModel, targets: list[str], anchors: list[str], cfg
             x0 = model.to_model_space(torch.from_numpy(data.images[keep]))
         prompts = [data.texts[i] for i in keep.nonzero()[0]]
     else:
-        prompts = [p for t, a in zip(targets, anchors) for p in concept_prompts(t, a, 48, cfg.seed).target]
-        x0, prompts = generate_model_space(model, prompts, cfg.n_images, cfg.seed)
+        x0, prompts, _ = images_per_target(model, [concept_prompts(t, a, 48, cfg.seed).target
+                                                   for t, a in zip(targets, anchors)], cfg.n_images, cfg.seed)
     work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
     enc = encode_cached(work, prompts, cfg.params == "embedding")
     micro, accumulate = runtime.micro_batches(model, cfg.batch_size)
