@@ -315,8 +315,10 @@ def test_batch_processing_erases_every_pending_request_in_one_edit(ledger, tiny_
     a = ledger.optout(studio, concept="Blubbo")
     b = ledger.optout(artist, concept="Ada Vell") if artist in {o["name"] for o in ledger.owners()} else \
         ledger.optout(studio, concept="Ada Vell")
-    jobs = ledger.process(batch=True, attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE)
+    opts = {k: v for k, v in SMALL_ERASE.items() if k != "steps"}         # the batch scales the default steps
+    jobs = ledger.process(batch=True, attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=opts)
     assert len(jobs) == 1 and jobs[0]["settings"]["targets"] == ["Blubbo", "Ada Vell"]
+    assert jobs[0]["settings"]["erase"]["steps"] == 2 * 100                 # CA's world default, once per concept
     assert [t["target"] for t in jobs[0]["audit"]["targets"]] == ["Blubbo", "Ada Vell"]
     certs = [ledger.optout_status(r["id"])["certificate_id"] for r in (a, b)]
     assert None not in certs and len(set(certs)) == 2
