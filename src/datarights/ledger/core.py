@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import secrets
@@ -23,7 +22,7 @@ from ..errors import DatarightsError
 from ..files import open_rgb, pid_alive, sweep_stale
 from . import money, signing
 from .db import Store, open_engine, url_of
-from .phash import distance, phash
+from .phash import phash
 from .schema import (POLICIES, AttributionEvent, Certificate, Dataset, DatasetWork, Job, Model, OptOut, OptOutEvent,
                      Owner, Payout, Work, now)
 

@@ -27,7 +27,3 @@ def phash(image: Image.Image) -> int:
     v = int("".join("1" if b else "0" for b in bits), 2)
     return v - (1 << 64) if v >= 1 << 63 else v
 
-
-def distance(a: int, b: int) -> int:
-    """Hamming distance between two hashes."""
-    return bin((a ^ b) & ((1 << 64) - 1)).count("1")

@@ -399,7 +399,8 @@ def thumb(path: Path | None, size: int = 64) -> str | None:
         return None
     from PIL import Image
 
-    rgb.thumbnail((size, size)) if max(rgb.size) > size else None
+    if max(rgb.size) > size:
+        rgb.thumbnail((size, size))
     if max(rgb.size) < size:
         rgb = rgb.resize((size, size * rgb.height // rgb.width), Image.NEAREST)
     buf = io.BytesIO()
