@@ -321,7 +321,8 @@ def part_custom(args) -> dict:
 
 def part_counterfactual(args) -> dict:
     from datarights.evaluate import CounterfactualConfig, counterfactual
-    cfg = CounterfactualConfig(k=args.k, queries=args.queries or 20, world_images=args.world_images,
+    extra = {"methods": args.methods} if args.methods else {}
+    cfg = CounterfactualConfig(**extra, k=args.k, queries=args.queries or 20, world_images=args.world_images,
                                train_steps=args.train_steps, coupled=not args.uncoupled, random_draws=args.random_draws,
                                unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = counterfactual(cfg, args.run or "runs/counterfactual")

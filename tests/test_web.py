@@ -95,6 +95,25 @@ def test_every_owner_scoped_route_refuses_another_owners_ids(site):
                   data={"prompt": "a fish", "revenue": "0.04"}).status_code == 403
 
 
+def test_reissuing_a_token_signs_out_the_sessions_of_the_old_one(site, tmp_path):
+    app, tokens, ids, _ = site
+    c, _ = _signed_in(app, tokens["studio"])
+    other, _ = _signed_in(app, tokens["other"])
+    assert c.get("/api/optouts").status_code == 200
+    new = Ledger(tmp_path / "l.db").issue_token(ids["studio"])
+    assert c.get("/api/optouts").status_code == 401                      # the old session is gone
+    assert c.get("/optouts", follow_redirects=False).status_code == 401
+    assert other.get("/api/optouts").status_code == 200                  # other owners' sessions stay
+    assert c.get("/api/optouts", headers=_bearer(tokens["studio"])).status_code == 401   # so is the old token
+    c2, _ = _signed_in(app, new)
+    assert c2.get("/api/optouts").status_code == 200
+    forged = c2.cookies.get("datarights_session")
+    value, _, mac = forged.rpartition(".")
+    oid, role, bound, name = value.split("|", 3)
+    c3 = TestClient(app, cookies={"datarights_session": f"{oid}|admin|{bound}|{name}.{mac}"})
+    assert c3.get("/api/optouts").status_code == 401                    # the signature covers the role
+
+
 def test_forms_need_the_csrf_token_and_uploads_are_checked(site):
     app, tokens, ids, world = site
     c, csrf = _signed_in(app, tokens["studio"])

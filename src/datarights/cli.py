@@ -424,7 +424,7 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
 
 
 @eval_app.command("counterfactual")
-def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,feature,pixel", help="Comma-separated methods."),
+def eval_counterfactual_cmd(methods: str = typer.Option("abu,caption,dtrak,feature,pixel,trak,jtrak", help="Comma-separated methods."),
                             k: list[int] = typer.Option([50], "--k", help="Top-K to remove (repeat for several)."),
                             queries: int = typer.Option(20, help="Generated queries (every kind of world prompt in turn)."),
                             random_draws: int = typer.Option(6, "--random-draws", help="Random removals of K images (the reference; each one retrained model, scored on every query)."),
@@ -447,7 +447,7 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,fe
 
 
 @eval_app.command("lds")
-def eval_lds_cmd(methods: str = typer.Option("abu,dtrak,trak,jtrak,feature,pixel", help="Comma-separated methods."),
+def eval_lds_cmd(methods: str = typer.Option("abu,caption,dtrak,trak,jtrak,feature,pixel", help="Comma-separated methods."),
                  subsets: int = typer.Option(32, help="Subset models trained from scratch."),
                  alpha: float = typer.Option(0.5, help="Fraction of the training set in each subset."),
                  queries: int = typer.Option(16, help="Generated queries."),

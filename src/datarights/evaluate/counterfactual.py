@@ -35,8 +35,9 @@ from ..world import ImageFolder, WorldConfig, make_world_folder, read_imagefolde
 class CounterfactualConfig:
     """A leave-K-out run."""
 
-    methods: list = field(default_factory=lambda: ["abu", "dtrak", "trak", "jtrak", "feature", "pixel"])
-    """Attribution methods to compare (random-K is always added)."""
+    methods: list = field(default_factory=lambda: ["abu", "caption", "dtrak", "feature", "pixel", "trak", "jtrak"])
+    """Attribution methods to compare (random-K is always added), retrained in this order, each over
+    every query before the next, so that an interrupted run already holds whole comparisons."""
     k: list = field(default_factory=lambda: [50])
     """How many top images to remove."""
     queries: int = 20
@@ -143,15 +144,15 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     originals = base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps)
     train_set = load_training_set(base, folder)
     rankings: dict[str, list[list[int]]] = {}
+    rng = np.random.default_rng(cfg.seed + 3)
+    for d in range(cfg.random_draws):  # a random removal does not depend on the query: one model per draw
+        perm = rng.permutation(len(folder)).tolist()
+        rankings[f"random#{d}"] = [perm] * len(prompts)  # first: the reference every method is compared to
     for method in cfg.methods:
         rankings[method] = []
         for qi, p in enumerate(prompts):
             r = attribute(base, train_set, Query(originals[qi], p), method, make_config(method), cache=cache, progress=False)
             rankings[method].append(torch.argsort(r.scores, descending=True).tolist())
-    rng = np.random.default_rng(cfg.seed + 3)
-    for d in range(cfg.random_draws):  # a random removal does not depend on the query: one model per draw
-        perm = rng.permutation(len(folder)).tolist()
-        rankings[f"random#{d}"] = [perm] * len(prompts)
     with torch.no_grad():
         f_orig = judge.features(originals)
     read_orig = judge.read(originals)

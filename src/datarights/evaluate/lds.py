@@ -30,7 +30,7 @@ from .counterfactual import _subset, open_run, world_base_queries
 class LDSConfig:
     """A linear-datamodeling run."""
 
-    methods: list = field(default_factory=lambda: ["abu", "dtrak", "trak", "jtrak", "feature", "pixel"])
+    methods: list = field(default_factory=lambda: ["abu", "caption", "dtrak", "trak", "jtrak", "feature", "pixel"])
     """Attribution methods to score (a random scorer is always added)."""
     subsets: int = 32
     """Subset models M trained from scratch."""

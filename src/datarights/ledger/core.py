@@ -108,6 +108,13 @@ class Ledger:
                 raise DatarightsError("unknown token")
             return {"id": o.id, "name": o.name, "role": o.role}
 
+    def token_hash_of(self, owner_id: int) -> str | None:
+        """The stored hash of an owner's current token (None: no token, or no such owner). The web page
+        binds its sessions to it, so that reissuing a token signs out every session of the old one."""
+        with self.store.read() as s:
+            o = s.get(Owner, owner_id)
+            return None if o is None else o.token_hash
+
     def issue_token(self, name: str, admin: bool = False) -> str:
         """A new API token for an owner (or a new admin); shown once, stored only as its sha256."""
         token = secrets.token_urlsafe(24)

@@ -57,8 +57,14 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
         value, _, mac = raw.rpartition(".")
         if not value or not hmac.compare_digest(_sign(value), mac):
             return None
-        oid, role, name = value.split("|", 2)
+        oid, role, bound, name = value.split("|", 3)
+        current = led.token_hash_of(int(oid))
+        if current is None or not hmac.compare_digest(bound, _bind(current)):
+            return None  # the token this session was opened with has been reissued (or the owner is gone)
         return {"id": int(oid), "role": role, "name": name, "csrf": _sign("csrf:" + raw)}
+
+    def _bind(token_hash: str) -> str:
+        return _sign("token:" + token_hash)[:16]
 
     def user(request: Request, admin: bool = False) -> dict:
         auth = request.headers.get("authorization", "")
@@ -132,7 +138,7 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
             who = led.owner_by_token(token.strip())
         except DatarightsError:
             raise HTTPError(401, "unknown token") from None
-        value = f"{who['id']}|{who['role']}|{who['name']}"
+        value = f"{who['id']}|{who['role']}|{_bind(led.token_hash_of(who['id']) or '')}|{who['name']}"
         resp = RedirectResponse("/", status_code=303)
         resp.set_cookie(COOKIE, f"{value}.{_sign(value)}", httponly=True, samesite="strict")
         return resp
