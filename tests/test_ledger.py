@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -139,6 +140,37 @@ def test_a_killed_job_is_marked_failed_and_its_optouts_are_pending_again(ledger,
     assert ledger.recover() == [1]
     assert ledger.job(1)["status"] == "failed" and "interrupted" in ledger.job(1)["error"]
     assert ledger.optout_status(req["id"])["status"] == "pending"
+
+
+def test_a_job_whose_pid_was_reused_by_a_later_process_is_recovered(ledger, tiny_world):
+    """The job's pid now belongs to a process that started after the job did (a pid reused after a
+    reboot or a wrap-around): the job is dead all the same. A job of a live process that started
+    before it stays running."""
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from datarights.files import pid_alive, process_start_time
+    from datarights.ledger.schema import Job, OptOut, now
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        if process_start_time(proc.pid) is None:
+            pytest.skip("no /proc start times on this system")
+        assert pid_alive(proc.pid) and pid_alive(proc.pid, since=time.time())
+        assert not pid_alive(proc.pid, since=time.time() - 3600)
+        req = ledger.optout(_owner_with_character(tiny_world), concept="Blubbo")
+        with ledger.store.transaction() as s:
+            s.add(Job(model_id=1, optouts=[], method="ca", pid=proc.pid, status="running", started_at=now()))
+            s.add(Job(model_id=1, optouts=[req["id"]], method="ca", pid=proc.pid, status="running",
+                      started_at=now() - timedelta(hours=1)))
+            s.get(OptOut, req["id"]).status = "processing"
+        assert ledger.recover() == [2]
+        assert ledger.job(1)["status"] == "running" and ledger.job(2)["status"] == "failed"
+        assert ledger.optout_status(req["id"])["status"] == "pending"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_split_cents_sums_exactly_for_10000_random_splits():

@@ -130,14 +130,32 @@ def temp_sibling(out: Path, tag: str) -> Path:
     return tmp
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (one we may not signal counts as alive)."""
+def process_start_time(pid: int) -> float | None:
+    """When process `pid` started (Unix time; Linux /proc), or None where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        btime = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        ticks = float(stat.rpartition(")")[2].split()[19])  # field 22, after the (command name)
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether a process with this id exists (one we may not signal counts as alive). With `since`
+    (Unix time the process is known to have been running at), a process with this id that started
+    later is another one that reuses the id, and counts as dead (where the start time is readable)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if since is not None:
+        started = process_start_time(pid)
+        if started is not None and started > since + 5:  # slack: /proc's boot time is whole seconds
+            return False
     return True
 
 

@@ -426,7 +426,8 @@ class Ledger:
         done = []
         with self.store.transaction() as s:
             for j in s.scalars(select(Job).where(Job.status == "running")):
-                if j.pid and pid_alive(j.pid) and j.pid != os.getpid():
+                since = j.started_at.replace(tzinfo=timezone.utc).timestamp() if j.started_at else None
+                if j.pid and pid_alive(j.pid, since) and j.pid != os.getpid():
                     continue
                 sweep_stale(self.root / f"job-{j.id}")      # its half-written edited folder, if any
                 j.status, j.error, j.finished_at = "failed", f"interrupted (process {j.pid} ended)", now()
