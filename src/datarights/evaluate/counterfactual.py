@@ -199,7 +199,8 @@ METRICS = ("mse", "feature_distance", "loss_rise")
 
 def summarize(results: dict) -> list[dict]:
     """Per (method, K): each metric's mean over queries with a bootstrap interval (random: its draws
-    averaged per query first), the flip rate with a Wilson interval, and each metric's ratio to
+    averaged per query first), the flip rate with a Wilson interval (random: a bootstrap over queries
+    of each query's share of flipping draws), and each metric's ratio to
     random with a paired bootstrap interval over queries."""
     from ..stats import as_list, bootstrap, mean_ci, wilson
 
@@ -214,7 +215,11 @@ def summarize(results: dict) -> list[dict]:
             fig = mean_ci(vals)
             row[m], row[f"{m}_ci"] = fig["value"], fig["ci"]
         flips = [c["label_flip"] for cs in queries.values() for c in cs]
-        row["flip_rate"], row["flip_rate_ci"] = float(np.mean(flips)), as_list(wilson(sum(flips), len(flips)))
+        row["flip_rate"] = float(np.mean(flips))
+        if row["cells"] == row["queries"]:  # one removal per query: independent trials
+            row["flip_rate_ci"] = as_list(wilson(sum(flips), len(flips)))
+        else:  # random: several draws per query are not independent trials; resample queries
+            row["flip_rate_ci"] = mean_ci([float(np.mean([c["label_flip"] for c in cs])) for cs in queries.values()])["ci"]
         out.append(row)
     rand = {r["k"]: r for r in out if r["method"] == "random"}
     for r in out:
