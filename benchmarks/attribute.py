@@ -326,7 +326,7 @@ def part_counterfactual(args) -> dict:
                                train_steps=args.train_steps, coupled=not args.uncoupled, random_draws=args.random_draws,
                                unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = counterfactual(cfg, args.run or "runs/counterfactual")
-    return {"machine": _machine(), "summary": res["summary"], "config": res["config"]}
+    return {"machine": _machine(), "summary": res["summary"], "pairwise": res["pairwise"], "config": res["config"]}
 
 
 def part_lds(args) -> dict:

@@ -11,14 +11,20 @@ from .conftest import TINY_UNET
 
 
 def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
-    cfg = CounterfactualConfig(methods=["pixel"], k=[5], queries=2, random_draws=2, world_images=30, train_steps=2,
-                               batch_size=4, sample_steps=2, loss_draws=4, unet_config=TINY_UNET)
+    cfg = CounterfactualConfig(methods=["pixel", "caption"], k=[5], queries=2, random_draws=2, world_images=30,
+                               train_steps=2, batch_size=4, sample_steps=2, loss_draws=4, unet_config=TINY_UNET)
     res = counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
-    assert {r["method"] for r in res["summary"]} == {"pixel", "random"}
-    assert len(res["cells"]) == 2 * (1 + 2)                   # queries x (method + random draws)
+    assert {r["method"] for r in res["summary"]} == {"pixel", "caption", "random"}
+    assert len(res["cells"]) == 2 * (2 + 2)                   # queries x (methods + random draws)
     # one retrained model per (method, query), and one per random draw, shared by the queries
     assert sorted(p.name for p in (tmp_path / "run" / "retrained").iterdir()) == [
-        "pixel-k5-q0", "pixel-k5-q1", "random-0-k5", "random-1-k5"]
+        "caption-k5-q0", "caption-k5-q1", "pixel-k5-q0", "pixel-k5-q1", "random-0-k5", "random-1-k5"]
+    # the random reference is retrained first, then each method over every query
+    assert [c["method"] for c in res["cells"].values()][:4] == ["random"] * 4
+    (pair,) = res["pairwise"]
+    assert (pair["a"], pair["b"], pair["queries"]) == ("pixel", "caption", 2)
+    lo, hi = pair["loss_rise_a_minus_b_ci"]
+    assert lo <= pair["loss_rise_a_minus_b"] <= hi and 0 <= pair["mse_a_wins"] <= 2
     for c in res["cells"].values():
         assert c["mse"] >= 0 and 0 <= c["feature_distance"] <= 2 and np.isfinite(c["loss_rise"])
     rows = {r["method"]: r for r in res["summary"]}

@@ -190,11 +190,53 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                     "label_flip": bool(flip), "seconds": round(time.time() - t0, 1)}
                 write_json(res_path, results)
     results["summary"] = summarize(results)
+    results["pairwise"] = pairwise(results)
     write_json(res_path, results)
     return results
 
 
 METRICS = ("mse", "feature_distance", "loss_rise")
+
+
+def _per_query(results: dict) -> dict[tuple, dict[int, list[dict]]]:
+    per: dict[tuple, dict[int, list[dict]]] = {}
+    for c in results["cells"].values():
+        per.setdefault((c["method"], c["k"]), {}).setdefault(c["query"], []).append(c)
+    return per
+
+
+def pairwise(results: dict) -> list[dict]:
+    """Every pair of (non-random) methods at each K, paired over the queries both have: the ratio
+    of their mean image change (pixel MSE, judge-feature distance) and the difference of their mean
+    loss rise, each with a paired bootstrap interval over queries, and on how many queries the
+    first method's removal changed the image more. `a` beats `b` on a metric where the interval
+    lies above 1 (ratios) or above 0 (the difference)."""
+    from ..stats import as_list, bootstrap
+
+    per = _per_query(results)
+    names = list(dict.fromkeys(c["method"] for c in results["cells"].values() if c["method"] != "random"))
+    out = []
+    for k in sorted({k for _, k in per}):
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if (a, k) not in per or (b, k) not in per:
+                    continue
+                common = sorted(set(per[(a, k)]) & set(per[(b, k)]))
+                if not common:
+                    continue
+                row = {"a": a, "b": b, "k": k, "queries": len(common)}
+                for m in METRICS:
+                    x = np.array([np.mean([c[m] for c in per[(a, k)][q]]) for q in common])
+                    y = np.array([np.mean([c[m] for c in per[(b, k)][q]]) for q in common])
+                    row[f"{m}_a_wins"] = int((x > y).sum())
+                    if m == "loss_rise":
+                        row[f"{m}_a_minus_b"] = float((x - y).mean())
+                        row[f"{m}_a_minus_b_ci"] = as_list(bootstrap(lambda j: float((x[j] - y[j]).mean()), len(common)))
+                    elif y.mean() > 0:
+                        row[f"{m}_a_over_b"] = float(x.mean() / y.mean())
+                        row[f"{m}_a_over_b_ci"] = as_list(bootstrap(lambda j: float(x[j].mean() / y[j].mean()), len(common)))
+                out.append(row)
+    return out
 
 
 def summarize(results: dict) -> list[dict]:
@@ -204,9 +246,7 @@ def summarize(results: dict) -> list[dict]:
     random with a paired bootstrap interval over queries."""
     from ..stats import as_list, bootstrap, mean_ci, wilson
 
-    per: dict[tuple, dict[int, list[dict]]] = {}
-    for c in results["cells"].values():
-        per.setdefault((c["method"], c["k"]), {}).setdefault(c["query"], []).append(c)
+    per = _per_query(results)
     out = []
     for (method, k), queries in sorted(per.items()):
         row = {"method": method, "k": k, "queries": len(queries), "cells": sum(len(v) for v in queries.values())}
