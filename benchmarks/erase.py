@@ -78,8 +78,8 @@ def many(args) -> None:
             targets, anchors = [t for t, _ in MANY[:k]], [a for _, a in MANY[:k]]
             if method.endswith("-scaled"):  # the method's default steps for each concept: steps x k
                 name = method.removesuffix("-scaled")
-                from datarights.erase import make_config
-                opts = {"steps": make_config(name).for_model(base).steps * k}
+                from datarights.erase import steps_per_concept
+                opts = {"steps": steps_per_concept(name, base, k)}
             else:
                 name, opts = VARIANTS[method]
             edit = erase(base, targets, anchors, name, progress=False, **opts)

@@ -205,14 +205,28 @@ def _per_query(results: dict) -> dict[tuple, dict[int, list[dict]]]:
     return per
 
 
+def _paired(mine: dict[int, list[dict]], theirs: dict[int, list[dict]], metric: str,
+            common: list[int]) -> tuple[np.ndarray, np.ndarray, float, list | None] | None:
+    """Per-query means of `metric` for two rankings over the queries `common` to both, and their
+    comparison with a paired bootstrap interval over queries: the difference of the means for the
+    loss rise (it can be negative), else the ratio (None where the second mean is not positive)."""
+    from ..stats import as_list, bootstrap
+
+    x = np.array([np.mean([c.get(metric, np.nan) for c in mine[q]]) for q in common])
+    y = np.array([np.mean([c.get(metric, np.nan) for c in theirs[q]]) for q in common])
+    if metric == "loss_rise":
+        return x, y, float((x - y).mean()), as_list(bootstrap(lambda j: float((x[j] - y[j]).mean()), len(common)))
+    if y.mean() > 0:
+        return x, y, float(x.mean() / y.mean()), as_list(bootstrap(lambda j: float(x[j].mean() / y[j].mean()), len(common)))
+    return x, y, None, None
+
+
 def pairwise(results: dict) -> list[dict]:
     """Every pair of (non-random) methods at each K, paired over the queries both have: the ratio
     of their mean image change (pixel MSE, judge-feature distance) and the difference of their mean
     loss rise, each with a paired bootstrap interval over queries, and on how many queries the
     first method's removal changed the image more. `a` beats `b` on a metric where the interval
     lies above 1 (ratios) or above 0 (the difference)."""
-    from ..stats import as_list, bootstrap
-
     per = _per_query(results)
     names = list(dict.fromkeys(c["method"] for c in results["cells"].values() if c["method"] != "random"))
     out = []
@@ -226,15 +240,11 @@ def pairwise(results: dict) -> list[dict]:
                     continue
                 row = {"a": a, "b": b, "k": k, "queries": len(common)}
                 for m in METRICS:
-                    x = np.array([np.mean([c[m] for c in per[(a, k)][q]]) for q in common])
-                    y = np.array([np.mean([c[m] for c in per[(b, k)][q]]) for q in common])
+                    x, y, value, ci = _paired(per[(a, k)], per[(b, k)], m, common)
                     row[f"{m}_a_wins"] = int((x > y).sum())
-                    if m == "loss_rise":
-                        row[f"{m}_a_minus_b"] = float((x - y).mean())
-                        row[f"{m}_a_minus_b_ci"] = as_list(bootstrap(lambda j: float((x[j] - y[j]).mean()), len(common)))
-                    elif y.mean() > 0:
-                        row[f"{m}_a_over_b"] = float(x.mean() / y.mean())
-                        row[f"{m}_a_over_b_ci"] = as_list(bootstrap(lambda j: float(x[j].mean() / y[j].mean()), len(common)))
+                    if value is not None:
+                        name = f"{m}_a_minus_b" if m == "loss_rise" else f"{m}_a_over_b"
+                        row[name], row[f"{name}_ci"] = value, ci
                 out.append(row)
     return out
 
@@ -244,7 +254,7 @@ def summarize(results: dict) -> list[dict]:
     averaged per query first), the flip rate with a Wilson interval (random: a bootstrap over queries
     of each query's share of flipping draws), and each metric's ratio to
     random with a paired bootstrap interval over queries."""
-    from ..stats import as_list, bootstrap, mean_ci, wilson
+    from ..stats import as_list, mean_ci, wilson
 
     per = _per_query(results)
     out = []
@@ -269,12 +279,8 @@ def summarize(results: dict) -> list[dict]:
         mine, theirs = per[(r["method"], r["k"])], per[("random", r["k"])]
         common = sorted(set(mine) & set(theirs))
         for m in METRICS:
-            a = np.array([np.mean([c.get(m, np.nan) for c in mine[q]]) for q in common])
-            b = np.array([np.mean([c.get(m, np.nan) for c in theirs[q]]) for q in common])
-            if m == "loss_rise":  # a difference: the rise can be negative
-                r[f"{m}_minus_random"] = float((a - b).mean())
-                r[f"{m}_minus_random_ci"] = as_list(bootstrap(lambda i: float((a[i] - b[i]).mean()), len(common)))
-            elif b.mean() > 0:
-                r[f"{m}_vs_random"] = float(a.mean() / b.mean())
-                r[f"{m}_vs_random_ci"] = as_list(bootstrap(lambda i: float(a[i].mean() / b[i].mean()), len(common)))
+            _, _, value, ci = _paired(mine, theirs, m, common)
+            if value is not None:
+                name = f"{m}_minus_random" if m == "loss_rise" else f"{m}_vs_random"
+                r[name], r[f"{name}_ci"] = value, ci
     return out

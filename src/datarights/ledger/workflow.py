@@ -73,7 +73,7 @@ def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = A
 def _run(ledger, group, method, attacks, audit_config, budget, erase_options, log) -> dict:
     from ..attack import attack
     from ..audit import audit
-    from ..erase import erase, make_config
+    from ..erase import erase, steps_per_concept
     from ..models import load_model, weights_digest
     from ..quality import public
 
@@ -103,12 +103,8 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, lo
             raise DatarightsError(f"model {group[0].model_id} at {model_path} has changed since it was registered")
         t0 = time.time()
         options = dict(erase_options)
-        cfg = make_config(method)
-        default_steps = getattr(cfg.for_model(base) if hasattr(cfg, "for_model") else cfg, "steps", None)
-        if len(targets) > 1 and "steps" not in options and default_steps:
-            # one edit for k concepts gets the method's steps for each (benchmarks/erase.py --many: with
-            # one budget shared by 8 concepts CA's pooled target_erased fell from 0.98 to 0.86)
-            options["steps"] = default_steps * len(targets)
+        if len(targets) > 1 and "steps" not in options and (steps := steps_per_concept(method, base, len(targets))):
+            options["steps"] = steps  # one edit for k concepts: the method's steps for each
         edit = erase(base, targets, anchors, method, progress=False, **options)
         out_dir = ledger.root / f"job-{job_id}"
         ledger.root.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from ..errors import DatarightsError
-from ..ledger.core import Ledger, NotYours
+from ..ledger.core import Ledger, NotYours, hash_token
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 MAX_UPLOAD = 8 * 1024 * 1024
@@ -138,7 +138,7 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
             who = led.owner_by_token(token.strip())
         except DatarightsError:
             raise HTTPError(401, "unknown token") from None
-        value = f"{who['id']}|{who['role']}|{_bind(led.token_hash_of(who['id']) or '')}|{who['name']}"
+        value = f"{who['id']}|{who['role']}|{_bind(hash_token(token.strip()))}|{who['name']}"
         resp = RedirectResponse("/", status_code=303)
         resp.set_cookie(COOKIE, f"{value}.{_sign(value)}", httponly=True, samesite="strict")
         return resp
