@@ -326,7 +326,8 @@ def part_counterfactual(args) -> dict:
                                train_steps=args.train_steps, coupled=not args.uncoupled, random_draws=args.random_draws,
                                unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = counterfactual(cfg, args.run or "runs/counterfactual")
-    return {"machine": _machine(), "summary": res["summary"], "pairwise": res["pairwise"], "config": res["config"]}
+    return {"machine": _machine(), "summary": res["summary"], "pairwise": res["pairwise"], "config": res["config"],
+            "cells": res["cells"]}
 
 
 def part_lds(args) -> dict:
@@ -335,7 +336,8 @@ def part_lds(args) -> dict:
                     train_steps=args.train_steps, coupled=not args.uncoupled,
                     unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = lds(cfg, args.run or ("runs/lds-uncoupled" if args.uncoupled else "runs/lds"))
-    return {"machine": _machine(), "summary": res["summary"], "prompts": res["prompts"], "config": res["config"]}
+    return {"machine": _machine(), "summary": res["summary"], "prompts": res["prompts"], "config": res["config"],
+            "outputs": res["outputs"]}
 
 
 def main():

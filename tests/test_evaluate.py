@@ -105,6 +105,9 @@ def test_lds_runs_and_resumes(tmp_path, monkeypatch):
     assert {r["method"] for r in res["summary"]} == {"pixel", "random"}
     for r in res["summary"]:
         assert -1 <= r["lds"] <= 1 and len(r["per_query"]) == 1 and r["lds_ci"] is None  # one query: no interval
+    by = {r["method"]: r for r in res["summary"]}
+    assert by["pixel"]["lds_minus_random"] == pytest.approx(by["pixel"]["lds"] - by["random"]["lds"])
+    assert "lds_minus_random" not in by["random"] and "lds_minus_caption" not in by["pixel"]  # no caption run here
     assert len(res["outputs"]) == 3 and all(len(v) == 1 and v[0] < 0 for v in res["outputs"].values())
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished subset"))
     again = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)

@@ -155,6 +155,12 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
         fig = mean_ci(per_q)  # bootstrap over queries
         summary.append({"method": method, "lds": fig["value"], "lds_ci": fig["ci"], "queries": len(per_q),
                         "per_query": per_q})
+    by_name = {row["method"]: np.array(row["per_query"]) for row in summary}
+    for row in summary:  # paired over queries: beating random scores (and the caption-only baseline)
+        for ref in ("random", "caption"):
+            if ref in by_name and row["method"] != ref:
+                fig = mean_ci(by_name[row["method"]] - by_name[ref])
+                row[f"lds_minus_{ref}"], row[f"lds_minus_{ref}_ci"] = fig["value"], fig["ci"]
     results["summary"] = summary
     results["prompts"] = prompts
     write_json(res_path, results)
