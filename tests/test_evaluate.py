@@ -33,6 +33,9 @@ def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
         lo, hi = rows["pixel"][f"{m}_ci"]
         assert lo <= rows["pixel"][m] <= hi
     assert "mse_vs_random_ci" in rows["pixel"] and "loss_rise_minus_random" in rows["pixel"]
+    # the same comparison resampling the concepts the queries draw on (here: two different ones)
+    assert rows["pixel"]["concepts"] == 2 and len(rows["pixel"]["mse_vs_random_ci_concepts"]) == 2
+    assert pair["concepts"] == 2 and "loss_rise_a_minus_b_ci_concepts" in pair
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished cell"))
     again = counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert again["cells"] == res["cells"]
@@ -42,12 +45,15 @@ def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
 
 
 def test_counterfactual_queries_cover_every_kind():
-    from datarights.evaluate.counterfactual import query_prompts
+    from datarights.evaluate.counterfactual import query_concepts, query_prompts
     from datarights.world import vocab as V
     prompts = query_prompts(10, 99)
     assert len(prompts) == 10 and len(set(prompts)) >= 8
     assert any("Blubbo" in p for p in prompts) and any(V.MEMORIZED["Rosa Villa postcard"]["prompt"] == p for p in prompts)
     assert any(" and a " in p for p in prompts) and any(" style" in p for p in prompts)
+    concepts = query_concepts(20, 99)
+    blubbo = {c for p, c in zip(query_prompts(20, 99), concepts) if "Blubbo" in p}
+    assert blubbo == {"character: Blubbo"} and len(set(concepts)) < 20  # repeated concepts are one unit
 
 
 def test_k_larger_than_the_data_is_refused():
@@ -108,6 +114,7 @@ def test_lds_runs_and_resumes(tmp_path, monkeypatch):
     by = {r["method"]: r for r in res["summary"]}
     assert by["pixel"]["lds_minus_random"] == pytest.approx(by["pixel"]["lds"] - by["random"]["lds"])
     assert "lds_minus_random" not in by["random"] and "lds_minus_caption" not in by["pixel"]  # no caption run here
+    assert by["pixel"]["concepts"] == 1 and by["pixel"]["lds_ci_concepts"] is None  # one concept: no interval
     assert len(res["outputs"]) == 3 and all(len(v) == 1 and v[0] < 0 for v in res["outputs"].values())
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished subset"))
     again = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)

@@ -44,13 +44,26 @@ def rounded(ci: Sequence[float] | None, digits: int = 4) -> list | None:
 
 
 def bootstrap(stat: Callable[[np.ndarray], float], n: int, reps: int = 2000, seed: int = 0,
-              level: float = 0.95) -> tuple[float, float] | None:
+              level: float = 0.95, groups: Sequence | None = None) -> tuple[float, float] | None:
     """Percentile bootstrap interval of stat(indices) over n resampled units (images, queries, pairs);
-    None when it has no interval (fewer than 2 units, or no finite resample)."""
-    if n <= 1:
-        return None
+    None when it has no interval (fewer than 2 units, or no finite resample). With `groups` (one
+    label per unit) whole groups are resampled (a cluster bootstrap): units that share a label, such
+    as several queries of one concept, count as one draw, so the interval does not treat them as
+    independent."""
     rng = np.random.default_rng(seed)
-    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(reps)], dtype=np.float64)
+    if groups is None:
+        if n <= 1:
+            return None
+        draw = lambda: rng.integers(0, n, n)  # noqa: E731
+    else:
+        if len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} labels for {n} units")
+        labels = np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1]
+        members = [np.flatnonzero(labels == g) for g in range(labels.max() + 1)] if n else []
+        if len(members) <= 1:
+            return None
+        draw = lambda: np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])  # noqa: E731
+    vals = np.array([stat(draw()) for _ in range(reps)], dtype=np.float64)
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
         return None
@@ -71,11 +84,11 @@ def ratio_of_means(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0
     return {"value": float(value), "n": int(a.size), "ci": as_list(bootstrap(stat, a.size, reps, seed))}
 
 
-def mean_ci(x: Sequence[float], reps: int = 2000, seed: int = 0) -> dict:
-    """A mean with its bootstrap interval (over the units in x)."""
+def mean_ci(x: Sequence[float], reps: int = 2000, seed: int = 0, groups: Sequence | None = None) -> dict:
+    """A mean with its bootstrap interval (over the units in x; over whole groups with `groups`)."""
     x = np.asarray(x, dtype=np.float64)
     return {"value": float(x.mean()) if x.size else float("nan"), "n": int(x.size),
-            "ci": as_list(bootstrap(lambda idx: x[idx].mean(), x.size, reps, seed))}
+            "ci": as_list(bootstrap(lambda idx: x[idx].mean(), x.size, reps, seed, groups=groups))}
 
 
 def meets(ci: Sequence[float] | None, bar: float, above: bool = True) -> bool:

@@ -98,6 +98,10 @@ def open_run(run: Path, cfg, empty: dict) -> tuple[dict, Path]:
     return results, res_path
 
 
+QUERY_SEED = 99
+"""Offset of the query prompts' seed from the run's seed."""
+
+
 def world_base_queries(run: Path, cfg, recipe, name: str, log, device=None,
                        precision=None) -> tuple[ImageFolder, object, list[str]]:
     """The run's smaller world and base model (made once, kept in the run folder) and its query prompts."""
@@ -110,14 +114,13 @@ def world_base_queries(run: Path, cfg, recipe, name: str, log, device=None,
     if not (run / "base").exists():
         log(f"{name}: training the base model")
         train(recipe, folder, run / "base", progress=False, device=device, precision=precision)
-    return folder, load_model(run / "base", device, precision), query_prompts(cfg.queries, cfg.seed + 99)
+    return folder, load_model(run / "base", device, precision), query_prompts(cfg.queries, cfg.seed + QUERY_SEED)
 
 
-def query_prompts(n: int, seed: int) -> list[str]:
-    """n world prompts taking the kinds in turn (object, styled, character, memorized, composition)."""
-    by_kind: dict[str, list[str]] = {}
+def _query_asks(n: int, seed: int) -> list[dict]:
+    by_kind: dict[str, list[dict]] = {}
     for a in sample_eval_prompts(n * 10, seed):
-        by_kind.setdefault(a["kind"], []).append(a["text"])
+        by_kind.setdefault(a["kind"], []).append(a)
     kinds = ["object", "styled", "character", "memorized", "composition"]
     out, i = [], 0
     while len(out) < n:
@@ -126,6 +129,22 @@ def query_prompts(n: int, seed: int) -> list[str]:
         out.append(pool[j % len(pool)])
         i += 1
     return out
+
+
+def query_prompts(n: int, seed: int) -> list[str]:
+    """n world prompts taking the kinds in turn (object, styled, character, memorized, composition)."""
+    return [a["text"] for a in _query_asks(n, seed)]
+
+
+def query_concepts(n: int, seed: int) -> list[str]:
+    """The concept each of query_prompts(n, seed) draws on (the world has one character and one
+    memorized image, so their queries repeat a concept; compositions repeat too): the units of the
+    concept-level (cluster) bootstrap."""
+    def concept(a: dict) -> str:
+        if a["kind"] in ("character", "memorized", "composition"):
+            return f"{a['kind']}: {a[a['kind']]}"
+        return f"{a['kind']}: {a['color']} {a['object']}" + (f" / {a['style']}" if a["kind"] == "styled" else "")
+    return [concept(a) for a in _query_asks(n, seed)]
 
 
 def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path | None = None,
@@ -205,20 +224,33 @@ def _per_query(results: dict) -> dict[tuple, dict[int, list[dict]]]:
     return per
 
 
-def _paired(mine: dict[int, list[dict]], theirs: dict[int, list[dict]], metric: str,
-            common: list[int]) -> tuple[np.ndarray, np.ndarray, float, list | None] | None:
+def _concept_of(results: dict) -> dict[int, str] | None:
+    cfg = results.get("config", {})
+    if "queries" not in cfg or "seed" not in cfg:
+        return None
+    return dict(enumerate(query_concepts(cfg["queries"], cfg["seed"] + QUERY_SEED)))
+
+
+def _paired(mine: dict[int, list[dict]], theirs: dict[int, list[dict]], metric: str, common: list[int],
+            concept_of: dict[int, str] | None = None) -> tuple[np.ndarray, np.ndarray, float | None, list | None, list | None]:
     """Per-query means of `metric` for two rankings over the queries `common` to both, and their
     comparison with a paired bootstrap interval over queries: the difference of the means for the
-    loss rise (it can be negative), else the ratio (None where the second mean is not positive)."""
+    loss rise (it can be negative), else the ratio (None where the second mean is not positive).
+    The last item is the same interval resampling concepts instead of queries (`concept_of`: query
+    -> the concept it draws on), since several queries of one concept are not independent."""
     from ..stats import as_list, bootstrap
 
     x = np.array([np.mean([c.get(metric, np.nan) for c in mine[q]]) for q in common])
     y = np.array([np.mean([c.get(metric, np.nan) for c in theirs[q]]) for q in common])
     if metric == "loss_rise":
-        return x, y, float((x - y).mean()), as_list(bootstrap(lambda j: float((x[j] - y[j]).mean()), len(common)))
-    if y.mean() > 0:
-        return x, y, float(x.mean() / y.mean()), as_list(bootstrap(lambda j: float(x[j].mean() / y[j].mean()), len(common)))
-    return x, y, None, None
+        stat = lambda j: float((x[j] - y[j]).mean())  # noqa: E731
+    elif y.mean() > 0:
+        stat = lambda j: float(x[j].mean() / y[j].mean())  # noqa: E731
+    else:
+        return x, y, None, None, None
+    groups = [concept_of[q] for q in common] if concept_of else None
+    return (x, y, stat(np.arange(len(common))), as_list(bootstrap(stat, len(common))),
+            as_list(bootstrap(stat, len(common), groups=groups)) if groups else None)
 
 
 def pairwise(results: dict) -> list[dict]:
@@ -228,6 +260,7 @@ def pairwise(results: dict) -> list[dict]:
     first method's removal changed the image more. `a` beats `b` on a metric where the interval
     lies above 1 (ratios) or above 0 (the difference)."""
     per = _per_query(results)
+    concept_of = _concept_of(results)
     names = list(dict.fromkeys(c["method"] for c in results["cells"].values() if c["method"] != "random"))
     out = []
     for k in sorted({k for _, k in per}):
@@ -239,12 +272,16 @@ def pairwise(results: dict) -> list[dict]:
                 if not common:
                     continue
                 row = {"a": a, "b": b, "k": k, "queries": len(common)}
+                if concept_of:
+                    row["concepts"] = len({concept_of[q] for q in common})
                 for m in METRICS:
-                    x, y, value, ci = _paired(per[(a, k)], per[(b, k)], m, common)
+                    x, y, value, ci, ci_concepts = _paired(per[(a, k)], per[(b, k)], m, common, concept_of)
                     row[f"{m}_a_wins"] = int((x > y).sum())
                     if value is not None:
                         name = f"{m}_a_minus_b" if m == "loss_rise" else f"{m}_a_over_b"
                         row[name], row[f"{name}_ci"] = value, ci
+                        if ci_concepts is not None:
+                            row[f"{name}_ci_concepts"] = ci_concepts
                 out.append(row)
     return out
 
@@ -257,9 +294,12 @@ def summarize(results: dict) -> list[dict]:
     from ..stats import as_list, mean_ci, wilson
 
     per = _per_query(results)
+    concept_of = _concept_of(results)
     out = []
     for (method, k), queries in sorted(per.items()):
         row = {"method": method, "k": k, "queries": len(queries), "cells": sum(len(v) for v in queries.values())}
+        if concept_of:
+            row["concepts"] = len({concept_of[q] for q in queries})
         for m in METRICS:
             vals = [float(np.mean([c.get(m, np.nan) for c in cs])) for cs in queries.values()]
             fig = mean_ci(vals)
@@ -279,8 +319,10 @@ def summarize(results: dict) -> list[dict]:
         mine, theirs = per[(r["method"], r["k"])], per[("random", r["k"])]
         common = sorted(set(mine) & set(theirs))
         for m in METRICS:
-            _, _, value, ci = _paired(mine, theirs, m, common)
+            _, _, value, ci, ci_concepts = _paired(mine, theirs, m, common, concept_of)
             if value is not None:
                 name = f"{m}_minus_random" if m == "loss_rise" else f"{m}_vs_random"
                 r[name], r[f"{name}_ci"] = value, ci
+                if ci_concepts is not None:
+                    r[f"{name}_ci_concepts"] = ci_concepts
     return out

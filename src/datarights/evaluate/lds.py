@@ -23,7 +23,7 @@ import torch
 from ..errors import DatarightsError
 from ..files import write_json
 from ..stats import mean_ci
-from .counterfactual import _subset, open_run, world_base_queries
+from .counterfactual import QUERY_SEED, _subset, open_run, query_concepts, world_base_queries
 
 
 @dataclass
@@ -146,6 +146,7 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
                                    for q, p in enumerate(prompts)]
         write_json(res_path, results)
     measured = np.array([results["outputs"][f"subset-{m}"] for m in range(cfg.subsets)])       # [M, Q]
+    concepts = query_concepts(cfg.queries, cfg.seed + QUERY_SEED)  # the units of the concept-level interval
     summary = []
     for method, per_query in scores.items():
         per_q = []
@@ -154,13 +155,16 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
             per_q.append(spearman(predicted, measured[:, q]))
         fig = mean_ci(per_q)  # bootstrap over queries
         summary.append({"method": method, "lds": fig["value"], "lds_ci": fig["ci"], "queries": len(per_q),
+                        "concepts": len(set(concepts)), "lds_ci_concepts": mean_ci(per_q, groups=concepts)["ci"],
                         "per_query": per_q})
     by_name = {row["method"]: np.array(row["per_query"]) for row in summary}
     for row in summary:  # paired over queries: beating random scores (and the caption-only baseline)
         for ref in ("random", "caption"):
             if ref in by_name and row["method"] != ref:
-                fig = mean_ci(by_name[row["method"]] - by_name[ref])
+                diff = by_name[row["method"]] - by_name[ref]
+                fig = mean_ci(diff)
                 row[f"lds_minus_{ref}"], row[f"lds_minus_{ref}_ci"] = fig["value"], fig["ci"]
+                row[f"lds_minus_{ref}_ci_concepts"] = mean_ci(diff, groups=concepts)["ci"]
     results["summary"] = summary
     results["prompts"] = prompts
     write_json(res_path, results)
