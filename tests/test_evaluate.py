@@ -73,10 +73,11 @@ def test_custom_benchmark_tiny(tiny_world, tmp_path):
     for r in res["table"]:
         assert 0 <= r["recall@1"] <= 1 and 0 <= r["recall@10"] <= 1 and 0 < r["mAP"] <= 1
         assert r["recall@10_ci"][0] <= r["recall@10"] <= r["recall@10_ci"][1] and r["n_queries"] == 2
+        assert r["n_concepts"] == 1 and r["recall@10_ci_concepts"] is None  # one concept: no concept-level interval
     # a rerun with the same config resumes: nothing is customized or scored again, same table
     logs.clear()
     again = custom_eval(cfg, tiny_world, tmp_path / "base", tmp_path / "custom", log=logs.append)
-    assert again["table"] == res["table"]
+    assert again["table"] == res["table"] and again["feature_tuned_temperature"] == res["feature_tuned_temperature"] > 0
     assert any("resuming, 2 customization(s)" in line for line in logs)
     assert not any("this run)" in line or "map trained" in line for line in logs)
 

@@ -302,10 +302,11 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
     configs = {m: make_config(m, **cfg.method_options.get(m, {})) for m in cfg.methods if m != "feature-tuned"}
     cells_path = open_run_folder(out, "--out") / "cells.json" if out is not None else None
     cells: dict = {}
+    temp = None
     if cells_path is not None and cells_path.exists():
         saved = read_json_file(cells_path, "cells file")
         if isinstance(saved, dict) and saved.get("config") == asdict(cfg):
-            cells = saved["cells"]
+            cells, temp = saved["cells"], saved.get("feature_tuned_temperature")
             log(f"custom: resuming, {len(cells)} customization(s) already scored")
     judge = load_judge()
     rng = np.random.default_rng(cfg.seed)
@@ -317,7 +318,7 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
             return judge.features(x)
 
     todo = [(kind, i) for kind in cfg.kinds for i in range(cfg.concepts) if f"{kind}-{i}" not in cells]
-    M = temp = None
+    M = None
     if "feature-tuned" in cfg.methods and todo:
         groups = []
         for kind in cfg.kinds:
@@ -359,17 +360,20 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
                 cell[method]["ap"].append(_ap(rp))
         cells[f"{kind}-{i}"] = cell
         if cells_path is not None:
-            write_json(cells_path, {"config": asdict(cfg), "cells": cells})
+            write_json(cells_path, {"config": asdict(cfg), "cells": cells, "feature_tuned_temperature": temp})
         log(f"custom: {kind} customization {i + 1}/{cfg.concepts} scored ({n_done + 1}/{len(todo)} this run)")
     table = []
     for kind in cfg.kinds:
         for m in cfg.methods:
             got = [cells[f"{kind}-{i}"][m] for i in range(cfg.concepts)]
             r1, r10, ap = ([v for c in got for v in c[key]] for key in ("r1", "r10", "ap"))
-            row = {"kind": kind, "method": m, "n_queries": len(ap)}
+            concept = [i for i, c in enumerate(got) for _ in c["ap"]]
+            row = {"kind": kind, "method": m, "n_queries": len(ap), "n_concepts": cfg.concepts}
             for name, vals in (("recall@1", r1), ("recall@10", r10), ("mAP", ap)):
                 fig = mean_ci(vals)  # bootstrap over the generated queries
                 row[name], row[f"{name}_ci"] = fig["value"], fig["ci"]
+                # and over the customized concepts (a concept's generations are not independent)
+                row[f"{name}_ci_concepts"] = mean_ci(vals, groups=concept)["ci"]
             table.append(row)
     result = {"config": asdict(cfg), "table": table, "seconds": round(time.time() - t0, 1),
               "feature_tuned_temperature": temp}
