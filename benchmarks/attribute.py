@@ -281,6 +281,27 @@ def part_calibrate(args) -> dict:
                                   "per_query_share": [round(x[2], 4) for x in loo]}
         print(method, {k: v for k, v in out["methods"][method].items() if k != "per_query_share"}, file=sys.stderr,
               flush=True)
+    return by_owner(out)
+
+
+def by_owner(out: dict) -> dict:
+    """Add to a calibration result the intervals that resample owners instead of queries (the 3
+    queries of one artist are not independent): `loo_share_on_true_owners_ci_owners`, and each
+    method's paired difference to the caption-only baseline (`minus_caption`), computed from the
+    recorded per-query shares."""
+    import numpy as np
+
+    from datarights.stats import mean_ci
+
+    groups = [json.dumps(q["labels"], sort_keys=True) for q in out["queries"]]
+    cap = out["methods"].get("caption")
+    for row in out["methods"].values():
+        x = np.array(row["per_query_share"])
+        row["owners"] = len(set(groups))
+        row["loo_share_on_true_owners_ci_owners"] = mean_ci(x, groups=groups)["ci"]
+        if cap is not None and row is not cap:
+            d = x - np.array(cap["per_query_share"])
+            row["minus_caption"] = {**mean_ci(d), "ci_owners": mean_ci(d, groups=groups)["ci"]}
     return out
 
 
