@@ -17,7 +17,7 @@ import typer
 
 from .errors import DatarightsError
 from .ledger.cli import ledger_app
-from .stats import finite
+from .stats import finite, fmt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Erase concepts from text-to-image models, attribute generated images to owners, and verify both.")
@@ -466,7 +466,9 @@ def eval_lds_cmd(methods: str = typer.Option("abu,caption,dtrak,trak,jtrak,featu
                     world_images=world_images, train_steps=train_steps, seed=seed, coupled=coupled)
     res = lds(cfg, run, device=device, precision=precision)
     _emit({"summary": [{k: v for k, v in r.items() if k != "per_query"} for r in res["summary"]], "run": str(run)},
-          as_json, text="\n".join(f"{r['lds']:+.3f}  {r['method']}" for r in res["summary"]))
+          as_json, text="\n".join(f"{r['method']:>8}  LDS {fmt(r['lds'], r['lds_ci'], 3)}"
+                                   + (f"  minus random {fmt(r['lds_minus_random'], r['lds_minus_random_ci'], 3)}"
+                                      if "lds_minus_random" in r else "") for r in res["summary"]))
 
 
 @eval_app.command("custom")
