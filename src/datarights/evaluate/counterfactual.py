@@ -257,8 +257,9 @@ def pairwise(results: dict) -> list[dict]:
     """Every pair of (non-random) methods at each K, paired over the queries both have: the ratio
     of their mean image change (pixel MSE, judge-feature distance) and the difference of their mean
     loss rise, each with a paired bootstrap interval over queries, and on how many queries the
-    first method's removal changed the image more. `a` beats `b` on a metric where the interval
-    lies above 1 (ratios) or above 0 (the difference)."""
+    first method's removal changed the image more (`*_ci_concepts`: the same intervals resampling
+    concepts). `a` beats `b` on a metric where the interval lies above 1 (ratios) or above 0 (the
+    difference)."""
     per = _per_query(results)
     concept_of = _concept_of(results)
     names = list(dict.fromkeys(c["method"] for c in results["cells"].values() if c["method"] != "random"))
@@ -290,7 +291,7 @@ def summarize(results: dict) -> list[dict]:
     """Per (method, K): each metric's mean over queries with a bootstrap interval (random: its draws
     averaged per query first), the flip rate with a Wilson interval (random: a bootstrap over queries
     of each query's share of flipping draws), and each metric's ratio to
-    random with a paired bootstrap interval over queries."""
+    random with a paired bootstrap interval over queries (and `*_ci_concepts`, over concepts)."""
     from ..stats import as_list, mean_ci, wilson
 
     per = _per_query(results)
