@@ -28,6 +28,7 @@ import torch
 from datarights.files import write_json
 
 RESULTS = Path("benchmarks/results")
+SHARE = (0.0, 1.0)  # an owner share lives in [0, 1]: its intervals are kept there
 
 
 def _machine() -> str:
@@ -263,7 +264,7 @@ def part_calibrate(args) -> dict:
     uni = [evaluate(flat, q, 1.0) for q in targets]
     out = {"machine": _machine(), "queries": [{"prompt": p, "labels": lab, "owners": len(q)} for (p, lab), q in
                                               zip(rows, targets)],
-           "uniform": {"cross_entropy": mean_ci([u[0] for u in uni]), "share_on_true_owners": mean_ci([u[1] for u in uni])},
+           "uniform": {"cross_entropy": mean_ci([u[0] for u in uni]), "share_on_true_owners": mean_ci([u[1] for u in uni], bounds=SHARE)},
            "methods": {}}
     cache = _bench_cache()
     for method in args.methods or sorted(METHODS):
@@ -277,7 +278,7 @@ def part_calibrate(args) -> dict:
         out["methods"][method] = {"temperature_all": round(t_all, 4),
                                   "loo_temperature_range": [round(min(x[0] for x in loo), 4), round(max(x[0] for x in loo), 4)],
                                   "loo_cross_entropy": mean_ci([x[1] for x in loo]),
-                                  "loo_share_on_true_owners": mean_ci([x[2] for x in loo]),
+                                  "loo_share_on_true_owners": mean_ci([x[2] for x in loo], bounds=SHARE),
                                   "per_query_share": [round(x[2], 4) for x in loo]}
         print(method, {k: v for k, v in out["methods"][method].items() if k != "per_query_share"}, file=sys.stderr,
               flush=True)
@@ -298,7 +299,7 @@ def by_owner(out: dict) -> dict:
     for row in out["methods"].values():
         x = np.array(row["per_query_share"])
         row["owners"] = len(set(groups))
-        row["loo_share_on_true_owners_ci_owners"] = mean_ci(x, groups=groups)["ci"]
+        row["loo_share_on_true_owners_ci_owners"] = mean_ci(x, groups=groups, bounds=SHARE)["ci"]
         if cap is not None and row is not cap:
             d = x - np.array(cap["per_query_share"])
             row["minus_caption"] = {**mean_ci(d), "ci_owners": mean_ci(d, groups=groups)["ci"]}

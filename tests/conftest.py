@@ -24,6 +24,13 @@ def private_cache(tmp_path_factory):
     os.environ.pop("DATARIGHTS_CACHE") if old is None else os.environ.__setitem__("DATARIGHTS_CACHE", old)
 
 
+@pytest.fixture(autouse=True)
+def own_folder(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh empty folder of its own, so a command's default outputs (grid.png,
+    datarights-ledger.db, runs/...) never meet a user's files in the checkout, nor another test's."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     from datarights.world import WorldConfig, make_world_folder

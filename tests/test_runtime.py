@@ -45,7 +45,7 @@ def test_cli_device_and_lora_bad_input(monkeypatch, capsys, tmp_path, tiny_train
         (["audit", "--model", tiny_trained, "--target", "grumpy face", "--anchor", "face", "--precision", "fp16"],
          "needs a GPU"),
         (["erase", "--model", tiny_trained, "--target", "grumpy face", "--anchor", "face", "--out", tmp_path / "e",
-          "--params", "lora-xattn-kv", "--lora-rank", "0"], "--lora-rank must be at least 1"),
+          "--params", "lora-xattn-kv", "--lora-rank", "0"], "--lora-rank must be between 1 and 1024"),
         (["erase", "--model", tiny_trained, "--target", "grumpy face", "--anchor", "face", "--out", tmp_path / "e",
           "--lora-rank", "2"], "LoRA parameter groups"),
         (["erase", "--model", tiny_trained, "--target", "grumpy face", "--anchor", "face", "--out", tmp_path / "e",

@@ -78,10 +78,11 @@ def test_usage_errors_print_usage_and_exit_2(monkeypatch, capsys, args):
 
 
 def test_dependencies_are_bounded():
-    """Every runtime dependency has an upper bound (or an exact pin): a fresh install sees the tested releases."""
+    """Every dependency, extras too, has an upper bound (or an exact pin): a fresh install sees the tested releases."""
     import tomllib
 
-    deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     for d in deps:
         assert any(op in d for op in ("==", "~=", "<")), d
 

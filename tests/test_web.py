@@ -133,8 +133,11 @@ def test_forms_need_the_csrf_token_and_uploads_are_checked(site):
     assert r.status_code == 200 and "exact" in r.text and m["owner"] in r.text
     js = c.post("/api/lookup", headers=_bearer(tokens["other"]), files={"file": ("w.png", (world / m["file_name"]).read_bytes())})
     assert js.json()["matches"][0]["match"] == "exact"
-    # a JSON body that is not an object
-    assert c.post("/api/optouts", headers=_bearer(tokens["studio"]), content=b"[1]").status_code == 400
+    # a JSON body that is not an object; a body that is not declared as JSON is not parsed as JSON
+    json_type = {**_bearer(tokens["studio"]), "content-type": "application/json"}
+    assert c.post("/api/optouts", headers=json_type, content=b"[1]").status_code == 400
+    assert c.post("/api/optouts", headers={**_bearer(tokens["studio"]), "content-type": "text/plain"},
+                  content=b'{"concept": "Ada Vell"}').status_code == 415
 
 
 def test_pages_render_for_owner_and_admin(site):

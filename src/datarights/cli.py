@@ -521,14 +521,16 @@ def serve_cmd(ledger: Optional[str] = typer.Option(None, "--ledger", help="Ledge
     """The owners' web page and JSON API (/docs) on a ledger."""
     if not 0 < port < 65536:
         raise DatarightsError(f"--port must be in 1..65535, got {port}")
-    from .web.app import create_app
+    from .web.app import create_app, listen
 
     location = ledger or os.environ.get("DATARIGHTS_LEDGER") or "datarights-ledger.db"
-    app_ = create_app(location)   # opened (and checked) before the server starts
+    sock = listen(host, port)            # a busy port or an unknown host is one line, before anything else
+    app_ = create_app(location)          # opened (and checked) before the server starts
     import uvicorn
 
-    typer.echo(f"datarights: serving {location} on http://{host}:{port}/ (API docs: /docs)", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    from .ledger.db import shown
+    typer.echo(f"datarights: serving {shown(location)} on http://{host}:{port}/ (API docs: /docs)", err=True)
+    uvicorn.Server(uvicorn.Config(app_, log_level="warning")).run(sockets=[sock])
 
 
 def main() -> None:

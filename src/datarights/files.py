@@ -235,15 +235,25 @@ def open_run_folder(run: str | Path, flag: str = "--run", kind: str = "run") -> 
 
 
 # ----------------------------------------------------------------------------- single files
-def atomic_file(path: str | Path, write: Callable[[str], None], suffix: str = "") -> Path:
-    """Create `path` by `write(temporary_path)` beside it, then one rename; on any error nothing is left."""
+def atomic_file(path: str | Path, write: Callable[[str], None], suffix: str = "", mode: int | None = None,
+                replace: bool = True) -> Path:
+    """Create `path` by `write(temporary_path)` beside it, then one rename; on any error nothing is left.
+
+    `mode`: the file's permissions (default: what the umask gives), set before it appears under its
+    name. `replace=False`: never replace an existing `path` (a hard link instead of a rename), so of two
+    processes creating the same file the first one's stays; the second gets FileExistsError.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -261,25 +271,6 @@ def write_json(path: str | Path, obj) -> Path:
     return write_text_atomic(path, json.dumps(finite(obj), indent=2, default=str, allow_nan=False))
 
 
-def check_output_png(out: str | Path, inputs: Iterable[str | Path | None] = (), overwrite: bool = False,
-                     flag: str = "--out") -> Path:
-    """Validate a PNG output file before any work: .png, outside the inputs, writable, and an existing
-    file replaced only with `overwrite` and only if datarights wrote it."""
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise DatarightsError(f"{flag} must be a .png file, got {out}")
-    check_disjoint(out, inputs, flag)
-    if out.exists() or out.is_symlink():
-        if not out.is_file() or out.is_symlink():
-            raise DatarightsError(f"{flag} {out} exists and is not a plain file; refusing to replace it")
-        if not _is_our_png(out):
-            raise DatarightsError(f"{out} exists and was not written by datarights; refusing to overwrite it")
-        if not overwrite:
-            raise DatarightsError(f"{out} already exists; pass --overwrite to replace it")
-    _probe_writable(_existing_ancestor(out.parent), out)
-    return out
-
-
 def _is_our_png(path: Path) -> bool:
     from PIL import Image
     try:
@@ -287,6 +278,70 @@ def _is_our_png(path: Path) -> bool:
             return im.format == "PNG" and im.info.get("Software") == PNG_SOFTWARE
     except Exception:  # noqa: BLE001 - anything unreadable is not ours
         return False
+
+
+def _is_our_certificate(path: Path) -> bool:
+    from .limits import MAX_CERTIFICATE_BYTES, loads_json
+    try:
+        if path.stat().st_size > MAX_CERTIFICATE_BYTES:
+            return False
+        doc = loads_json(path.read_bytes(), "certificate")
+        return isinstance(doc, dict) and isinstance(doc.get("document"), dict) \
+            and doc["document"].get("type") == "datarights erase certificate"
+    except (OSError, DatarightsError):
+        return False
+
+
+FILE_KINDS = {"png": (".png", _is_our_png), "certificate": (".json", _is_our_certificate)}
+"""Single files datarights writes: their suffix, and how an existing one is recognised as datarights'
+(a PNG's 'Software' text chunk; a certificate's document type)."""
+
+
+def check_output_file(out: str | Path, kind: str, inputs: Iterable[str | Path | None] = (), overwrite: bool = False,
+                      flag: str = "--out") -> Path:
+    """Validate a single-file output before any work (the same rule as folders, for files):
+
+    - the right suffix for its kind; not one of the command's inputs, nor inside one;
+    - never a symbolic link, a device, a FIFO or anything but a plain file;
+    - an existing file is replaced only with `overwrite` *and* only if datarights wrote a file of
+      this kind there (so `--out` can never name a ledger, a key, a model or a user's image);
+    - its folder is writable (made if missing). The write itself is atomic (`atomic_file`).
+    """
+    suffix, ours = FILE_KINDS[kind]
+    out = Path(out)
+    if out.suffix.lower() != suffix:
+        raise DatarightsError(f"{flag} must be a {suffix} file, got {out}")
+    if out.is_symlink():
+        raise DatarightsError(f"{flag} {out} is a symbolic link; refusing to replace it (give the file itself)")
+    check_disjoint(out, inputs, flag)
+    if out.exists():
+        if not out.is_file():
+            raise DatarightsError(f"{flag} {out} exists and is not a plain file; refusing to replace it")
+        if not ours(out):
+            raise DatarightsError(f"{out} exists and was not written by datarights; refusing to overwrite it")
+        if not overwrite:
+            raise DatarightsError(f"{out} already exists; pass --overwrite to replace it")
+    _probe_writable(_existing_ancestor(out.parent), out)
+    return out
+
+
+def check_output_png(out: str | Path, inputs: Iterable[str | Path | None] = (), overwrite: bool = False,
+                     flag: str = "--out") -> Path:
+    """`check_output_file` for a PNG image."""
+    return check_output_file(out, "png", inputs, overwrite, flag)
+
+
+def write_output_file(out: str | Path, kind: str, data: bytes, inputs: Iterable[str | Path | None] = (),
+                      overwrite: bool = False, flag: str = "--out") -> Path:
+    """Write one output file by the rule of `check_output_file`, checked again just before the rename."""
+    inputs = list(inputs)
+    out = check_output_file(out, kind, inputs, overwrite, flag)
+
+    def write(tmp):
+        Path(tmp).write_bytes(data)
+        check_output_file(out, kind, inputs, overwrite, flag)   # nothing appeared there meanwhile
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_file(out, write, suffix=FILE_KINDS[kind][0])
 
 
 def save_png(image, out: str | Path) -> Path:
@@ -313,15 +368,18 @@ def read_json_file(path: Path, what: str):
         raise DatarightsError(f"cannot read {what} {path} ({e.strerror or e})") from None
 
 
-def open_rgb(path: str | Path, what: str = "image"):
+def open_rgb(path: str | Path, what: str = "image", label: str | None = None):
     """Open an image as RGB (PIL), checking its size from the header before decoding it.
 
     Every problem (missing, not an image, truncated, larger than MAX_IMAGE_PIXELS) is a one-line
-    DatarightsError. Returns (rgb image, original mode).
+    DatarightsError that names the image as `label` (default: "<what> <path>"; a server passes
+    "the uploaded image", so that no message shows where it keeps its files). Returns (rgb image,
+    original mode).
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    name = label or f"{what} {path}"
     limit = f"over the limit of {MAX_IMAGE_PIXELS // 1_000_000} megapixels; resize it first"
     try:
         with warnings.catch_warnings():  # the size check below replaces PIL's bomb warning
@@ -329,18 +387,18 @@ def open_rgb(path: str | Path, what: str = "image"):
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > MAX_IMAGE_PIXELS:
-                    raise DatarightsError(f"{what} {path} is {w}x{h} pixels, {limit}")
+                    raise DatarightsError(f"{name} is {w}x{h} pixels, {limit}")
                 mode = im.mode
                 im.load()
                 return im.convert("RGB"), mode
     except FileNotFoundError:
-        raise DatarightsError(f"{what} {path} does not exist") from None
+        raise DatarightsError(f"{name} does not exist") from None
     except IsADirectoryError:
-        raise DatarightsError(f"{what} {path} is a folder, not an image") from None
+        raise DatarightsError(f"{name} is a folder, not an image") from None
     except Image.DecompressionBombError:  # PIL refuses the very largest while reading the header
-        raise DatarightsError(f"{what} {path} is {limit}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
-        raise DatarightsError(f"{what} {path} is not a readable image ({type(e).__name__})") from None
+        raise DatarightsError(f"{name} is {limit}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        raise DatarightsError(f"{name} is not a readable image (not a PNG, JPEG or other image file, or damaged)") from None
 
 
 def inside_folder(root: Path, name, where: str) -> Path:

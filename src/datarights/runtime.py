@@ -48,6 +48,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """
     if isinstance(spec, torch.device):
         spec = str(spec)
+    if spec is not None and not spec.strip():
+        raise DatarightsError(f"--device is empty; use {DEVICE_HELP}")
     spec = (spec or "auto").strip().lower()
     if spec == "cpu":
         return torch.device("cpu")
@@ -373,6 +375,23 @@ LORA_TARGETS = {"lora-xattn-kv": r".*\.attn2\.to_(k|v)$", "lora-xattn": r".*\.at
 """LoRA parameter groups: adapters on these UNet linear layers (peft), the base weights frozen."""
 
 
+def check_lora_rank(model: T2IModel, group: str, rank: int) -> None:
+    """A LoRA rank the group's matrices can hold: from 1 to the smaller side of the smallest adapted
+    matrix (a larger rank adds parameters, time and disk and can learn nothing more)."""
+    from .limits import MAX_LORA_RANK
+
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_LORA_RANK:
+        raise DatarightsError(f"--lora-rank must be between 1 and {MAX_LORA_RANK}, got {rank}")
+    pattern = re.compile(LORA_TARGETS[group])
+    sides = [min(m.in_features, m.out_features) for name, m in model.unet.named_modules()
+             if isinstance(m, torch.nn.Linear) and pattern.fullmatch(name)]
+    if not sides:
+        raise DatarightsError(f"this model has no layers that the LoRA group {group} adapts")
+    if rank > min(sides):
+        raise DatarightsError(f"--lora-rank {rank} is larger than this model's {group} matrices allow "
+                              f"(at most {min(sides)}, the smaller side of the smallest one)")
+
+
 def trainable_copy(model: T2IModel, group: str, lora_rank: int = 4) -> tuple[T2IModel, dict[str, torch.nn.Parameter]]:
     """A private copy of the model whose parameter group `group` requires grad (the base is untouched).
 
@@ -386,8 +405,7 @@ def trainable_copy(model: T2IModel, group: str, lora_rank: int = 4) -> tuple[T2I
         work.text_encoder = copy.deepcopy(model.text_encoder)
     work.eval()
     if group in LORA_TARGETS:
-        if lora_rank < 1:
-            raise DatarightsError(f"--lora-rank must be at least 1, got {lora_rank}")
+        check_lora_rank(model, group, lora_rank)
         from peft import LoraConfig, inject_adapter_in_model
 
         config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS[group],

@@ -84,11 +84,19 @@ def ratio_of_means(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0
     return {"value": float(value), "n": int(a.size), "ci": as_list(bootstrap(stat, a.size, reps, seed))}
 
 
-def mean_ci(x: Sequence[float], reps: int = 2000, seed: int = 0, groups: Sequence | None = None) -> dict:
-    """A mean with its bootstrap interval (over the units in x; over whole groups with `groups`)."""
+def mean_ci(x: Sequence[float], reps: int = 2000, seed: int = 0, groups: Sequence | None = None,
+            bounds: tuple[float, float] | None = None) -> dict:
+    """A mean with its bootstrap interval (over the units in x; over whole groups with `groups`).
+    `bounds`: the range the quantity lives in (a share or a rate: (0, 1)); the mean and the interval
+    are kept inside it, where float rounding could step a hair outside."""
     x = np.asarray(x, dtype=np.float64)
-    return {"value": float(x.mean()) if x.size else float("nan"), "n": int(x.size),
-            "ci": as_list(bootstrap(lambda idx: x[idx].mean(), x.size, reps, seed, groups=groups))}
+    value = float(x.mean()) if x.size else float("nan")
+    ci = as_list(bootstrap(lambda idx: x[idx].mean(), x.size, reps, seed, groups=groups))
+    if bounds is not None:
+        lo, hi = bounds
+        value = value if not np.isfinite(value) else min(hi, max(lo, value))
+        ci = None if ci is None else [min(hi, max(lo, v)) for v in ci]
+    return {"value": value, "n": int(x.size), "ci": ci}
 
 
 def meets(ci: Sequence[float] | None, bar: float, above: bool = True) -> bool:

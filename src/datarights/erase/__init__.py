@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel, load_edited
 from ..registry import build_config
+from ..runtime import LORA_TARGETS, check_lora_rank
 from . import ca, esd, fmn, ga, retrain, uce  # noqa: F401  (registers the methods)
 from .base import METHODS, concept_prompts
 
@@ -24,6 +25,8 @@ def erase(model: T2IModel, targets: list[str] | str, anchors: list[str] | str, m
     """Erase targets towards anchors with a registered method; returns an `Edit` (the model is untouched)."""
     targets, anchors = check_targets(targets, anchors)
     cfg = config if config is not None else make_config(method, **options)
+    if getattr(cfg, "params", None) in LORA_TARGETS:   # before any anchor image is generated
+        check_lora_rank(model, cfg.params, cfg.lora_rank)
     return METHODS[method].fn(model, targets, anchors, cfg, progress=progress)
 
 

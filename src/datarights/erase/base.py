@@ -150,8 +150,9 @@ class TrainOptions:
     def check_params(self, allowed: tuple = FINE_TUNE_GROUPS, method: str = "this method"):
         if self.params is not None and self.params not in allowed:
             raise DatarightsError(f"{method} cannot train parameter group {self.params!r}; choose from {', '.join(allowed)}")
-        if self.lora_rank < 1:
-            raise DatarightsError(f"--lora-rank must be at least 1, got {self.lora_rank}")
+        from ..limits import MAX_LORA_RANK
+        if not 1 <= self.lora_rank <= MAX_LORA_RANK:
+            raise DatarightsError(f"--lora-rank must be between 1 and {MAX_LORA_RANK}, got {self.lora_rank}")
 
 
 def finish_edit(model: T2IModel, work_params: dict, method: str, targets, anchors, cfg, t0: float,

@@ -66,12 +66,22 @@ class CounterfactualConfig:
     set, whose batches are then drawn afresh (a different trajectory even for random removals)."""
 
     def __post_init__(self):
-        if not self.methods:
-            raise DatarightsError("give at least one method")
+        check_methods(self.methods)
         if any(k < 1 or k >= self.world_images for k in self.k):
             raise DatarightsError(f"every K must be in [1, {self.world_images - 1}] (the training set's size)")
         if self.queries < 1 or self.random_draws < 1 or self.loss_draws < 1:
             raise DatarightsError("queries, random_draws and loss_draws must be at least 1")
+
+
+def check_methods(methods: list) -> None:
+    """Refuse an empty or unknown method list before anything is trained."""
+    from ..attribute import METHODS
+
+    if not methods:
+        raise DatarightsError("give at least one method")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise DatarightsError(f"unknown attribution method {str(bad[0])[:40]!r}; choose from {', '.join(sorted(METHODS))}")
 
 
 def _recipe(cfg: CounterfactualConfig, exclude: list[int] | None = None):
@@ -204,7 +214,9 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                 results["cells"][key] = {
                     "method": method.split("#")[0], "k": k, "query": qi, "prompt": p,
                     "mse": float(((img[0].cpu() - originals[qi].cpu()) ** 2).mean()),
-                    "feature_distance": float(1 - torch.nn.functional.cosine_similarity(f_new, f_orig[qi:qi + 1])[0]),
+                    # cosine distance lies in [0, 2]; float32 rounding can put identical features at -1e-7
+                    "feature_distance": min(2.0, max(0.0, float(
+                        1 - torch.nn.functional.cosine_similarity(f_new, f_orig[qi:qi + 1])[0]))),
                     "loss_rise": query_loss(model, originals[qi], p, cfg.loss_draws, cfg.seed + 13 + qi) - loss_orig[qi],
                     "label_flip": bool(flip), "seconds": round(time.time() - t0, 1)}
                 write_json(res_path, results)
@@ -310,7 +322,8 @@ def summarize(results: dict) -> list[dict]:
         if row["cells"] == row["queries"]:  # one removal per query: independent trials
             row["flip_rate_ci"] = as_list(wilson(sum(flips), len(flips)))
         else:  # random: several draws per query are not independent trials; resample queries
-            row["flip_rate_ci"] = mean_ci([float(np.mean([c["label_flip"] for c in cs])) for cs in queries.values()])["ci"]
+            row["flip_rate_ci"] = mean_ci([float(np.mean([c["label_flip"] for c in cs])) for cs in queries.values()],
+                                         bounds=(0.0, 1.0))["ci"]
         out.append(row)
     rand = {r["k"]: r for r in out if r["method"] == "random"}
     for r in out:

@@ -370,10 +370,10 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
             concept = [i for i, c in enumerate(got) for _ in c["ap"]]
             row = {"kind": kind, "method": m, "n_queries": len(ap), "n_concepts": cfg.concepts}
             for name, vals in (("recall@1", r1), ("recall@10", r10), ("mAP", ap)):
-                fig = mean_ci(vals)  # bootstrap over the generated queries
+                fig = mean_ci(vals, bounds=(0.0, 1.0))  # bootstrap over the generated queries
                 row[name], row[f"{name}_ci"] = fig["value"], fig["ci"]
                 # and over the customized concepts (a concept's generations are not independent)
-                row[f"{name}_ci_concepts"] = mean_ci(vals, groups=concept)["ci"]
+                row[f"{name}_ci_concepts"] = mean_ci(vals, groups=concept, bounds=(0.0, 1.0))["ci"]
             table.append(row)
     result = {"config": asdict(cfg), "table": table, "seconds": round(time.time() - t0, 1),
               "feature_tuned_temperature": temp}

@@ -23,7 +23,7 @@ import torch
 from ..errors import DatarightsError
 from ..files import write_json
 from ..stats import mean_ci
-from .counterfactual import QUERY_SEED, _subset, open_run, query_concepts, world_base_queries
+from .counterfactual import QUERY_SEED, _subset, check_methods, open_run, query_concepts, world_base_queries
 
 
 @dataclass
@@ -58,8 +58,7 @@ class LDSConfig:
     train on each subset with its own batches (training noise then swamps the subset effect here)."""
 
     def __post_init__(self):
-        if not self.methods:
-            raise DatarightsError("give at least one method")
+        check_methods(self.methods)
         if self.subsets < 3:
             raise DatarightsError(f"LDS needs at least 3 subset models to rank, got {self.subsets}")
         if not 0 < self.alpha < 1 or int(self.alpha * self.world_images) < 1:

@@ -13,14 +13,20 @@ from ..errors import DatarightsError
 
 ledger_app = typer.Typer(no_args_is_help=True, help="The ownership service: works, owners, opt-outs, certificates, payouts.")
 
-LEDGER_OPT = typer.Option(None, "--ledger", help="Ledger file or SQLAlchemy URL (default: $DATARIGHTS_LEDGER or "
+LEDGER_OPT = typer.Option(None, "--ledger", help="Ledger file or postgresql:// URL (default: $DATARIGHTS_LEDGER or "
                                                 "./datarights-ledger.db).")
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object.")
 
 
-def _open(ledger: Optional[str], create: bool = False):
+def _location(ledger: Optional[str]) -> str:
+    return ledger or os.environ.get("DATARIGHTS_LEDGER") or "datarights-ledger.db"
+
+
+def _open(ledger: Optional[str], create: bool = False, readonly: bool = False):
+    """The ledger a command works on; reading commands open it read-only (so they also work on a
+    read-only copy, and never upgrade, recover or create anything)."""
     from .core import Ledger
-    return Ledger(ledger or os.environ.get("DATARIGHTS_LEDGER") or "datarights-ledger.db", create=create)
+    return Ledger(_location(ledger), create=create, readonly=readonly)
 
 
 def _emit(obj, as_json: bool, text: str | None = None) -> None:
@@ -32,10 +38,15 @@ def _emit(obj, as_json: bool, text: str | None = None) -> None:
 
 
 def _ids(text: str) -> list[int]:
+    from ..errors import NotFound
+    from ..limits import check_id
+
     try:
-        ids = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DatarightsError(f"--works must be comma-separated work ids, got {text!r}") from None
+        ids = [check_id(x, "work") for x in text.split(",") if x.strip()]
+    except NotFound:
+        raise
+    except DatarightsError:
+        raise DatarightsError(f"--works must be comma-separated work ids, got {text[:40]!r}") from None
     if not ids:
         raise DatarightsError("--works names no work")
     return ids
@@ -43,30 +54,52 @@ def _ids(text: str) -> list[int]:
 
 @ledger_app.command("import")
 def import_cmd(data: Path = typer.Argument(..., help="Imagefolder (metadata.jsonl with file_name, text, owner)."),
-               model: Optional[Path] = typer.Option(None, "--model", help="The model trained on it (default: the shipped world model)."),
+               model: Optional[Path] = typer.Option(None, "--model", help="The model trained on it (default: the shipped world model, into a ledger without models; otherwise none)."),
                name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: the folder's name)."),
+               make_default: bool = typer.Option(False, "--default", help="Make the registered model the default for opt-outs and paid generations (the first model of a ledger is)."),
                ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
-    """Register a dataset's works and owners (a new version if its content changed) and its model."""
-    r = _open(ledger, create=True).import_dataset(data, model, name, log=lambda s: typer.echo(s, err=True))
+    """Register a dataset's works and owners (a new version if its content changed) and its model.
+
+    A new ledger is created only at a path where nothing exists, and only once the folder has been
+    read and checked."""
+    from .core import read_dataset
+    from .db import url_of
+
+    _, path = url_of(_location(ledger))
+    existing = path is not None and (path.exists() or path.is_symlink())
+    led = _open(ledger) if existing else None          # a ledger file that exists is checked first
+    rows = read_dataset(data, log=lambda s: typer.echo(s, err=True))       # a new one is made only after this
+    led = led or _open(ledger, create=True)
+    r = led.import_dataset(data, model, name, log=lambda s: typer.echo(s, err=True), make_default=make_default,
+                           rows=rows)
+    model_text = f"model id {r['model_id']}" if r["model_id"] is not None else "no model registered"
     _emit(r, as_json, f"dataset {r['dataset']} v{r['version']}: {r['images']} images, {r['new_works']} new works, "
                       f"{r['new_owners']} new owners, {r['duplicates']} duplicates, {len(r['conflicts'])} conflicts; "
-                      f"model id {r['model_id']}")
+                      f"{model_text}; default model {r['default_model_id']}")
 
 
 @ledger_app.command("owners")
 def owners_cmd(ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
     """Every owner with the number of works registered."""
-    rows = _open(ledger).owners()
+    rows = _open(ledger, readonly=True).owners()
     _emit({"owners": rows}, as_json, "\n".join(f"{o['name']:28} {o['role']:6} {o['works']:5} works" for o in rows))
 
 
 @ledger_app.command("models")
 def models_cmd(ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
-    """Registered models (base models and the edited models that processing made)."""
-    rows = _open(ledger).models()
+    """Registered models (base models and the edited models that processing made); * marks the default."""
+    rows = _open(ledger, readonly=True).models()
     _emit({"models": rows}, as_json, "\n".join(
-        f"{m['id']:4} {m['kind']:6} {m['weights_sha256'][:16]} dataset={m['dataset_id']} base={m['base_id']} {m['path']}"
-        for m in rows))
+        f"{'*' if m['default'] else ' '}{m['id']:4} {m['kind']:6} {m['weights_sha256'][:16]} dataset={m['dataset_id']} "
+        f"base={m['base_id']} {m['path']}" for m in rows) or "no models")
+
+
+@ledger_app.command("default-model")
+def default_model_cmd(model_id: int = typer.Argument(..., help="Id of a registered model (see `ledger models`)."),
+                      ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Make a registered model the default for opt-outs and paid generations that name none."""
+    r = _open(ledger).set_default_model(model_id)
+    _emit(r, as_json, f"default model: {r['default_model_id']} ({r['path']})")
 
 
 @ledger_app.command("token")
@@ -87,7 +120,7 @@ def lookup_cmd(image: Path = typer.Argument(..., help="An image: is it (or a nea
     """Exact (SHA-256), near-copy (perceptual hash) and look-alike matches among registered works."""
     if limit < 1:
         raise DatarightsError(f"--limit must be at least 1, got {limit}")
-    rows = _open(ledger).lookup(image, limit)
+    rows = _open(ledger, readonly=True).lookup(image, limit)
     _emit({"matches": rows}, as_json, "\n".join(
         f"work {m['work_id']:6} {m['match']:10} owner={m['owner']!r} {m['caption']!r} in "
         + ", ".join(f"{d['dataset']} v{d['version']} (models {d['models']})" for d in m["in"]) for m in rows)
@@ -110,7 +143,7 @@ def optout_cmd(owner: str = typer.Option(..., "--owner", help="The owner filing 
 def status_cmd(owner: Optional[str] = typer.Option(None, "--owner", help="Only this owner's requests."),
                ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
     """Opt-out requests with their status history."""
-    rows = _open(ledger).optouts(owner)
+    rows = _open(ledger, readonly=True).optouts(owner)
     _emit({"optouts": rows}, as_json, "\n".join(
         f"{r['id']:4} {r['status']:10} {r['owner']!r} {r['concept']!r} job={r['job_id']} certificate={r['certificate_id']}"
         for r in rows) or "no opt-outs")
@@ -144,19 +177,23 @@ def certificate_cmd(cert_id: int = typer.Argument(..., help="Certificate id."),
                     out: Optional[Path] = typer.Option(None, "--out", help="Write the certificate to this JSON file."),
                     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
                     ledger: Optional[str] = LEDGER_OPT):
-    """Print (or write) a signed erase certificate."""
-    from ..files import write_text_atomic
+    """Print (or write) a signed erase certificate.
 
-    cert = _open(ledger).certificate(cert_id)
+    --out follows the one output rule: a .json file that is none of the ledger's files (database,
+    journal, key, models), never a link, device or other non-plain file, and an existing file only
+    with --overwrite and only if it is a datarights certificate; written atomically."""
+    from ..files import check_output_file, write_output_file
+
+    led = _open(ledger, readonly=True)
+    inputs = [*led.inputs(), *led.model_folders()]
+    if out is not None:
+        check_output_file(out, "certificate", inputs, overwrite)           # before anything is read
+    cert = led.certificate(cert_id)
     text = json.dumps(cert, indent=2)
     if out is None:
         typer.echo(text)
         return
-    if out.exists() and not overwrite:
-        raise DatarightsError(f"--out {out} exists; pass --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise DatarightsError(f"--out {out}: folder {out.parent} does not exist")
-    write_text_atomic(out, text + "\n")
+    write_output_file(out, "certificate", (text + "\n").encode(), inputs, overwrite)
     typer.echo(f"wrote certificate {cert_id} to {out}", err=True)
 
 
@@ -197,5 +234,5 @@ def statement_cmd(owner: str = typer.Option(..., "--owner", help="Owner."),
                   period: str = typer.Option(..., "--period", help="Month, e.g. 2026-11."),
                   ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
     """What an owner earned in a month, from which generations."""
-    r = _open(ledger).statement(owner, period)
+    r = _open(ledger, readonly=True).statement(owner, period)
     _emit(r, as_json, f"{r['owner']} {r['period']}: {r['total_cents']} cents from {r['generations']} generations")

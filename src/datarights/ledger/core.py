@@ -11,17 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
-from ..errors import DatarightsError
+from ..errors import DatarightsError, NotFound
 from ..files import open_rgb, pid_alive, sweep_stale
+from ..limits import (MAX_CAPTION, MAX_CONCEPT, MAX_ID, MAX_LABEL, MAX_NAME, MAX_PAGE, MAX_PROMPT, MAX_TOKEN,
+                      MAX_WORKS_PER_OPTOUT, check_count, check_id, check_period, check_text)
 from . import money, signing
-from .db import Store, open_engine, url_of
+from .db import Store, open_engine, shown, url_of
 from .phash import phash
 from .schema import (POLICIES, AttributionEvent, Certificate, Dataset, DatasetWork, Job, Model, OptOut, OptOutEvent,
                      Owner, Payout, Work, now)
@@ -31,10 +33,9 @@ NEAR_BITS = 10
 SIMILAR = 0.97
 """Cosine similarity of judge features above which a work is reported as similar."""
 LABEL_KEYS = ("kind", "object", "category", "color", "style", "character", "memorized", "composition")
-PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
-class NotYours(DatarightsError):
+class NotYours(NotFound):
     """A row that exists but belongs to another owner (or does not exist): the same answer for both."""
 
 
@@ -58,21 +59,33 @@ class Ledger:
     """A ledger file (or database URL) and its signing key.
 
     Args:
-        location: an SQLite file path or an SQLAlchemy URL.
-        create: create a new ledger if there is none.
+        location: an SQLite file path or a postgresql:// URL.
+        create: create a new ledger if nothing exists at `location` (never over an existing file).
         key: the Ed25519 signing key file (default: `<ledger file>.key`, made on first use).
+        readonly: open for reading only (also the case for a file this process may not write).
     """
 
-    def __init__(self, location: str | Path, create: bool = False, key: str | Path | None = None):
+    def __init__(self, location: str | Path, create: bool = False, key: str | Path | None = None,
+                 readonly: bool = False):
         self.location = str(location)
         _, path = url_of(location)
         self.path = path
-        self.store = Store(open_engine(location, create=create))
+        engine, self.readonly = open_engine(location, create=create, readonly=readonly)
+        self.store = Store(engine, self.readonly, shown(location))
         self.key_path = Path(key) if key else (Path(str(path) + ".key") if path else None)
         self.root = (path.parent if path else Path.cwd()) / ((path.stem if path else "ledger") + "-models")
         self._index = None
         self._attribution = None
-        self.recover()
+        if not self.readonly:
+            self.recover()
+
+    def inputs(self) -> list[Path]:
+        """The files and folders this ledger consists of, which no output may replace: the database
+        (and its journal files), the signing key, the edited models' folder."""
+        out = [p for p in (self.path, self.key_path, self.root) if p is not None]
+        if self.path is not None:
+            out += [Path(str(self.path) + sfx) for sfx in ("-wal", "-shm", "-journal")]
+        return out
 
     # ------------------------------------------------------------------ paths
     def stored(self, path: str | Path) -> str:
@@ -89,19 +102,34 @@ class Ledger:
             return stored
         return str(self.path.resolve().parent / stored)
 
+    def public(self, stored: str | None) -> str | None:
+        """How a recorded folder is shown to web clients: relative to the ledger's folder (as stored)
+        when it lies inside it, else only its name; never where the server keeps other files."""
+        if stored in (None, "default") or not os.path.isabs(stored):
+            return stored
+        return "…/" + Path(stored).name
+
+    def model_folders(self) -> list[str]:
+        """Every registered model's folder (outputs must never replace one)."""
+        with self.store.read() as s:
+            return [self.resolved(p) for p in s.scalars(select(Model.path)) if p != "default"]
+
     def load(self, stored: str):
         from ..models import load_model
         return load_model(None if stored == "default" else self.resolved(stored))
 
     # ------------------------------------------------------------------ owners and tokens
     def owner(self, s, name: str) -> Owner:
-        o = s.scalar(select(Owner).where(Owner.name == name))
+        o = s.scalar(select(Owner).where(Owner.name == name)) if isinstance(name, str) and len(name) <= MAX_NAME \
+            else None
         if o is None:
             raise DatarightsError(f"unknown owner {name!r} (see `datarights ledger owners`)")
         return o
 
     def owner_by_token(self, token: str) -> dict:
         """The owner a token belongs to; an unknown token is refused (no hint which part was wrong)."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN:
+            raise DatarightsError("unknown token")
         with self.store.read() as s:
             o = s.scalar(select(Owner).where(Owner.token_hash == hash_token(token or "")))
             if o is None:
@@ -111,12 +139,15 @@ class Ledger:
     def token_hash_of(self, owner_id: int) -> str | None:
         """The stored hash of an owner's current token (None: no token, or no such owner). The web page
         binds its sessions to it, so that reissuing a token signs out every session of the old one."""
+        if not 1 <= owner_id <= MAX_ID:
+            return None
         with self.store.read() as s:
             o = s.get(Owner, owner_id)
             return None if o is None else o.token_hash
 
     def issue_token(self, name: str, admin: bool = False) -> str:
         """A new API token for an owner (or a new admin); shown once, stored only as its sha256."""
+        name = check_text(name, "the admin's name" if admin else "the owner's name", MAX_NAME)
         token = secrets.token_urlsafe(24)
         with self.store.transaction() as s:
             o = s.scalar(select(Owner).where(Owner.name == name))
@@ -139,7 +170,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ datasets and models
     def import_dataset(self, data: str | Path, model: str | Path | None = None, name: str | None = None,
-                       log=lambda s: None) -> dict:
+                       log=lambda s: None, make_default: bool = False, rows: list[dict] | None = None) -> dict:
         """Register an imagefolder's works (metadata.jsonl with `file_name`, `text`, `owner`, optional
         `policy`) as a dataset version, and the model trained on it.
 
@@ -148,30 +179,34 @@ class Ledger:
         recorded as a duplicate; the same content claimed by another owner is a conflict (the work
         keeps its first owner) and is listed in the result. Importing the same folder again makes no
         new version.
-        """
-        from ..world.generate import metadata_rows
 
+        `model`: the model trained on it (a folder; None: the shipped world model, but only into a
+        ledger that has no model yet: a later import without a model registers the dataset alone).
+        The first model of a ledger becomes its default; later ones only with `make_default`.
+        `rows`: the folder as `read_dataset` read it (the CLI reads it before opening the ledger).
+        """
         root = Path(data)
-        rows = []
-        for where, m, path in metadata_rows(root):
-            if not isinstance(m.get("owner"), str) or not m["owner"].strip():
-                raise DatarightsError(f"{where}: each row needs an 'owner' (a non-empty string) to be registered")
-            policy = m.get("policy", "allow")
-            if policy not in POLICIES:
-                raise DatarightsError(f"{where}: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-            rgb, _ = open_rgb(path)
-            rows.append({"file_name": m["file_name"], "text": m["text"], "owner": m["owner"], "policy": policy,
-                         "sha256": file_sha256(path), "phash": phash(rgb),
-                         "labels": {k: m[k] for k in LABEL_KEYS if k in m}})
-        if not rows:
-            raise DatarightsError(f"{root / 'metadata.jsonl'} lists no images")
-        log(f"ledger: hashed {len(rows)} images")
+        rows = read_dataset(root, log) if rows is None else rows
+        name = check_text(name if name is not None else root.resolve().name, "the dataset's name", MAX_NAME)
+        with self.store.read() as s:
+            has_model = s.scalar(select(func.count()).select_from(Model)) > 0
         registered = None
-        if model is not None or name is None:
+        if model is not None or not has_model:
             registered = _model_identity(model)
             if registered["path"] != "default":
                 registered["path"] = self.stored(registered["path"])
-        name = name or root.resolve().name
+        for attempt in (0, 1):
+            try:
+                out = self._import_rows(root, rows, name, registered, make_default)
+                break
+            except IntegrityError:  # another import of the same new folder committed first: see its rows
+                if attempt:
+                    raise DatarightsError(f"another import of {root} ran at the same time; run this one again") from None
+        self._index = None
+        return out
+
+    def _import_rows(self, root: Path, rows: list[dict], name: str, registered: dict | None,
+                     make_default: bool) -> dict:
         content = hashlib.sha256("".join(r["sha256"] for r in rows).encode()).hexdigest()
         conflicts, new_works, new_owners = [], 0, 0
         with self.store.transaction() as s:
@@ -207,7 +242,7 @@ class Ledger:
                     ds.duplicates += dup is not None
                     s.add(DatasetWork(dataset_id=ds.id, position=pos, work_id=w.id, file_name=r["file_name"],
                                       duplicate_of=dup))
-            model_id = None
+            model_id, default_id = None, s.scalar(select(Model.id).where(Model.is_default))
             if registered is not None:
                 m = s.scalar(select(Model).where(Model.weights_sha256 == registered["weights_sha256"],
                                                  Model.dataset_id == ds.id))
@@ -216,27 +251,37 @@ class Ledger:
                     s.add(m)
                     s.flush()
                 model_id = m.id
-            out = {"dataset": ds.name, "version": ds.version, "dataset_id": ds.id, "new_version": created,
-                   "images": ds.images, "duplicates": ds.duplicates, "new_works": new_works,
-                   "new_owners": new_owners, "conflicts": conflicts, "model_id": model_id}
-        self._index = None
-        return out
+                if make_default or default_id is None:
+                    _make_default(s, m)
+                    default_id = m.id
+            return {"dataset": ds.name, "version": ds.version, "dataset_id": ds.id, "new_version": created,
+                    "images": ds.images, "duplicates": ds.duplicates, "new_works": new_works,
+                    "new_owners": new_owners, "conflicts": conflicts, "model_id": model_id,
+                    "default_model_id": default_id}
 
     def models(self) -> list[dict]:
         with self.store.read() as s:
             return [{"id": m.id, "path": self.resolved(m.path), "kind": m.kind, "weights_sha256": m.weights_sha256,
-                     "dataset_id": m.dataset_id, "base_id": m.base_id, "created_at": _iso(m.created_at)}
+                     "dataset_id": m.dataset_id, "base_id": m.base_id, "default": bool(m.is_default),
+                     "created_at": _iso(m.created_at)}
                     for m in s.scalars(select(Model).order_by(Model.id))]
+
+    def set_default_model(self, model_id: int) -> dict:
+        """Make a registered model the one opt-outs and paid generations use when none is named."""
+        with self.store.transaction() as s:
+            m = self._model(s, model_id)
+            _make_default(s, m)
+            return {"default_model_id": m.id, "path": self.resolved(m.path)}
 
     def _model(self, s, model_id: int | None) -> Model:
         if model_id is None:
-            m = s.scalar(select(Model).where(Model.base_id.is_(None)).order_by(Model.id.desc()))
+            m = s.scalar(select(Model).where(Model.is_default))
             if m is None:
                 raise DatarightsError("the ledger has no model yet (register one with `datarights ledger import DATA --model M`)")
             return m
-        m = s.get(Model, model_id)
+        m = s.get(Model, check_id(model_id, "model"))
         if m is None:
-            raise DatarightsError(f"unknown model id {model_id} (see `datarights ledger models`)")
+            raise NotFound(f"unknown model {model_id} (see `datarights ledger models`)")
         return m
 
     # ------------------------------------------------------------------ lookup
@@ -284,14 +329,16 @@ class Ledger:
             idx["features"] = (np.array(ids, dtype=np.int64), feats, judge)
         return idx["features"]
 
-    def lookup(self, image: str | Path, limit: int = 10, features: bool = True) -> list[dict]:
+    def lookup(self, image: str | Path, limit: int = 10, features: bool = True, label: str | None = None) -> list[dict]:
         """Registered works that are this image (same bytes), a near copy (perceptual hash within
         NEAR_BITS bits), or, for world-sized images, look alike in judge features (cosine >= SIMILAR);
-        best first, each with its owner and the datasets and models it is in."""
+        best first, each with its owner and the datasets and models it is in. `label`: how errors
+        name the image (the web says "the uploaded image", never a server path)."""
         import numpy as np
 
+        check_count(limit, "the number of matches", 1, MAX_PAGE)
         path = Path(image)
-        rgb, _ = open_rgb(path)
+        rgb, _ = open_rgb(path, label=label)
         sha, ph = file_sha256(path), phash(rgb)
         idx = self._works_index()
         found: dict[int, dict] = {}
@@ -338,6 +385,8 @@ class Ledger:
 
     # ------------------------------------------------------------------ an owner's rows
     def works(self, owner: str, limit: int = 1000, offset: int = 0) -> list[dict]:
+        check_count(limit, "limit", 1, MAX_PAGE)
+        check_count(offset, "offset", 0, MAX_ID)
         with self.store.read() as s:
             o = self.owner(s, owner)
             ws = s.scalars(select(Work).where(Work.owner_id == o.id).order_by(Work.id).limit(limit).offset(offset))
@@ -345,6 +394,7 @@ class Ledger:
                      "in": self._where(s, w.id)} for w in ws]
 
     def work(self, owner: str, work_id: int) -> dict:
+        work_id = check_id(work_id, "work")
         with self.store.read() as s:
             o = self.owner(s, owner)
             w = s.get(Work, work_id)
@@ -355,6 +405,8 @@ class Ledger:
 
     def work_file(self, work_id: int) -> Path | None:
         """The image file of a work in the first dataset folder that still has it."""
+        if not 1 <= work_id <= MAX_ID:
+            return None
         with self.store.read() as s:
             for fname, source in s.execute(select(DatasetWork.file_name, Dataset.source)
                                            .join(Dataset, Dataset.id == DatasetWork.dataset_id)
@@ -370,22 +422,24 @@ class Ledger:
         """File an opt-out: by concept ("Blubbo"), or by works (the concept they show is erased).
 
         The concept must be one the model knows (world models: the world's vocabulary, see
-        `world info`); works must be the owner's own. The request starts as `pending`.
+        `world info`); works must be the owner's own. The request starts as `pending`. Arguments
+        may come from a JSON body as they are: each is checked for its type and size first.
         """
-        if bool(works) == bool(concept):
-            raise DatarightsError("give either --works or --concept")
+        works, concept, anchor = _optout_args(works, concept, anchor)
+        if model_id is not None:
+            model_id = check_id(model_id, "model")
         with self.store.transaction() as s:
             o = self.owner(s, owner)
             m = self._model(s, model_id)
             if works:
-                rows = [s.get(Work, int(w)) for w in works]
+                rows = [s.get(Work, w) for w in works]
                 for wid, w in zip(works, rows):
                     if w is None or w.owner_id != o.id:
                         raise NotYours(f"work {wid} is not one of {owner!r}'s works")
                 concept = concept_of_works([w.labels for w in rows])
             concept, anchor = resolve_concept(m, concept, anchor)
-            req = OptOut(owner_id=o.id, model_id=m.id, concept=concept, anchor=anchor,
-                         works=[int(w) for w in works or []], status="pending")
+            req = OptOut(owner_id=o.id, model_id=m.id, concept=concept, anchor=anchor, works=works or [],
+                         status="pending")
             s.add(req)
             s.flush()
             s.add(OptOutEvent(optout_id=req.id, status="pending",
@@ -411,6 +465,7 @@ class Ledger:
             return [self._optout_json(s, r) for r in s.scalars(q)]
 
     def optout_status(self, request_id: int, owner: str | None = None) -> dict:
+        request_id = check_id(request_id, "opt-out")
         with self.store.read() as s:
             r = s.get(OptOut, request_id)
             if r is None or (owner is not None and r.owner.name != owner):
@@ -439,16 +494,18 @@ class Ledger:
                 done.append(j.id)
         return done
 
-    def jobs(self) -> list[dict]:
+    def jobs(self, public: bool = False) -> list[dict]:
+        """Every job, newest first; `public`: folders as web clients see them (`Ledger.public`)."""
         with self.store.read() as s:
-            return [self.job_json(j) for j in s.scalars(select(Job).order_by(Job.id.desc()))]
+            return [self.job_json(j, public) for j in s.scalars(select(Job).order_by(Job.id.desc()))]
 
-    def job(self, job_id: int) -> dict:
+    def job(self, job_id: int, public: bool = False) -> dict:
+        job_id = check_id(job_id, "job")
         with self.store.read() as s:
             j = s.get(Job, job_id)
             if j is None:
-                raise DatarightsError(f"unknown job {job_id}")
-            return self.job_json(j)
+                raise NotFound(f"unknown job {job_id}")
+            return self.job_json(j, public)
 
     def evidence(self, job_id: int) -> list[dict]:
         """The before/after grids a job saved beside its edited model (empty if gone)."""
@@ -457,10 +514,10 @@ class Ledger:
         p = self.root / f"job-{job_id}-evidence.json"
         return read_json_file(p, "evidence file") if p.is_file() else []
 
-    def job_json(self, j: Job) -> dict:
+    def job_json(self, j: Job, public: bool = False) -> dict:
         return {"id": j.id, "model_id": j.model_id, "optouts": j.optouts, "method": j.method, "settings": j.settings,
                 "status": j.status, "stage": j.stage, "progress": round(j.progress, 3),
-                "edited_path": self.resolved(j.edited_path), "edited_model_id": j.edited_model_id, "audit": j.audit,
+                "edited_path": self.public(j.edited_path) if public else self.resolved(j.edited_path), "edited_model_id": j.edited_model_id, "audit": j.audit,
                 "attacks": j.attacks, "error": j.error, "started_at": _iso(j.started_at),
                 "finished_at": _iso(j.finished_at)}
 
@@ -479,6 +536,7 @@ class Ledger:
 
     def certificate(self, cert_id: int, owner: str | None = None) -> dict:
         """The signed certificate {"document", "signature"}; an owner may open only their own."""
+        cert_id = check_id(cert_id, "certificate")
         with self.store.read() as s:
             c = s.get(Certificate, cert_id)
             if c is None or (owner is not None and s.get(OptOut, c.optout_id).owner.name != owner):
@@ -499,7 +557,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ compensation
     def attribute_log(self, image: str | Path, prompt: str, revenue: str | float, method: str = "dtrak",
-                      model_id: int | None = None, at: datetime | None = None) -> dict:
+                      model_id: int | None = None, at: datetime | None = None, label: str | None = None) -> dict:
         """Attribute a generated image to the registered model's training set and record a paid
         generation: per-owner shares, and the revenue split by them in integer cents (largest
         remainder: the parts sum exactly to the revenue)."""
@@ -507,12 +565,11 @@ class Ledger:
         from ..world import read_imagefolder
 
         cents = money.to_cents(revenue)
-        if not prompt or not prompt.strip():
-            raise DatarightsError("--prompt must not be empty")
+        prompt = check_text(prompt, "the prompt", MAX_PROMPT)
         if method not in METHODS:
-            raise DatarightsError(f"unknown attribution method {method!r}; choose from {', '.join(sorted(METHODS))}")
+            raise DatarightsError(f"unknown attribution method {str(method)[:40]!r}; choose from {', '.join(sorted(METHODS))}")
         path = Path(image)
-        rgb, _ = open_rgb(path)
+        rgb, _ = open_rgb(path, label=label)
         with self.store.read() as s:
             m = self._model(s, model_id)
             ds = s.get(Dataset, m.dataset_id) if m.dataset_id else None
@@ -552,9 +609,7 @@ class Ledger:
 
     def statement(self, owner: str, period: str) -> dict:
         """What an owner earned in a month ('2026-11'), from which generations."""
-        if not PERIOD.match(period or ""):
-            raise DatarightsError(f"--period must be a month such as 2026-11, got {period!r}")
-        y, mo = map(int, period.split("-"))
+        y, mo = check_period(period)
         start = datetime(y, mo, 1)
         end = datetime(y + (mo == 12), mo % 12 + 1, 1)
         with self.store.read() as s:
@@ -580,6 +635,38 @@ class Ledger:
         return [{"period": k, "cents": v} for k, v in sorted(months.items())]
 
 
+def read_dataset(root: str | Path, log=lambda s: None) -> list[dict]:
+    """Every row of an imagefolder as the ledger registers it (each image hashed), checked before the
+    ledger is opened: an owner (a name of at most MAX_NAME characters), a caption and labels that
+    are short text, a known policy. Any problem is one line naming the file and row."""
+    from ..world.generate import metadata_rows
+
+    root = Path(root)
+    rows = []
+    for where, m, path in metadata_rows(root):
+        if not isinstance(m.get("owner"), str) or not m["owner"].strip():
+            raise DatarightsError(f"{where}: each row needs an 'owner' (a non-empty string) to be registered")
+        owner = check_text(m["owner"], f"{where}: 'owner'", MAX_NAME)
+        text = check_text(m["text"], f"{where}: 'text'", MAX_CAPTION, empty=True, multiline=True)
+        policy = m.get("policy", "allow")
+        if policy not in POLICIES:
+            raise DatarightsError(f"{where}: policy must be one of {', '.join(POLICIES)}, got {str(policy)[:40]!r}")
+        labels = {k: check_text(m[k], f"{where}: '{k}'", MAX_LABEL, empty=True) for k in LABEL_KEYS if k in m}
+        rgb, _ = open_rgb(path)
+        rows.append({"file_name": m["file_name"], "text": text, "owner": owner, "policy": policy,
+                     "sha256": file_sha256(path), "phash": phash(rgb), "labels": labels})
+    if not rows:
+        raise DatarightsError(f"{root / 'metadata.jsonl'} lists no images")
+    log(f"ledger: hashed {len(rows)} images")
+    return rows
+
+
+def _make_default(s, m: Model) -> None:
+    for other in s.scalars(select(Model).where(Model.is_default, Model.id != m.id)):
+        other.is_default = False
+    m.is_default = True
+
+
 def _model_identity(path: str | Path | None) -> dict:
     """What the ledger records of a model folder: where it is, its kind and its weights' SHA-256."""
     from ..models import load_model, weights_digest
@@ -587,6 +674,21 @@ def _model_identity(path: str | Path | None) -> dict:
     m = load_model(path)
     return {"path": "default" if path is None else str(Path(path).resolve()), "kind": m.kind,
             "weights_sha256": weights_digest(m)}
+
+
+def _optout_args(works, concept, anchor) -> tuple[list[int] | None, str | None, str | None]:
+    """An opt-out's arguments checked for type and size (they may come straight from a JSON body)."""
+    if works is not None:
+        if not isinstance(works, list):
+            raise DatarightsError("works must be a list of work ids")
+        if len(works) > MAX_WORKS_PER_OPTOUT:
+            raise DatarightsError(f"an opt-out may list at most {MAX_WORKS_PER_OPTOUT:,} works, got {len(works):,}")
+        works = list(dict.fromkeys(check_id(w, "work") for w in works)) or None
+    concept = None if concept is None else check_text(concept, "the concept", MAX_CONCEPT, empty=True) or None
+    anchor = None if anchor is None else check_text(anchor, "the anchor", MAX_CONCEPT, empty=True) or None
+    if bool(works) == bool(concept):
+        raise DatarightsError("give either the works or the concept to opt out of (one of the two)")
+    return works, concept, anchor
 
 
 def concept_of_works(labels: list[dict]) -> str:

@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 
 from ..errors import DatarightsError
+from ..limits import MAX_REVENUE_CENTS
+
+
+AMOUNT = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,2}))?")
 
 
 def to_cents(amount: str | float | Decimal) -> int:
-    """'0.04' -> 4. Refuses negative, non-finite and sub-cent amounts (no silent rounding of money)."""
-    try:
-        d = Decimal(str(amount).strip())
-    except InvalidOperation:
-        raise DatarightsError(f"--revenue must be an amount such as 0.04, got {amount!r}") from None
-    if not d.is_finite() or d < 0:
-        raise DatarightsError(f"--revenue must be a finite amount of at least 0, got {amount!r}")
-    cents = d * 100
-    if cents != cents.to_integral_value():
-        raise DatarightsError(f"--revenue {amount!r} has a fraction of a cent; give whole cents (e.g. 0.04)")
-    return int(cents)
+    """'0.04' -> 4: a decimal amount in ASCII digits with at most two places, from 0 to
+    limits.MAX_REVENUE_CENTS / 100. No exponent ('1e3'), no digit separators ('1_000'), no other
+    scripts' digits, no fractions of a cent (no silent rounding of money)."""
+    if isinstance(amount, (int, float, Decimal)) and not isinstance(amount, bool):
+        if not Decimal(str(amount)).is_finite():
+            raise DatarightsError(f"the revenue must be an amount such as 0.04, got {amount!r}")
+        amount = format(Decimal(str(amount)), "f")
+    text = amount.strip() if isinstance(amount, str) else None
+    m = AMOUNT.fullmatch(text) if text is not None else None
+    if m is None:
+        shown = repr(amount) if len(repr(amount)) <= 40 else repr(amount)[:37] + "..."
+        if text is not None and re.fullmatch(r"[0-9]+\.[0-9]{3,}", text):
+            raise DatarightsError(f"the revenue {shown} has a fraction of a cent; give whole cents (e.g. 0.04)")
+        raise DatarightsError(f"the revenue must be an amount such as 0.04 (digits, at most two decimals), got {shown}")
+    cents = int(m.group(1)) * 100 + int((m.group(2) or "0").ljust(2, "0"))
+    if cents > MAX_REVENUE_CENTS:
+        raise DatarightsError(f"the revenue {text} is more than one generation may earn "
+                              f"(at most {MAX_REVENUE_CENTS // 100:,}.00)")
+    return cents
 
 
 def split_cents(total: int, shares: dict[str, float]) -> dict[str, int]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 POLICIES = ("allow", "opt-out", "licence-required")
@@ -88,6 +89,9 @@ class Model(Base):
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), default=None)
     base_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), default=None)
     """For an edited model: the model it was edited from."""
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    """The model opt-outs and paid generations use when none is named (one at a time; the first model
+    registered, then changed only by `ledger default-model`)."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
 
 
@@ -138,6 +142,7 @@ class Job(Base):
 
 class Certificate(Base):
     __tablename__ = "certificates"
+    __table_args__ = (Index("uq_certificates_job_optout", "job_id", "optout_id", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
     optout_id: Mapped[int] = mapped_column(ForeignKey("optouts.id"), index=True)

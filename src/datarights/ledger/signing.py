@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -24,25 +23,40 @@ def canonical(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+MAX_KEY_BYTES = 64 * 1024
+
+
+def load_key(path: Path) -> Ed25519PrivateKey:
+    """The signing key at `path`; a missing, unreadable or damaged key is a one-line error."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise DatarightsError(f"signing key {path} is not a plain file")
+        if path.stat().st_size > MAX_KEY_BYTES:
+            raise DatarightsError(f"signing key {path} is not a PEM private key (too large)")
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as e:
+        raise DatarightsError(f"cannot read signing key {path} ({e.strerror or e})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise DatarightsError(f"signing key {path} is not a PEM private key ({str(e).splitlines()[0][:100]})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise DatarightsError(f"signing key {path} is not an Ed25519 key")
+    return key
+
+
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
-    """The ledger's signing key; created (mode 600, written atomically) the first time."""
-    if path.exists():
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError) as e:
-            raise DatarightsError(f"signing key {path} is not a PEM private key ({e})") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise DatarightsError(f"signing key {path} is not an Ed25519 key")
-        return key
+    """The ledger's signing key; created the first time (mode 600 from the start, written atomically;
+    of two processes creating it at once, the first one's key is kept and both use it)."""
+    if path.exists() or path.is_symlink():
+        return load_key(path)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-
-    def write(tmp):
-        os.chmod(tmp, 0o600)
-        Path(tmp).write_bytes(pem)
-    atomic_file(path, write)
-    os.chmod(path, 0o600)
+    try:
+        atomic_file(path, lambda tmp: Path(tmp).write_bytes(pem), mode=0o600, replace=False)
+    except FileExistsError:
+        return load_key(path)
+    except OSError as e:
+        raise DatarightsError(f"cannot write signing key {path} ({e.strerror or e})") from None
     return key
 
 

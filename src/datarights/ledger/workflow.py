@@ -1,5 +1,12 @@
 """`process`: pending opt-outs -> erase -> audit (with attacks) -> signed certificate.
 
+One processor per opt-out: a job *claims* its opt-outs in the transaction that creates it, by one
+`UPDATE ... SET status = 'processing' WHERE id = ... AND status = 'pending'` each (atomic on SQLite,
+and on PostgreSQL the second of two concurrent updates waits for the first and then matches no
+row), so two `process` runs at once (or the CLI beside the web's worker) never do one request twice;
+a request another run claimed first is left to it. The signing key is loaded before anything is
+claimed, so a damaged key is one line and every request stays pending.
+
 A job row is written (status `running`, with this process's pid) before any work; its stage and
 progress are updated as it goes; the edited model is written to a temporary folder and renamed
 into place; the results, the certificates and the opt-outs' new status are written in one
@@ -14,7 +21,7 @@ import time
 from dataclasses import asdict
 from datetime import timezone
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ..errors import DatarightsError
 from ..files import write_json
@@ -53,12 +60,12 @@ def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = A
     bad = [a for a in attacks if a not in ATTACK_METHODS]
     if bad:
         raise DatarightsError(f"unknown attack {bad[0]!r}; choose from {', '.join(sorted(ATTACK_METHODS))}")
+    if limit is not None and limit < 1:
+        raise DatarightsError(f"the number of requests to process must be at least 1, got {limit}")
     audit_config = audit_config or AuditConfig()
+    key = ledger.signing_key()     # checked (or made) before any work: a damaged key leaves every request pending
     ledger.recover()
-    with ledger.store.read() as s:
-        pending = list(s.scalars(select(OptOut).where(OptOut.status == "pending").order_by(OptOut.id)))
-    if limit is not None:
-        pending = pending[:limit]
+    pending = _pending(ledger, limit)
     if batch:  # one edit per model for all its pending requests (the same concept twice: one target)
         by_model: dict[int, list[OptOut]] = {}
         for r in pending:
@@ -66,32 +73,56 @@ def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = A
         groups = list(by_model.values())
     else:
         groups = [[r] for r in pending]
-    return [_run(ledger, g, method, list(attacks), audit_config, attack_budget, erase_options or {}, log)
+    jobs = [_run(ledger, g, method, list(attacks), audit_config, attack_budget, erase_options or {}, key, log)
             for g in groups]
+    return [j for j in jobs if j is not None]
 
 
-def _run(ledger, group, method, attacks, audit_config, budget, erase_options, log) -> dict:
+def _pending(ledger, limit: int | None) -> list[OptOut]:
+    with ledger.store.read() as s:
+        q = select(OptOut).where(OptOut.status == "pending").order_by(OptOut.id)
+        return list(s.scalars(q if limit is None else q.limit(limit)))
+
+
+def _claim(s, ids: list[int], job_id: int) -> list[int]:
+    """The requests among `ids` that this job takes: those still pending, each switched to
+    `processing` by one conditional UPDATE (see the module docstring)."""
+    mine = []
+    for rid in ids:
+        hit = s.execute(update(OptOut).where(OptOut.id == rid, OptOut.status == "pending")
+                        .values(status="processing", job_id=job_id).execution_options(synchronize_session=False))
+        if hit.rowcount == 1:
+            mine.append(rid)
+    return mine
+
+
+def _run(ledger, group, method, attacks, audit_config, budget, erase_options, key, log) -> dict | None:
+    """One job over the requests of `group` that are still pending; None if another run took them all."""
     from ..attack import attack
     from ..audit import audit
     from ..erase import erase, steps_per_concept
     from ..models import load_model, weights_digest
     from ..quality import public
 
-    ids = [r.id for r in group]
-    targets, anchors = [], []
-    for r in group:
-        if r.concept not in targets:
-            targets.append(r.concept)
-            anchors.append(r.anchor)
     with ledger.store.transaction() as s:
-        job = Job(model_id=group[0].model_id, optouts=ids, method=method, pid=os.getpid(), status="running",
-                  settings={"targets": targets, "anchors": anchors, **erase_options}, stage="erase")
+        job = Job(model_id=group[0].model_id, optouts=[], method=method, pid=os.getpid(), status="running",
+                  settings=dict(erase_options), stage="erase")
         s.add(job)
         s.flush()
         job_id = job.id
-        for r in s.scalars(select(OptOut).where(OptOut.id.in_(ids))):
-            r.status, r.job_id = "processing", job_id
-            s.add(OptOutEvent(optout_id=r.id, status="processing", note=f"job {job_id}: erasing with {method}"))
+        ids = _claim(s, [r.id for r in group], job_id)
+        if not ids:
+            s.delete(job)            # every request was taken by another run: no job of ours
+            return None
+        group = [r for r in group if r.id in ids]
+        targets, anchors = [], []
+        for r in group:
+            if r.concept not in targets:
+                targets.append(r.concept)
+                anchors.append(r.anchor)
+        job.optouts, job.settings = ids, {"targets": targets, "anchors": anchors, **erase_options}
+        for rid in ids:
+            s.add(OptOutEvent(optout_id=rid, status="processing", note=f"job {job_id}: erasing with {method}"))
         m = s.get(Model, group[0].model_id)
         model_path, dataset = m.path, s.get(Dataset, m.dataset_id) if m.dataset_id else None
         dataset_ref = {"name": dataset.name, "version": dataset.version, "images": dataset.images} if dataset else None
@@ -126,7 +157,6 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, lo
                 attack_res[f"{a}|{t}"] = {k: res[k] for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain",
                                                             "attempts")}
         edited_sha = weights_digest(edited)
-        key = ledger.signing_key()
         with ledger.store.transaction() as s:
             j = s.get(Job, job_id)
             em = Model(path=ledger.stored(out_dir), kind=edited.kind, weights_sha256=edited_sha,
@@ -147,8 +177,9 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, lo
                         now().replace(tzinfo=timezone.utc).isoformat(timespec="seconds"),
                     "optout": {"id": r.id, "owner": r.owner.name, "concept": r.concept, "anchor": r.anchor,
                                "works": r.works, "filed_at": r.created_at.replace(tzinfo=timezone.utc).isoformat()},
-                    "base_model": {"id": group[0].model_id, "path": model_path, "weights_sha256": base_sha},
-                    "edited_model": {"id": em.id, "path": em.path, "weights_sha256": edited_sha},
+                    # folders as ledger.public shows them: a certificate names no other place on the server
+                    "base_model": {"id": group[0].model_id, "path": ledger.public(model_path), "weights_sha256": base_sha},
+                    "edited_model": {"id": em.id, "path": ledger.public(em.path), "weights_sha256": edited_sha},
                     "dataset": dataset_ref,
                     "method": method, "settings": j.settings["erase"], "job": job_id,
                     "audit": {k: row.get(k) for k in AUDIT_KEYS},

@@ -6,31 +6,58 @@ with `Authorization: Bearer <token>`. Owner-scoped routes answer 404 for another
 same answer as for ids that do not exist); admin routes answer 403 to owners. Processing runs in
 one background thread per server; a job's stage and progress are rows in the ledger, so a killed
 server leaves a job that the next start marks failed (its requests go back to pending).
+
+Before a handler runs, the `Guard` middleware refuses what no handler should see: a request body
+over its route's limit (limits.MAX_JSON_BODY, or MAX_UPLOAD_REQUEST for the upload routes) is 413
+before it is read, and a POST that carries no valid token or session is 401 before its body is
+read at all (so nothing is spooled to disk for it). The JSON API takes `application/json` bodies
+only, and with a session cookie (instead of a bearer token) a state-changing API call must also
+carry the session's CSRF token in `X-CSRF-Token`. Work that decodes images, attributes or scans
+the ledger runs on a small pool of worker threads, never on the event loop, so that a page such
+as `GET /api/me` answers while lookups run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hashlib
 import hmac
 import io
 import os
+import re
 import secrets
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+import anyio.to_thread
+from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import DatarightsError
-from ..ledger.core import Ledger, NotYours, hash_token
+from ..errors import DatarightsError, NotFound
+from ..ledger.core import Ledger, hash_token
+from ..limits import MAX_ID, MAX_JSON_BODY, MAX_UPLOAD, MAX_UPLOAD_REQUEST, loads_json
+from .forms import Form as ParsedForm
+from .forms import parse_form
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-MAX_UPLOAD = 8 * 1024 * 1024
-"""Uploads above this many bytes are refused (413)."""
 COOKIE = "datarights_session"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+UPLOAD_ROUTES = ("/check", "/admin/attribute", "/api/lookup", "/api/admin/attribute")
+"""The routes whose body may hold an image (up to MAX_UPLOAD_REQUEST bytes); every other body is at
+most MAX_JSON_BODY."""
+WORKERS = 2
+"""Threads for the heavy handlers (form parsing, image decoding, lookups, attribution)."""
+REQUEST_THREADS = 8
+"""Threads for the light handlers (pages and API calls that read a few ledger rows)."""
+UPLOAD_LABEL = "the uploaded image"
 
 
 class HTTPError(Exception):
@@ -42,11 +69,25 @@ class HTTPError(Exception):
 def create_app(ledger: str | Path, process_options: dict | None = None, max_upload: int = MAX_UPLOAD) -> FastAPI:
     """The app for one ledger. `process_options` are passed to `Ledger.process` by the admin's button."""
     led = Ledger(ledger)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        # Few request threads: on 2 cores, 40 threads (anyio's default) contending for the GIL under a
+        # burst of uploads made a trivial page wait; the heavy work has its own pool anyway.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
     app = FastAPI(title="datarights", description="Works, opt-outs, erase certificates and earnings of the owners "
-                                                  "whose images trained a model.")
+                                                  "whose images trained a model.", lifespan=lifespan)
     secret = secrets.token_bytes(32)
     worker: dict = {"thread": None, "error": None}
     opts = dict(process_options or {})
+    pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="datarights-work")
+    _warm(led, pool)
+
+    async def heavy(fn, *args, **kw):
+        """Run blocking work on the worker threads; the event loop stays free for other requests."""
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kw))
 
     # ------------------------------------------------------------------ identity
     def _sign(value: str) -> str:
@@ -55,7 +96,7 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     def _session(request: Request) -> dict | None:
         raw = request.cookies.get(COOKIE, "")
         value, _, mac = raw.rpartition(".")
-        if not value or not hmac.compare_digest(_sign(value), mac):
+        if not value or len(raw) > 4096 or not hmac.compare_digest(_sign(value), mac):
             return None
         oid, role, bound, name = value.split("|", 3)
         current = led.token_hash_of(int(oid))
@@ -66,63 +107,107 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     def _bind(token_hash: str) -> str:
         return _sign("token:" + token_hash)[:16]
 
-    def user(request: Request, admin: bool = False) -> dict:
+    def _bearer(request: Request) -> str | None:
         auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
+        return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+    def identify(request: Request) -> dict | None:
+        """Who sent the request (a bearer token or a signed session), or None; reads headers only."""
+        token = _bearer(request)
+        if token is None:
+            return _session(request)
+        try:
+            return led.owner_by_token(token)
+        except DatarightsError:
+            return None
+
+    def user(request: Request, admin: bool = False) -> dict:
+        token = _bearer(request)
+        if token is not None:
             try:
-                who = led.owner_by_token(auth[7:].strip())
+                who = led.owner_by_token(token)
             except DatarightsError:
                 raise HTTPError(401, "unknown token") from None
         else:
             who = _session(request)
             if who is None:
                 raise HTTPError(401, "sign in with your token first")
+            if request.url.path.startswith("/api/") and request.method not in SAFE_METHODS and \
+                    not hmac.compare_digest(request.headers.get("x-csrf-token", ""), who["csrf"]):
+                raise HTTPError(403, "an API call signed in by cookie must send the session's CSRF token in the "
+                                     "X-CSRF-Token header (or use a bearer token)")
         if admin and who["role"] != "admin":
             raise HTTPError(403, "this page is for the model owner (admin) only")
         return who
 
-    async def form_of(request: Request, who: dict) -> dict:
-        form = await request.form()
-        if "authorization" not in request.headers and not hmac.compare_digest(str(form.get("csrf", "")),
-                                                                              who.get("csrf", "")):
-            raise HTTPError(403, "the form's CSRF token is missing or wrong; reload the page and try again")
+    async def form_of(request: Request, who: dict, csrf: bool = True) -> ParsedForm:
+        """The request's form, parsed on a worker thread; a form signed in by cookie must carry the
+        session's CSRF token."""
+        # on the few worker threads (not one of the many request threads, which would all contend for the GIL)
+        form = await heavy(parse_form, await request.body(), request.headers.get("content-type", ""))
+        if csrf and _bearer(request) is None and not hmac.compare_digest(form.get("csrf"), who.get("csrf", "")):
+            raise HTTPError(403, "this form has expired or did not come from this site; reload the page and try "
+                                 "again")
         return form
 
-    async def upload(file: UploadFile) -> Path:
-        data = await file.read(max_upload + 1)
+    def upload(form: ParsedForm) -> Path:
+        """The form's image, written to a private temporary file (on a worker thread)."""
+        if "file" not in form.files:
+            raise HTTPError(400, "choose an image file to upload")
+        data = form.files["file"][1]
         if len(data) > max_upload:
-            raise HTTPError(413, f"the upload is larger than {max_upload // (1024 * 1024)} MB")
+            raise HTTPError(413, f"the image is larger than {max_upload // (1024 * 1024)} MB; choose a smaller one")
         if not data:
-            raise HTTPError(400, "the upload is empty")
+            raise HTTPError(400, "the uploaded file is empty; choose an image")
         fd, name = tempfile.mkstemp(prefix="datarights-upload-", suffix=".img")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return Path(name)
 
+    def with_upload(form: ParsedForm, fn, *args, **kw):
+        """fn(path of the form's image, *args, **kw) on a worker thread; the temporary file is removed after."""
+        path = upload(form)
+        try:
+            return fn(path, *args, **kw)
+        finally:
+            path.unlink(missing_ok=True)
+
     def page(request: Request, name: str, who: dict | None, http_status: int = 200, **ctx) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, name, {"who": who, **ctx}, status_code=http_status)
 
     def wants_json(request: Request) -> bool:
-        return request.url.path.startswith("/api/")
+        return request.url.path.startswith("/api/") or request.url.path == "/openapi.json"
+
+    def error_response(request: Request, status: int, message: str, who: dict | None = None) -> Response:
+        message = redact(message)
+        if wants_json(request):
+            return JSONResponse({"error": message}, status_code=status)
+        return page(request, "error.html", who, status, message=message, status=status)
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, e: HTTPError):
-        if wants_json(request):
-            return JSONResponse({"error": e.message}, status_code=e.status)
-        return page(request, "error.html", _session(request), e.status, message=e.message, status=e.status)
+        who = await run_in_threadpool(_session, request) if e.status != 401 else None
+        return error_response(request, e.status, e.message, who)
 
-    @app.exception_handler(NotYours)
-    async def _not_yours(request: Request, e: NotYours):
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, e: NotFound):
         return await _http_error(request, HTTPError(404, "not found"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette(request: Request, e: StarletteHTTPException):
+        words = {404: "there is no such page", 405: "this page does not take that kind of request"}
+        return await _http_error(request, HTTPError(e.status_code, words.get(e.status_code, str(e.detail))))
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request: Request, e: RequestValidationError):
         where = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors()[:3])
-        return await _http_error(request, HTTPError(400, f"malformed request ({where})"))
+        return await _http_error(request, HTTPError(400, f"malformed request ({where[:300]})"))
 
     @app.exception_handler(DatarightsError)
     async def _bad_input(request: Request, e: DatarightsError):
         return await _http_error(request, HTTPError(400, str(e)))
+
+    app.add_middleware(Guard, identify=identify, refuse=error_response)
 
     # ------------------------------------------------------------------ sign in
     @app.get("/", response_class=HTMLResponse)
@@ -145,7 +230,7 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
 
     @app.post("/signout")
     async def signout(request: Request):
-        await form_of(request, user(request))
+        await form_of(request, await run_in_threadpool(user, request))
         resp = RedirectResponse("/", status_code=303)
         resp.delete_cookie(COOKIE)
         return resp
@@ -154,7 +239,7 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     @app.get("/works", response_class=HTMLResponse)
     def works_page(request: Request, page_no: int = 0):
         who = user(request)
-        works = led.works(who["name"], limit=100, offset=100 * max(page_no, 0))
+        works = led.works(who["name"], limit=100, offset=100 * min(max(page_no, 0), MAX_ID // 100))
         for w in works:
             w["thumb"] = thumb(led.work_file(w["id"]))
         return page(request, "works.html", who, works=works, page_no=page_no,
@@ -166,16 +251,10 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
 
     @app.post("/check", response_class=HTMLResponse)
     async def check(request: Request):
-        who = user(request)
+        who = await run_in_threadpool(user, request)
         form = await form_of(request, who)
-        path = await upload(_file(form))
-        try:
-            matches = led.lookup(path)
-            for m in matches:
-                m["thumb"] = thumb(led.work_file(m["work_id"]))
-            return page(request, "check.html", who, matches=matches, uploaded=thumb(path))
-        finally:
-            path.unlink(missing_ok=True)
+        matches, uploaded = await heavy(with_upload, form, _lookup_with_thumbs, led)
+        return page(request, "check.html", who, matches=matches, uploaded=uploaded)
 
     @app.get("/optouts", response_class=HTMLResponse)
     def optouts_page(request: Request):
@@ -184,12 +263,12 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
 
     @app.post("/optouts")
     async def optout_form(request: Request):
-        who = user(request)
+        who = await run_in_threadpool(user, request)
         form = await form_of(request, who)
-        works = [int(x) for x in form.getlist("works") if str(x).strip()]
-        concept = str(form.get("concept", "")).strip() or None
-        r = led.optout(who["name"], works=works or None, concept=concept if not works else None,
-                       anchor=str(form.get("anchor", "")).strip() or None)
+        works = [x for x in form.getlist("works") if x.strip()]
+        concept = form.get("concept").strip() or None
+        r = await run_in_threadpool(led.optout, who["name"], works=works or None,
+                                    concept=concept if not works else None, anchor=form.get("anchor").strip() or None)
         return RedirectResponse(f"/optouts/{r['id']}", status_code=303)
 
     @app.get("/optouts/{request_id}", response_class=HTMLResponse)
@@ -225,7 +304,7 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
 
     # ------------------------------------------------------------------ the model owner's pages
     def admin_view(request: Request, who: dict, attributed: dict | None = None) -> HTMLResponse:
-        return page(request, "admin.html", who, pending=led.optouts(status="pending"), jobs=led.jobs()[:20],
+        return page(request, "admin.html", who, pending=led.optouts(status="pending"), jobs=_shown(led.jobs(public=True)[:20]),
                     running=_running(), error=worker["error"], attributed=attributed)
 
     @app.get("/admin", response_class=HTMLResponse)
@@ -234,21 +313,17 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
 
     @app.post("/admin/process")
     async def admin_process(request: Request):
-        await form_of(request, user(request, admin=True))
+        await form_of(request, await run_in_threadpool(user, request, True))
         start_processing()
         return RedirectResponse("/admin", status_code=303)
 
     @app.post("/admin/attribute", response_class=HTMLResponse)
     async def admin_attribute(request: Request):
-        who = user(request, admin=True)
+        who = await run_in_threadpool(user, request, True)
         form = await form_of(request, who)
-        path = await upload(_file(form))
-        try:
-            ev = led.attribute_log(path, str(form.get("prompt", "")), str(form.get("revenue", "")),
-                                   str(form.get("method", "dtrak")) or "dtrak")
-        finally:
-            path.unlink(missing_ok=True)
-        return admin_view(request, who, ev)
+        ev = await heavy(with_upload, form, led.attribute_log, form.get("prompt"), form.get("revenue"),
+                         form.get("method") or "dtrak", label=UPLOAD_LABEL)
+        return await run_in_threadpool(admin_view, request, who, ev)
 
     def _running() -> bool:
         t = worker["thread"]
@@ -290,14 +365,12 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
             raise HTTPError(404, "the work's file is no longer on disk")
         return Response(p.read_bytes(), media_type="image/png")
 
-    @app.post("/api/lookup")
-    async def api_lookup(request: Request, file: UploadFile = File(...)):
-        user(request)
-        path = await upload(file)
-        try:
-            return {"matches": led.lookup(path)}
-        finally:
-            path.unlink(missing_ok=True)
+    @app.post("/api/lookup", openapi_extra=_upload_body({}))
+    async def api_lookup(request: Request):
+        """Registered works that are the uploaded image (field `file`), a near copy, or look alike."""
+        await run_in_threadpool(user, request)
+        form = await form_of(request, {}, csrf=False)
+        return {"matches": await heavy(with_upload, form, led.lookup, label=UPLOAD_LABEL)}
 
     @app.get("/api/optouts")
     def api_optouts(request: Request):
@@ -305,10 +378,10 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
 
     @app.post("/api/optouts", status_code=201)
     async def api_optout(request: Request):
-        who = user(request)
+        who = await run_in_threadpool(user, request)
         body = await _json(request)
-        return led.optout(who["name"], works=body.get("works"), concept=body.get("concept"),
-                          anchor=body.get("anchor"), model_id=body.get("model_id"))
+        return await run_in_threadpool(led.optout, who["name"], works=body.get("works"), concept=body.get("concept"),
+                                       anchor=body.get("anchor"), model_id=body.get("model_id"))
 
     @app.get("/api/optouts/{request_id}")
     def api_optout_status(request: Request, request_id: int):
@@ -346,44 +419,148 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     @app.get("/api/admin/jobs")
     def api_admin_jobs(request: Request):
         user(request, admin=True)
-        return {"jobs": led.jobs(), "running": _running(), "error": worker["error"]}
+        return {"jobs": _shown(led.jobs(public=True)), "running": _running(), "error": redact(worker["error"] or "") or None}
 
     @app.get("/api/admin/jobs/{job_id}")
     def api_admin_job(request: Request, job_id: int):
         user(request, admin=True)
-        return led.job(job_id)
+        return _shown([led.job(job_id, public=True)])[0]
 
-    @app.post("/api/admin/attribute", status_code=201)
-    async def api_admin_attribute(request: Request, file: UploadFile = File(...), prompt: str = Form(...),
-                                  revenue: str = Form(...), method: str = Form("dtrak")):
-        user(request, admin=True)
-        path = await upload(file)
-        try:
-            return led.attribute_log(path, prompt, revenue, method)
-        finally:
-            path.unlink(missing_ok=True)
+    @app.post("/api/admin/attribute", status_code=201, openapi_extra=_upload_body(
+        {"prompt": {"type": "string"}, "revenue": {"type": "string", "example": "0.04"},
+         "method": {"type": "string", "default": "dtrak"}}, required=["prompt", "revenue"]))
+    async def api_admin_attribute(request: Request):
+        """Record a paid generation: the uploaded image (`file`) attributed, its revenue split by owner."""
+        await run_in_threadpool(user, request, True)
+        form = await form_of(request, {}, csrf=False)
+        return await heavy(with_upload, form, led.attribute_log, form.get("prompt"), form.get("revenue"),
+                           form.get("method") or "dtrak", label=UPLOAD_LABEL)
 
     app.state.ledger = led
     app.state.start_processing = start_processing
     app.state.worker = worker
+    app.state.pool = pool
     return app
 
 
-def _file(form) -> UploadFile:
-    f = form.get("file")
-    if f is None or not hasattr(f, "read"):
-        raise HTTPError(400, "choose an image file to upload")
-    return f
+class Guard:
+    """ASGI middleware: bounded bodies, and no body read for a caller who is not signed in (see the
+    module docstring). `identify(request)` reads headers only; `refuse(request, status, message)`
+    renders the answer as the app does (a page, or JSON under /api/)."""
+
+    def __init__(self, app, identify, refuse):
+        self.app, self.identify, self.refuse = app, identify, refuse
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        limit = MAX_UPLOAD_REQUEST if scope["path"] in UPLOAD_ROUTES else MAX_JSON_BODY
+        declared = request.headers.get("content-length")
+        if declared is not None and not declared.strip().isdigit():
+            return await self.refuse(request, 400, "the request's length is malformed")(scope, receive, send)
+        if declared is not None and int(declared) > limit:
+            return await self.refuse(request, 413, _too_large(limit))(scope, receive, send)
+        if scope["path"] != "/signin" and await run_in_threadpool(self.identify, request) is None:
+            return await self.refuse(request, 401, "sign in with your token first")(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await self.refuse(request, 413, _too_large(limit))(scope, receive, send)
+            more = message.get("more_body", False)
+        chunks.reverse()
+
+        async def replay():                       # the chunks as they came (no copy of the whole body)
+            if chunks:
+                return {"type": "http.request", "body": chunks.pop(), "more_body": bool(chunks)}
+            return await receive()
+        await self.app(scope, replay, send)
+
+
+def _too_large(limit: int) -> str:
+    return f"the request is larger than {limit // 1024:,} kB" if limit < 1024 * 1024 else \
+        f"the request is larger than {limit / (1024 * 1024):.0f} MB; choose an image under {MAX_UPLOAD // (1024 * 1024)} MB"
+
+
+_PATH = re.compile(r"(?<![\w:/])(/[\w.~+\-]+)(/[\w.~+\-]*)+")
+
+
+def redact(message: str) -> str:
+    """A message without this machine's file paths (an absolute path under an existing top folder),
+    so that no answer tells a client where the server keeps its files."""
+    def one(m):
+        top = m.group(1)
+        return "(a file on the server)" if os.path.isdir(top) else m.group(0)
+    return _PATH.sub(one, message)
+
+
+def _warm(led: Ledger, pool: ThreadPoolExecutor) -> None:
+    """What the first lookup would otherwise do while other requests wait: load the image plugins,
+    read the works' hashes, start the worker threads."""
+    from PIL import Image
+
+    Image.init()
+    led._works_index()
+    for f in [pool.submit(lambda: None) for _ in range(WORKERS)]:
+        f.result()
+
+
+def _shown(jobs: list[dict]) -> list[dict]:
+    """Jobs as a web client sees them: an error message without server paths."""
+    return [{**j, "error": redact(j["error"]) if j.get("error") else j.get("error")} for j in jobs]
+
+
+def _upload_body(fields: dict, required: tuple | list = ()) -> dict:
+    """The OpenAPI description of an upload form (parsed by `forms.parse_form`, not by FastAPI)."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file", *required],
+        "properties": {"file": {"type": "string", "format": "binary"}, **fields}}}}}}
+
+
+def _lookup_with_thumbs(path: Path, led: Ledger) -> tuple[list[dict], str | None]:
+    matches = led.lookup(path, label=UPLOAD_LABEL)
+    for m in matches:
+        m["thumb"] = thumb(led.work_file(m["work_id"]))
+    return matches, thumb(path)
 
 
 async def _json(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise HTTPError(400, "the request body must be a JSON object") from None
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise HTTPError(415, "send the request body as JSON (Content-Type: application/json)")
+    body = loads_json(await request.body(), "the request body")
     if not isinstance(body, dict):
         raise HTTPError(400, "the request body must be a JSON object")
     return body
+
+
+def listen(host: str, port: int):
+    """A socket bound and listening on host:port for uvicorn; a busy port or an address that is not
+    this machine's is a one-line error (before the server prints that it serves)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise DatarightsError(f"--host {host!r} is not an address of this machine ({getattr(e, 'strerror', None) or e})") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        why = "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise DatarightsError(f"cannot listen on {host}:{port}: {why}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _this_month() -> str:
