@@ -175,6 +175,23 @@ def test_a_read_only_ledger_is_read_and_never_written(monkeypatch, capsys, fresh
     assert digest(db) == before
 
 
+def test_a_ledger_this_process_cannot_write_opens_read_only(monkeypatch, capsys, fresh):
+    """A read-only copy (here: the permission check answers no, as for another user's file): every
+    reading command works, a writing one is one line, and nothing is written."""
+    import datarights.ledger.db as db_module
+
+    monkeypatch.setattr(db_module, "_writable", lambda path: False)
+    db = fresh["db"]
+    before = digest(db)
+    code, out, err = run(monkeypatch, capsys, "ledger", "owners", "--ledger", db)
+    assert code == 0 and fresh["studio"] in out, err
+    code, _, err = run(monkeypatch, capsys, "ledger", "token", "--owner", fresh["studio"], "--ledger", db)
+    one_line(code, err, "is read-only here; nothing was changed")
+    code, _, err = run(monkeypatch, capsys, "ledger", "process", "--ledger", db)
+    one_line(code, err, "read-only")
+    assert digest(db) == before
+
+
 # ----------------------------------------------------------------------------- limits
 def _client(certified, **kw):
     from datarights.web.app import create_app
