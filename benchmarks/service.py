@@ -6,6 +6,8 @@
 2. `datarights serve` on 127.0.0.1 in its own process; `--requests` POST /api/lookup requests, all
    in flight at once (`--concurrency`), each uploading a world image (exact), a brightened and
    resized copy (near copy) or noise (no match); latency of each from send to the whole answer.
+   Meanwhile another thread asks `GET /api/me` every 50 ms: an owner's page must stay fast while
+   the lookups run (their work is on worker threads, not on the event loop).
 3. An opt-out is processed through the API and the server is killed with SIGKILL while the job
    runs; the ledger is reopened (the job must be marked failed, its request pending, no row or
    folder half-written) and a restarted server processes it to a certificate that verifies.
@@ -26,6 +28,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +102,18 @@ async def _load(url: str, token: str, uploads: list, concurrency: int) -> list[d
         return await asyncio.gather(*(one(k, r) for k, r in uploads))
 
 
+def _sample_me(url: str, token: str, stop, out: list) -> None:
+    """GET /api/me every 50 ms until `stop`; the latency of each, in seconds."""
+    import httpx
+
+    with httpx.Client(timeout=60) as c:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            c.get(f"{url}/api/me", headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+            out.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200)
@@ -129,9 +144,14 @@ def main():
         httpx.post(f"{url}/api/lookup", headers={"Authorization": f"Bearer {owner}"},   # builds the index once
                    files={"file": ("w.png", (world / "images/00000.png").read_bytes())}, timeout=300)
         uploads = _uploads(world, args.requests)
+        stop, me = threading.Event(), []
+        sampler = threading.Thread(target=_sample_me, args=(url, owner, stop, me))
         t0 = time.perf_counter()
+        sampler.start()
         rows = asyncio.run(_load(url, owner, uploads, args.concurrency))
         wall = time.perf_counter() - t0
+        stop.set()
+        sampler.join()
     finally:
         srv.terminate()
         srv.wait()
@@ -142,7 +162,10 @@ def main():
                    "wall_seconds": round(wall, 2), "throughput_rps": round(len(rows) / wall, 1),
                    "p50_s": round(float(np.percentile(lat, 50)), 3), "p95_s": round(float(np.percentile(lat, 95)), 3),
                    "p99_s": round(float(np.percentile(lat, 99)), 3), "max_s": round(float(lat.max()), 3),
-                   "best_match_as_expected": right}
+                   "best_match_as_expected": right,
+                   "me_while_loading": {"requests": len(me), "p50_s": round(float(np.percentile(me, 50)), 3),
+                                        "p99_s": round(float(np.percentile(me, 99)), 3),
+                                        "max_s": round(float(np.max(me)), 3)}}
     print(json.dumps(res["load"]), flush=True)
 
     # ---- kill -9 of the server while it processes an opt-out

@@ -12,9 +12,10 @@ over its route's limit (limits.MAX_JSON_BODY, or MAX_UPLOAD_REQUEST for the uplo
 before it is read, and a POST that carries no valid token or session is 401 before its body is
 read at all (so nothing is spooled to disk for it). The JSON API takes `application/json` bodies
 only, and with a session cookie (instead of a bearer token) a state-changing API call must also
-carry the session's CSRF token in `X-CSRF-Token`. Work that decodes images, attributes or scans
-the ledger runs on a small pool of worker threads, never on the event loop, so that a page such
-as `GET /api/me` answers while lookups run.
+carry the session's CSRF token in `X-CSRF-Token`. Work that parses uploads, decodes images or
+looks them up runs on one worker thread, an attribution on another, never on the event loop, so
+that a page such as `GET /api/me` answers while lookups run. (One thread each: the work holds the
+GIL, and two lookup threads on 2 cores served 26 lookups/s against one thread's 42.)
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 UPLOAD_ROUTES = ("/check", "/admin/attribute", "/api/lookup", "/api/admin/attribute")
 """The routes whose body may hold an image (up to MAX_UPLOAD_REQUEST bytes); every other body is at
 most MAX_JSON_BODY."""
-WORKERS = 2
-"""Threads for the heavy handlers (form parsing, image decoding, lookups, attribution)."""
+WORK_THREADS = {"work": 1, "attribution": 1}
+"""Worker threads off the event loop: uploads (form parsing, image decoding, lookups), and paid
+generations' attribution (minutes for `abu`; lookups go on meanwhile)."""
 REQUEST_THREADS = 8
 """Threads for the light handlers (pages and API calls that read a few ledger rows)."""
 UPLOAD_LABEL = "the uploaded image"
@@ -75,19 +77,21 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
         # burst of uploads made a trivial page wait; the heavy work has its own pool anyway.
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        for p in pools.values():
+            p.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="datarights", description="Works, opt-outs, erase certificates and earnings of the owners "
                                                   "whose images trained a model.", lifespan=lifespan)
     secret = secrets.token_bytes(32)
     worker: dict = {"thread": None, "error": None}
     opts = dict(process_options or {})
-    pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="datarights-work")
-    _warm(led, pool)
+    pools = {name: ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"datarights-{name}")
+             for name, n in WORK_THREADS.items()}
+    _warm(led, pools)
 
-    async def heavy(fn, *args, **kw):
-        """Run blocking work on the worker threads; the event loop stays free for other requests."""
-        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kw))
+    async def heavy(fn, *args, pool: str = "work", **kw):
+        """Run blocking work on a worker thread; the event loop stays free for other requests."""
+        return await asyncio.get_running_loop().run_in_executor(pools[pool], functools.partial(fn, *args, **kw))
 
     # ------------------------------------------------------------------ identity
     def _sign(value: str) -> str:
@@ -322,7 +326,7 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
         who = await run_in_threadpool(user, request, True)
         form = await form_of(request, who)
         ev = await heavy(with_upload, form, led.attribute_log, form.get("prompt"), form.get("revenue"),
-                         form.get("method") or "dtrak", label=UPLOAD_LABEL)
+                         form.get("method") or "dtrak", label=UPLOAD_LABEL, pool="attribution")
         return await run_in_threadpool(admin_view, request, who, ev)
 
     def _running() -> bool:
@@ -434,12 +438,12 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
         await run_in_threadpool(user, request, True)
         form = await form_of(request, {}, csrf=False)
         return await heavy(with_upload, form, led.attribute_log, form.get("prompt"), form.get("revenue"),
-                           form.get("method") or "dtrak", label=UPLOAD_LABEL)
+                           form.get("method") or "dtrak", label=UPLOAD_LABEL, pool="attribution")
 
     app.state.ledger = led
     app.state.start_processing = start_processing
     app.state.worker = worker
-    app.state.pool = pool
+    app.state.pools = pools
     return app
 
 
@@ -499,14 +503,14 @@ def redact(message: str) -> str:
     return _PATH.sub(one, message)
 
 
-def _warm(led: Ledger, pool: ThreadPoolExecutor) -> None:
+def _warm(led: Ledger, pools: dict[str, ThreadPoolExecutor]) -> None:
     """What the first lookup would otherwise do while other requests wait: load the image plugins,
     read the works' hashes, start the worker threads."""
     from PIL import Image
 
     Image.init()
     led._works_index()
-    for f in [pool.submit(lambda: None) for _ in range(WORKERS)]:
+    for f in [p.submit(lambda: None) for p in pools.values()]:
         f.result()
 
 
