@@ -76,3 +76,37 @@ def tiny_sd_trained(tiny_sd_folder, tiny_world, tmp_path_factory):
 def backend_folder(request):
     """A tiny model folder of each backend that records its training recipe (contract tables run on both)."""
     return request.getfixturevalue("tiny_trained" if request.param == "world" else "tiny_sd_trained")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(db, **popen):
+    """`datarights serve --ledger db` in its own process on a free loopback port, once it answers;
+    returns (process, base URL)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
+    srv = subprocess.Popen([sys.executable, "-c", "from datarights.cli import main; main()", "serve", "--ledger", str(db),
+                            "--port", str(port)], **popen)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            httpx.get(url + "/", timeout=1)
+            return srv, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    srv.kill()
+    raise RuntimeError("the server did not start")
+

@@ -30,6 +30,7 @@ from PIL import Image
 from datarights.errors import DatarightsError
 from datarights.ledger import Ledger
 
+from .conftest import serve
 from .test_cli import run
 from .test_ledger import SMALL_AUDIT, SMALL_ERASE, _metas, _owner_with_character
 
@@ -331,6 +332,25 @@ def test_import_refuses_long_names_control_characters_and_labels_that_are_not_te
 
 
 # ----------------------------------------------------------------------------- integrity
+def twice(fn, timeout: float = 300) -> list:
+    """fn() in two threads at once; both results (an exception in either fails the test)."""
+    results, errors = [], []
+
+    def one():
+        try:
+            results.append(fn())
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not errors, errors
+    assert len(results) == 2, "a thread did not finish"
+    return results
+
+
 def test_two_processors_on_one_pending_optout_make_one_job_and_one_certificate(fresh, monkeypatch):
     from datarights.audit import AuditConfig
     from datarights.ledger import workflow
@@ -345,20 +365,8 @@ def test_two_processors_on_one_pending_optout_make_one_job_and_one_certificate(f
         both_read.wait()                  # both runs have read the same pending list before either claims
         return rows
     monkeypatch.setattr(workflow, "_pending", pending_then_wait)
-    results, errors = [], []
-
-    def one():
-        try:
-            results.append(Ledger(fresh["db"]).process(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT),
-                                                       erase_options=SMALL_ERASE))
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-    threads = [threading.Thread(target=one) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors, errors
+    results = twice(lambda: Ledger(fresh["db"]).process(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT),
+                                                        erase_options=SMALL_ERASE))
     assert sorted(len(r) for r in results) == [0, 1]
     with sqlite3.connect(fresh["db"]) as c:
         jobs = c.execute("SELECT id FROM jobs WHERE optouts LIKE ?", (f"%{req['id']}%",)).fetchall()
@@ -398,19 +406,7 @@ def test_an_import_never_moves_the_default_model(monkeypatch, capsys, fresh, tmp
 
 def test_two_imports_of_one_new_folder_at_once_make_one_version(fresh, tmp_path, tiny_world):
     extra = _dataset(tmp_path, tiny_world, _metas(tiny_world)[:8])
-    out, errors = [], []
-
-    def one():
-        try:
-            out.append(Ledger(fresh["db"]).import_dataset(extra))
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-    threads = [threading.Thread(target=one) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    out = twice(lambda: Ledger(fresh["db"]).import_dataset(extra))
     assert {r["dataset_id"] for r in out} == {out[0]["dataset_id"]} and {r["version"] for r in out} == {1}
 
 
@@ -491,12 +487,6 @@ def test_web_errors_name_no_server_path_and_unknown_pages_are_pages(fresh):
 
 
 # ----------------------------------------------------------------------------- the event loop stays free
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 LOAD = """
 import sys, threading, httpx
 url, token, path, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -517,21 +507,12 @@ def test_an_owners_page_answers_while_50_lookups_run(fresh, tmp_path):
     """50 lookups of a 4.3 MB photo in flight (sent by another process); `GET /api/me` meanwhile."""
     import httpx
 
-    port = _port()
-    srv = subprocess.Popen([sys.executable, "-c", "from datarights.cli import main; main()", "serve", "--ledger",
-                            str(fresh["db"]), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
     token = fresh["tokens"]["studio"]
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)).save(photo)
+    srv, url = serve(fresh["db"])
+    deadline = time.time() + 60
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                httpx.get(url + "/", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         load = subprocess.Popen([sys.executable, "-c", LOAD, url, token, str(photo), "50"], stdout=subprocess.PIPE,
                                 text=True)
         latencies = []

@@ -186,12 +186,11 @@ def test_kill_9_of_the_server_during_process_leaves_the_job_failed_and_resumable
     marks the job failed, its request is pending again, no edited folder is half-written."""
     import os
     import signal
-    import socket
     import sqlite3
-    import subprocess
-    import sys
 
     import httpx
+
+    from .conftest import serve
 
     db = tmp_path / "l.db"
     led = Ledger(db, create=True)
@@ -199,21 +198,9 @@ def test_kill_9_of_the_server_during_process_leaves_the_job_failed_and_resumable
     studio = _owner_with_character(tiny_world)
     owner, admin = led.issue_token(studio), led.issue_token("admin", admin=True)
     led.store.engine.dispose()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = subprocess.Popen([sys.executable, "-c", "from datarights.cli import main; main()", "serve", "--ledger", str(db),
-                            "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
+    srv, url = serve(db, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                httpx.get(url + "/", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         rid = httpx.post(url + "/api/optouts", headers=_bearer(owner), json={"concept": "Blubbo"}).json()["id"]
         assert httpx.post(url + "/api/admin/process", headers=_bearer(admin)).status_code == 202
         while time.time() < deadline:
