@@ -71,6 +71,7 @@ class HTTPError(Exception):
 def create_app(ledger: str | Path, process_options: dict | None = None, max_upload: int = MAX_UPLOAD) -> FastAPI:
     """The app for one ledger. `process_options` are passed to `Ledger.process` by the admin's button."""
     led = Ledger(ledger)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         # Few request threads: on 2 cores, 40 threads (anyio's default) contending for the GIL under a
@@ -147,7 +148,7 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     async def form_of(request: Request, who: dict, csrf: bool = True) -> ParsedForm:
         """The request's form, parsed on a worker thread; a form signed in by cookie must carry the
         session's CSRF token."""
-        # on the few worker threads (not one of the many request threads, which would all contend for the GIL)
+        # on the upload worker thread (not on a request thread: many parsing at once contend for the GIL)
         form = await heavy(parse_form, await request.body(), request.headers.get("content-type", ""))
         if csrf and _bearer(request) is None and not hmac.compare_digest(form.get("csrf"), who.get("csrf", "")):
             raise HTTPError(403, "this form has expired or did not come from this site; reload the page and try "
