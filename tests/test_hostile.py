@@ -670,3 +670,56 @@ def test_a_ledger_at_the_first_revision_upgrades_and_keeps_its_default_model(tmp
     assert [(m["id"], m["default"]) for m in led.models()] == [(1, False), (2, False), (3, True), (4, False)]
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
+
+
+# ----------------------------------------------------------------------------- certificates a third party can check
+def test_a_certificate_resigned_by_an_unpinned_key_does_not_verify(monkeypatch, capsys, fresh, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from datarights.ledger import signing
+
+    led = Ledger(fresh["db"], readonly=True)
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps(led.certificate(1)))
+    keys = tmp_path / "keys.json"
+    code, out, _ = run(monkeypatch, capsys, "ledger", "key", "--ledger", fresh["db"], "--json")
+    assert code == 0
+    keys.write_text(out)
+    published = json.loads(out)["keys"][0]["public_key"]
+    assert published == led.public_key()
+    # the forgery: the attack rate set to 0 and the document re-signed by a fresh key written into it
+    doc = json.loads(real.read_text())["document"]
+    for a in doc.get("attacks", {}).values():
+        a["asr"] = 0.0
+    forger = Ed25519PrivateKey.generate()
+    doc["signer"]["public_key"] = signing.public_hex(forger)
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps({"document": doc, "signature": signing.sign(forger, doc)}))
+    edited = led.job(1)["edited_path"]
+    for f, pins, ok in ((real, ["--public-key", published], True), (real, ["--trusted-keys", keys], True),
+                        (forged, ["--public-key", published], False), (forged, ["--trusted-keys", keys], False),
+                        (forged, [], False), (real, [], False)):
+        code, out, err = run(monkeypatch, capsys, "ledger", "verify-certificate", f, "--model", edited, *pins)
+        if ok:
+            assert code == 0 and "verifies" in err + out, (f, pins, err)
+        else:
+            one_line(code, err)
+            assert ("not a trusted key" in err) if pins else ("no key you trust" in err), err
+
+
+def test_the_verdict_accounts_for_attacks_in_plain_words():
+    from datarights.ledger.certificate import standing
+
+    erased = {"verdict": "erased", "target_erased": 0.99, "target_erased_ci": [0.97, 1.0]}
+    plain = [0.0, 0.2]
+    doc = {"optout": {"concept": "Blubbo"}, "audit": erased,
+           "attacks": {"ti": {"asr": 0.62, "asr_ci": [0.39, 0.82], "asr_plain_ci": plain, "attempts": 16},
+                       "paraphrase": {"asr": 0.06, "asr_ci": [0.01, 0.28], "asr_plain_ci": plain, "attempts": 16}}}
+    s = standing(doc)
+    assert s["verdict"] == "erased but recoverable by ti in 62% [39%, 82%] of attempts"
+    assert "textual inversion" in s["explanation"] and [r["attack"] for r in s["recoverable"]] == ["ti"]
+    doc["attacks"].pop("ti")
+    assert standing(doc)["verdict"] == "erased" and "no attack tried (paraphrase)" in standing(doc)["explanation"]
+    assert standing({**doc, "audit": {**erased, "verdict": "not erased", "target_erased": 0.4}})["verdict"] == "not erased"
+    broken = standing({**doc, "audit": {**erased, "verdict": "model broken on target"}})
+    assert broken["verdict"] == "model broken on target" and "damaged" in broken["explanation"]

@@ -114,7 +114,7 @@ def test_process_issues_a_certificate_that_verifies_and_breaks_on_one_byte(ledge
     # one byte of the document
     bad = json.loads(json.dumps(cert))
     bad["document"]["audit"]["target_erased_n"] = (bad["document"]["audit"]["target_erased_n"] or 0) + 1
-    assert not verify_certificate(bad)["valid"]
+    assert not verify_certificate(bad, public_key=ledger.public_key())["valid"]
     # one byte of the edited weights (inside a tensor's data, so the file still loads)
     copy = tmp_path / "edited-copy"
     shutil.copytree(edited, copy)
@@ -122,7 +122,7 @@ def test_process_issues_a_certificate_that_verifies_and_breaks_on_one_byte(ledge
     raw = bytearray(f.read_bytes())
     raw[-3] ^= 0x01
     f.write_bytes(bytes(raw))
-    res = verify_certificate(cert, model=copy)
+    res = verify_certificate(cert, model=copy, public_key=ledger.public_key())
     assert not res["valid"] and [c["check"] for c in res["checks"] if not c["ok"]] == ["edited weights"]
     # another signer
     assert not verify_certificate(cert, public_key="00" * 32)["valid"]
@@ -366,7 +366,8 @@ def test_batch_processing_erases_every_pending_request_in_one_edit(ledger, tiny_
     bad.write_text(json.dumps(doc))
     import sys
     for path, code in ((good, None), (bad, 2)):
-        sys.argv = ["datarights", "ledger", "verify-certificate", str(path), "--model", jobs[0]["edited_path"]]
+        sys.argv = ["datarights", "ledger", "verify-certificate", str(path), "--model", jobs[0]["edited_path"],
+                    "--public-key", ledger.public_key()]
         try:
             main()
             got = None

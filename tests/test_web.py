@@ -176,7 +176,9 @@ def test_the_admin_processes_in_the_background_and_the_owner_follows(site):
     assert status["status"] == "done", status
     cert = c.get(f"/api/certificates/{status['certificate_id']}", headers=_bearer(tokens["studio"])).json()
     from datarights.ledger import verify_certificate
-    assert verify_certificate(json.loads(json.dumps(cert)))["valid"]
+    keys = c.get("/.well-known/datarights-keys.json").json()["keys"]            # published, no sign-in
+    assert verify_certificate(json.loads(json.dumps(cert)), trusted=[k["public_key"] for k in keys])["valid"]
+    assert not verify_certificate(json.loads(json.dumps(cert)))["valid"]        # no pinned key: no pass
     st = c.get("/api/statements/2026-11", headers=_bearer(tokens["admin"])).json()
     assert st["total_cents"] == 0 and st["items"] == []             # the admin owns no works: earns nothing
 

@@ -194,6 +194,7 @@ def _service_step(tmp: Path, out: Path, model, image, prompt: str, seed: int, lo
     row = job["audit"]["targets"][0]
     res = {"ledger": str(out / "ledger.db"), "owners": len(ledger.owners()) - 1, "works": reg["images"],
            "optout": status["id"], "certificate": str(out / "certificate-1.json"), "verdict": row["verdict"],
+           "standing": check["standing"]["verdict"],
            "target_erased": row["target_erased"], "target_erased_ci": row["target_erased_ci"],
            "attacks": {k.split("|")[0]: v["asr"] for k, v in job["attacks"].items()},
            "certificate_valid": check["valid"], "signer": check["fingerprint"],
@@ -201,17 +202,21 @@ def _service_step(tmp: Path, out: Path, model, image, prompt: str, seed: int, lo
                                "finwave_studios_cents": studio_cents}, "serve": serve}
     metrics = {"owners / works registered": f"{res['owners']} / {res['works']}",
                f"opt-out: {SERVICE_OWNER} -> erase {SERVICE_CONCEPT!r}": status["status"],
-               "audit verdict": row["verdict"], "target_erased (95% interval)":
+               "audit verdict (plain prompts)": row["verdict"],
+               "certificate's verdict (with attacks)": check["standing"]["verdict"], "target_erased (95% interval)":
                    f"{row['target_erased']} {row['target_erased_ci']}",
                "attack success (udatk / ti / paraphrase)": " / ".join(f"{v:.2f}" for v in res["attacks"].values()),
-               "certificate": f"signed (Ed25519, {check['fingerprint']}); verifies with the edited weights: {check['valid']}",
+               "certificate": f"signed (Ed25519, {check['fingerprint']}); verifies against the ledger's published key "
+                              f"and the edited weights: {check['valid']}",
                "paid generation": f"4 cents split among {len(paid['payouts'])} owners; {SERVICE_OWNER}: {studio_cents}",
                "open the page": serve}
     section = {"title": title, "metrics": metrics,
                "text": ("The ledger (ledger.db) registers every training image with its owner and content hashes. "
                         f"{SERVICE_OWNER} opts out of {SERVICE_CONCEPT}; processing erases it with Concept Ablation, "
                         "audits the edit on held-out prompts and under three attacks, and signs a certificate "
-                        "(certificate-1.json; `datarights ledger verify-certificate` checks it offline). The image "
+                        "(certificate-1.json; `datarights ledger verify-certificate certificate-1.json --public-key "
+                        f"{ledger.public_key()} --model ledger-models/job-{job['id']}` checks it offline against the "
+                        "ledger's published key). The image "
                         "generated above is recorded as a paid generation: 4 cents, split by owner shares in whole "
                         "cents. The tokens to sign in are printed once, in the command's log.")}
     return res, section

@@ -197,23 +197,38 @@ def certificate_cmd(cert_id: int = typer.Argument(..., help="Certificate id."),
     typer.echo(f"wrote certificate {cert_id} to {out}", err=True)
 
 
+@ledger_app.command("key")
+def key_cmd(ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """The ledger's public signer key, which a third party pins to check its certificates."""
+    r = _open(ledger, readonly=True).published_keys()
+    k = r["keys"][0]
+    _emit(r, as_json, f"{k['public_key']}  (Ed25519, fingerprint {k['fingerprint']})")
+
+
 @ledger_app.command("verify-certificate")
 def verify_cmd(file: Path = typer.Argument(..., help="Certificate JSON file."),
                model: Optional[Path] = typer.Option(None, "--model", help="The edited model folder: recompute its weights hash."),
-               public_key: Optional[str] = typer.Option(None, "--public-key", help="Expected signer key (hex) or its fingerprint."),
+               public_key: list[str] = typer.Option([], "--public-key", help="A trusted signer key (hex) or its fingerprint: the ledger's published key (`datarights ledger key`). Repeat for several."),
+               trusted_keys: Optional[Path] = typer.Option(None, "--trusted-keys", help="A file of trusted signer keys: a ledger's /.well-known/datarights-keys.json, or one key per line."),
                as_json: bool = JSON_OPT):
-    """Check a certificate offline: signature, signer and (with --model) the edited weights. Exit 2 if any fails."""
-    from .certificate import verify_certificate
+    """Check a certificate offline: signature, signer (which must be a key you trust) and (with --model)
+    the edited weights. Exit 2 if any fails, also for a valid signature by a key you did not pin."""
+    from .certificate import read_trusted_keys, verify_certificate
 
-    r = verify_certificate(file, model, public_key)
+    trusted = [*public_key, *(read_trusted_keys(trusted_keys) if trusted_keys else [])]
+    r = verify_certificate(file, model, trusted=trusted)
     if as_json:
         _emit(r, True)
     if not r["valid"]:
         failed = next(c for c in r["checks"] if not c["ok"])
+        if not trusted:
+            raise DatarightsError(f"certificate {file} is signed by {r['fingerprint']}, but no key you trust was given: "
+                                  "pass the ledger's published key with --public-key (see `datarights ledger key`) or "
+                                  "--trusted-keys FILE")
         raise DatarightsError(f"certificate {file} does not verify: {failed['check']}: {failed['detail']}")
     if not as_json:
         typer.echo(f"certificate {file} verifies (signer {r['fingerprint']}): "
-                   + "; ".join(c["detail"] for c in r["checks"]))
+                   + "; ".join(c["detail"] for c in r["checks"]) + f". Verdict: {r['standing']['verdict']}")
 
 
 @ledger_app.command("attribute-log")

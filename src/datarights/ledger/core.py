@@ -23,6 +23,7 @@ from ..files import open_rgb, pid_alive, sweep_stale
 from ..limits import (MAX_CAPTION, MAX_CONCEPT, MAX_ID, MAX_LABEL, MAX_NAME, MAX_PAGE, MAX_PROMPT, MAX_TOKEN,
                       MAX_WORKS_PER_OPTOUT, check_count, check_id, check_period, check_text)
 from . import money, signing
+from .certificate import standing
 from .db import Store, open_engine, shown, url_of
 from .phash import phash
 from .schema import (POLICIES, AttributionEvent, Certificate, Dataset, DatasetWork, Job, Model, OptOut, OptOutEvent,
@@ -534,6 +535,13 @@ class Ledger:
     def public_key(self) -> str:
         return signing.public_hex(self.signing_key())
 
+    def published_keys(self) -> dict:
+        """The signer keys a third party pins to check this ledger's certificates (served at
+        /.well-known/datarights-keys.json and printed by `ledger key`)."""
+        key = self.public_key()
+        return {"type": "datarights signer keys", "keys": [
+            {"algorithm": "Ed25519", "public_key": key, "fingerprint": signing.fingerprint(key)}]}
+
     def certificate(self, cert_id: int, owner: str | None = None) -> dict:
         """The signed certificate {"document", "signature"}; an owner may open only their own."""
         cert_id = check_id(cert_id, "certificate")
@@ -552,7 +560,7 @@ class Ledger:
                 if owner is None or r.owner.name == owner:
                     doc = json.loads(c.document)
                     out.append({"id": c.id, "optout_id": r.id, "concept": r.concept,
-                                "verdict": doc["audit"].get("verdict"), "issued_at": doc["issued_at"]})
+                                "verdict": standing(doc)["verdict"], "issued_at": doc["issued_at"]})
             return out
 
     # ------------------------------------------------------------------ compensation

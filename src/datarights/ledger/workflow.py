@@ -27,6 +27,7 @@ from ..errors import DatarightsError
 from ..files import write_json
 from ..stats import finite
 from . import signing
+from .certificate import standing
 from .schema import Certificate, Dataset, Job, Model, OptOut, OptOutEvent, now
 
 ATTACKS = ("udatk", "ti", "paraphrase")
@@ -173,7 +174,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
             for r in s.scalars(select(OptOut).where(OptOut.id.in_(ids))):
                 row = next(x for x in per_target if x["target"] == r.concept)
                 doc = {
-                    "type": "datarights erase certificate", "version": 1, "issued_at":
+                    "type": "datarights erase certificate", "version": 2, "issued_at":
                         now().replace(tzinfo=timezone.utc).isoformat(timespec="seconds"),
                     "optout": {"id": r.id, "owner": r.owner.name, "concept": r.concept, "anchor": r.anchor,
                                "works": r.works, "filed_at": r.created_at.replace(tzinfo=timezone.utc).isoformat()},
@@ -187,11 +188,12 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
                     "signer": {"algorithm": "Ed25519", "public_key": signing.public_hex(key)},
                 }
                 doc = finite(doc)
+                doc["standing"] = {k: v for k, v in standing(doc).items() if k != "recoverable"}
                 s.add(Certificate(job_id=job_id, optout_id=r.id, document=signing.canonical(doc).decode(),
                                   signature=signing.sign(key, doc)))
                 r.status = "done"
                 s.add(OptOutEvent(optout_id=r.id, status="done",
-                                  note=f"job {job_id}: audit verdict '{row.get('verdict')}'; certificate issued"))
+                                  note=f"job {job_id}: {doc['standing']['verdict']}; certificate issued"))
         log(f"job {job_id}: done")
     except BaseException as e:
         with ledger.store.transaction() as s:

@@ -290,14 +290,20 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
 
     @app.get("/certificates/{cert_id}", response_class=HTMLResponse)
     def certificate_page(request: Request, cert_id: int):
-        from ..ledger.certificate import verify_certificate
+        from ..ledger.certificate import ATTACK_WORDS, verify_certificate
 
         who = user(request)
         cert = led.certificate(cert_id, None if who["role"] == "admin" else who["name"])
         doc = cert["document"]
-        return page(request, "certificate.html", who, cert_id=cert_id, doc=doc, cert=cert,
-                    check=verify_certificate(cert, public_key=led.public_key()),
-                    evidence=led.evidence(doc["job"]))
+        key = led.public_key()
+        return page(request, "certificate.html", who, cert_id=cert_id, doc=doc, cert=cert, key=key,
+                    check=verify_certificate(cert, public_key=key), evidence=led.evidence(doc["job"]),
+                    attack_words=ATTACK_WORDS)
+
+    @app.get("/.well-known/datarights-keys.json")
+    def published_keys():
+        """The ledger's signer keys: pin one to check its certificates (no sign-in needed)."""
+        return led.published_keys()
 
     @app.get("/statements", response_class=HTMLResponse)
     def statements_page(request: Request, period: str | None = None):
