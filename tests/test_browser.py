@@ -127,8 +127,12 @@ def test_owner_checks_opts_out_admin_processes_owner_verifies(browser, server, t
     click("check")
     assert "exact" in b.find_element(By.ID, "matches").text
     shot("3-check-match")
-    # 3. files an opt-out of the matched work
+    # 3. files an opt-out of the matched work: one of the character's works, so the page asks to confirm that
+    #    the whole character is erased
     click("optout-match")
+    assert "erases all of 'Blubbo'" in b.find_element(By.ID, "confirm-message").text
+    shot("4a-confirm")
+    click("confirm-optout")
     assert b.find_element(By.ID, "status").text == "pending"
     request_url = b.current_url
     shot("4-optout-pending")

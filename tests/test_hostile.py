@@ -32,7 +32,7 @@ from datarights.ledger import Ledger
 
 from .conftest import serve
 from .test_cli import run
-from .test_ledger import SMALL_AUDIT, SMALL_ERASE, _metas, _owner_with_character
+from .test_ledger import ARTIST, SMALL_AUDIT, SMALL_ERASE, _metas, _owner_with_character
 
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -62,11 +62,11 @@ def certified(tmp_path_factory, tiny_world, tiny_trained):
     studio = _owner_with_character(tiny_world)
     other = next(m["owner"] for m in _metas(tiny_world) if m["owner"] != studio)
     tokens = {"studio": led.issue_token(studio), "other": led.issue_token(other),
-              "admin": led.issue_token("admin", admin=True)}
+              "admin": led.issue_token("admin", admin=True), "artist": led.issue_token(ARTIST)}
     led.optout(studio, concept="Blubbo")
     led.process(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE)
     led.store.engine.dispose()
-    return {"folder": folder, "db": db, "tokens": tokens, "studio": studio, "other": other}
+    return {"folder": folder, "db": db, "tokens": tokens, "studio": studio, "other": other, "artist": ARTIST}
 
 
 @pytest.fixture()
@@ -168,7 +168,7 @@ def test_a_read_only_ledger_is_read_and_never_written(monkeypatch, capsys, fresh
     with pytest.raises(DatarightsError, match="read-only"):
         led.issue_token(fresh["studio"])
     with pytest.raises(DatarightsError, match="read-only"):
-        led.optout(fresh["studio"], concept="Ada Vell")
+        led.optout(ARTIST, concept="Ada Vell")
     for args in (["owners"], ["models"], ["status"], ["statement", "--owner", fresh["studio"], "--period", "2026-11"],
                  ["certificate", "1"]):
         code, _, err = run(monkeypatch, capsys, "ledger", *args, "--ledger", db)
@@ -240,7 +240,7 @@ def test_an_unauthenticated_upload_is_refused_before_anything_is_spooled(fresh, 
 
 def test_json_bodies_fields_and_depth_are_bounded_before_any_write(fresh):
     c = _client(fresh)
-    h = {**_bearer(fresh["tokens"]["studio"]), "content-type": "application/json"}
+    h = {**_bearer(fresh["tokens"]["artist"]), "content-type": "application/json"}
     size = fresh["db"].stat().st_size
     listed = c.get("/api/optouts", headers=h).json()
     cases = [(json.dumps({"concept": "Ada Vell", "anchor": "x" * (10 << 20)}), 413),
@@ -356,7 +356,7 @@ def test_two_processors_on_one_pending_optout_make_one_job_and_one_certificate(f
     from datarights.ledger import workflow
 
     led = Ledger(fresh["db"])
-    req = led.optout(fresh["studio"], concept="Ada Vell")
+    req = led.optout(ARTIST, concept="Ada Vell")
     both_read = threading.Barrier(2, timeout=60)
     original = workflow._pending
 
@@ -377,7 +377,7 @@ def test_two_processors_on_one_pending_optout_make_one_job_and_one_certificate(f
 
 def test_a_damaged_signing_key_stops_processing_before_any_work(fresh):
     led = Ledger(fresh["db"])
-    req = led.optout(fresh["studio"], concept="Ada Vell")
+    req = led.optout(ARTIST, concept="Ada Vell")
     Path(str(fresh["db"]) + ".key").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
     jobs_before = len(led.jobs())
     with pytest.raises(DatarightsError, match="signing key"):
@@ -401,7 +401,7 @@ def test_an_import_never_moves_the_default_model(monkeypatch, capsys, fresh, tmp
     code, _, err = run(monkeypatch, capsys, "ledger", "default-model", str(r["model_id"]), "--ledger", db)
     assert code == 0, err
     assert [m["id"] for m in Ledger(db).models() if m["default"]] == [r["model_id"]]
-    assert Ledger(db).optout(fresh["studio"], concept="Ada Vell")["model_id"] == r["model_id"]
+    assert Ledger(db).optout(ARTIST, concept="Ada Vell")["model_id"] == r["model_id"]
 
 
 def test_two_imports_of_one_new_folder_at_once_make_one_version(fresh, tmp_path, tiny_world):
@@ -412,7 +412,7 @@ def test_two_imports_of_one_new_folder_at_once_make_one_version(fresh, tmp_path,
 
 def test_the_api_is_not_a_csrf_hole(fresh):
     c = _client(fresh)
-    assert c.post("/signin", data={"token": fresh["tokens"]["studio"]}, follow_redirects=False).status_code == 303
+    assert c.post("/signin", data={"token": fresh["tokens"]["artist"]}, follow_redirects=False).status_code == 303
     page = c.get("/optouts").text
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
     body = json.dumps({"concept": "Ada Vell"}).encode()
@@ -420,10 +420,10 @@ def test_the_api_is_not_a_csrf_hole(fresh):
     assert c.post("/api/optouts", content=body, headers=js).status_code == 403          # cookie alone
     assert c.post("/api/optouts", content=body, headers={"content-type": "text/plain"}).status_code == 403
     assert c.post("/api/admin/process").status_code == 403
-    assert c.get("/api/optouts").json()["optouts"][0]["concept"] == "Blubbo"            # reads still work
+    assert c.get("/api/optouts").json()["optouts"] == []                                  # reads still work
     r = c.post("/api/optouts", content=body, headers={**js, "x-csrf-token": csrf})
     assert r.status_code == 201, r.text
-    bearer = _bearer(fresh["tokens"]["studio"])
+    bearer = _bearer(fresh["tokens"]["artist"])
     assert c.post("/api/optouts", content=body, headers={"content-type": "text/plain", **bearer}).status_code == 415
 
 
@@ -656,7 +656,7 @@ def test_a_ledger_at_the_first_revision_upgrades_and_keeps_its_default_model(tmp
     from alembic import command
     from sqlalchemy import create_engine
 
-    from datarights.ledger.db import _alembic_config
+    from datarights.ledger.db import _alembic_config, known_revisions
 
     db = tmp_path / "old.db"
     engine = create_engine(f"sqlite:///{db}")
@@ -667,9 +667,11 @@ def test_a_ledger_at_the_first_revision_upgrades_and_keeps_its_default_model(tmp
                                  f"({i}, 'default', 'world', 'x', {base or 'NULL'}, '2026-11-01')")
     engine.dispose()
     led = Ledger(db)
-    assert [(m["id"], m["default"]) for m in led.models()] == [(1, False), (2, False), (3, True), (4, False)]
+    # the newest base model stays the default; each line is served by its base (the edits were side edits)
+    assert [(m["id"], m["line"], m["current"], m["default"]) for m in led.models()] == \
+        [(1, 1, True, False), (2, 1, False, False), (3, 3, True, True), (4, 3, False, False)]
     with sqlite3.connect(db) as c:
-        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
+        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == known_revisions()[1]
 
 
 # ----------------------------------------------------------------------------- certificates a third party can check

@@ -14,7 +14,7 @@ from PIL import Image
 
 from datarights.ledger import Ledger
 
-from .test_ledger import SMALL_AUDIT, SMALL_ERASE, _metas, _owner_with_character
+from .test_ledger import ARTIST, SMALL_AUDIT, SMALL_ERASE, _metas, _owner_with_character
 
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -34,7 +34,8 @@ def site(tmp_path, tiny_world, tiny_trained):
     led.import_dataset(tiny_world, tiny_trained)
     studio = _owner_with_character(tiny_world)
     other = next(m["owner"] for m in _metas(tiny_world) if m["owner"] != studio)
-    tokens = {"studio": led.issue_token(studio), "other": led.issue_token(other), "admin": led.issue_token("admin", admin=True)}
+    tokens = {"studio": led.issue_token(studio), "other": led.issue_token(other), "admin": led.issue_token("admin", admin=True),
+              "artist": led.issue_token(ARTIST)}
     req = led.optout(studio, concept="Blubbo")
     led.process(attacks=["paraphrase"], audit_config=AuditConfig(**SMALL_AUDIT), attack_budget=2, erase_options=SMALL_ERASE)
     m = _metas(tiny_world)[3]
@@ -116,7 +117,7 @@ def test_reissuing_a_token_signs_out_the_sessions_of_the_old_one(site, tmp_path)
 
 def test_forms_need_the_csrf_token_and_uploads_are_checked(site):
     app, tokens, ids, world = site
-    c, csrf = _signed_in(app, tokens["studio"])
+    c, csrf = _signed_in(app, tokens["artist"])
     assert c.post("/optouts", data={"concept": "Ada Vell"}, follow_redirects=False).status_code == 403   # no token
     assert c.post("/optouts", data={"concept": "Ada Vell", "csrf": "0" * 64}, follow_redirects=False).status_code == 403
     r = c.post("/optouts", data={"concept": "Ada Vell", "csrf": csrf}, follow_redirects=False)
@@ -163,18 +164,18 @@ def test_pages_render_for_owner_and_admin(site):
 def test_the_admin_processes_in_the_background_and_the_owner_follows(site):
     app, tokens, ids, _ = site
     c = TestClient(app)
-    r = c.post("/api/optouts", headers=_bearer(tokens["studio"]), json={"concept": "Ada Vell"})
+    r = c.post("/api/optouts", headers=_bearer(tokens["artist"]), json={"concept": "Ada Vell"})
     assert r.status_code == 201
     rid = r.json()["id"]
     assert c.post("/api/admin/process", headers=_bearer(tokens["admin"])).json()["started"]
     deadline = time.time() + 120
     while time.time() < deadline:
-        status = c.get(f"/api/optouts/{rid}", headers=_bearer(tokens["studio"])).json()
+        status = c.get(f"/api/optouts/{rid}", headers=_bearer(tokens["artist"])).json()
         if status["status"] in ("done", "failed"):
             break
         time.sleep(0.2)
     assert status["status"] == "done", status
-    cert = c.get(f"/api/certificates/{status['certificate_id']}", headers=_bearer(tokens["studio"])).json()
+    cert = c.get(f"/api/certificates/{status['certificate_id']}", headers=_bearer(tokens["artist"])).json()
     from datarights.ledger import verify_certificate
     keys = c.get("/.well-known/datarights-keys.json").json()["keys"]            # published, no sign-in
     assert verify_certificate(json.loads(json.dumps(cert)), trusted=[k["public_key"] for k in keys])["valid"]

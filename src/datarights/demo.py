@@ -184,7 +184,8 @@ def _service_step(tmp: Path, out: Path, model, image, prompt: str, seed: int, lo
 
     save_png(Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype("uint8")),
              tmp / "generated.png")
-    paid = ledger.attribute_log(tmp / "generated.png", prompt, "0.04", method="dtrak")
+    # the image came from the base model (before the erasure): the payment is attributed to that model
+    paid = ledger.attribute_log(tmp / "generated.png", prompt, "0.04", method="dtrak", model_id=reg["model_id"])
     studio_cents = next((p["cents"] for p in paid["payouts"] if p["owner"] == SERVICE_OWNER), 0)
     tokens = {"owner": ledger.issue_token(SERVICE_OWNER), "admin": ledger.issue_token("model owner", admin=True)}
     serve = f"datarights serve --ledger {out / 'ledger.db'}"

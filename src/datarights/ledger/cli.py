@@ -87,17 +87,20 @@ def owners_cmd(ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
 
 @ledger_app.command("models")
 def models_cmd(ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
-    """Registered models (base models and the edited models that processing made); * marks the default."""
+    """Registered models (base models and the edited models that processing made), each on its line (the
+    base model it descends from); `current`: what the line serves now; * marks the default line's."""
     rows = _open(ledger, readonly=True).models()
     _emit({"models": rows}, as_json, "\n".join(
         f"{'*' if m['default'] else ' '}{m['id']:4} {m['kind']:6} {m['weights_sha256'][:16]} dataset={m['dataset_id']} "
-        f"base={m['base_id']} {m['path']}" for m in rows) or "no models")
+        f"base={m['base_id']} line={m['line']}{' current' if m['current'] else ''} {m['path']}" for m in rows)
+        or "no models")
 
 
 @ledger_app.command("default-model")
 def default_model_cmd(model_id: int = typer.Argument(..., help="Id of a registered model (see `ledger models`)."),
                       ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
-    """Make a registered model the default for opt-outs and paid generations that name none."""
+    """Make a model's line the default for opt-outs and paid generations that name none (its current
+    model serves them)."""
     r = _open(ledger).set_default_model(model_id)
     _emit(r, as_json, f"default model: {r['default_model_id']} ({r['path']})")
 
@@ -132,11 +135,37 @@ def optout_cmd(owner: str = typer.Option(..., "--owner", help="The owner filing 
                works: Optional[str] = typer.Option(None, "--works", help="Comma-separated work ids (the concept they show is erased)."),
                concept: Optional[str] = typer.Option(None, "--concept", help="A concept to erase (e.g. 'Blubbo')."),
                anchor: Optional[str] = typer.Option(None, "--anchor", help="What to show instead (world: from the vocabulary)."),
-               model_id: Optional[int] = typer.Option(None, "--model-id", help="Model to erase it from (default: the latest base model)."),
+               model_id: Optional[int] = typer.Option(None, "--model-id", help="A model of the line to erase it from (default: the default line); its current model is the one erased from."),
+               confirm: bool = typer.Option(False, "--confirm", help="Go ahead when the works listed are only part of the concept they show (the whole concept is erased)."),
                ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
-    """File an opt-out request (pending until `process`)."""
-    r = _open(ledger).optout(owner, _ids(works) if works is not None else None, concept, anchor, model_id)
-    _emit(r, as_json, f"opt-out {r['id']}: erase {r['concept']!r} (anchor {r['anchor']!r}) from model {r['model_id']}: {r['status']}")
+    """File an opt-out request: pending until `process`, or in review when someone else must agree
+    (a concept with no single owner: the model owner; the model owner's request on your concept: you)."""
+    r = _open(ledger).optout(owner, _ids(works) if works is not None else None, concept, anchor, model_id, confirm)
+    _emit(r, as_json, f"opt-out {r['id']}: erase {r['concept']!r} (anchor {r['anchor']!r}) from model {r['model_id']}: "
+                      f"{r['status']}" + (f" (waits for {'the model owner' if r['review_by'] == 'admin' else r['owner']})"
+                                          if r["status"] == "review" else ""))
+
+
+@ledger_app.command("review")
+def review_cmd(request_id: int = typer.Argument(..., help="The opt-out in review."),
+               approve: bool = typer.Option(..., "--approve/--reject", help="Approve (confirm) it, or reject (contest) it."),
+               owner: Optional[str] = typer.Option(None, "--owner", help="Decide as this owner (the concept's owner confirming or contesting the model owner's request); default: as the model owner."),
+               note: str = typer.Option("", "--note", help="Why (kept in the request's history)."),
+               ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Decide an opt-out in review: approved requests become pending, rejected ones end there."""
+    led = _open(ledger)
+    actor = owner or _admin_name(led)
+    r = led.review(request_id, actor, approve, note)
+    _emit(r, as_json, f"opt-out {r['id']} ({r['concept']!r}): {r['status']}")
+
+
+def _admin_name(led) -> str:
+    admins = [o["name"] for o in led.owners() if o["role"] == "admin"]
+    if len(admins) != 1:
+        raise DatarightsError("give --owner NAME: " + ("the ledger has no model-owner account (make one with "
+                                                      "`datarights ledger token --admin NAME`)" if not admins else
+                                                      f"it has {len(admins)} model-owner accounts"))
+    return admins[0]
 
 
 @ledger_app.command("status")
@@ -146,7 +175,8 @@ def status_cmd(owner: Optional[str] = typer.Option(None, "--owner", help="Only t
     rows = _open(ledger, readonly=True).optouts(owner)
     _emit({"optouts": rows}, as_json, "\n".join(
         f"{r['id']:4} {r['status']:10} {r['owner']!r} {r['concept']!r} job={r['job_id']} certificate={r['certificate_id']}"
-        for r in rows) or "no opt-outs")
+        + (f" erased from model {r['current_model_id']} (current)" if r["erased_now"] else "")
+        + (" CAME BACK in the current model" if r["came_back"] else "") for r in rows) or "no opt-outs")
 
 
 @ledger_app.command("process")

@@ -22,12 +22,13 @@ from ..errors import DatarightsError, NotFound
 from ..files import open_rgb, pid_alive, sweep_stale
 from ..limits import (MAX_CAPTION, MAX_CONCEPT, MAX_ID, MAX_LABEL, MAX_NAME, MAX_PAGE, MAX_PROMPT, MAX_TOKEN,
                       MAX_WORKS_PER_OPTOUT, check_count, check_id, check_period, check_text)
-from . import money, signing
+from . import money, rules, signing
 from .certificate import standing
 from .db import Store, open_engine, shown, url_of
 from .phash import phash
-from .schema import (POLICIES, AttributionEvent, Certificate, Dataset, DatasetWork, Job, Model, OptOut, OptOutEvent,
-                     Owner, Payout, Work, now)
+from .rules import Conflict, NeedsConfirmation, NotAllowed  # noqa: F401  (the errors the rules raise)
+from .schema import (POLICIES, AttributionEvent, Certificate, Concept, Dataset, DatasetWork, Job, Model, OptOut,
+                     OptOutEvent, Owner, Payout, Work, now)
 
 NEAR_BITS = 10
 """A perceptual hash within this many of 64 bits is a near copy."""
@@ -243,47 +244,64 @@ class Ledger:
                     ds.duplicates += dup is not None
                     s.add(DatasetWork(dataset_id=ds.id, position=pos, work_id=w.id, file_name=r["file_name"],
                                       duplicate_of=dup))
+            if created:
+                s.flush()
+                rules.refresh_concepts(s)
             model_id, default_id = None, s.scalar(select(Model.id).where(Model.is_default))
             if registered is not None:
                 m = s.scalar(select(Model).where(Model.weights_sha256 == registered["weights_sha256"],
                                                  Model.dataset_id == ds.id))
                 if m is None:
-                    m = Model(dataset_id=ds.id, **registered)
+                    m = Model(dataset_id=ds.id, is_current=True, **registered)   # a base model: its own line
                     s.add(m)
                     s.flush()
+                    m.line_id = m.id
                 model_id = m.id
                 if make_default or default_id is None:
-                    _make_default(s, m)
+                    _make_default(s, s.get(Model, rules.line_of(s, m)))
                     default_id = m.id
+            if default_id is not None:     # the model the default line serves now
+                default_id = rules.current(s, rules.line_of(s, s.get(Model, default_id))).id
             return {"dataset": ds.name, "version": ds.version, "dataset_id": ds.id, "new_version": created,
                     "images": ds.images, "duplicates": ds.duplicates, "new_works": new_works,
                     "new_owners": new_owners, "conflicts": conflicts, "model_id": model_id,
                     "default_model_id": default_id}
 
-    def models(self) -> list[dict]:
+    def models(self, public: bool = False) -> list[dict]:
+        """Every registered model: its line (the base model it descends from), whether it is the line's
+        current model, and whether its line is the default."""
         with self.store.read() as s:
-            return [{"id": m.id, "path": self.resolved(m.path), "kind": m.kind, "weights_sha256": m.weights_sha256,
-                     "dataset_id": m.dataset_id, "base_id": m.base_id, "default": bool(m.is_default),
+            default_line = s.scalar(select(Model.id).where(Model.is_default))
+            return [{"id": m.id, "path": self.public(m.path) if public else self.resolved(m.path), "kind": m.kind,
+                     "weights_sha256": m.weights_sha256, "dataset_id": m.dataset_id, "base_id": m.base_id,
+                     "line": rules.line_of(s, m), "current": bool(m.is_current),
+                     "default": rules.line_of(s, m) == default_line and bool(m.is_current),
                      "created_at": _iso(m.created_at)}
                     for m in s.scalars(select(Model).order_by(Model.id))]
 
     def set_default_model(self, model_id: int) -> dict:
-        """Make a registered model the one opt-outs and paid generations use when none is named."""
+        """Make a registered model's line the one opt-outs and paid generations use when none is named
+        (its current model serves them)."""
         with self.store.transaction() as s:
-            m = self._model(s, model_id)
-            _make_default(s, m)
-            return {"default_model_id": m.id, "path": self.resolved(m.path)}
+            m = self._model(s, model_id, exact=True)
+            root = s.get(Model, rules.line_of(s, m))
+            _make_default(s, root)
+            cur = rules.current(s, root.id)
+            return {"default_model_id": cur.id, "line": root.id, "path": self.resolved(cur.path)}
 
-    def _model(self, s, model_id: int | None) -> Model:
+    def _model(self, s, model_id: int | None, exact: bool = False) -> Model:
+        """The model a request names: its line's current model (opt-outs are erased on top of it), or
+        with `exact` that very model (a paid generation names the model that made the image). None:
+        the default line."""
         if model_id is None:
-            m = s.scalar(select(Model).where(Model.is_default))
-            if m is None:
+            root = s.scalar(select(Model).where(Model.is_default))
+            if root is None:
                 raise DatarightsError("the ledger has no model yet (register one with `datarights ledger import DATA --model M`)")
-            return m
+            return rules.current(s, rules.line_of(s, root))
         m = s.get(Model, check_id(model_id, "model"))
         if m is None:
             raise NotFound(f"unknown model {model_id} (see `datarights ledger models`)")
-        return m
+        return m if exact else rules.current(s, rules.line_of(s, m))
 
     # ------------------------------------------------------------------ lookup
     def _works_index(self):
@@ -419,48 +437,114 @@ class Ledger:
 
     # ------------------------------------------------------------------ opt-out
     def optout(self, owner: str, works: list[int] | None = None, concept: str | None = None,
-               anchor: str | None = None, model_id: int | None = None) -> dict:
-        """File an opt-out: by concept ("Blubbo"), or by works (the concept they show is erased).
+               anchor: str | None = None, model_id: int | None = None, confirm: bool = False) -> dict:
+        """File an opt-out: by concept ("Blubbo"), or by works (the concept they show is erased), from
+        a line's current model (default: the default line).
 
         The concept must be one the model knows (world models: the world's vocabulary, see
-        `world info`); works must be the owner's own. The request starts as `pending`. Arguments
-        may come from a JSON body as they are: each is checked for its type and size first.
+        `world info`); works must be the owner's own. Who may ask for what is decided by
+        `rules.filing`: a registered owner's concept is theirs alone (another owner: `NotAllowed`);
+        a concept without one goes to the model owner for review; the model owner's request on an
+        owner's concept waits for that owner. Works that make up more of a concept than they list
+        need `confirm` (`NeedsConfirmation` says what would be erased). A concept the current model
+        has erased, or one already requested, is a `Conflict`. Arguments may come from a JSON body as
+        they are: each is checked for its type and size first.
         """
         works, concept, anchor = _optout_args(works, concept, anchor)
         if model_id is not None:
             model_id = check_id(model_id, "model")
+        if not isinstance(confirm, bool):
+            raise DatarightsError("confirm must be true or false")
         with self.store.transaction() as s:
-            o = self.owner(s, owner)
+            filer = self.owner(s, owner)
             m = self._model(s, model_id)
+            line = rules.line_of(s, m)
             if works:
                 rows = [s.get(Work, w) for w in works]
                 for wid, w in zip(works, rows):
-                    if w is None or w.owner_id != o.id:
+                    if w is None or w.owner_id != filer.id:
                         raise NotYours(f"work {wid} is not one of {owner!r}'s works")
                 concept = concept_of_works([w.labels for w in rows])
             concept, anchor = resolve_concept(m, concept, anchor)
-            req = OptOut(owner_id=o.id, model_id=m.id, concept=concept, anchor=anchor, works=works or [],
-                         status="pending")
+            rules.check_new(s, concept, line)
+            if works:
+                total = rules.works_showing(s, concept)
+                if total > len(works) and not confirm:
+                    raise NeedsConfirmation(
+                        f"the {len(works)} works you chose show {concept!r}, which {total} registered works show: "
+                        f"opting out erases all of {concept!r} from the model, not only these works; confirm to go "
+                        "ahead", concept=concept, works=total)
+            holder, status, review_by, note = rules.filing(s, filer, concept)
+            req = OptOut(owner_id=holder.id, filed_by_id=filer.id, model_id=m.id, concept=concept, anchor=anchor,
+                         works=works or [], status=status, review_by=review_by)
             s.add(req)
             s.flush()
-            s.add(OptOutEvent(optout_id=req.id, status="pending",
-                              note=f"filed by {owner}: erase {concept!r} (anchor {anchor!r}) from model {m.id}"))
+            s.add(OptOutEvent(optout_id=req.id, status=status,
+                              note=f"{note}: erase {concept!r} (anchor {anchor!r}) from model {m.id}"))
             return self._optout_json(s, req)
+
+    def concepts(self, owner: str) -> list[dict]:
+        """The concepts registered as this owner's (their style, character, memorized image), each with
+        its number of works: what they can opt out of directly."""
+        with self.store.read() as s:
+            o = self.owner(s, owner)
+            return [{"name": c.name, "kind": c.kind, "works": c.works}
+                    for c in s.scalars(select(Concept).where(Concept.owner_id == o.id).order_by(Concept.name))]
+
+    def review(self, request_id: int, actor: str, approve: bool, note: str = "") -> dict:
+        """Decide a request in review: the concept's owner confirms or contests the model owner's
+        request on their concept; the model owner approves or rejects an owner's request on a concept
+        with no single owner. Approved: pending (the next `process` erases it); otherwise rejected."""
+        request_id = check_id(request_id, "opt-out")
+        note = check_text(note, "the note", MAX_PROMPT, empty=True)
+        with self.store.transaction() as s:
+            who = self.owner(s, actor)
+            r = s.get(OptOut, request_id)
+            mine = r is not None and (who.role == "admin" or who.id in (r.owner_id, r.filed_by_id))
+            if not mine:
+                raise NotYours(f"unknown opt-out {request_id}")
+            if r.status != "review":
+                raise rules.Conflict(f"opt-out {request_id} is {r.status}, not waiting for a review")
+            decider = "admin" if who.role == "admin" else ("owner" if who.id == r.owner_id else None)
+            if decider != r.review_by:
+                by = "the model owner" if r.review_by == "admin" else r.owner.name
+                raise NotAllowed(f"opt-out {request_id} waits for {by} to decide, not for {who.name}")
+            if approve:
+                rules.check_new_others(s, r)
+            r.status = "pending" if approve else "rejected"
+            verb = ("confirmed" if approve else "contested") if decider == "owner" else ("approved" if approve else "rejected")
+            s.add(OptOutEvent(optout_id=r.id, status=r.status, note=f"{verb} by {who.name}" + (f": {note}" if note else "")))
+            return self._optout_json(s, r)
 
     def _optout_json(self, s, r: OptOut) -> dict:
         events = s.scalars(select(OptOutEvent).where(OptOutEvent.optout_id == r.id).order_by(OptOutEvent.id))
-        cert = s.scalar(select(Certificate.id).where(Certificate.optout_id == r.id))
-        return {"id": r.id, "owner": r.owner.name, "model_id": r.model_id, "concept": r.concept, "anchor": r.anchor,
-                "works": r.works, "status": r.status, "job_id": r.job_id, "certificate_id": cert,
+        certs = list(s.scalars(select(Certificate).where(Certificate.optout_id == r.id).order_by(Certificate.id)))
+        line = rules.line_of(s, s.get(Model, r.model_id))
+        current = rules.current(s, line).id
+        filer = s.get(Owner, r.filed_by_id) if r.filed_by_id else r.owner
+        erase = next((c for c in certs if c.kind == "erase"), None)
+        latest = certs[-1] if certs else None
+        return {"id": r.id, "owner": r.owner.name, "filed_by": filer.name if filer else None, "model_id": r.model_id,
+                "line": line, "current_model_id": current, "concept": r.concept, "anchor": r.anchor, "works": r.works,
+                "status": r.status, "review_by": r.review_by, "job_id": r.job_id,
+                "certificate_id": erase.id if erase else None,
+                # every model it was certified against, newest last: erased from model N (current: yes/no)
+                "certificates": [{"id": c.id, "kind": c.kind, "model_id": c.model_id, "verdict": c.verdict,
+                                  "current": c.model_id == current, "at": _iso(c.created_at)} for c in certs],
+                "erased_now": bool(latest and latest.model_id == current and (latest.verdict or "").startswith("erased")),
+                "came_back": bool(latest and not (latest.verdict or "").startswith("erased") and erase is not None
+                                  and (erase.verdict or "").startswith("erased")),
                 "created_at": _iso(r.created_at),
                 "history": [{"status": e.status, "note": e.note, "at": _iso(e.at)} for e in events]}
 
     def optouts(self, owner: str | None = None, status: str | None = None) -> list[dict]:
-        """Opt-out requests (one owner's, or all for the model owner), newest first."""
+        """Opt-out requests (those an owner filed or that are about their concepts; all for the model
+        owner), newest first."""
         with self.store.read() as s:
             q = select(OptOut).order_by(OptOut.id.desc())
             if owner is not None:
-                q = q.where(OptOut.owner_id == self.owner(s, owner).id)
+                oid = self.owner(s, owner).id
+                q = q.where((OptOut.owner_id == oid) | (OptOut.filed_by_id == oid))
             if status is not None:
                 q = q.where(OptOut.status == status)
             return [self._optout_json(s, r) for r in s.scalars(q)]
@@ -469,7 +553,8 @@ class Ledger:
         request_id = check_id(request_id, "opt-out")
         with self.store.read() as s:
             r = s.get(OptOut, request_id)
-            if r is None or (owner is not None and r.owner.name != owner):
+            filer = s.get(Owner, r.filed_by_id) if r is not None and r.filed_by_id else None
+            if r is None or (owner is not None and owner not in (r.owner.name, filer and filer.name)):
                 raise NotYours(f"opt-out {request_id} is not one of {owner!r}'s requests" if owner else
                                f"unknown opt-out {request_id}")
             return self._optout_json(s, r)
@@ -579,7 +664,7 @@ class Ledger:
         path = Path(image)
         rgb, _ = open_rgb(path, label=label)
         with self.store.read() as s:
-            m = self._model(s, model_id)
+            m = self._model(s, model_id, exact=True)
             ds = s.get(Dataset, m.dataset_id) if m.dataset_id else None
             if ds is None:
                 raise DatarightsError(f"model {m.id} has no registered training set to attribute to")

@@ -17,7 +17,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 POLICIES = ("allow", "opt-out", "licence-required")
 ROLES = ("owner", "admin")
-OPTOUT_STATES = ("pending", "processing", "done", "failed")
+OPTOUT_STATES = ("review", "pending", "processing", "done", "failed", "rejected")
+"""review: waits for the concept's owner or the model owner to confirm; rejected: they did not."""
+OWNED_KINDS = ("style", "character", "memorized")
+"""Labels whose value is a concept one owner can hold (an artist's style, a studio's character, a
+memorized image); objects and compositions are shown by many owners' works."""
 JOB_STATES = ("running", "done", "failed")
 
 
@@ -90,8 +94,14 @@ class Model(Base):
     base_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), default=None)
     """For an edited model: the model it was edited from."""
     is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    """The model opt-outs and paid generations use when none is named (one at a time; the first model
-    registered, then changed only by `ledger default-model`)."""
+    """Marks the default deployment line (on its base model): opt-outs and paid generations that name
+    no model go to this line's current model. The first model registered; changed only by
+    `ledger default-model`."""
+    line_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    """The deployment line: the id of the base model this one descends from (a base model's own id)."""
+    is_current: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    """The model its line serves now (one per line): each processed opt-out is erased on top of it and
+    its edit becomes the line's current model, so erasures accumulate."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
 
 
@@ -100,6 +110,11 @@ class OptOut(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id"), index=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    filed_by_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    """Who filed it (owner_id is whose concept it is: they differ when the model owner files a request
+    on a registered owner's concept)."""
+    review_by: Mapped[str | None] = mapped_column(String(10), default=None)
+    """For status 'review': who confirms it, 'owner' (owner_id) or 'admin' (the model owner)."""
     concept: Mapped[str] = mapped_column(String(200))
     """The concept to erase (named, or the one the listed works show)."""
     anchor: Mapped[str] = mapped_column(String(200))
@@ -146,10 +161,29 @@ class Certificate(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
     optout_id: Mapped[int] = mapped_column(ForeignKey("optouts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(10), default="erase", server_default="erase")
+    """'erase' (the job that erased the opt-out's concept) or 're-audit' (a later job's edit, audited
+    again for an earlier opt-out's concept)."""
+    model_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    """The model it speaks of (the edited model whose weights it names)."""
+    verdict: Mapped[str | None] = mapped_column(String(200), default=None)
+    """Its verdict accounting for attacks (certificate.standing)."""
     document: Mapped[str] = mapped_column(Text)
     """The signed document, as the canonical JSON that was signed."""
     signature: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Concept(Base):
+    __tablename__ = "concepts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    """The label it comes from: style, character or memorized."""
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"), default=None)
+    """Its registered owner: the one owner whose works show it (None when several owners' do)."""
+    works: Mapped[int] = mapped_column(Integer, default=0)
+    """How many registered works show it."""
 
 
 class AttributionEvent(Base):

@@ -1,4 +1,12 @@
-"""`process`: pending opt-outs -> erase -> audit (with attacks) -> signed certificate.
+"""`process`: pending opt-outs -> erase on top of the line's current model -> audit (with attacks)
+-> re-audit of every earlier opt-out -> signed certificates -> the edit becomes the current model.
+
+Erasures accumulate: each job erases its requests' concepts from its line's *current* model (a
+base model, or the edit the previous job made), and its edit becomes the line's current model. So
+that an erasure that came back is seen, the job also audits its edit again (with the same attacks)
+for the concept of every earlier opt-out of the line, and issues each of them a *re-audit*
+certificate about the new model. One job per line runs at a time (a second run leaves that line's
+requests pending), so no edit is made on top of a model that is about to stop being current.
 
 One processor per opt-out: a job *claims* its opt-outs in the transaction that creates it, by one
 `UPDATE ... SET status = 'processing' WHERE id = ... AND status = 'pending'` each (atomic on SQLite,
@@ -26,7 +34,7 @@ from sqlalchemy import select, update
 from ..errors import DatarightsError
 from ..files import write_json
 from ..stats import finite
-from . import signing
+from . import rules, signing
 from .certificate import standing
 from .schema import Certificate, Dataset, Job, Model, OptOut, OptOutEvent, now
 
@@ -35,21 +43,37 @@ AUDIT_KEYS = ("verdict", "target_erased", "target_erased_ci", "target_erased_n",
               "target_erased_seen_ci", "degenerate_share", "degenerate_share_ci", "anchor_fidelity",
               "anchor_fidelity_ci", "nearby_preserved", "nearby_preserved_ci", "others_preserved",
               "others_preserved_ci", "kid", "kid_std", "kid_to_anchor", "seed", "judge")
+ATTACK_KEYS = ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain", "attempts")
 
 
-def _stage(ledger, job_id: int, stage: str, progress: float) -> None:
-    with ledger.store.transaction() as s:
-        j = s.get(Job, job_id)
-        j.stage, j.progress = stage, progress
+class Progress:
+    """A job's stage and progress in its row, written at most once a second: `part(lo, hi, stage)`
+    gives a sink (fn(desc, done, total), as runtime.progress_bar takes) that maps a loop onto [lo, hi]."""
+
+    def __init__(self, ledger, job_id: int):
+        self.ledger, self.job_id, self.last, self.value = ledger, job_id, 0.0, 0.0
+
+    def set(self, stage: str, progress: float, force: bool = False) -> None:
+        self.value = max(self.value, min(progress, 1.0))       # never backwards (an audit runs two loops)
+        if force or time.time() - self.last >= 1.0:
+            self.last = time.time()
+            with self.ledger.store.transaction() as s:
+                j = s.get(Job, self.job_id)
+                j.stage, j.progress = stage[:40], round(self.value, 3)
+
+    def part(self, lo: float, hi: float, stage: str):
+        self.set(stage, lo, force=True)
+        return lambda desc, done, total: self.set(stage, lo + (hi - lo) * done / max(1, total))
 
 
 def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = ATTACKS, batch: bool = False,
             audit_config=None, attack_budget: int = 16, erase_options: dict | None = None, limit: int | None = None,
             log=lambda s: None) -> list[dict]:
-    """Run every pending opt-out (one edit each, or with `batch` one multi-concept edit per model).
+    """Run every pending opt-out (one edit each, or with `batch` one multi-concept edit per line).
 
     Returns the finished jobs as JSON. `audit_config` is an `AuditConfig` (default: the audit's
-    defaults); `attacks` run on the edited model with `attack_budget` attempts each.
+    defaults); `attacks` run on the edited model with `attack_budget` attempts each, for the job's
+    own concepts and for those it re-audits.
     """
     from ..attack import METHODS as ATTACK_METHODS
     from ..audit import AuditConfig
@@ -67,11 +91,11 @@ def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = A
     key = ledger.signing_key()     # checked (or made) before any work: a damaged key leaves every request pending
     ledger.recover()
     pending = _pending(ledger, limit)
-    if batch:  # one edit per model for all its pending requests (the same concept twice: one target)
-        by_model: dict[int, list[OptOut]] = {}
+    if batch:  # one edit per line for all its pending requests (the same concept twice: one target)
+        by_line: dict[int, list[OptOut]] = {}
         for r in pending:
-            by_model.setdefault(r.model_id, []).append(r)
-        groups = list(by_model.values())
+            by_line.setdefault(r.line_id, []).append(r)
+        groups = list(by_line.values())
     else:
         groups = [[r] for r in pending]
     jobs = [_run(ledger, g, method, list(attacks), audit_config, attack_budget, erase_options or {}, key, log)
@@ -79,10 +103,14 @@ def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = A
     return [j for j in jobs if j is not None]
 
 
-def _pending(ledger, limit: int | None) -> list[OptOut]:
+def _pending(ledger, limit: int | None) -> list:
+    """The pending requests, oldest first, each with the line it is on (`line_id`)."""
     with ledger.store.read() as s:
         q = select(OptOut).where(OptOut.status == "pending").order_by(OptOut.id)
-        return list(s.scalars(q if limit is None else q.limit(limit)))
+        rows = list(s.scalars(q if limit is None else q.limit(limit)))
+        for r in rows:
+            r.line_id = rules.line_of(s, s.get(Model, r.model_id))
+        return rows
 
 
 def _claim(s, ids: list[int], job_id: int) -> list[int]:
@@ -97,16 +125,41 @@ def _claim(s, ids: list[int], job_id: int) -> list[int]:
     return mine
 
 
+def _line_busy(s, line_id: int) -> bool:
+    """Whether another job is running on this line (jobs record the model they erase from)."""
+    for (model_id,) in s.execute(select(Job.model_id).where(Job.status == "running")):
+        m = s.get(Model, model_id)
+        if m is not None and rules.line_of(s, m) == line_id:
+            return True
+    return False
+
+
+def _earlier(s, line_id: int, exclude: set[str]) -> list[OptOut]:
+    """The line's earlier opt-outs that were certified, one per concept (the newest), outside `exclude`."""
+    out: dict[str, OptOut] = {}
+    for r in s.scalars(select(OptOut).where(OptOut.status == "done").order_by(OptOut.id.desc())):
+        m = s.get(Model, r.model_id)
+        if m is not None and rules.line_of(s, m) == line_id and r.concept not in exclude and r.concept not in out:
+            out[r.concept] = r
+    return list(reversed(out.values()))
+
+
 def _run(ledger, group, method, attacks, audit_config, budget, erase_options, key, log) -> dict | None:
-    """One job over the requests of `group` that are still pending; None if another run took them all."""
+    """One job over the requests of `group` that are still pending; None if another run took them
+    all, or is running on their line (they stay pending for the next run)."""
     from ..attack import attack
     from ..audit import audit
     from ..erase import erase, steps_per_concept
     from ..models import load_model, weights_digest
     from ..quality import public
 
+    line_id = group[0].line_id
     with ledger.store.transaction() as s:
-        job = Job(model_id=group[0].model_id, optouts=[], method=method, pid=os.getpid(), status="running",
+        if _line_busy(s, line_id):
+            log(f"line {line_id} is being processed by another run; its requests stay pending")
+            return None
+        base_m = rules.current(s, line_id)
+        job = Job(model_id=base_m.id, optouts=[], method=method, pid=os.getpid(), status="running",
                   settings=dict(erase_options), stage="erase")
         s.add(job)
         s.flush()
@@ -121,79 +174,92 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
             if r.concept not in targets:
                 targets.append(r.concept)
                 anchors.append(r.anchor)
-        job.optouts, job.settings = ids, {"targets": targets, "anchors": anchors, **erase_options}
+        earlier = [{"id": r.id, "concept": r.concept, "anchor": r.anchor} for r in _earlier(s, line_id, set(targets))]
+        job.optouts, job.settings = ids, {"targets": targets, "anchors": anchors, "reaudit": [e["id"] for e in earlier],
+                                          **erase_options}
         for rid in ids:
-            s.add(OptOutEvent(optout_id=rid, status="processing", note=f"job {job_id}: erasing with {method}"))
-        m = s.get(Model, group[0].model_id)
-        model_path, dataset = m.path, s.get(Dataset, m.dataset_id) if m.dataset_id else None
+            s.add(OptOutEvent(optout_id=rid, status="processing",
+                              note=f"job {job_id}: erasing with {method} from model {base_m.id}"))
+        root = s.get(Model, line_id)
+        model_path, root_path, base_id = base_m.path, root.path, base_m.id
+        dataset = s.get(Dataset, base_m.dataset_id) if base_m.dataset_id else None
         dataset_ref = {"name": dataset.name, "version": dataset.version, "images": dataset.images} if dataset else None
-        base_sha = m.weights_sha256
+        base_sha, root_sha = base_m.weights_sha256, root.weights_sha256
+    progress = Progress(ledger, job_id)
     try:
-        log(f"job {job_id}: erasing {', '.join(targets)} with {method}")
+        log(f"job {job_id}: erasing {', '.join(targets)} with {method} from model {base_id}")
         base = ledger.load(model_path)
         if weights_digest(base) != base_sha:
-            raise DatarightsError(f"model {group[0].model_id} at {model_path} has changed since it was registered")
+            raise DatarightsError(f"model {base_id} has changed on disk since it was registered")
+        original = base if root_path == model_path else ledger.load(root_path)
         t0 = time.time()
         options = dict(erase_options)
         if len(targets) > 1 and "steps" not in options and (steps := steps_per_concept(method, base, len(targets))):
             options["steps"] = steps  # one edit for k concepts: the method's steps for each
-        edit = erase(base, targets, anchors, method, progress=False, **options)
+        edit = erase(base, targets, anchors, method, progress=progress.part(0.0, 0.3, "erase"), **options)
         out_dir = ledger.root / f"job-{job_id}"
         ledger.root.mkdir(parents=True, exist_ok=True)
         edit.save(out_dir)
         edited = load_model(out_dir)
-        _stage(ledger, job_id, "audit", 0.4)
         log(f"job {job_id}: auditing")
-        raw = audit(edited, base, targets, anchors, audit_config, progress=False, log=lambda s: None)
+        share = 0.5 / (1 + len(earlier))            # audits and attacks: the job's targets, then each earlier concept
+        raw = audit(edited, base, targets, anchors, audit_config, progress=progress.part(0.3, 0.3 + share * 0.6, "audit"),
+                    log=lambda s: None)
         write_json(ledger.root / f"job-{job_id}-evidence.json", evidence(raw["_grids"]))
         result = public(raw)
         per_target = result.get("targets") or [result]
-        attack_res: dict = {}
-        for i, t in enumerate(targets):
-            for a in attacks:
-                _stage(ledger, job_id, f"attack {a} on {t}", 0.6 + 0.35 * (i * len(attacks) + attacks.index(a))
-                       / max(1, len(targets) * len(attacks)))
-                log(f"job {job_id}: attack {a} on {t!r}")
-                res = attack(edited, t, a, budget=budget, seed=audit_config.seed).to_json()
-                attack_res[f"{a}|{t}"] = {k: res[k] for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain",
-                                                            "attempts")}
+        attack_res = _attacks(edited, targets, attacks, budget, audit_config.seed, progress, 0.3 + share * 0.6,
+                              0.3 + share, log, job_id, attack)
+        reaudits = []
+        for i, e in enumerate(earlier):
+            lo = 0.3 + share * (i + 1)
+            log(f"job {job_id}: re-auditing {e['concept']!r} (opt-out {e['id']})")
+            r = public(audit(edited, original, [e["concept"]], [e["anchor"]], audit_config,
+                             progress=progress.part(lo, lo + share * 0.6, f"re-audit {e['concept']}"), log=lambda s: None))
+            reaudits.append({**e, "audit": r, "attacks": _attacks(edited, [e["concept"]], attacks, budget,
+                                                                    audit_config.seed, progress, lo + share * 0.6,
+                                                                    lo + share, log, job_id, attack)})
+        progress.set("certificates", 0.98, force=True)
         edited_sha = weights_digest(edited)
         with ledger.store.transaction() as s:
+            if rules.current(s, line_id).id != base_id:
+                raise DatarightsError(f"model {base_id} stopped being its line's current model while the job ran")
             j = s.get(Job, job_id)
             em = Model(path=ledger.stored(out_dir), kind=edited.kind, weights_sha256=edited_sha,
-                       dataset_id=dataset and dataset.id, base_id=group[0].model_id)
+                       dataset_id=dataset and dataset.id, base_id=base_id, line_id=line_id)
             s.add(em)
             s.flush()
+            rules.make_current(s, em)
             j.status, j.stage, j.progress, j.finished_at = "done", "done", 1.0, now()
             j.edited_path, j.edited_model_id = ledger.stored(out_dir), em.id
             j.audit = {"targets": [{k: row.get(k) for k in ("target", "anchor", *AUDIT_KEYS)} for row in per_target],
+                       "reaudits": [{"optout": e["id"], "target": e["concept"], **{k: e["audit"].get(k) for k in AUDIT_KEYS}}
+                                    for e in reaudits],
                        "seconds": round(time.time() - t0, 1)}
             j.attacks = attack_res
             j.settings = {**j.settings, "erase": edited.meta.get("edit", {}).get("config", {}),
                           "audit": asdict(audit_config)}
+            models = {"base_model": {"id": base_id, "path": ledger.public(model_path), "weights_sha256": base_sha},
+                      "edited_model": {"id": em.id, "path": ledger.public(em.path), "weights_sha256": edited_sha},
+                      "dataset": dataset_ref, "method": method, "settings": j.settings["erase"], "job": job_id}
             for r in s.scalars(select(OptOut).where(OptOut.id.in_(ids))):
                 row = next(x for x in per_target if x["target"] == r.concept)
-                doc = {
-                    "type": "datarights erase certificate", "version": 2, "issued_at":
-                        now().replace(tzinfo=timezone.utc).isoformat(timespec="seconds"),
-                    "optout": {"id": r.id, "owner": r.owner.name, "concept": r.concept, "anchor": r.anchor,
-                               "works": r.works, "filed_at": r.created_at.replace(tzinfo=timezone.utc).isoformat()},
-                    # folders as ledger.public shows them: a certificate names no other place on the server
-                    "base_model": {"id": group[0].model_id, "path": ledger.public(model_path), "weights_sha256": base_sha},
-                    "edited_model": {"id": em.id, "path": ledger.public(em.path), "weights_sha256": edited_sha},
-                    "dataset": dataset_ref,
-                    "method": method, "settings": j.settings["erase"], "job": job_id,
-                    "audit": {k: row.get(k) for k in AUDIT_KEYS},
-                    "attacks": {k.split("|")[0]: v for k, v in attack_res.items() if k.endswith(f"|{r.concept}")},
-                    "signer": {"algorithm": "Ed25519", "public_key": signing.public_hex(key)},
-                }
-                doc = finite(doc)
-                doc["standing"] = {k: v for k, v in standing(doc).items() if k != "recoverable"}
-                s.add(Certificate(job_id=job_id, optout_id=r.id, document=signing.canonical(doc).decode(),
-                                  signature=signing.sign(key, doc)))
+                doc = _certificate(s, key, job_id, em.id, r, "erase", models, {k: row.get(k) for k in AUDIT_KEYS},
+                                   {k.split("|")[0]: v for k, v in attack_res.items() if k.endswith(f"|{r.concept}")})
                 r.status = "done"
                 s.add(OptOutEvent(optout_id=r.id, status="done",
-                                  note=f"job {job_id}: {doc['standing']['verdict']}; certificate issued"))
+                                  note=f"job {job_id}: {doc['standing']['verdict']} (model {em.id}); certificate issued"))
+            for e in reaudits:
+                r = s.get(OptOut, e["id"])
+                doc = _certificate(s, key, job_id, em.id, r, "re-audit",
+                                   {**models, "base_model": {"id": line_id, "path": ledger.public(root_path),
+                                                             "weights_sha256": root_sha}},
+                                   {k: e["audit"].get(k) for k in AUDIT_KEYS},
+                                   {k.split("|")[0]: v for k, v in e["attacks"].items()})
+                came_back = not doc["standing"]["verdict"].startswith("erased")
+                s.add(OptOutEvent(optout_id=r.id, status="done",
+                                  note=f"job {job_id}: re-audited in model {em.id}: {doc['standing']['verdict']}"
+                                       + (" — the concept came back" if came_back else "")))
         log(f"job {job_id}: done")
     except BaseException as e:
         with ledger.store.transaction() as s:
@@ -205,6 +271,37 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
         raise
     return ledger.job(job_id)
 
+
+def _attacks(edited, targets, attacks, budget, seed, progress, lo, hi, log, job_id, attack) -> dict:
+    """Every attack on every target: {"<attack>|<target>": the figures a certificate keeps}."""
+    out, steps = {}, max(1, len(targets) * len(attacks))
+    for i, t in enumerate(targets):
+        for a in attacks:
+            k = i * len(attacks) + attacks.index(a)
+            progress.set(f"attack {a} on {t}", lo + (hi - lo) * k / steps, force=True)
+            log(f"job {job_id}: attack {a} on {t!r}")
+            res = attack(edited, t, a, budget=budget, seed=seed).to_json()
+            out[f"{a}|{t}"] = {k: res[k] for k in ATTACK_KEYS}
+    return out
+
+
+def _certificate(s, key, job_id: int, model_id: int, r: OptOut, kind: str, models: dict, audit: dict,
+                 attacks: dict) -> dict:
+    """Sign and store one certificate about `model_id` for opt-out `r`; returns its document."""
+    doc = {
+        "type": "datarights erase certificate", "version": 2, "kind": kind,
+        "issued_at": now().replace(tzinfo=timezone.utc).isoformat(timespec="seconds"),
+        "optout": {"id": r.id, "owner": r.owner.name, "concept": r.concept, "anchor": r.anchor,
+                   "works": r.works, "filed_at": r.created_at.replace(tzinfo=timezone.utc).isoformat()},
+        # folders as ledger.public shows them: a certificate names no other place on the server
+        **models, "audit": audit, "attacks": attacks,
+        "signer": {"algorithm": "Ed25519", "public_key": signing.public_hex(key)},
+    }
+    doc = finite(doc)
+    doc["standing"] = {k: v for k, v in standing(doc).items() if k != "recoverable"}
+    s.add(Certificate(job_id=job_id, optout_id=r.id, kind=kind, model_id=model_id, verdict=doc["standing"]["verdict"],
+                      document=signing.canonical(doc).decode(), signature=signing.sign(key, doc)))
+    return doc
 
 
 def evidence(grids: list[dict], per_grid: int = 8) -> list[dict]:

@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DatarightsError, NotFound
 from ..ledger.core import Ledger, hash_token
+from ..ledger.rules import Conflict, NeedsConfirmation, NotAllowed
 from ..limits import MAX_ID, MAX_JSON_BODY, MAX_UPLOAD, MAX_UPLOAD_REQUEST, loads_json
 from .forms import Form as ParsedForm
 from .forms import parse_form
@@ -198,6 +199,16 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     async def _not_found(request: Request, e: NotFound):
         return await _http_error(request, HTTPError(404, "not found"))
 
+    @app.exception_handler(NotAllowed)
+    async def _not_allowed(request: Request, e: NotAllowed):
+        return await _http_error(request, HTTPError(403, str(e)))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, e: Conflict):
+        if wants_json(request):
+            return JSONResponse({"error": redact(str(e)), **e.details}, status_code=409)
+        return await _http_error(request, HTTPError(409, str(e)))
+
     @app.exception_handler(StarletteHTTPException)
     async def _starlette(request: Request, e: StarletteHTTPException):
         words = {404: "there is no such page", 405: "this page does not take that kind of request"}
@@ -264,16 +275,22 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     @app.get("/optouts", response_class=HTMLResponse)
     def optouts_page(request: Request):
         who = user(request)
-        return page(request, "optouts.html", who, optouts=led.optouts(who["name"]))
+        return page(request, "optouts.html", who, optouts=led.optouts(who["name"]),
+                    concepts=led.concepts(who["name"]) if who["role"] != "admin" else [])
 
     @app.post("/optouts")
     async def optout_form(request: Request):
         who = await run_in_threadpool(user, request)
         form = await form_of(request, who)
         works = [x for x in form.getlist("works") if x.strip()]
-        concept = form.get("concept").strip() or None
-        r = await run_in_threadpool(led.optout, who["name"], works=works or None,
-                                    concept=concept if not works else None, anchor=form.get("anchor").strip() or None)
+        concept = (form.get("concept") or form.get("other_concept")).strip() or None
+        try:
+            r = await run_in_threadpool(led.optout, who["name"], works=works or None,
+                                        concept=concept if not works else None,
+                                        anchor=form.get("anchor").strip() or None, confirm=form.get("confirm") == "yes")
+        except NeedsConfirmation as e:       # say what would be erased, and ask once more
+            return page(request, "confirm.html", who, message=str(e), works=works, concept=e.details.get("concept"),
+                        total=e.details.get("works"))
         return RedirectResponse(f"/optouts/{r['id']}", status_code=303)
 
     @app.get("/optouts/{request_id}", response_class=HTMLResponse)
@@ -281,6 +298,14 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
         who = user(request)
         owner = None if who["role"] == "admin" else who["name"]
         return page(request, "optout.html", who, r=led.optout_status(request_id, owner))
+
+    @app.post("/optouts/{request_id}/review")
+    async def optout_review(request: Request, request_id: int):
+        who = await run_in_threadpool(user, request)
+        form = await form_of(request, who)
+        await run_in_threadpool(led.review, request_id, who["name"], form.get("decision") == "approve",
+                                form.get("note"))
+        return RedirectResponse(f"/optouts/{request_id}", status_code=303)
 
     @app.get("/certificates/{cert_id}.json")
     def certificate_file(request: Request, cert_id: int):
@@ -315,8 +340,10 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
 
     # ------------------------------------------------------------------ the model owner's pages
     def admin_view(request: Request, who: dict, attributed: dict | None = None) -> HTMLResponse:
-        return page(request, "admin.html", who, pending=led.optouts(status="pending"), jobs=_shown(led.jobs(public=True)[:20]),
-                    running=_running(), error=worker["error"], attributed=attributed)
+        return page(request, "admin.html", who, pending=led.optouts(status="pending"),
+                    review=[r for r in led.optouts(status="review") if r["review_by"] == "admin"],
+                    jobs=_shown(led.jobs(public=True)[:20]), running=_running(), error=worker["error"],
+                    attributed=attributed)
 
     @app.get("/admin", response_class=HTMLResponse)
     def admin_page(request: Request):
@@ -392,7 +419,18 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
         who = await run_in_threadpool(user, request)
         body = await _json(request)
         return await run_in_threadpool(led.optout, who["name"], works=body.get("works"), concept=body.get("concept"),
-                                       anchor=body.get("anchor"), model_id=body.get("model_id"))
+                                       anchor=body.get("anchor"), model_id=body.get("model_id"),
+                                       confirm=body.get("confirm", False))
+
+    @app.post("/api/optouts/{request_id}/review")
+    async def api_optout_review(request: Request, request_id: int):
+        """Decide a request in review: {"approve": true|false, "note": "..."} (the concept's owner for the
+        model owner's request on their concept; the model owner for a concept with no single owner)."""
+        who = await run_in_threadpool(user, request)
+        body = await _json(request)
+        if not isinstance(body.get("approve"), bool):
+            raise HTTPError(400, "say whether you approve: {\"approve\": true} or {\"approve\": false}")
+        return await run_in_threadpool(led.review, request_id, who["name"], body["approve"], body.get("note", ""))
 
     @app.get("/api/optouts/{request_id}")
     def api_optout_status(request: Request, request_id: int):
