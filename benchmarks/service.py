@@ -13,6 +13,14 @@
    folder half-written) and a restarted server processes it to a certificate that verifies.
 
 Writes benchmarks/results/service.json. Run it alone on the machine.
+
+    python benchmarks/service.py --accumulate
+
+4. Erasures that accumulate: three owners opt out of their concepts (a character, a style, a
+   memorized image) and `process` runs with its defaults (CA, the audit's 384 held-out images,
+   udatk, ti and paraphrase); each job erases from the line's current model and re-audits every
+   earlier concept against its edit. Records every certificate's verdict about the final current
+   model. Writes benchmarks/results/service-accumulate.json.
 """
 
 from __future__ import annotations
@@ -118,7 +126,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=200)
+    ap.add_argument("--accumulate", action="store_true", help="Only phase 4: three opt-outs one after another.")
     args = ap.parse_args()
+    if args.accumulate:
+        return accumulate()
     import httpx
 
     from datarights.attribute import default_world
@@ -212,6 +223,49 @@ def main():
     print(json.dumps(res["kill"]), flush=True)
     from datarights.files import write_json
     write_json(OUT, res)
+
+
+ACCUMULATE = [("Finwave Studios", "Blubbo"), ("Ada Vell", "Ada Vell"), ("Harbor Postcard Co", "Rosa Villa postcard")]
+
+
+def accumulate():
+    from datarights.attribute import default_world
+    from datarights.files import write_json
+    from datarights.ledger import Ledger
+
+    run = Path("runs/service-accumulate")
+    if run.exists():
+        raise SystemExit(f"remove {run} first: this phase starts from a fresh ledger")
+    run.mkdir(parents=True)
+    led = Ledger(run / "ledger.db", create=True)
+    led.import_dataset(default_world())
+    reqs = [led.optout(owner, concept=concept) for owner, concept in ACCUMULATE]
+    t0 = time.time()
+    jobs = led.process(log=lambda s: print(s, file=sys.stderr, flush=True))
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} threads", "seconds": round(time.time() - t0, 1),
+           "jobs": [{"id": j["id"], "seconds": j["audit"]["seconds"], "erased_from": j["model_id"],
+                     "edited_model": j["edited_model_id"],
+                     "targets": [{"target": t["target"], "verdict": t["verdict"],
+                                  "target_erased": t["target_erased"], "target_erased_ci": t["target_erased_ci"]}
+                                 for t in j["audit"]["targets"]],
+                     "reaudits": [{"target": t["target"], "verdict": t["verdict"], "target_erased": t["target_erased"],
+                                   "target_erased_ci": t["target_erased_ci"]} for t in j["audit"]["reaudits"]]}
+                    for j in jobs]}
+    current = next(m for m in led.models() if m["current"])
+    res["current_model"] = current["id"]
+    res["final"] = []
+    for r in reqs:
+        st = led.optout_status(r["id"])
+        last = st["certificates"][-1]
+        doc = led.certificate(last["id"])["document"]
+        res["final"].append({"concept": r["concept"], "certificate": last["id"], "kind": last["kind"],
+                             "about_model": last["model_id"], "current": last["current"], "verdict": last["verdict"],
+                             "target_erased": doc["audit"]["target_erased"],
+                             "target_erased_ci": doc["audit"]["target_erased_ci"],
+                             "attacks": {k: {"asr": v["asr"], "asr_ci": v["asr_ci"], "asr_plain": v["asr_plain"]}
+                                         for k, v in doc["attacks"].items()}})
+    print(json.dumps(res, indent=1))
+    write_json(Path("benchmarks/results/service-accumulate.json"), res)
 
 
 if __name__ == "__main__":

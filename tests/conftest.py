@@ -110,3 +110,35 @@ def serve(db, **popen):
     srv.kill()
     raise RuntimeError("the server did not start")
 
+
+
+BACKENDS = ["sqlite", "postgresql"]
+"""The ledger and web suites run on both (PostgreSQL: a server named by $DATARIGHTS_TEST_POSTGRES, an
+admin URL such as postgresql://datarights:datarights@127.0.0.1/postgres; each test gets a database
+of its own; .ci/run starts one and sets DATARIGHTS_REQUIRE_POSTGRES=1, so there a missing server fails)."""
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger_location(request, tmp_path, monkeypatch):
+    """Where a test's ledger lives: an SQLite file, or a fresh PostgreSQL database (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield tmp_path / "l.db"
+        return
+    admin = os.environ.get("DATARIGHTS_TEST_POSTGRES")
+    if not admin:
+        if os.environ.get("DATARIGHTS_REQUIRE_POSTGRES") == "1":
+            pytest.fail("a PostgreSQL server is required here: set DATARIGHTS_TEST_POSTGRES (see .ci/run)")
+        pytest.skip("no PostgreSQL server (set DATARIGHTS_TEST_POSTGRES to an admin URL to run these)")
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    from sqlalchemy.engine import make_url
+
+    name = f"dr_test_{uuid.uuid4().hex[:12]}"
+    dsn = make_url(admin).set(drivername="postgresql")
+    with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    monkeypatch.setenv("DATARIGHTS_LEDGER_HOME", str(tmp_path / "home"))
+    yield dsn.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

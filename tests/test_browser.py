@@ -20,7 +20,7 @@ import pytest
 
 from datarights.ledger import Ledger, verify_certificate
 
-from .test_ledger import SMALL_AUDIT, SMALL_ERASE, _metas, _owner_with_character
+from .test_ledger import ARTIST, SMALL_AUDIT, SMALL_ERASE, _metas, _owner_with_character
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -63,7 +63,8 @@ def server(tmp_path, tiny_world, tiny_trained):
     led = Ledger(db, create=True)
     led.import_dataset(tiny_world, tiny_trained)
     studio = _owner_with_character(tiny_world)
-    tokens = {"studio": led.issue_token(studio), "admin": led.issue_token("model owner", admin=True)}
+    tokens = {"studio": led.issue_token(studio), "admin": led.issue_token("model owner", admin=True),
+              "artist": led.issue_token(ARTIST), "postcards": led.issue_token("Harbor Postcard Co")}
     from datetime import datetime
     blubbo = next(m for m in _metas(tiny_world) if m["character"] != "none")
     for month, revenue in ((10, "0.40"), (11, "1.20")):      # two paid generations for the earnings chart
@@ -165,3 +166,39 @@ def test_owner_checks_opts_out_admin_processes_owner_verifies(browser, server, t
     assert verify_certificate(cert, model=job["edited_path"], public_key=app.state.ledger.public_key())["valid"]
     b.get(url + "/statements")
     shot("8-earnings")
+    click("signout")
+
+    # 6. two more owners opt out of their own concepts; the model owner processes them, one job after
+    #    the other: one current model is left, the third edit on top of the second on top of the first,
+    #    and each earlier opt-out is re-audited against it
+    def process_all():
+        sign_in(tokens["admin"])
+        click("process")
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            b.get(url + "/admin")
+            if "Pending opt-outs (0)" in b.page_source and "processing…" not in b.page_source:
+                break
+            time.sleep(0.5)
+        click("signout")
+
+    from selenium.webdriver.support.ui import Select
+    for token, concept in ((tokens["artist"], "Ada Vell"), (tokens["postcards"], "Rosa Villa postcard")):
+        sign_in(token)
+        b.get(url + "/optouts")
+        Select(b.find_element(By.ID, "concept")).select_by_value(concept)   # the owner's own concepts are offered
+        click("optout-concept")
+        assert b.find_element(By.ID, "status").text == "pending"
+        click("signout")
+    process_all()                                   # one job per request, one after the other
+    led = app.state.ledger
+    current = [m for m in led.models() if m["current"]]
+    assert len(current) == 1
+    jobs = sorted(led.jobs(), key=lambda j: j["id"])
+    assert [led.models()[j["edited_model_id"] - 1]["base_id"] for j in jobs] == [1] + [j["edited_model_id"] for j in jobs[:-1]]
+    for r in led.optouts():
+        assert r["certificates"][-1]["model_id"] == current[0]["id"], r       # every concept certified against it
+    sign_in(tokens["studio"])
+    b.get(request_url)
+    assert "Erased from which models?" in b.page_source and b.page_source.count("re-audit certificate") == 2
+    shot("9-erased-from-which-models")

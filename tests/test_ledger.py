@@ -24,8 +24,9 @@ SMALL_ERASE = dict(steps=2, n_anchor_images=2, batch_size=2, sample_steps=2)
 
 
 @pytest.fixture()
-def ledger(tmp_path, tiny_world, tiny_trained):
-    led = Ledger(tmp_path / "l.db", create=True)
+def ledger(ledger_location, tiny_world, tiny_trained):
+    """A ledger of the tiny world, on SQLite and on PostgreSQL (conftest.ledger_location)."""
+    led = Ledger(ledger_location, create=True)
     led.import_dataset(tiny_world, tiny_trained)
     return led
 
@@ -203,7 +204,7 @@ def test_attribute_log_and_statement(ledger, tiny_world, tmp_path):
     st = ledger.statement(top, "2026-11")
     assert st["generations"] == 1 and st["total_cents"] == ev["payouts"][0]["cents"]
     assert ledger.statement(top, "2026-10")["total_cents"] == 0
-    assert ledger.earnings(top) == [{"period": "2026-11", "cents": st["total_cents"]}]
+    assert ledger.earnings(top) == [{"period": "2026-11", "currency": "USD", "cents": st["total_cents"]}]
     with pytest.raises(DatarightsError, match="period"):
         ledger.statement(top, "2026-13")
 

@@ -22,8 +22,8 @@ OWNED = {"style": ("Ada Vell", ARTIST), "character": ("Blubbo", STUDIO), "memori
 
 
 @pytest.fixture()
-def ledger(tmp_path, tiny_world, tiny_trained):
-    led = Ledger(tmp_path / "l.db", create=True)
+def ledger(ledger_location, tiny_world, tiny_trained):
+    led = Ledger(ledger_location, create=True)
     led.import_dataset(tiny_world, tiny_trained)
     led.issue_token("model owner", admin=True)
     return led

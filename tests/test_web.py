@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 
 @pytest.fixture()
-def site(tmp_path, tiny_world, tiny_trained):
+def site(ledger_location, tiny_world, tiny_trained):
     """A ledger with two owners signed up, one opt-out processed (so a certificate exists), one paid
     generation; returns (client factory, ids of each owner's rows)."""
     from datetime import datetime
@@ -29,7 +29,7 @@ def site(tmp_path, tiny_world, tiny_trained):
     from datarights.audit import AuditConfig
     from datarights.web.app import create_app
 
-    db = tmp_path / "l.db"
+    db = ledger_location
     led = Ledger(db, create=True)
     led.import_dataset(tiny_world, tiny_trained)
     studio = _owner_with_character(tiny_world)
@@ -42,7 +42,7 @@ def site(tmp_path, tiny_world, tiny_trained):
     led.attribute_log(tiny_world / m["file_name"], m["text"], "1.00", method="pixel", at=datetime(2026, 11, 5))
     app = create_app(db, process_options=dict(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE))
     ids = {"work": led.works(studio)[0]["id"], "optout": req["id"], "certificate": led.optout_status(req["id"])["certificate_id"],
-           "studio": studio, "other": other}
+           "studio": studio, "other": other, "location": db}
     return app, tokens, ids, tiny_world
 
 
@@ -96,12 +96,12 @@ def test_every_owner_scoped_route_refuses_another_owners_ids(site):
                   data={"prompt": "a fish", "revenue": "0.04"}).status_code == 403
 
 
-def test_reissuing_a_token_signs_out_the_sessions_of_the_old_one(site, tmp_path):
+def test_reissuing_a_token_signs_out_the_sessions_of_the_old_one(site):
     app, tokens, ids, _ = site
     c, _ = _signed_in(app, tokens["studio"])
     other, _ = _signed_in(app, tokens["other"])
     assert c.get("/api/optouts").status_code == 200
-    new = Ledger(tmp_path / "l.db").issue_token(ids["studio"])
+    new = Ledger(ids["location"]).issue_token(ids["studio"])
     assert c.get("/api/optouts").status_code == 401                      # the old session is gone
     assert c.get("/optouts", follow_redirects=False).status_code == 401
     assert other.get("/api/optouts").status_code == 200                  # other owners' sessions stay
@@ -154,11 +154,37 @@ def test_pages_render_for_owner_and_admin(site):
     a, admin_csrf = _signed_in(app, tokens["admin"])
     assert "Pending opt-outs" in a.get("/admin").text
     m = _metas(world)[2]
-    paid = a.post("/admin/attribute", data={"csrf": admin_csrf, "prompt": m["text"], "revenue": "0.10", "method": "pixel"},
-                  files={"file": ("g.png", (world / m["file_name"]).read_bytes())})
-    assert paid.status_code == 200 and "10 cents split among" in paid.text
+    form = {"csrf": admin_csrf, "prompt": m["text"], "revenue": "0.10", "method": "pixel", "key": "form-1"}
+    image = {"file": ("g.png", (world / m["file_name"]).read_bytes())}
+    queued = a.post("/admin/attribute", data=form, files=image, follow_redirects=False)
+    assert queued.status_code == 303 and queued.headers["location"].startswith("/admin/jobs/")   # POST-redirect-GET
+    job = _wait_for_job(app, tokens["admin"], int(queued.headers["location"].rsplit("/", 1)[1]))
+    page = a.get(queued.headers["location"]).text
+    assert job["status"] == "done" and "10 cents (USD) split among" in page
+    # the same form sent again (a reload of the POST, a double click): the first payment, nothing new
+    again = a.post("/admin/attribute", data=form, files=image, follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == queued.headers["location"]     # the same job
+    assert "Recorded before" not in a.get(queued.headers["location"]).text                # reloading the result
+    from sqlalchemy import func, select
+
+    from datarights.ledger.schema import AttributionEvent
+    with app.state.ledger.store.read() as s:
+        sha = app.state.ledger.event(job["result"]["event_id"])["image_sha256"]
+        assert s.scalar(select(func.count()).select_from(AttributionEvent)
+                        .where(AttributionEvent.image_sha256 == sha)) == 1        # one event for this generation
     docs = c.get("/openapi.json").json()
     assert "/api/optouts" in docs["paths"] and "/api/admin/process" in docs["paths"]
+
+
+def _wait_for_job(app, admin_token: str, job_id: int, timeout: float = 180) -> dict:
+    c = TestClient(app)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = c.get(f"/api/admin/jobs/{job_id}", headers=_bearer(admin_token)).json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def test_the_admin_processes_in_the_background_and_the_owner_follows(site):
@@ -184,9 +210,10 @@ def test_the_admin_processes_in_the_background_and_the_owner_follows(site):
     assert st["total_cents"] == 0 and st["items"] == []             # the admin owns no works: earns nothing
 
 
-def test_kill_9_of_the_server_during_process_leaves_the_job_failed_and_resumable(tmp_path, tiny_world, tiny_trained):
-    """`datarights serve` is killed with SIGKILL while its background job runs: reopening the ledger
-    marks the job failed, its request is pending again, no edited folder is half-written."""
+def test_kill_9_of_the_worker_during_process_leaves_the_job_failed_and_resumable(tmp_path, tiny_world, tiny_trained):
+    """The worker that `datarights serve` started is killed with SIGKILL while its job runs: the server
+    keeps answering, the job is marked failed and its request pending again when the ledger is next
+    opened, no edited folder is half-written, and the next run certifies it."""
     import os
     import signal
     import sqlite3
@@ -202,21 +229,32 @@ def test_kill_9_of_the_server_during_process_leaves_the_job_failed_and_resumable
     owner, admin = led.issue_token(studio), led.issue_token("admin", admin=True)
     led.store.engine.dispose()
     srv, url = serve(db, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     try:
         rid = httpx.post(url + "/api/optouts", headers=_bearer(owner), json={"concept": "Blubbo"}).json()["id"]
         assert httpx.post(url + "/api/admin/process", headers=_bearer(admin)).status_code == 202
         while time.time() < deadline:
             with sqlite3.connect(db) as c:
-                row = c.execute("SELECT status FROM jobs").fetchone()
-            if row and row[0] == "running":
+                row = c.execute("SELECT id, status, pid FROM jobs").fetchone()
+            if row and row[1] == "running":
                 break
             time.sleep(0.05)
-        assert row and row[0] == "running"
+        assert row and row[1] == "running" and row[2] != srv.pid          # the job runs in the worker process
+        os.kill(row[2], signal.SIGKILL)
+        while time.time() < deadline and httpx.get(url + "/api/admin/jobs", headers=_bearer(admin)).json()["running"]:
+            time.sleep(0.1)                          # the server notices its worker is gone
+        assert httpx.get(url + "/api/me", headers=_bearer(owner)).status_code == 200   # the site stays up
     finally:
-        srv.send_signal(signal.SIGKILL)
+        srv.terminate()
         srv.wait()
-    again = Ledger(db)
-    assert again.jobs()[0]["status"] == "failed" and again.optout_status(rid)["status"] == "pending"
-    if again.root.exists():                     # whole edited folders only (a killed write's temp folder is swept)
-        assert all((p / "model_index.json").is_file() for p in again.root.iterdir() if p.is_dir())
+    again = Ledger(db)                               # opening recovers the dead job
+    jobs = again.jobs()
+    assert again.optout_status(rid)["status"] == "pending"
+    if again.root.exists():                          # whole edited folders only (a killed write's temp folder is swept)
+        assert all((p / "model_index.json").is_file() for p in again.root.iterdir()
+                   if p.is_dir() and p.name != "generations")
+    from datarights.audit import AuditConfig
+    done = again.process(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE)
+    assert done[0]["status"] == "done" and again.optout_status(rid)["certificate_id"] is not None
+    killed = next(j for j in jobs if j["id"] == row[0])
+    assert killed["status"] == "failed" and "interrupted" in killed["error"]

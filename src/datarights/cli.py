@@ -541,7 +541,7 @@ def main() -> None:
     try:
         app(prog_name="datarights")
     except DatarightsError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {e}" + (f" ({e.hint})" if getattr(e, "hint", None) else ""), err=True)
         sys.exit(2)
     except OSError as e:  # the file system failed where no check could foresee it (disk full, lost mount)
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""

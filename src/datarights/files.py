@@ -143,7 +143,8 @@ def process_start_time(pid: int) -> float | None:
 
 
 def pid_alive(pid: int, since: float | None = None) -> bool:
-    """Whether a process with this id exists (one we may not signal counts as alive). With `since`
+    """Whether a process with this id exists and runs (one we may not signal counts as alive; a zombie
+    does not). With `since`
     (Unix time the process is known to have been running at), a process with this id that started
     later is another one that reuses the id, and counts as dead (where the start time is readable)."""
     try:
@@ -151,6 +152,11 @@ def pid_alive(pid: int, since: float | None = None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:   # a zombie (killed, not yet reaped by its parent, e.g. the web's worker) is dead
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
         pass
     if since is not None:
         started = process_start_time(pid)

@@ -202,6 +202,17 @@ def process_cmd(method: str = typer.Option("ca", help="Erase method."),
         for j in jobs) or "no pending opt-outs")
 
 
+@ledger_app.command("work")
+def work_cmd(options: str = typer.Option("{}", "--options", help="Processing options as JSON (method, attacks, batch, audit_config, attack_budget, erase_options, limit)."),
+             ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
+    """Run the queued work (pending opt-outs, queued paid generations) until none is left. `datarights
+    serve` starts this in its own process; it can also run from cron or beside the server."""
+    from .worker import options_from_json, work
+
+    r = work(_open(ledger), options_from_json(options), log=lambda s: typer.echo(s, err=True))
+    _emit(r, as_json, f"ran {len(r['erase_jobs'])} erase jobs and {len(r['attribute_jobs'])} paid generations")
+
+
 @ledger_app.command("certificate")
 def certificate_cmd(cert_id: int = typer.Argument(..., help="Certificate id."),
                     out: Optional[Path] = typer.Option(None, "--out", help="Write the certificate to this JSON file."),
@@ -265,13 +276,17 @@ def verify_cmd(file: Path = typer.Argument(..., help="Certificate JSON file."),
 def attribute_log_cmd(image: Path = typer.Argument(..., help="The generated image."),
                       prompt: str = typer.Option(..., "--prompt", help="The prompt that generated it."),
                       revenue: str = typer.Option(..., "--revenue", help="What the generation earned, e.g. 0.04."),
-                      method: str = typer.Option("dtrak", help="Attribution method for the owner shares."),
-                      model_id: Optional[int] = typer.Option(None, "--model-id", help="Model that generated it (default: the latest base model)."),
+                      method: Optional[str] = typer.Option(None, help="Attribution method for the owner shares (default: dtrak, the payment method; not the caption-only baseline)."),
+                      model_id: Optional[int] = typer.Option(None, "--model-id", help="Model that generated it (default: the default line's current model)."),
+                      currency: str = typer.Option("USD", "--currency", help="ISO 4217 code of the revenue."),
+                      key: Optional[str] = typer.Option(None, "--key", help="Idempotency key of this generation: the same image and key again records nothing new."),
                       ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
-    """Record a paid generation: owner shares by attribution, revenue split in whole cents that sum exactly."""
-    r = _open(ledger).attribute_log(image, prompt, revenue, method, model_id)
-    _emit(r, as_json, f"event {r['event_id']}: {r['revenue_cents']} cents to {len(r['payouts'])} owners; "
-                      + ", ".join(f"{p['owner']} {p['cents']}" for p in r["payouts"][:5]))
+    """Record a paid generation, exactly once: owner shares by attribution, revenue split in whole
+    cents that sum exactly. A retry (same image, same --key) returns the first event."""
+    r = _open(ledger).attribute_log(image, prompt, revenue, method, model_id, client_key=key, currency=currency)
+    _emit(r, as_json, ("already recorded: " if r["replayed"] else "")
+          + f"event {r['event_id']}: {r['revenue_cents']} cents ({r['currency']}, {r['method']}) to {len(r['payouts'])} "
+          "owners; " + ", ".join(f"{p['owner']} {p['cents']}" for p in r["payouts"][:5]))
 
 
 @ledger_app.command("statement")
@@ -280,4 +295,8 @@ def statement_cmd(owner: str = typer.Option(..., "--owner", help="Owner."),
                   ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
     """What an owner earned in a month, from which generations."""
     r = _open(ledger, readonly=True).statement(owner, period)
-    _emit(r, as_json, f"{r['owner']} {r['period']}: {r['total_cents']} cents from {r['generations']} generations")
+    totals = ", ".join(f"{c / 100:.2f} {cur}" for cur, c in r["totals"].items()) or "nothing"
+    _emit(r, as_json, f"{r['owner']} {r['period']}: {totals} from {r['generations']} generations "
+                      f"(shares by {', '.join(r['methods']) or r['payment_method']})" + "".join(
+                          f"\n  event {i['event_id']} {i['at']} {i['cents'] / 100:.2f} {i['currency']} ({i['method']}, "
+                          f"share {i['share']:.3f}, image {i['image_sha256'][:12]}) {i['prompt']!r}" for i in r["items"]))

@@ -15,7 +15,7 @@ import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import DatarightsError, NotFound
@@ -31,10 +31,18 @@ from .schema import (POLICIES, AttributionEvent, Certificate, Concept, Dataset, 
                      OptOutEvent, Owner, Payout, Work, now)
 
 NEAR_BITS = 10
-"""A perceptual hash within this many of 64 bits is a near copy."""
+"""A perceptual hash within this many of 64 bits is a near copy (if its colours match too)."""
+NEAR_COLORS = 32.0
+"""...and the mean absolute difference of the 4x4 colour thumbnails is at most this (of 255): the hash
+sees grey levels only, so a red fish and a blue one of the same shape hash alike."""
 SIMILAR = 0.97
 """Cosine similarity of judge features above which a work is reported as similar."""
 LABEL_KEYS = ("kind", "object", "category", "color", "style", "character", "memorized", "composition")
+PAYMENT_METHOD = "dtrak"
+"""The default method of paid generations (named on every statement). Of the methods that read the
+image, D-TRAK put the most owner share on the true owners in the leave-one-out calibration (32
+known-owner queries, BENCHMARKS.md): within noise of the caption-only baseline, which reads only the
+prompt's words and is refused for payments. It also costs the query only for the shipped model."""
 
 
 class NotYours(NotFound):
@@ -65,17 +73,24 @@ class Ledger:
         create: create a new ledger if nothing exists at `location` (never over an existing file).
         key: the Ed25519 signing key file (default: `<ledger file>.key`, made on first use).
         readonly: open for reading only (also the case for a file this process may not write).
+        home: for a database URL, the folder that keeps its signing key (`ledger.key`) and its edited
+            models (`ledger-models/`); default $DATARIGHTS_LEDGER_HOME. (An SQLite ledger keeps
+            both beside its file.)
     """
 
     def __init__(self, location: str | Path, create: bool = False, key: str | Path | None = None,
-                 readonly: bool = False):
+                 readonly: bool = False, home: str | Path | None = None):
         self.location = str(location)
         _, path = url_of(location)
         self.path = path
         engine, self.readonly = open_engine(location, create=create, readonly=readonly)
         self.store = Store(engine, self.readonly, shown(location))
-        self.key_path = Path(key) if key else (Path(str(path) + ".key") if path else None)
-        self.root = (path.parent if path else Path.cwd()) / ((path.stem if path else "ledger") + "-models")
+        home = home or os.environ.get("DATARIGHTS_LEDGER_HOME")
+        self.home = Path(home) if path is None and home else None
+        self.key_path = Path(key) if key else (Path(str(path) + ".key") if path else
+                                               (self.home / "ledger.key" if self.home else None))
+        self.root = (path.parent / (path.stem + "-models")) if path else \
+            ((self.home / "ledger-models") if self.home else Path.cwd() / "ledger-models")
         self._index = None
         self._attribution = None
         if not self.readonly:
@@ -125,7 +140,7 @@ class Ledger:
         o = s.scalar(select(Owner).where(Owner.name == name)) if isinstance(name, str) and len(name) <= MAX_NAME \
             else None
         if o is None:
-            raise DatarightsError(f"unknown owner {name!r} (see `datarights ledger owners`)")
+            raise DatarightsError(f"unknown owner {str(name)[:200]!r}", hint="see `datarights ledger owners`")
         return o
 
     def owner_by_token(self, token: str) -> dict:
@@ -155,7 +170,7 @@ class Ledger:
             o = s.scalar(select(Owner).where(Owner.name == name))
             if o is None:
                 if not admin:
-                    raise DatarightsError(f"unknown owner {name!r} (see `datarights ledger owners`)")
+                    raise DatarightsError(f"unknown owner {name!r}", hint="see `datarights ledger owners`")
                 o = Owner(name=name, role="admin")
                 s.add(o)
             elif admin and o.role != "admin":
@@ -233,7 +248,8 @@ class Ledger:
                     w = works.get(r["sha256"])
                     if w is None:
                         w = works[r["sha256"]] = Work(owner_id=o.id, sha256=r["sha256"], phash=r["phash"],
-                                                      caption=r["text"], policy=r["policy"], labels=r["labels"])
+                                                      colors=r.get("colors"), caption=r["text"], policy=r["policy"],
+                                                      labels=r["labels"])
                         s.add(w)
                         s.flush()
                         new_works += 1
@@ -296,11 +312,12 @@ class Ledger:
         if model_id is None:
             root = s.scalar(select(Model).where(Model.is_default))
             if root is None:
-                raise DatarightsError("the ledger has no model yet (register one with `datarights ledger import DATA --model M`)")
+                raise DatarightsError("the ledger has no model yet",
+                                      hint="register one with `datarights ledger import DATA --model M`")
             return rules.current(s, rules.line_of(s, root))
         m = s.get(Model, check_id(model_id, "model"))
         if m is None:
-            raise NotFound(f"unknown model {model_id} (see `datarights ledger models`)")
+            raise NotFound(f"unknown model {model_id}", hint="see `datarights ledger models`")
         return m if exact else rules.current(s, rules.line_of(s, m))
 
     # ------------------------------------------------------------------ lookup
@@ -310,11 +327,22 @@ class Ledger:
             import numpy as np
 
             with self.store.read() as s:
-                rows = s.execute(select(Work.id, Work.sha256, Work.phash)).all()
+                rows = s.execute(select(Work.id, Work.sha256, Work.phash, Work.colors)).all()
+            colors = np.zeros((len(rows), 48), dtype=np.float32)
+            known = np.zeros(len(rows), dtype=bool)
+            for i, r in enumerate(rows):
+                c = r[3]
+                if c is None and (p := self.work_file(r[0])) is not None:   # a work registered before colours were
+                    try:
+                        c = colors_of(open_rgb(p)[0])
+                    except DatarightsError:
+                        c = None
+                if c is not None and len(c) == 48:
+                    colors[i], known[i] = np.frombuffer(c, dtype=np.uint8), True
             self._index = {"ids": np.array([r[0] for r in rows], dtype=np.int64),
                            "sha": {r[1]: r[0] for r in rows},
                            "phash": np.array([r[2] for r in rows], dtype=np.int64).view(np.uint64),
-                           "features": None}
+                           "colors": colors, "colors_known": known, "features": None}
         return self._index
 
     def _features(self):
@@ -348,11 +376,18 @@ class Ledger:
             idx["features"] = (np.array(ids, dtype=np.int64), feats, judge)
         return idx["features"]
 
-    def lookup(self, image: str | Path, limit: int = 10, features: bool = True, label: str | None = None) -> list[dict]:
+    def lookup(self, image: str | Path, limit: int = 10, features: bool = True, label: str | None = None,
+               viewer: str | None = None) -> list[dict]:
         """Registered works that are this image (same bytes), a near copy (perceptual hash within
-        NEAR_BITS bits), or, for world-sized images, look alike in judge features (cosine >= SIMILAR);
-        best first, each with its owner and the datasets and models it is in. `label`: how errors
-        name the image (the web says "the uploaded image", never a server path)."""
+        NEAR_BITS bits and colours within NEAR_COLORS), or, for world-sized images, look alike in
+        judge features (cosine >= SIMILAR); best first, each with its owner and the datasets and
+        models it is in. `label`: how errors name the image (the web says "the uploaded image",
+        never a server path).
+
+        What a lookup reveals (`viewer`: the owner asking; None: the model owner, who sees all): that
+        the image matches a registered work, how, whose it is and which datasets and models hold it.
+        Another owner's work itself — its id, caption, hash, file name, image — stays theirs, as
+        /api/works/{id} keeps it (404)."""
         import numpy as np
 
         check_count(limit, "the number of matches", 1, MAX_PAGE)
@@ -366,8 +401,11 @@ class Ledger:
         if len(idx["ids"]):
             x = np.bitwise_xor(idx["phash"], np.array([ph], dtype=np.int64).view(np.uint64))
             bits = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
-            for i in np.argsort(bits, kind="stable")[:limit]:
-                if bits[i] <= NEAR_BITS and int(idx["ids"][i]) not in found:
+            q = np.frombuffer(colors_of(rgb), dtype=np.uint8).astype(np.float32)
+            off = np.abs(idx["colors"] - q).mean(1)
+            near = (bits <= NEAR_BITS) & (~idx["colors_known"] | (off <= NEAR_COLORS))
+            for i in np.argsort(np.where(near, bits, 99), kind="stable")[:limit]:
+                if near[i] and int(idx["ids"][i]) not in found:
                     found[int(idx["ids"][i])] = {"match": "near copy", "distance_bits": int(bits[i])}
         if features and len(found) < limit and max(rgb.size) <= 64:
             import torch
@@ -388,8 +426,12 @@ class Ledger:
             out = []
             for wid, how in ranked:
                 w = s.get(Work, wid)
-                out.append({"work_id": wid, "owner": w.owner.name, "caption": w.caption, "policy": w.policy,
-                            "sha256": w.sha256, **how, "in": self._where(s, wid)})
+                if viewer is not None and w.owner.name != viewer:          # another owner's work: that it is used
+                    out.append({"owner": w.owner.name, **how, "yours": False,
+                                "in": [{k: d[k] for k in ("dataset", "version", "models")} for d in self._where(s, wid)]})
+                else:
+                    out.append({"work_id": wid, "owner": w.owner.name, "caption": w.caption, "policy": w.policy,
+                                "sha256": w.sha256, **how, "yours": viewer is not None, "in": self._where(s, wid)})
         return out
 
     def _where(self, s, work_id: int) -> list[dict]:
@@ -572,6 +614,7 @@ class Ledger:
                     continue
                 sweep_stale(self.root / f"job-{j.id}")      # its half-written edited folder, if any
                 j.status, j.error, j.finished_at = "failed", f"interrupted (process {j.pid} ended)", now()
+                j.idempotency_key = None                    # a retry of a queued payment may queue it again
                 for r in s.scalars(select(OptOut).where(OptOut.id.in_(j.optouts))):
                     if r.status == "processing":
                         r.status = "pending"
@@ -601,7 +644,8 @@ class Ledger:
         return read_json_file(p, "evidence file") if p.is_file() else []
 
     def job_json(self, j: Job, public: bool = False) -> dict:
-        return {"id": j.id, "model_id": j.model_id, "optouts": j.optouts, "method": j.method, "settings": j.settings,
+        return {"id": j.id, "kind": j.kind, "model_id": j.model_id, "optouts": j.optouts, "method": j.method,
+                "settings": j.settings, "result": j.result,
                 "status": j.status, "stage": j.stage, "progress": round(j.progress, 3),
                 "edited_path": self.public(j.edited_path) if public else self.resolved(j.edited_path), "edited_model_id": j.edited_model_id, "audit": j.audit,
                 "attacks": j.attacks, "error": j.error, "started_at": _iso(j.started_at),
@@ -614,7 +658,9 @@ class Ledger:
     # ------------------------------------------------------------------ certificates
     def signing_key(self):
         if self.key_path is None:
-            raise DatarightsError("this ledger is a database URL: give its signing key file with --key")
+            raise DatarightsError("a database ledger keeps its signing key and edited models in a folder of its own: "
+                                  "set DATARIGHTS_LEDGER_HOME to it")
+        self.key_path.parent.mkdir(parents=True, exist_ok=True)
         return signing.load_or_create_key(self.key_path)
 
     def public_key(self) -> str:
@@ -649,21 +695,49 @@ class Ledger:
             return out
 
     # ------------------------------------------------------------------ compensation
-    def attribute_log(self, image: str | Path, prompt: str, revenue: str | float, method: str = "dtrak",
-                      model_id: int | None = None, at: datetime | None = None, label: str | None = None) -> dict:
-        """Attribute a generated image to the registered model's training set and record a paid
-        generation: per-owner shares, and the revenue split by them in integer cents (largest
-        remainder: the parts sum exactly to the revenue)."""
-        from ..attribute import METHODS, Query, attribute, load_training_set, make_config
-        from ..world import read_imagefolder
+    def check_payment(self, prompt, revenue, method, currency="USD") -> tuple[str, int, str, str]:
+        """(prompt, cents, method, currency) of a paid generation, each checked before any work."""
+        from ..attribute import METHODS
 
         cents = money.to_cents(revenue)
+        currency = money.check_currency(currency)
         prompt = check_text(prompt, "the prompt", MAX_PROMPT)
+        method = method or PAYMENT_METHOD
+        if method == "caption":
+            raise DatarightsError("the caption-only baseline reads only the prompt's words; a share must come from "
+                                  f"the images, so pay with another method (default {PAYMENT_METHOD})")
         if method not in METHODS:
-            raise DatarightsError(f"unknown attribution method {str(method)[:40]!r}; choose from {', '.join(sorted(METHODS))}")
+            raise DatarightsError(f"unknown attribution method {str(method)[:40]!r}; choose from "
+                                  f"{', '.join(sorted(m for m in METHODS if m != 'caption'))}")
+        return prompt, cents, method, currency
+
+    def attribute_log(self, image: str | Path, prompt: str, revenue: str | float, method: str | None = None,
+                      model_id: int | None = None, at: datetime | None = None, label: str | None = None,
+                      client_key: str | None = None, currency: str = "USD") -> dict:
+        """Attribute a generated image to the registered model's training set and record a paid
+        generation: per-owner shares, and the revenue split by them in integer cents (largest
+        remainder: the parts sum exactly to the revenue).
+
+        Recorded exactly once: the event's key is sha256(image hash : `client_key`), so a retry of
+        the same generation (same image, same client key; without a key, the same image) returns
+        the first event (`"replayed": true`) and records nothing. `method`: PAYMENT_METHOD by default;
+        the caption-only baseline is refused (a share must come from the images). `model_id`: the
+        model that generated the image (default: the default line's current model).
+        """
+        from ..attribute import Query, attribute, load_training_set, make_config
+        from ..world import read_imagefolder
+
+        prompt, cents, method, currency = self.check_payment(prompt, revenue, method, currency)
+        if client_key is not None:
+            client_key = check_text(client_key, "the idempotency key", 200)
         path = Path(image)
         rgb, _ = open_rgb(path, label=label)
+        image_sha = file_sha256(path)
+        key = hashlib.sha256(f"{image_sha}:{client_key or ''}".encode()).hexdigest()
         with self.store.read() as s:
+            first = s.scalar(select(AttributionEvent).where(AttributionEvent.idempotency_key == key))
+            if first is not None:
+                return {**self._event_json(s, first), "replayed": True}
             m = self._model(s, model_id, exact=True)
             ds = s.get(Dataset, m.dataset_id) if m.dataset_id else None
             if ds is None:
@@ -672,33 +746,127 @@ class Ledger:
         import numpy as np
         import torch
 
-        key = (model_path, source)
-        if self._attribution is None or self._attribution[0] != key:   # a server attributes many generations
+        cache = (model_path, source)
+        if self._attribution is None or self._attribution[0] != cache:   # a server attributes many generations
             model = self.load(model_path)
-            self._attribution = (key, model, load_training_set(model, read_imagefolder(source, resolution=model.resolution)))
+            self._attribution = (cache, model, load_training_set(model, read_imagefolder(source, resolution=model.resolution)))
         _, model, train = self._attribution
         x = torch.from_numpy(np.asarray(rgb.resize((model.resolution, model.resolution)), dtype=np.float32) / 255.0)
         r = attribute(model, train, Query(x.permute(2, 0, 1), prompt), method, make_config(method), progress=False)
         shares = r.owner_shares()
         split = money.split_cents(cents, {x["owner"]: x["share"] for x in shares}) if cents else {}
+        try:
+            with self.store.transaction() as s:
+                ev = AttributionEvent(model_id=m.id, image_sha256=image_sha, prompt=prompt, method=method,
+                                      shares=[{"owner": x["owner"], "share": round(float(x["share"]), 6)} for x in shares],
+                                      revenue_cents=cents, currency=currency, idempotency_key=key, created_at=at or now())
+                s.add(ev)
+                s.flush()
+                owners = {o.name: o for o in s.scalars(select(Owner).where(Owner.name.in_(list(split))))}
+                missing = [o for o in split if o not in owners]
+                if missing:
+                    raise DatarightsError(f"owner {missing[0]!r} of the training set is not registered in the ledger")
+                share_of = {x["owner"]: float(x["share"]) for x in shares}
+                for name, c in split.items():
+                    if c:
+                        s.add(Payout(event_id=ev.id, owner_id=owners[name].id, cents=c, share=share_of[name]))
+                s.flush()
+                return self._event_json(s, ev)
+        except IntegrityError:     # the same generation, recorded by another request meanwhile
+            with self.store.read() as s:
+                first = s.scalar(select(AttributionEvent).where(AttributionEvent.idempotency_key == key))
+                return {**self._event_json(s, first), "replayed": True}
+
+    def _event_json(self, s, ev: AttributionEvent) -> dict:
+        pays = s.execute(select(Owner.name, Payout.cents, Payout.share).join(Owner, Owner.id == Payout.owner_id)
+                         .where(Payout.event_id == ev.id)).all()
+        return {"event_id": ev.id, "model_id": ev.model_id, "method": ev.method, "image_sha256": ev.image_sha256,
+                "prompt": ev.prompt, "revenue_cents": ev.revenue_cents, "currency": ev.currency,
+                "payouts": sorted(({"owner": n, "cents": c, "share": round(sh, 6)} for n, c, sh in pays),
+                                  key=lambda p: (-p["cents"], p["owner"])),
+                "shares": ev.shares, "created_at": _iso(ev.created_at), "replayed": False}
+
+    def event(self, event_id: int) -> dict:
+        """A recorded paid generation with every owner it paid."""
+        event_id = check_id(event_id, "paid generation")
+        with self.store.read() as s:
+            ev = s.get(AttributionEvent, event_id)
+            if ev is None:
+                raise NotFound(f"unknown paid generation {event_id}")
+            return self._event_json(s, ev)
+
+    # ------------------------------------------------------------------ queued work (the web's worker)
+    def queue_attribution(self, image: str | Path, prompt: str, revenue: str, method: str | None = None,
+                          model_id: int | None = None, client_key: str | None = None, currency: str = "USD",
+                          label: str | None = None) -> dict:
+        """Queue a paid generation for the worker process (the web server never attributes in a
+        request): every input is checked now, the image is kept under the ledger's folder, and the
+        same request again (same image and client key) returns the first job, or the event it made."""
+        prompt, cents, method, currency = self.check_payment(prompt, revenue, method, currency)
+        path = Path(image)
+        open_rgb(path, label=label)
+        image_sha = file_sha256(path)
+        key = hashlib.sha256(f"{image_sha}:{client_key or ''}".encode()).hexdigest()
+        with self.store.read() as s:
+            if model_id is not None:
+                self._model(s, model_id, exact=True)
+            first = s.scalar(select(Job).where(Job.idempotency_key == key))
+            if first is not None:
+                return {**self.job_json(first, public=True), "replayed": True}
+            ev = s.scalar(select(AttributionEvent).where(AttributionEvent.idempotency_key == key))
+            if ev is not None:
+                return {"id": None, "kind": "attribute", "status": "done", "result": self._event_json(s, ev),
+                        "replayed": True}
+        from ..files import atomic_file
+
+        keep = self.root / "generations" / f"{image_sha}.png"
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        if not keep.exists():
+            atomic_file(keep, lambda tmp: Path(tmp).write_bytes(path.read_bytes()))
+        try:
+            with self.store.transaction() as s:
+                j = Job(kind="attribute", model_id=self._model(s, model_id, exact=True).id, optouts=[], method=method,
+                        status="queued", stage="queued", idempotency_key=key,
+                        payload={"image": self.stored(keep), "prompt": prompt, "revenue_cents": cents,
+                                 "currency": currency, "method": method, "model_id": model_id,
+                                 "client_key": client_key})
+                s.add(j)
+                s.flush()
+                return {**self.job_json(j, public=True), "replayed": False}
+        except IntegrityError:
+            with self.store.read() as s:
+                return {**self.job_json(s.scalar(select(Job).where(Job.idempotency_key == key)), public=True),
+                        "replayed": True}
+
+    def run_queued(self, log=lambda s: None) -> int | None:
+        """Claim the oldest queued attribution job and run it in this process; its id, or None."""
         with self.store.transaction() as s:
-            ev = AttributionEvent(model_id=m.id, image_sha256=file_sha256(path), prompt=prompt, method=method,
-                                  shares=[{"owner": x["owner"], "share": round(float(x["share"]), 6)} for x in shares],
-                                  revenue_cents=cents, created_at=at or now())
-            s.add(ev)
-            s.flush()
-            owners = {o.name: o for o in s.scalars(select(Owner).where(Owner.name.in_(list(split))))}
-            missing = [o for o in split if o not in owners]
-            if missing:
-                raise DatarightsError(f"owner {missing[0]!r} of the training set is not registered in the ledger")
-            share_of = {x["owner"]: float(x["share"]) for x in shares}
-            for name, c in split.items():
-                if c:
-                    s.add(Payout(event_id=ev.id, owner_id=owners[name].id, cents=c, share=share_of[name]))
-            return {"event_id": ev.id, "model_id": m.id, "method": method, "revenue_cents": cents,
-                    "payouts": sorted(({"owner": k, "cents": v} for k, v in split.items() if v),
-                                      key=lambda p: (-p["cents"], p["owner"])),
-                    "shares": ev.shares[:10], "created_at": _iso(ev.created_at)}
+            j = s.scalar(select(Job).where(Job.status == "queued").order_by(Job.id))
+            if j is None:
+                return None
+            hit = s.execute(update(Job).where(Job.id == j.id, Job.status == "queued")
+                            .values(status="running", pid=os.getpid(), started_at=now(), stage="attribute")
+                            .execution_options(synchronize_session=False))
+            if hit.rowcount != 1:
+                return j.id            # another worker took it
+            job_id, p = j.id, dict(j.payload)
+        log(f"job {job_id}: attributing a paid generation with {p['method']}")
+        try:
+            ev = self.attribute_log(self.resolved(p["image"]), p["prompt"], f"{p['revenue_cents'] // 100}."
+                                    f"{p['revenue_cents'] % 100:02d}", p["method"], p["model_id"],
+                                    client_key=p["client_key"], currency=p["currency"], label="the generated image")
+            with self.store.transaction() as s:
+                j = s.get(Job, job_id)
+                j.status, j.stage, j.progress, j.finished_at = "done", "done", 1.0, now()
+                j.result = {"event_id": ev["event_id"]}
+        except BaseException as e:
+            with self.store.transaction() as s:
+                j = s.get(Job, job_id)
+                j.status, j.error, j.finished_at = "failed", f"{type(e).__name__}: {e}"[:2000], now()
+                j.idempotency_key = None            # nothing was recorded: the same request may be queued again
+            if not isinstance(e, Exception):
+                raise
+        return job_id
 
     def statement(self, owner: str, period: str) -> dict:
         """What an owner earned in a month ('2026-11'), from which generations."""
@@ -711,21 +879,25 @@ class Ledger:
                              .where(Payout.owner_id == o.id, AttributionEvent.created_at >= start,
                                     AttributionEvent.created_at < end).order_by(AttributionEvent.created_at)).all()
             items = [{"event_id": e.id, "at": _iso(e.created_at), "prompt": e.prompt, "image_sha256": e.image_sha256,
-                      "method": e.method, "share": round(p.share, 6), "cents": p.cents, "revenue_cents": e.revenue_cents}
-                     for p, e in rows]
+                      "model_id": e.model_id, "method": e.method, "share": round(p.share, 6), "cents": p.cents,
+                      "revenue_cents": e.revenue_cents, "currency": e.currency} for p, e in rows]
+            totals: dict[str, int] = {}
+            for i in items:
+                totals[i["currency"]] = totals.get(i["currency"], 0) + i["cents"]
             return {"owner": o.name, "period": period, "total_cents": sum(i["cents"] for i in items),
-                    "generations": len(items), "items": items}
+                    "totals": totals, "generations": len(items), "items": items, "payment_method": PAYMENT_METHOD,
+                    "methods": sorted({i["method"] for i in items})}
 
     def earnings(self, owner: str) -> list[dict]:
         """An owner's earnings per month, oldest first (for the chart)."""
         with self.store.read() as s:
             o = self.owner(s, owner)
-            rows = s.execute(select(AttributionEvent.created_at, Payout.cents)
+            rows = s.execute(select(AttributionEvent.created_at, Payout.cents, AttributionEvent.currency)
                              .join(Payout, Payout.event_id == AttributionEvent.id).where(Payout.owner_id == o.id)).all()
-        months: dict[str, int] = {}
-        for t, c in rows:
-            months[t.strftime("%Y-%m")] = months.get(t.strftime("%Y-%m"), 0) + c
-        return [{"period": k, "cents": v} for k, v in sorted(months.items())]
+        months: dict[tuple[str, str], int] = {}
+        for t, c, cur in rows:
+            months[(t.strftime("%Y-%m"), cur)] = months.get((t.strftime("%Y-%m"), cur), 0) + c
+        return [{"period": k, "currency": cur, "cents": v} for (k, cur), v in sorted(months.items())]
 
 
 def read_dataset(root: str | Path, log=lambda s: None) -> list[dict]:
@@ -747,11 +919,19 @@ def read_dataset(root: str | Path, log=lambda s: None) -> list[dict]:
         labels = {k: check_text(m[k], f"{where}: '{k}'", MAX_LABEL, empty=True) for k in LABEL_KEYS if k in m}
         rgb, _ = open_rgb(path)
         rows.append({"file_name": m["file_name"], "text": text, "owner": owner, "policy": policy,
-                     "sha256": file_sha256(path), "phash": phash(rgb), "labels": labels})
+                     "sha256": file_sha256(path), "phash": phash(rgb), "colors": colors_of(rgb), "labels": labels})
     if not rows:
         raise DatarightsError(f"{root / 'metadata.jsonl'} lists no images")
     log(f"ledger: hashed {len(rows)} images")
     return rows
+
+
+def colors_of(rgb) -> bytes:
+    """A 4x4 RGB thumbnail of an image (box-filtered), 48 bytes."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(rgb.resize((4, 4), Image.BOX), dtype=np.uint8).tobytes()
 
 
 def _make_default(s, m: Model) -> None:
@@ -810,7 +990,7 @@ def resolve_concept(model: Model, concept: str, anchor: str | None) -> tuple[str
 
         found = V.find_concept(concept)
         if found is None or found[0] == "categories":
-            raise DatarightsError(f"model {model.id} does not know the concept {concept!r} (see `datarights world info`)")
+            raise DatarightsError(f"the model does not know the concept {concept!r}", hint="see `datarights world info`")
         concept = found[1]["name"]
         anchor = anchor or found[1].get("anchor")
     if not anchor or not anchor.strip() or anchor.strip().lower() == concept.lower():

@@ -28,7 +28,6 @@ from sqlalchemy.pool import NullPool, QueuePool
 from ..errors import DatarightsError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 WRITE = "datarights_write"
 """Execution option of the ledger's write transactions (SQLite: BEGIN IMMEDIATE)."""
 LEDGER_TABLES = {"owners", "works", "datasets", "dataset_works", "models", "optouts", "optout_events", "jobs",
@@ -106,19 +105,20 @@ def _sqlite_engine(path: Path, readonly: bool) -> Engine:
 
 
 def _check_sqlite_file(path: Path, location) -> None:
-    """A plain file with the SQLite header (read without changing anything)."""
+    """A non-empty plain file. Its header is not read here: opening the ledger file with a descriptor
+    of our own and closing it would drop every POSIX lock this process holds on it, SQLite's included,
+    and another process (the web's worker) could then take the database for unused, fold its
+    write-ahead log in and delete it under this process's connections. SQLite itself reads the header
+    (read-only) in `_open_sqlite`, and refuses a file that is not a database without changing it."""
     try:
         st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise DatarightsError(f"ledger {location} is not a plain file")
-        if st.st_size == 0:
-            raise DatarightsError(f"{location} is an empty file, not a datarights ledger (give a new path to create "
-                                  "one)")
-        with open(path, "rb") as f:
-            head = f.read(16)
     except OSError as e:
         raise DatarightsError(f"cannot read ledger {location} ({e.strerror or e})") from None
-    if head != SQLITE_MAGIC:
+    if not stat.S_ISREG(st.st_mode):
+        raise DatarightsError(f"ledger {location} is not a plain file")
+    if st.st_size == 0:
+        raise DatarightsError(f"{location} is an empty file, not a datarights ledger (give a new path to create one)")
+    if st.st_size < 100:      # an SQLite database is at least its 100-byte header
         raise DatarightsError(f"{location} is not a datarights ledger (not an SQLite database)")
 
 
@@ -215,7 +215,7 @@ def _open_sqlite(path: Path, location, create: bool, readonly: bool) -> tuple[En
         raise DatarightsError(f"ledger {path} is a folder, not a ledger file")
     if not path.exists():
         if not create:
-            raise DatarightsError(f"ledger {path} does not exist (create one with `datarights ledger import`)")
+            raise DatarightsError(f"ledger {path} does not exist", hint="create one with `datarights ledger import`")
         _create_sqlite(path)
     _check_sqlite_file(path, location)
     probe = _sqlite_engine(path, readonly=True)
@@ -223,7 +223,8 @@ def _open_sqlite(path: Path, location, create: bool, readonly: bool) -> tuple[En
         with probe.connect() as conn:
             revision, tables = _inspect(conn)
     except DatabaseError as e:
-        raise DatarightsError(f"{location} is not a datarights ledger ({e.orig})") from None
+        why = "not an SQLite database" if "not a database" in str(e.orig) else str(e.orig)
+        raise DatarightsError(f"{location} is not a datarights ledger ({why})") from None
     finally:
         probe.dispose()
     _judge(location, revision, tables, create=False)

@@ -35,6 +35,16 @@ def to_cents(amount: str | float | Decimal) -> int:
     return cents
 
 
+CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def check_currency(code) -> str:
+    """An ISO 4217 code such as USD or EUR (amounts are kept in its minor unit, cents)."""
+    if not isinstance(code, str) or not CURRENCY.fullmatch(code.strip().upper()):
+        raise DatarightsError(f"the currency must be a three-letter code such as USD or EUR, got {str(code)[:20]!r}")
+    return code.strip().upper()
+
+
 def split_cents(total: int, shares: dict[str, float]) -> dict[str, int]:
     """Split `total` cents by `shares` (largest-remainder rounding, the Hamilton method).
 

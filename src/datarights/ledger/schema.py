@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
+                        Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 POLICIES = ("allow", "opt-out", "licence-required")
@@ -22,7 +22,8 @@ OPTOUT_STATES = ("review", "pending", "processing", "done", "failed", "rejected"
 OWNED_KINDS = ("style", "character", "memorized")
 """Labels whose value is a concept one owner can hold (an artist's style, a studio's character, a
 memorized image); objects and compositions are shown by many owners' works."""
-JOB_STATES = ("running", "done", "failed")
+JOB_STATES = ("queued", "running", "done", "failed")
+JOB_KINDS = ("erase", "attribute")
 
 
 def now() -> datetime:
@@ -55,6 +56,8 @@ class Work(Base):
     policy: Mapped[str] = mapped_column(String(20), default="allow")
     labels: Mapped[dict] = mapped_column(JSON, default=dict)
     """What the dataset's metadata says the image shows (world labels), for opt-outs by works."""
+    colors: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    """A 4x4 RGB thumbnail (48 bytes): a near copy must match its colours as well as its hash."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
     owner: Mapped[Owner] = relationship()
 
@@ -138,6 +141,14 @@ class OptOutEvent(Base):
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), default="erase", server_default="erase")
+    """'erase' (processing opt-outs) or 'attribute' (a paid generation queued by the web server)."""
+    payload: Mapped[dict | None] = mapped_column(JSON, default=None)
+    """What a queued job is to do (an attribution: the saved image, prompt, revenue, method, model)."""
+    result: Mapped[dict | None] = mapped_column(JSON, default=None)
+    """What it produced (an attribution: the event)."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), default=None, index=True, unique=True)
+    """A queued paid generation's key: the same request twice is one job."""
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     optouts: Mapped[list] = mapped_column(JSON)
     method: Mapped[str] = mapped_column(String(40))
@@ -196,6 +207,11 @@ class AttributionEvent(Base):
     shares: Mapped[list] = mapped_column(JSON)
     """[{"owner", "share"}] as the attribution gave them."""
     revenue_cents: Mapped[int] = mapped_column(Integer)
+    """The revenue in minor units (cents) of `currency`."""
+    currency: Mapped[str] = mapped_column(String(3), default="USD", server_default="USD")
+    """ISO 4217 code of the revenue."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), default=None, index=True, unique=True)
+    """sha256 of the image's hash and the client's key: a retried generation returns the first event."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now, index=True)
 
 

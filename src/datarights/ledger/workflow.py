@@ -127,7 +127,7 @@ def _claim(s, ids: list[int], job_id: int) -> list[int]:
 
 def _line_busy(s, line_id: int) -> bool:
     """Whether another job is running on this line (jobs record the model they erase from)."""
-    for (model_id,) in s.execute(select(Job.model_id).where(Job.status == "running")):
+    for (model_id,) in s.execute(select(Job.model_id).where(Job.status == "running", Job.kind == "erase")):
         m = s.get(Model, model_id)
         if m is not None and rules.line_of(s, m) == line_id:
             return True
@@ -155,6 +155,9 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
 
     line_id = group[0].line_id
     with ledger.store.transaction() as s:
+        # one claim on a line at a time: the line's base model row is locked (PostgreSQL; SQLite's write
+        # transaction already holds the whole database)
+        s.execute(select(Model.id).where(Model.id == line_id).with_for_update())
         if _line_busy(s, line_id):
             log(f"line {line_id} is being processed by another run; its requests stay pending")
             return None
@@ -222,6 +225,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
         progress.set("certificates", 0.98, force=True)
         edited_sha = weights_digest(edited)
         with ledger.store.transaction() as s:
+            s.execute(select(Model.id).where(Model.id == line_id).with_for_update())
             if rules.current(s, line_id).id != base_id:
                 raise DatarightsError(f"model {base_id} stopped being its line's current model while the job ran")
             j = s.get(Job, job_id)

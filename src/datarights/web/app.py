@@ -13,9 +13,11 @@ before it is read, and a POST that carries no valid token or session is 401 befo
 read at all (so nothing is spooled to disk for it). The JSON API takes `application/json` bodies
 only, and with a session cookie (instead of a bearer token) a state-changing API call must also
 carry the session's CSRF token in `X-CSRF-Token`. Work that parses uploads, decodes images or
-looks them up runs on one worker thread, an attribution on another, never on the event loop, so
-that a page such as `GET /api/me` answers while lookups run. (One thread each: the work holds the
-GIL, and two lookup threads on 2 cores served 26 lookups/s against one thread's 42.)
+looks them up runs on one worker thread, never on the event loop, so that a page such as
+`GET /api/me` answers while lookups run (one thread: the work holds the GIL, and two lookup
+threads on 2 cores served 26 lookups/s against one thread's 42). Long work — processing opt-outs,
+attributing a paid generation — is queued as a job and run by a worker process
+(`ledger/worker.py`), never in a request; its page shows its stage and progress.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DatarightsError, NotFound
 from ..ledger.core import Ledger, hash_token
+from ..ledger.worker import start as start_worker
 from ..ledger.rules import Conflict, NeedsConfirmation, NotAllowed
 from ..limits import MAX_ID, MAX_JSON_BODY, MAX_UPLOAD, MAX_UPLOAD_REQUEST, loads_json
 from .forms import Form as ParsedForm
@@ -55,9 +58,8 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 UPLOAD_ROUTES = ("/check", "/admin/attribute", "/api/lookup", "/api/admin/attribute")
 """The routes whose body may hold an image (up to MAX_UPLOAD_REQUEST bytes); every other body is at
 most MAX_JSON_BODY."""
-WORK_THREADS = {"work": 1, "attribution": 1}
-"""Worker threads off the event loop: uploads (form parsing, image decoding, lookups), and paid
-generations' attribution (minutes for `abu`; lookups go on meanwhile)."""
+WORK_THREADS = 1
+"""Threads off the event loop for uploads: form parsing, image decoding, lookups."""
 REQUEST_THREADS = 8
 """Threads for the light handlers (pages and API calls that read a few ledger rows)."""
 UPLOAD_LABEL = "the uploaded image"
@@ -79,21 +81,21 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
         # burst of uploads made a trivial page wait; the heavy work has its own pool anyway.
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         yield
-        for p in pools.values():
-            p.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="datarights", description="Works, opt-outs, erase certificates and earnings of the owners "
-                                                  "whose images trained a model.", lifespan=lifespan)
+                                                  "whose images trained a model.", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)        # Swagger UI and ReDoc load scripts from a CDN: our own page
     secret = secrets.token_bytes(32)
-    worker: dict = {"thread": None, "error": None}
+    worker: dict = {"process": None, "error": None, "lock": threading.Lock(), "log": None}
     opts = dict(process_options or {})
-    pools = {name: ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"datarights-{name}")
-             for name, n in WORK_THREADS.items()}
-    _warm(led, pools)
+    pool = ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="datarights-work")
+    _warm(led, pool)
+    worker["log"] = led.root / "worker.log"
 
-    async def heavy(fn, *args, pool: str = "work", **kw):
-        """Run blocking work on a worker thread; the event loop stays free for other requests."""
-        return await asyncio.get_running_loop().run_in_executor(pools[pool], functools.partial(fn, *args, **kw))
+    async def heavy(fn, *args, **kw):
+        """Run blocking work on the worker thread; the event loop stays free for other requests."""
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kw))
 
     # ------------------------------------------------------------------ identity
     def _sign(value: str) -> str:
@@ -269,7 +271,8 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     async def check(request: Request):
         who = await run_in_threadpool(user, request)
         form = await form_of(request, who)
-        matches, uploaded = await heavy(with_upload, form, _lookup_with_thumbs, led)
+        matches, uploaded = await heavy(with_upload, form, _lookup_with_thumbs, led,
+                                        None if who["role"] == "admin" else who["name"])
         return page(request, "check.html", who, matches=matches, uploaded=uploaded)
 
     @app.get("/optouts", response_class=HTMLResponse)
@@ -325,6 +328,14 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
                     check=verify_certificate(cert, public_key=key), evidence=led.evidence(doc["job"]),
                     attack_words=ATTACK_WORDS)
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def api_docs(request: Request):
+        """The JSON API's routes, from the OpenAPI document (no scripts, nothing from elsewhere)."""
+        routes = [{"method": m.upper(), "path": p, "summary": op.get("summary", ""),
+                   "description": (op.get("description") or "").split("\n\n")[0]}
+                  for p, ops in app.openapi()["paths"].items() for m, op in ops.items()]
+        return page(request, "api.html", _session(request), routes=routes)
+
     @app.get("/.well-known/datarights-keys.json")
     def published_keys():
         """The ledger's signer keys: pin one to check its certificates (no sign-in needed)."""
@@ -339,15 +350,27 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
                     st=led.statement(who["name"], period))
 
     # ------------------------------------------------------------------ the model owner's pages
-    def admin_view(request: Request, who: dict, attributed: dict | None = None) -> HTMLResponse:
+    def admin_view(request: Request, who: dict) -> HTMLResponse:
         return page(request, "admin.html", who, pending=led.optouts(status="pending"),
                     review=[r for r in led.optouts(status="review") if r["review_by"] == "admin"],
                     jobs=_shown(led.jobs(public=True)[:20]), running=_running(), error=worker["error"],
-                    attributed=attributed)
+                    form_key=secrets.token_urlsafe(16))
 
     @app.get("/admin", response_class=HTMLResponse)
     def admin_page(request: Request):
         return admin_view(request, user(request, admin=True))
+
+    @app.get("/admin/requests", response_class=HTMLResponse)
+    def admin_requests(request: Request):
+        return page(request, "admin_requests.html", user(request, admin=True), optouts=led.optouts())
+
+    @app.get("/admin/certificates", response_class=HTMLResponse)
+    def admin_certificates(request: Request):
+        return page(request, "admin_certificates.html", user(request, admin=True), certificates=led.certificates())
+
+    @app.get("/admin/owners", response_class=HTMLResponse)
+    def admin_owners(request: Request):
+        return page(request, "admin_owners.html", user(request, admin=True), owners=led.owners())
 
     @app.post("/admin/process")
     async def admin_process(request: Request):
@@ -357,29 +380,47 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
 
     @app.post("/admin/attribute", response_class=HTMLResponse)
     async def admin_attribute(request: Request):
+        """Queue a paid generation (the worker attributes it) and go to its page: reloading that page,
+        or sending the same form again (its key), records nothing new."""
         who = await run_in_threadpool(user, request, True)
         form = await form_of(request, who)
-        ev = await heavy(with_upload, form, led.attribute_log, form.get("prompt"), form.get("revenue"),
-                         form.get("method") or "dtrak", label=UPLOAD_LABEL, pool="attribution")
-        return await run_in_threadpool(admin_view, request, who, ev)
+        job = await heavy(with_upload, form, led.queue_attribution, form.get("prompt"), form.get("revenue"),
+                          form.get("method") or None, client_key=form.get("key") or None,
+                          currency=form.get("currency") or "USD", label=UPLOAD_LABEL)
+        if job["id"] is None:                       # recorded before: its event
+            return RedirectResponse(f"/admin/payments/{job['result']['event_id']}", status_code=303)
+        start_processing()
+        return RedirectResponse(f"/admin/jobs/{job['id']}", status_code=303)
+
+    @app.get("/admin/jobs/{job_id}", response_class=HTMLResponse)
+    def admin_job_page(request: Request, job_id: int):
+        who = user(request, admin=True)
+        _running()
+        j = _shown([led.job(job_id, public=True)])[0]
+        ev = led.event(j["result"]["event_id"]) if j["kind"] == "attribute" and j.get("result") else None
+        return page(request, "job.html", who, j=j, event=ev)
+
+    @app.get("/admin/payments/{event_id}", response_class=HTMLResponse)
+    def admin_payment_page(request: Request, event_id: int):
+        return page(request, "payment.html", user(request, admin=True), event=led.event(event_id))
 
     def _running() -> bool:
-        t = worker["thread"]
-        return t is not None and t.is_alive()
+        p = worker["process"]
+        if p is not None and p.poll() is not None:        # it finished: keep what it said last, if it failed
+            worker["process"] = None
+            if p.returncode != 0:
+                worker["error"] = _last_error(worker["log"])
+        return worker["process"] is not None
 
     def start_processing() -> bool:
-        if _running():
-            return False
-
-        def work():
+        """Start the worker process unless one runs (it takes whatever work is queued, new work too)."""
+        with worker["lock"]:
+            if _running():
+                return False
+            led.root.mkdir(parents=True, exist_ok=True)
             worker["error"] = None
-            try:
-                led.process(**opts)
-            except Exception as e:  # recorded on the job rows too; shown on the admin page
-                worker["error"] = str(e)
-        worker["thread"] = threading.Thread(target=work, name="datarights-process", daemon=True)
-        worker["thread"].start()
-        return True
+            worker["process"] = start_worker(led.location, opts, worker["log"])
+            return True
 
     # ------------------------------------------------------------------ JSON API
     @app.get("/api/me")
@@ -406,9 +447,10 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     @app.post("/api/lookup", openapi_extra=_upload_body({}))
     async def api_lookup(request: Request):
         """Registered works that are the uploaded image (field `file`), a near copy, or look alike."""
-        await run_in_threadpool(user, request)
+        who = await run_in_threadpool(user, request)
         form = await form_of(request, {}, csrf=False)
-        return {"matches": await heavy(with_upload, form, led.lookup, label=UPLOAD_LABEL)}
+        return {"matches": await heavy(with_upload, form, led.lookup, label=UPLOAD_LABEL,
+                                       viewer=None if who["role"] == "admin" else who["name"])}
 
     @app.get("/api/optouts")
     def api_optouts(request: Request):
@@ -468,27 +510,40 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
     @app.get("/api/admin/jobs")
     def api_admin_jobs(request: Request):
         user(request, admin=True)
-        return {"jobs": _shown(led.jobs(public=True)), "running": _running(), "error": redact(worker["error"] or "") or None}
+        running = _running()
+        return {"jobs": _shown(led.jobs(public=True)), "running": running, "error": redact(worker["error"] or "") or None}
 
     @app.get("/api/admin/jobs/{job_id}")
     def api_admin_job(request: Request, job_id: int):
         user(request, admin=True)
         return _shown([led.job(job_id, public=True)])[0]
 
-    @app.post("/api/admin/attribute", status_code=201, openapi_extra=_upload_body(
+    @app.post("/api/admin/attribute", status_code=202, openapi_extra=_upload_body(
         {"prompt": {"type": "string"}, "revenue": {"type": "string", "example": "0.04"},
+         "currency": {"type": "string", "default": "USD"},
          "method": {"type": "string", "default": "dtrak"}}, required=["prompt", "revenue"]))
     async def api_admin_attribute(request: Request):
-        """Record a paid generation: the uploaded image (`file`) attributed, its revenue split by owner."""
+        """Queue a paid generation: the uploaded image (`file`) is attributed by the worker and its revenue
+        split by owner; poll /api/admin/jobs/{id} (its `result` names the event). Send an
+        `Idempotency-Key` header: the same image and key again returns the first job (or event)."""
         await run_in_threadpool(user, request, True)
         form = await form_of(request, {}, csrf=False)
-        return await heavy(with_upload, form, led.attribute_log, form.get("prompt"), form.get("revenue"),
-                           form.get("method") or "dtrak", label=UPLOAD_LABEL, pool="attribution")
+        job = await heavy(with_upload, form, led.queue_attribution, form.get("prompt"), form.get("revenue"),
+                          form.get("method") or None, client_key=request.headers.get("idempotency-key") or None,
+                          currency=form.get("currency") or "USD", label=UPLOAD_LABEL)
+        if job["id"] is not None and job["status"] == "queued":
+            start_processing()
+        return job
+
+    @app.get("/api/admin/payments/{event_id}")
+    def api_admin_payment(request: Request, event_id: int):
+        user(request, admin=True)
+        return led.event(event_id)
 
     app.state.ledger = led
     app.state.start_processing = start_processing
     app.state.worker = worker
-    app.state.pools = pools
+    app.state.pool = pool
     return app
 
 
@@ -548,15 +603,23 @@ def redact(message: str) -> str:
     return _PATH.sub(one, message)
 
 
-def _warm(led: Ledger, pools: dict[str, ThreadPoolExecutor]) -> None:
+def _warm(led: Ledger, pool: ThreadPoolExecutor) -> None:
     """What the first lookup would otherwise do while other requests wait: load the image plugins,
     read the works' hashes, start the worker threads."""
     from PIL import Image
 
     Image.init()
     led._works_index()
-    for f in [p.submit(lambda: None) for p in pools.values()]:
-        f.result()
+    pool.submit(lambda: None).result()
+
+
+def _last_error(log: Path | None) -> str | None:
+    """The worker's last `error: ...` line (the CLI's one-line error), if it wrote one."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("error: ")]
+    except (OSError, AttributeError):
+        return "the worker stopped unexpectedly"
+    return lines[-1][7:] if lines else "the worker stopped unexpectedly"
 
 
 def _shown(jobs: list[dict]) -> list[dict]:
@@ -571,10 +634,10 @@ def _upload_body(fields: dict, required: tuple | list = ()) -> dict:
         "properties": {"file": {"type": "string", "format": "binary"}, **fields}}}}}}
 
 
-def _lookup_with_thumbs(path: Path, led: Ledger) -> tuple[list[dict], str | None]:
-    matches = led.lookup(path, label=UPLOAD_LABEL)
-    for m in matches:
-        m["thumb"] = thumb(led.work_file(m["work_id"]))
+def _lookup_with_thumbs(path: Path, led: Ledger, viewer: str | None) -> tuple[list[dict], str | None]:
+    matches = led.lookup(path, label=UPLOAD_LABEL, viewer=viewer)
+    for m in matches:                                   # another owner's image is not shown
+        m["thumb"] = thumb(led.work_file(m["work_id"])) if "work_id" in m else None
     return matches, thumb(path)
 
 
@@ -650,11 +713,12 @@ def bar_chart(months: list[dict], width: int = 560, height: int = 160) -> str:
     for i, m in enumerate(months):
         h = (height - 30) * m["cents"] / top
         x = i * bw + 4
+        amount = f'{m["cents"] / 100:.2f} {m.get("currency", "")}'.strip()
         bars.append(f'<rect x="{x:.1f}" y="{height - 20 - h:.1f}" width="{bw - 8:.1f}" height="{h:.1f}" fill="#4f7cff">'
-                    f'<title>{m["period"]}: {m["cents"] / 100:.2f}</title></rect>'
+                    f'<title>{m["period"]}: {amount}</title></rect>'
                     f'<text x="{x + (bw - 8) / 2:.1f}" y="{height - 5}" font-size="11" text-anchor="middle">{m["period"]}</text>'
                     f'<text x="{x + (bw - 8) / 2:.1f}" y="{height - 24 - h:.1f}" font-size="11" text-anchor="middle">'
-                    f'{m["cents"] / 100:.2f}</text>')
+                    f'{amount}</text>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
             f'aria-label="earnings per month">{"".join(bars)}</svg>')
 
