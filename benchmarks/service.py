@@ -8,19 +8,20 @@
    resized copy (near copy) or noise (no match); latency of each from send to the whole answer.
    Meanwhile another thread asks `GET /api/me` every 50 ms: an owner's page must stay fast while
    the lookups run (their work is on worker threads, not on the event loop).
-3. An opt-out is processed through the API and the server is killed with SIGKILL while the job
-   runs; the ledger is reopened (the job must be marked failed, its request pending, no row or
-   folder half-written) and a restarted server processes it to a certificate that verifies.
+3. An opt-out is processed through the API and the server's worker process is killed with SIGKILL
+   while the job runs; the server must keep answering; the ledger is reopened (the job must be
+   marked failed, its request pending, no row or folder half-written) and a restarted server
+   processes it to a certificate that verifies against the published key.
 
 Writes benchmarks/results/service.json. Run it alone on the machine.
 
-    python benchmarks/service.py --accumulate
+    python benchmarks/service.py --accumulate [--style "Cleo Marr"]
 
 4. Erasures that accumulate: three owners opt out of their concepts (a character, a style, a
    memorized image) and `process` runs with its defaults (CA, the audit's 384 held-out images,
    udatk, ti and paraphrase); each job erases from the line's current model and re-audits every
    earlier concept against its edit. Records every certificate's verdict about the final current
-   model. Writes benchmarks/results/service-accumulate.json.
+   model. Writes benchmarks/results/service-accumulate-<style>.json.
 """
 
 from __future__ import annotations
@@ -127,9 +128,10 @@ def main():
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--accumulate", action="store_true", help="Only phase 4: three opt-outs one after another.")
+    ap.add_argument("--style", default="Cleo Marr", help="The artist whose style is the second opt-out (phase 4).")
     args = ap.parse_args()
     if args.accumulate:
-        return accumulate()
+        return accumulate(args.style)
     import httpx
 
     from datarights.attribute import default_world
@@ -143,6 +145,7 @@ def main():
     reg = led.import_dataset(world)
     import_s = time.time() - t0
     owner = led.issue_token("Dana Ortiz")
+    artist = led.issue_token("Ada Vell")
     admin = led.issue_token("model owner", admin=True)
     led.store.engine.dispose()
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} threads", "works": reg["images"],
@@ -179,21 +182,23 @@ def main():
                                         "max_s": round(float(np.max(me)), 3)}}
     print(json.dumps(res["load"]), flush=True)
 
-    # ---- kill -9 of the server while it processes an opt-out
+    # ---- kill -9 of the worker while it processes an opt-out (Ada Vell opts out of her own style)
     port = _port()
     url = f"http://127.0.0.1:{port}"
     srv = _serve(db, port)
-    rid = httpx.post(f"{url}/api/optouts", headers={"Authorization": f"Bearer {owner}"},
+    rid = httpx.post(f"{url}/api/optouts", headers={"Authorization": f"Bearer {artist}"},
                      json={"concept": "Ada Vell"}, timeout=60).json()["id"]
     httpx.post(f"{url}/api/admin/process", headers={"Authorization": f"Bearer {admin}"}, timeout=60)
     while True:
         with sqlite3.connect(db) as c:
-            row = c.execute("SELECT id, stage FROM jobs ORDER BY id DESC").fetchone()
+            row = c.execute("SELECT id, stage, pid FROM jobs ORDER BY id DESC").fetchone()
         if row and row[1] == "audit":
             break
         time.sleep(0.1)
     time.sleep(2.0)                                             # in the middle of the audit
-    srv.send_signal(signal.SIGKILL)
+    os.kill(row[2], signal.SIGKILL)                             # the worker process that runs the job
+    alive = httpx.get(f"{url}/api/me", headers={"Authorization": f"Bearer {artist}"}, timeout=60).status_code == 200
+    srv.terminate()
     srv.wait()
     led = Ledger(db)                                            # opening recovers the dead job
     job = led.job(row[0])
@@ -207,39 +212,40 @@ def main():
         httpx.post(f"{url}/api/admin/process", headers={"Authorization": f"Bearer {admin}"}, timeout=60)
         t0 = time.time()
         while time.time() - t0 < 900:
-            st = httpx.get(f"{url}/api/optouts/{rid}", headers={"Authorization": f"Bearer {owner}"}, timeout=60).json()
+            st = httpx.get(f"{url}/api/optouts/{rid}", headers={"Authorization": f"Bearer {artist}"}, timeout=60).json()
             if st["status"] in ("done", "failed"):
                 break
             time.sleep(1)
-        cert = httpx.get(f"{url}/api/certificates/{st['certificate_id']}", headers={"Authorization": f"Bearer {owner}"},
+        cert = httpx.get(f"{url}/api/certificates/{st['certificate_id']}", headers={"Authorization": f"Bearer {artist}"},
                          timeout=60).json() if st.get("certificate_id") else None
+        keys = [k["public_key"] for k in httpx.get(f"{url}/.well-known/datarights-keys.json", timeout=60).json()["keys"]]
     finally:
         srv.terminate()
         srv.wait()
-    res["kill"] = {"killed_job": job["id"], "job_status_after": job["status"], "job_error": job["error"],
+    res["kill"] = {"killed": "the worker process", "server_answered_after": alive,
+                   "killed_job": job["id"], "job_status_after": job["status"], "job_error": job["error"],
                    "request_status_after": status["status"], "folders_after_kill": folders,
                    "rerun_status": st["status"], "rerun_seconds": round(time.time() - t0, 1),
-                   "certificate_verifies": bool(cert and verify_certificate(cert)["valid"])}
+                   "certificate_verifies": bool(cert and verify_certificate(cert, trusted=keys)["valid"])}
     print(json.dumps(res["kill"]), flush=True)
     from datarights.files import write_json
     write_json(OUT, res)
 
 
-ACCUMULATE = [("Finwave Studios", "Blubbo"), ("Ada Vell", "Ada Vell"), ("Harbor Postcard Co", "Rosa Villa postcard")]
-
-
-def accumulate():
+def accumulate(style: str):
     from datarights.attribute import default_world
     from datarights.files import write_json
     from datarights.ledger import Ledger
 
-    run = Path("runs/service-accumulate")
+    slug = style.lower().replace(" ", "-")
+    run = Path(f"runs/service-accumulate-{slug}")
     if run.exists():
         raise SystemExit(f"remove {run} first: this phase starts from a fresh ledger")
     run.mkdir(parents=True)
     led = Ledger(run / "ledger.db", create=True)
     led.import_dataset(default_world())
-    reqs = [led.optout(owner, concept=concept) for owner, concept in ACCUMULATE]
+    reqs = [led.optout(owner, concept=concept) for owner, concept in
+            (("Finwave Studios", "Blubbo"), (style, style), ("Harbor Postcard Co", "Rosa Villa postcard"))]
     t0 = time.time()
     jobs = led.process(log=lambda s: print(s, file=sys.stderr, flush=True))
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} threads", "seconds": round(time.time() - t0, 1),
@@ -265,7 +271,7 @@ def accumulate():
                              "attacks": {k: {"asr": v["asr"], "asr_ci": v["asr_ci"], "asr_plain": v["asr_plain"]}
                                          for k, v in doc["attacks"].items()}})
     print(json.dumps(res, indent=1))
-    write_json(Path("benchmarks/results/service-accumulate.json"), res)
+    write_json(Path(f"benchmarks/results/service-accumulate-{slug}.json"), res)
 
 
 if __name__ == "__main__":

@@ -566,6 +566,8 @@ def _no_leak(r, basetemp: str):
     assert r.status_code < 500, (r.status_code, r.text[:300])
     if r.headers.get("content-type", "").startswith(("application/json", "text/html")):
         assert "Traceback" not in r.text and basetemp not in r.text and "site-packages" not in r.text, r.text[:300]
+        if r.status_code >= 400:       # an error in plain words: no command to run, no command-line flag
+            assert "`datarights" not in r.text and not re.search(r"(^|[\s'\"(])--[a-z]", r.text), r.text[:300]
 
 
 def test_fuzz_every_http_route(fuzz_site):

@@ -10,12 +10,11 @@ import json
 
 import pytest
 
-from datarights.errors import DatarightsError
 from datarights.ledger import Ledger
 from datarights.ledger.rules import Conflict, NeedsConfirmation, NotAllowed
 
 from .test_cli import run
-from .test_ledger import ARTIST, SMALL_AUDIT, SMALL_ERASE, _metas
+from .test_ledger import ARTIST, SMALL_AUDIT, SMALL_ERASE
 
 STUDIO, POSTCARDS = "Finwave Studios", "Harbor Postcard Co"
 OWNED = {"style": ("Ada Vell", ARTIST), "character": ("Blubbo", STUDIO), "memorized": ("Rosa Villa postcard", POSTCARDS)}

@@ -975,7 +975,7 @@ def concept_of_works(labels: list[dict]) -> str:
             v = vals.pop()
             if v and v != V.NONE and v != V.PLAIN_STYLE and not (key == "object" and v in V.CATEGORIES):
                 return v
-    raise DatarightsError("these works show no one concept in common that can be erased; opt out by --concept, "
+    raise DatarightsError("these works show no one concept in common that can be erased; opt out of a concept by name, "
                           "or list works of one concept")
 
 
@@ -994,7 +994,7 @@ def resolve_concept(model: Model, concept: str, anchor: str | None) -> tuple[str
         concept = found[1]["name"]
         anchor = anchor or found[1].get("anchor")
     if not anchor or not anchor.strip() or anchor.strip().lower() == concept.lower():
-        raise DatarightsError(f"give an --anchor for {concept!r} (what the model should show instead), other than "
+        raise DatarightsError(f"say what the model should show instead of {concept!r} (an anchor), other than "
                               "the concept itself")
     return concept, anchor.strip()
 
