@@ -87,7 +87,7 @@ def check_count(value: int, what: str, low: int = 0, high: int = MAX_ID) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DatarightsError(f"{what} must be a whole number, got {_kind(value)}")
     if not low <= value <= high:
-        raise DatarightsError(f"{what} must be between {low:,} and {high:,}, got {_short(value)}")
+        raise DatarightsError(f"{what} must be between {low:,} and {high:,}, got {short_repr(value)}")
     return value
 
 
@@ -98,7 +98,7 @@ def check_period(period) -> tuple[int, int]:
     """(year, month) of a statement period 'YYYY-MM' (ASCII digits, years in PERIOD_YEARS)."""
     m = PERIOD.fullmatch(period) if isinstance(period, str) else None
     if m is None:
-        raise DatarightsError(f"the period must be a month such as 2026-11, got {_short(period)}")
+        raise DatarightsError(f"the period must be a month such as 2026-11, got {short_repr(period)}")
     year, month = int(m.group(1)), int(m.group(2))
     if not PERIOD_YEARS[0] <= year <= PERIOD_YEARS[1]:
         raise DatarightsError(f"the period's year must be between {PERIOD_YEARS[0]} and {PERIOD_YEARS[1]}, got {year}")
@@ -154,6 +154,7 @@ def _kind(value) -> str:
         type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-def _short(value) -> str:
+def short_repr(value) -> str:
+    """repr(value), cut to 40 characters (an error message never repeats a huge input)."""
     s = repr(value)
     return s if len(s) <= 40 else s[:37] + "..."

@@ -552,7 +552,7 @@ class Ledger:
                 by = "the model owner" if r.review_by == "admin" else r.owner.name
                 raise NotAllowed(f"opt-out {request_id} waits for {by} to decide, not for {who.name}")
             if approve:
-                rules.check_new_others(s, r)
+                rules.check_new(s, r.concept, rules.line_of(s, s.get(Model, r.model_id)), approving=r)
             r.status = "pending" if approve else "rejected"
             verb = ("confirmed" if approve else "contested") if decider == "owner" else ("approved" if approve else "rejected")
             s.add(OptOutEvent(optout_id=r.id, status=r.status, note=f"{verb} by {who.name}" + (f": {note}" if note else "")))
@@ -573,9 +573,9 @@ class Ledger:
                 # every model it was certified against, newest last: erased from model N (current: yes/no)
                 "certificates": [{"id": c.id, "kind": c.kind, "model_id": c.model_id, "verdict": c.verdict,
                                   "current": c.model_id == current, "at": _iso(c.created_at)} for c in certs],
-                "erased_now": bool(latest and latest.model_id == current and (latest.verdict or "").startswith("erased")),
-                "came_back": bool(latest and not (latest.verdict or "").startswith("erased") and erase is not None
-                                  and (erase.verdict or "").startswith("erased")),
+                "erased_now": bool(latest and latest.model_id == current and rules.says_erased(latest.verdict)),
+                "came_back": bool(latest and not rules.says_erased(latest.verdict) and erase is not None
+                                  and rules.says_erased(erase.verdict)),
                 "created_at": _iso(r.created_at),
                 "history": [{"status": e.status, "note": e.note, "at": _iso(e.at)} for e in events]}
 
@@ -728,12 +728,10 @@ class Ledger:
         from ..world import read_imagefolder
 
         prompt, cents, method, currency = self.check_payment(prompt, revenue, method, currency)
-        if client_key is not None:
-            client_key = check_text(client_key, "the idempotency key", 200)
         path = Path(image)
         rgb, _ = open_rgb(path, label=label)
         image_sha = file_sha256(path)
-        key = hashlib.sha256(f"{image_sha}:{client_key or ''}".encode()).hexdigest()
+        key = _payment_key(image_sha, client_key)
         with self.store.read() as s:
             first = s.scalar(select(AttributionEvent).where(AttributionEvent.idempotency_key == key))
             if first is not None:
@@ -806,7 +804,7 @@ class Ledger:
         path = Path(image)
         open_rgb(path, label=label)
         image_sha = file_sha256(path)
-        key = hashlib.sha256(f"{image_sha}:{client_key or ''}".encode()).hexdigest()
+        key = _payment_key(image_sha, client_key)
         with self.store.read() as s:
             if model_id is not None:
                 self._model(s, model_id, exact=True)
@@ -924,6 +922,14 @@ def read_dataset(root: str | Path, log=lambda s: None) -> list[dict]:
         raise DatarightsError(f"{root / 'metadata.jsonl'} lists no images")
     log(f"ledger: hashed {len(rows)} images")
     return rows
+
+
+def _payment_key(image_sha: str, client_key: str | None) -> str:
+    """The key a paid generation is recorded under: sha256(image hash : client key); without a client
+    key, the image alone. The client key is checked as text of at most 200 characters."""
+    if client_key is not None:
+        client_key = check_text(client_key, "the idempotency key", 200)
+    return hashlib.sha256(f"{image_sha}:{client_key or ''}".encode()).hexdigest()
 
 
 def colors_of(rgb) -> bytes:

@@ -7,7 +7,7 @@ import re
 from decimal import Decimal
 
 from ..errors import DatarightsError
-from ..limits import MAX_REVENUE_CENTS
+from ..limits import MAX_REVENUE_CENTS, short_repr
 
 
 AMOUNT = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,2}))?")
@@ -24,7 +24,7 @@ def to_cents(amount: str | float | Decimal) -> int:
     text = amount.strip() if isinstance(amount, str) else None
     m = AMOUNT.fullmatch(text) if text is not None else None
     if m is None:
-        shown = repr(amount) if len(repr(amount)) <= 40 else repr(amount)[:37] + "..."
+        shown = short_repr(amount)
         if text is not None and re.fullmatch(r"[0-9]+\.[0-9]{3,}", text):
             raise DatarightsError(f"the revenue {shown} has a fraction of a cent; give whole cents (e.g. 0.04)")
         raise DatarightsError(f"the revenue must be an amount such as 0.04 (digits, at most two decimals), got {shown}")

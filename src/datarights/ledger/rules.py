@@ -129,38 +129,35 @@ def erased_in(s, concept: str, model_id: int) -> Certificate | None:
     if rows is None:
         return None
     cert = rows[0]
-    return cert if (cert.verdict or "").startswith("erased") else None
+    return cert if says_erased(cert.verdict) else None
 
 
-def open_request(s, concept: str, line_id: int) -> OptOut | None:
-    """An opt-out of `concept` on this line that is still under way (review, pending or processing)."""
-    for r in s.scalars(select(OptOut).where(func.lower(OptOut.concept) == concept.lower(), OptOut.status.in_(OPEN))):
+def says_erased(verdict: str | None) -> bool:
+    """Whether a certificate's verdict is one of the erased ones ('erased', 'erased but recoverable …')."""
+    return (verdict or "").startswith("erased")
+
+
+def open_request(s, concept: str, line_id: int, statuses: tuple = OPEN, exclude: int | None = None) -> OptOut | None:
+    """An opt-out of `concept` on this line in one of `statuses` (default: still under way: review,
+    pending or processing), other than opt-out `exclude`."""
+    for r in s.scalars(select(OptOut).where(func.lower(OptOut.concept) == concept.lower(), OptOut.status.in_(statuses),
+                                            OptOut.id != (exclude or 0))):
         m = s.get(Model, r.model_id)
         if m is not None and line_of(s, m) == line_id:
             return r
     return None
 
 
-def check_new_others(s, r: OptOut) -> None:
-    """`check_new` for a request about to become pending, leaving the request itself out."""
-    line = line_of(s, s.get(Model, r.model_id))
-    cur = current(s, line)
-    cert = erased_in(s, r.concept, cur.id)
-    if cert is not None:
-        raise Conflict(f"{r.concept!r} is already erased from the current model (model {cur.id}): certificate {cert.id}",
-                       certificate_id=cert.id)
-    other = open_request(s, r.concept, line)
-    if other is not None and other.id != r.id and other.status != "review":
-        raise Conflict(f"{r.concept!r} is already requested: opt-out {other.id} ({other.status})", optout_id=other.id)
-
-
-def check_new(s, concept: str, line_id: int) -> None:
-    """Refuse a request for a concept the line's current model has erased, or one already under way."""
+def check_new(s, concept: str, line_id: int, approving: OptOut | None = None) -> None:
+    """Refuse a request for a concept the line's current model has erased, or one already under way.
+    `approving`: a request in review about to become pending; it is left out, and only pending or
+    processing requests count against it."""
     cur = current(s, line_id)
     cert = erased_in(s, concept, cur.id)
     if cert is not None:
         raise Conflict(f"{concept!r} is already erased from the current model (model {cur.id}): certificate {cert.id}",
                        certificate_id=cert.id)
-    r = open_request(s, concept, line_id)
+    r = open_request(s, concept, line_id, statuses=("pending", "processing") if approving else OPEN,
+                     exclude=approving.id if approving else None)
     if r is not None:
         raise Conflict(f"{concept!r} is already requested: opt-out {r.id} ({r.status})", optout_id=r.id)

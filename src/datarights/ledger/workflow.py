@@ -260,7 +260,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
                                                              "weights_sha256": root_sha}},
                                    {k: e["audit"].get(k) for k in AUDIT_KEYS},
                                    {k.split("|")[0]: v for k, v in e["attacks"].items()})
-                came_back = not doc["standing"]["verdict"].startswith("erased")
+                came_back = not rules.says_erased(doc["standing"]["verdict"])
                 s.add(OptOutEvent(optout_id=r.id, status="done",
                                   note=f"job {job_id}: re-audited in model {em.id}: {doc['standing']['verdict']}"
                                        + (" — the concept came back" if came_back else "")))

@@ -130,20 +130,13 @@ def create_app(ledger: str | Path, process_options: dict | None = None, max_uplo
             return None
 
     def user(request: Request, admin: bool = False) -> dict:
-        token = _bearer(request)
-        if token is not None:
-            try:
-                who = led.owner_by_token(token)
-            except DatarightsError:
-                raise HTTPError(401, "unknown token") from None
-        else:
-            who = _session(request)
-            if who is None:
-                raise HTTPError(401, "sign in with your token first")
-            if request.url.path.startswith("/api/") and request.method not in SAFE_METHODS and \
-                    not hmac.compare_digest(request.headers.get("x-csrf-token", ""), who["csrf"]):
-                raise HTTPError(403, "an API call signed in by cookie must send the session's CSRF token in the "
-                                     "X-CSRF-Token header (or use a bearer token)")
+        who = identify(request)
+        if who is None:
+            raise HTTPError(401, "unknown token" if _bearer(request) is not None else "sign in with your token first")
+        if _bearer(request) is None and request.url.path.startswith("/api/") and request.method not in SAFE_METHODS \
+                and not hmac.compare_digest(request.headers.get("x-csrf-token", ""), who["csrf"]):
+            raise HTTPError(403, "an API call signed in by cookie must send the session's CSRF token in the "
+                                 "X-CSRF-Token header (or use a bearer token)")
         if admin and who["role"] != "admin":
             raise HTTPError(403, "this page is for the model owner (admin) only")
         return who
