@@ -171,3 +171,15 @@ def test_the_web_form_asks_to_confirm_and_the_owner_sees_where_it_was_erased(led
     page = c.get(f"/optouts/{rid}").text
     assert "Erased from which models?" in page and ">yes<" in page                      # current: yes
     assert json.loads(c.get("/api/optouts/%d" % rid).text)["certificates"][0]["current"]
+
+
+def test_another_owners_concept_is_403_even_once_it_is_erased(ledger):
+    r = ledger.optout(STUDIO, concept="Blubbo")
+    _process(ledger)
+    with ledger.store.transaction() as s:      # as if the audit had found it erased
+        from datarights.ledger.schema import Certificate
+        s.get(Certificate, ledger.optout_status(r["id"])["certificate_id"]).verdict = "erased"
+    with pytest.raises(NotAllowed):            # not "already erased": whose it is comes first
+        ledger.optout(ARTIST, concept="Blubbo")
+    with pytest.raises(Conflict, match="already erased"):
+        ledger.optout(STUDIO, concept="Blubbo")

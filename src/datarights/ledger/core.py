@@ -508,6 +508,7 @@ class Ledger:
                         raise NotYours(f"work {wid} is not one of {owner!r}'s works")
                 concept = concept_of_works([w.labels for w in rows])
             concept, anchor = resolve_concept(m, concept, anchor)
+            holder, status, review_by, note = rules.filing(s, filer, concept)   # another owner's: 403 before all else
             rules.check_new(s, concept, line)
             if works:
                 total = rules.works_showing(s, concept)
@@ -516,7 +517,6 @@ class Ledger:
                         f"the {len(works)} works you chose show {concept!r}, which {total} registered works show: "
                         f"opting out erases all of {concept!r} from the model, not only these works; confirm to go "
                         "ahead", concept=concept, works=total)
-            holder, status, review_by, note = rules.filing(s, filer, concept)
             req = OptOut(owner_id=holder.id, filed_by_id=filer.id, model_id=m.id, concept=concept, anchor=anchor,
                          works=works or [], status=status, review_by=review_by)
             s.add(req)

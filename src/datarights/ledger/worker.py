@@ -31,7 +31,7 @@ def options_from_json(text: str) -> dict:
     from ..audit import AuditConfig
     from ..limits import loads_json
 
-    opts = loads_json(text or "{}", "the worker's options")
+    opts = loads_json(text or "{}", "--options")
     if not isinstance(opts, dict):
         raise DatarightsError("the worker's options must be a JSON object")
     known = {"method", "attacks", "batch", "audit_config", "attack_budget", "erase_options", "limit"}
