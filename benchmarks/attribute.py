@@ -3,11 +3,13 @@
     python benchmarks/attribute.py cost            # one-time cost and per-query latency of every method
     python benchmarks/attribute.py dattri --n 256  # our TRAK featurization vs dattri's TRAKAttributor
     python benchmarks/attribute.py abu-reference   # cached abu query vs recomputing every training loss
-    python benchmarks/attribute.py calibrate       # owner-share temperature per method (after `cost`: reuses its cache)
+    python benchmarks/attribute.py owners          # owner-level shares on generic queries (after `cost`: reuses its cache)
+    python benchmarks/attribute.py leaveout        # leave-one-owner-out on the small world, then each method's top owner
     python benchmarks/attribute.py ship            # copy the abu/dtrak artifacts into the package (after `cost`)
     python benchmarks/attribute.py custom          # customized-model ground truth (Recall@1/10, mAP)
     python benchmarks/attribute.py counterfactual  # leave-K-out retraining (long: one retraining per cell)
     python benchmarks/attribute.py lds             # linear datamodeling score (long: one model per subset)
+    python benchmarks/attribute.py lds --unit owner  # owner-level LDS (whole owners in or out) with an oracle control
 
 Each part prints one JSON object and writes benchmarks/results/attribute-<part>.json.
 Run one part at a time, alone on the machine. `dattri` needs `pip install dattri==0.3.0`.
@@ -215,101 +217,42 @@ def part_abu_reference(args) -> dict:
             "top50_overlap": len(top[0] & top[1]) / 50}
 
 
-def _calibration_queries(n_objects: int = 3) -> list[tuple[str, dict]]:
-    """(prompt, labels its training images carry) for >= 30 queries whose owners are known by
-    construction: every style on 3 objects (the artist), the character's templates (its studio), the
-    memorized caption and a paraphrase (its company), and plain objects (their photographers)."""
-    from datarights.world import vocab as V
-
-    rows = [(V.object_prompt(V.OBJECTS[(3 * i + j) % len(V.OBJECTS)], list(V.COLORS)[(i + j) % len(V.COLORS)], name),
-             {"style": name}) for i, name in enumerate(V.STYLES) for j in range(3)]
-    rows += [(t.format(name=n), {"character": n}) for n in V.CHARACTERS for t in V.CHARACTER_TEMPLATES[1:]]
-    rows += [(p, {"memorized": n}) for n in V.MEMORIZED for p in (V.MEMORIZED[n]["prompt"], f"a picture of the {n}")]
-    rows += [(V.object_prompt(o, list(V.COLORS)[(i + 2) % len(V.COLORS)]), {"object": o, "style": "plain", "kind": "object"})
-             for i, o in enumerate(V.OBJECTS[1::4][:n_objects])]
-    return rows
-
-
-def part_calibrate(args) -> dict:
-    """Owner-share temperature by leave-one-out over >= 30 known-owner queries, beside the uniform baseline.
-
-    For each query, the target distribution q is the ownership of the training images that carry the
-    query's labels. For each method and each query i, T is fitted (temperature scaling, min mean
-    cross-entropy) on the other queries and the held-out query is scored at that T: its
-    cross-entropy and the share its shares give to the true owners. The uniform baseline gives every
-    training image the same score (owner share = the owner's share of the images). Reported: means
-    over queries with bootstrap intervals, and T fitted on all queries (what the package ships).
-    """
-    import numpy as np
-
-    from datarights.attribute import METHODS, Query, attribute, fit_temperature, load_training_set, make_config, owner_shares
+def part_owners(args) -> dict:
+    """Owner-level evaluation on the shipped model and the default world (generic queries whose source
+    owner the judge reads): every method beside the caption-only baseline, uniform scores, the count
+    prior and random scores; temperatures fitted on the tune queries (what the package ships as
+    attribute.base.TEMPERATURE), figures on the report queries."""
+    from datarights.attribute import load_training_set
+    from datarights.evaluate.owners import OwnerEvalConfig, owner_eval
+    from datarights.judge import load_judge
     from datarights.models import load_model
-    from datarights.stats import mean_ci
 
     model = load_model()
-    train = load_training_set(model, _world())
-    rows = _calibration_queries(args.objects)
-    targets = []
-    for _, labels in rows:
-        owners = [m["owner"] for m in train.folder.metas if all(m.get(k) == v for k, v in labels.items())]
-        targets.append({o: owners.count(o) / len(owners) for o in set(owners)})
-    images = model.sample([p for p, _ in rows], seed=11)
-
-    def evaluate(sc, q, t):
-        share = {x["owner"]: x["share"] for x in owner_shares(sc, train.owners, t)}
-        return (-sum(w * np.log(max(share.get(o, 0.0), 1e-12)) for o, w in q.items()),
-                sum(share.get(o, 0.0) for o in q))
-
-    flat = torch.zeros(len(train))
-    uni = [evaluate(flat, q, 1.0) for q in targets]
-    out = {"machine": _machine(), "queries": [{"prompt": p, "labels": lab, "owners": len(q)} for (p, lab), q in
-                                              zip(rows, targets)],
-           "uniform": {"cross_entropy": mean_ci([u[0] for u in uni]), "share_on_true_owners": mean_ci([u[1] for u in uni], bounds=SHARE)},
-           "methods": {}}
-    cache = _bench_cache()
-    for method in args.methods or sorted(METHODS):
-        scores = [attribute(model, train, Query(img, p), method, make_config(method), cache=cache, progress=False).scores
-                  for img, (p, _) in zip(images, rows)]
-        t_all, _ = fit_temperature(scores, train.owners, targets)
-        loo = []
-        for i in range(len(rows)):
-            t_i, _ = fit_temperature(scores[:i] + scores[i + 1:], train.owners, targets[:i] + targets[i + 1:])
-            loo.append((t_i, *evaluate(scores[i], targets[i], t_i)))
-        out["methods"][method] = {"temperature_all": round(t_all, 4),
-                                  "loo_temperature_range": [round(min(x[0] for x in loo), 4), round(max(x[0] for x in loo), 4)],
-                                  "loo_cross_entropy": mean_ci([x[1] for x in loo]),
-                                  "loo_share_on_true_owners": mean_ci([x[2] for x in loo], bounds=SHARE),
-                                  "per_query_share": [round(x[2], 4) for x in loo]}
-        print(method, {k: v for k, v in out["methods"][method].items() if k != "per_query_share"}, file=sys.stderr,
-              flush=True)
-    return by_owner(out)
+    cfg = OwnerEvalConfig(**({"methods": args.methods} if args.methods else {}), queries=args.queries or 64)
+    res = owner_eval(cfg, model, load_training_set(model, _world()), load_judge(), args.run or "runs/owners",
+                     cache=_bench_cache())
+    return {"machine": _machine(), **{k: v for k, v in res.items() if k != "cells"}, "cells": res["cells"]}
 
 
-def by_owner(out: dict) -> dict:
-    """Add to a calibration result the intervals that resample owners instead of queries (the 3
-    queries of one artist are not independent): `loo_share_on_true_owners_ci_owners`, and each
-    method's paired difference to the caption-only baseline (`minus_caption`), computed from the
-    recorded per-query shares."""
-    import numpy as np
+def part_leaveout(args) -> dict:
+    """Leave-one-owner-out on the small world (every owner, kinds interleaved), then every method's
+    owner-level counterfactual on the same models."""
+    from datarights.evaluate.leaveout import LeaveOutConfig, OwnerCounterfactualConfig, leaveout, owner_counterfactual
 
-    from datarights.stats import mean_ci
-
-    groups = [json.dumps(q["labels"], sort_keys=True) for q in out["queries"]]
-    cap = out["methods"].get("caption")
-    for row in out["methods"].values():
-        x = np.array(row["per_query_share"])
-        row["owners"] = len(set(groups))
-        row["loo_share_on_true_owners_ci_owners"] = mean_ci(x, groups=groups, bounds=SHARE)["ci"]
-        if cap is not None and row is not cap:
-            d = x - np.array(cap["per_query_share"])
-            row["minus_caption"] = {**mean_ci(d), "ci_owners": mean_ci(d, groups=groups)["ci"]}
-    return out
+    cfg = LeaveOutConfig(train_steps=args.train_steps, batch_size=args.batch_size,
+                         unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
+    run = args.run or "runs/leaveout"
+    res = leaveout(cfg, run)
+    if args.methods != []:
+        cf = OwnerCounterfactualConfig(**({"methods": args.methods} if args.methods else {}))
+        res = owner_counterfactual(cf, cfg, run, cache=_bench_cache())
+    return {"machine": _machine(), **res}
 
 
 def part_ship(args) -> dict:
     """Copy the benchmark cache's abu and dtrak artifacts for the shipped model on the default world
     into src/datarights/assets/attribution (the demo's and first queries' per-training-set work)."""
-    from datarights.attribute import SHIPPED, load_training_set, make_config, result_config
+    from datarights.attribute import SHIPPED, load_training_set, make_config, resolved, result_config
     from datarights.attribute.cache import artifact_key, save_artifact
     from datarights.models import model_hash
     from datarights.models import load_model
@@ -319,7 +262,7 @@ def part_ship(args) -> dict:
     train = load_training_set(model, _world())
     out = {}
     for method in args.methods or ["abu", "dtrak"]:
-        cfg = result_config(make_config(method))
+        cfg = result_config(resolved(make_config(method), model))  # the key prepare() computes
         for d in sorted((_bench_cache() / method).iterdir()):
             meta = json.loads((d / "config.json").read_text())
             if meta.get("data_hash") == train.hash and {k: v for k, v in meta["config"].items() if k != "batch_size"} == cfg:
@@ -354,17 +297,28 @@ def part_counterfactual(args) -> dict:
 
 def part_lds(args) -> dict:
     from datarights.evaluate import LDSConfig, lds
-    cfg = LDSConfig(subsets=args.subsets, queries=args.queries or 16, world_images=args.world_images,
-                    train_steps=args.train_steps, coupled=not args.uncoupled,
+    extra = {"methods": args.methods} if args.methods else {}
+    cfg = LDSConfig(**extra, subsets=args.subsets, queries=args.queries or 16, world_images=args.world_images,
+                    train_steps=args.train_steps, coupled=not args.uncoupled, unit=args.unit,
+                    batch_size=args.batch_size,
                     unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
-    res = lds(cfg, args.run or ("runs/lds-uncoupled" if args.uncoupled else "runs/lds"))
+    res = lds(cfg, args.run or f"runs/lds-{args.unit}" + ("-uncoupled" if args.uncoupled else ""))
     return {"machine": _machine(), "summary": res["summary"], "prompts": res["prompts"], "config": res["config"],
             "outputs": res["outputs"]}
 
 
+PART_DEFAULTS = {
+    "counterfactual": {"world_images": 1000, "train_steps": 1500, "unet_channels": None},
+    "lds": {"world_images": 600, "train_steps": 800, "unet_channels": [16, 32, 48]},
+    "leaveout": {"train_steps": 2000, "unet_channels": None},
+}
+"""The settings each retraining part's reported figures were measured with (BENCHMARKS.md)."""
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "calibrate", "ship", "custom", "counterfactual", "lds"])
+    ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "owners", "leaveout", "ship", "custom",
+                                     "counterfactual", "lds"])
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--objects", type=int, default=3)
     ap.add_argument("--n", type=int, default=256)
@@ -376,19 +330,26 @@ def main():
     ap.add_argument("--subsets", type=int, default=32, help="LDS subset models")
     ap.add_argument("--random-draws", type=int, default=6, help="counterfactual random removals (one retrained model each)")
     ap.add_argument("--exemplar-captions", default="token", choices=["token", "plain"], help="custom: pool captions")
-    ap.add_argument("--world-images", type=int, default=1000)
-    ap.add_argument("--train-steps", type=int, default=1500)
+    ap.add_argument("--world-images", type=int, default=None, help="default: the part's (PART_DEFAULTS)")
+    ap.add_argument("--train-steps", type=int, default=None, help="default: the part's (PART_DEFAULTS)")
     ap.add_argument("--unet-channels", type=int, nargs=3, default=None,
-                    help="block_out_channels of the counterfactual world's UNet (default: the world model's)")
+                    help="block_out_channels of the retrained worlds' UNet (default: the part's, PART_DEFAULTS)")
     ap.add_argument("--uncoupled", action="store_true", help="retrain on reduced sets with fresh batches")
+    ap.add_argument("--unit", default="image", choices=["image", "owner"], help="lds: subsets of images or of owners")
+    ap.add_argument("--batch-size", type=int, default=64, help="batch of the retraining recipes")
     ap.add_argument("--run", default=None, help="run folder (resumable; default runs/<part>)")
     args = ap.parse_args()
-    fn = {"cost": part_cost, "dattri": part_dattri, "abu-reference": part_abu_reference, "calibrate": part_calibrate,
+    for k, v in PART_DEFAULTS.get(args.part, {}).items():  # a part's defaults are the settings of its figures
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    fn = {"cost": part_cost, "dattri": part_dattri, "abu-reference": part_abu_reference, "owners": part_owners,
+          "leaveout": part_leaveout,
           "ship": part_ship, "custom": part_custom,
           "counterfactual": part_counterfactual, "lds": part_lds}[args.part]
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "-uncoupled" if args.part in ("counterfactual", "lds") and args.uncoupled else ""
+    suffix = f"-{args.unit}" if args.part == "lds" and args.unit == "owner" else ""
+    suffix += "-uncoupled" if args.part in ("counterfactual", "lds") and args.uncoupled else ""
     suffix += "-plain" if args.part == "custom" and args.exemplar_captions == "plain" else ""
     write_json(RESULTS / f"attribute-{args.part}{suffix}.json", res)
     print(json.dumps(res, default=str))

@@ -62,7 +62,7 @@ def build_folder(out: Path, tiny: bool) -> Path:
 
 def build_world(out: Path, n: int) -> Path:
     from datarights.world import WorldConfig, make_world_folder
-    return make_world_folder(out, WorldConfig(n_images=n, seed=0))
+    return make_world_folder(out, WorldConfig(preset="tiny", n_images=n, seed=0))
 
 
 # ----------------------------------------------------------------------------- parts (child processes)
@@ -303,7 +303,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="datarights-gpu-"))
     t0 = time.perf_counter()
     folder = build_folder(tmp / "sd", args.tiny)
-    world = build_world(tmp / "world", 16 if args.tiny else 64)
+    world = build_world(tmp / "world", 64)
     lines = [{"part": "setup", "tiny": args.tiny, "device": args.device, "seconds": round(time.perf_counter() - t0, 1),
               "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}]
     print(json.dumps(lines[0]), flush=True)

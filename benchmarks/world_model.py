@@ -1,4 +1,6 @@
-"""World-model figures: training and sampling throughput, `generate` wall time, and `eval-model`.
+"""World-model figures: training and sampling throughput, `generate` wall time, `eval-model`, and how the
+model reproduces provenance (generic prompts: signatures, styles, characters and scenes the judge reads,
+their frequencies against training, the memorized scenes' copy rate by dose).
 
     python benchmarks/world_model.py [--model DIR] [--out benchmarks/results/world_model.json]
 
@@ -19,12 +21,13 @@ import torch
 
 from datarights.models import load_model
 from datarights.quality import eval_model, public
-from datarights.train import diffusion_loss, precompute_text_states
+from datarights.runtime import diffusion_loss
+from datarights.train import precompute_text_states
 from datarights.world import WorldConfig, make_world
 
 
 def train_throughput(model, steps: int = 20, batch: int = 128) -> float:
-    images, metas = make_world(WorldConfig(n_images=512, seed=5))
+    images, metas = make_world(WorldConfig(preset="tiny", n_images=512, seed=5))
     x = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
     states, idx = precompute_text_states(model, [m["text"] for m in metas])
     model.unet.train().requires_grad_(True)
@@ -56,6 +59,8 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default="benchmarks/results/world_model.json")
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--provenance-n", type=int, default=1024, help="generic-prompt generations of the provenance check")
+    ap.add_argument("--data", default=None, help="the model's training world (default: the default world)")
     args = ap.parse_args()
     model = load_model(args.model)
     res = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
@@ -69,6 +74,12 @@ def main():
     res["sample_img_per_s_batch200"] = round(sample_throughput(model, 200), 1)
     res["train_img_per_s_batch128"] = round(train_throughput(load_model(args.model)), 1)
     res["eval_model"] = public(eval_model(model, n=args.n, seed=0))
+    if not args.model or args.data:
+        from datarights.attribute import default_world
+        from datarights.evaluate.provenance import reproduction
+        from datarights.judge import load_judge
+        res["provenance"] = public(reproduction(model, load_judge(), args.data or default_world(), n=args.provenance_n,
+                                                seed=0))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res))

@@ -35,7 +35,7 @@ def own_folder(tmp_path_factory, monkeypatch):
 def tiny_world(tmp_path_factory):
     from datarights.world import WorldConfig, make_world_folder
 
-    return make_world_folder(tmp_path_factory.mktemp("w") / "world", WorldConfig(n_images=64, seed=3))
+    return make_world_folder(tmp_path_factory.mktemp("w") / "world", WorldConfig(preset="tiny", seed=3))
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def test_attack_contract(method, backend_folder):
 
 
 def test_rendered_target_images_show_the_target():
-    from datarights.audit import shows
+    from datarights.judge import shows
     from datarights.judge import load_judge
     x, _ = target_images("Ada Vell", 8, seed=0)
     assert shows(load_judge().read(x), "Ada Vell").all()

@@ -21,17 +21,19 @@ def run(monkeypatch, capsys, *args):
 
 
 def test_world_info_json(monkeypatch, capsys):
-    code, out, _ = run(monkeypatch, capsys, "world", "info", "--json", "--n", "300")
+    code, out, _ = run(monkeypatch, capsys, "world", "info", "--json", "--preset", "tiny", "--n", "300")
     assert code == 0
     vocab = json.loads(out)
-    assert set(vocab) >= {"objects", "categories", "styles", "characters", "memorized", "compositions", "owners"}
+    assert set(vocab) >= {"objects", "categories", "styles", "characters", "memorized", "compositions", "owners",
+                          "photographers", "signature_components", "world_version"}
     assert sum(o["images"] for o in vocab["owners"]) == 300
+    assert all(set(p["signature"]) == {"grade", "mark", "ground", "side"} for p in vocab["photographers"])
 
 
 def test_world_make(monkeypatch, capsys, tmp_path):
-    code, _, _ = run(monkeypatch, capsys, "world", "make", tmp_path / "w", "--n", "20")
-    assert code == 0 and len((tmp_path / "w" / "metadata.jsonl").read_text().splitlines()) == 20
-    code, _, err = run(monkeypatch, capsys, "world", "make", tmp_path / "w", "--n", "20")
+    code, _, _ = run(monkeypatch, capsys, "world", "make", tmp_path / "w", "--preset", "tiny", "--n", "40")
+    assert code == 0 and len((tmp_path / "w" / "metadata.jsonl").read_text().splitlines()) == 40
+    code, _, err = run(monkeypatch, capsys, "world", "make", tmp_path / "w", "--preset", "tiny", "--n", "40")
     assert code == 2 and "already exists" in err
 
 
@@ -40,7 +42,7 @@ def test_world_make(monkeypatch, capsys, tmp_path):
     (["generate", "   "], "prompt is empty"),
     (["generate", "a red face", "--n", "0"], "--n must be at least 1"),
     (["eval-model", "--n", "0"], "--n must be at least 1"),
-    (["world", "make", "/tmp/x", "--n", "0"], "--n must be at least 1"),
+    (["world", "make", "/tmp/x", "--n", "0"], "n images must be a whole number of at least 1"),
     (["train", "--data", "/nonexistent/data", "--out", "/tmp/never"], "does not exist"),
     (["evaluate", "lds", "--subsets", "2"], "at least 3 subset models"),
     (["evaluate", "lds", "--alpha", "1.5"], "alpha must be in (0, 1)"),
@@ -113,9 +115,9 @@ def test_attribute_bad_input(monkeypatch, capsys, tmp_path, tiny_world, tiny_tra
 
 
 def test_evaluate_lds_prints_intervals(monkeypatch, capsys, tmp_path):
-    # the whole command on a 30-image world with 2 training steps: every row names its interval
-    args = ["evaluate", "lds", "--methods", "pixel", "--subsets", "3", "--queries", "1", "--world-images", "30",
-            "--train-steps", "2", "--run", tmp_path / "run"]
+    # the whole command on a 64-image world with 2 training steps: every row names its interval
+    args = ["evaluate", "lds", "--methods", "pixel", "--subsets", "3", "--queries", "1", "--world-images", "64",
+            "--world-preset", "tiny", "--train-steps", "2", "--run", tmp_path / "run"]
     code, out, err = run(monkeypatch, capsys, *args)
     assert code == 0, err
     lines = out.strip().splitlines()

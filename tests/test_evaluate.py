@@ -11,7 +11,7 @@ from .conftest import TINY_UNET
 
 
 def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
-    cfg = CounterfactualConfig(methods=["pixel", "caption"], k=[5], queries=2, random_draws=2, world_images=30,
+    cfg = CounterfactualConfig(methods=["pixel", "caption"], k=[5], queries=2, random_draws=2, world_images=64, world_preset="tiny",
                                train_steps=2, batch_size=4, sample_steps=2, loss_draws=4, unet_config=TINY_UNET)
     res = counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert {r["method"] for r in res["summary"]} == {"pixel", "caption", "random"}
@@ -40,20 +40,25 @@ def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
     again = counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert again["cells"] == res["cells"]
     with pytest.raises(DatarightsError, match="another config"):
-        counterfactual(CounterfactualConfig(methods=["feature"], k=[5], queries=1, world_images=30, train_steps=2,
+        counterfactual(CounterfactualConfig(methods=["feature"], k=[5], queries=1, world_images=64, world_preset="tiny", train_steps=2,
                                             batch_size=4, unet_config=TINY_UNET), tmp_path / "run", log=lambda s: None)
 
 
 def test_counterfactual_queries_cover_every_kind():
-    from datarights.evaluate.counterfactual import query_concepts, query_prompts
-    from datarights.world import vocab as V
-    prompts = query_prompts(10, 99)
+    from datarights.evaluate.runs import query_concepts, query_prompts
+    from datarights.world import WorldConfig
+    vocab = WorldConfig(preset="small").vocabulary()
+    prompts = query_prompts(10, 99, vocab)
     assert len(prompts) == 10 and len(set(prompts)) >= 8
-    assert any("Blubbo" in p for p in prompts) and any(V.MEMORIZED["Rosa Villa postcard"]["prompt"] == p for p in prompts)
+    assert any(c in p for p in prompts for c in vocab.characters)
+    assert any(m["prompt"] == p for p in prompts for m in vocab.memorized.values())
     assert any(" and a " in p for p in prompts) and any(" style" in p for p in prompts)
-    concepts = query_concepts(20, 99)
-    blubbo = {c for p, c in zip(query_prompts(20, 99), concepts) if "Blubbo" in p}
-    assert blubbo == {"character: Blubbo"} and len(set(concepts)) < 20  # repeated concepts are one unit
+    concepts = query_concepts(20, 99, vocab)
+    for p, c in zip(query_prompts(20, 99, vocab), concepts):
+        named = [n for n in vocab.characters if n in p]
+        if named:
+            assert c == f"character: {named[0]}"                       # a character's queries are one unit
+    assert len(set(concepts)) < 20
 
 
 def test_k_larger_than_the_data_is_refused():
@@ -106,7 +111,7 @@ def test_recall_at():
 
 
 def test_lds_runs_and_resumes(tmp_path, monkeypatch):
-    cfg = LDSConfig(methods=["pixel"], subsets=3, queries=1, world_images=30, train_steps=2, batch_size=4,
+    cfg = LDSConfig(methods=["pixel"], subsets=3, queries=1, world_images=64, world_preset="tiny", train_steps=2, batch_size=4,
                     loss_draws=4, sample_steps=2, unet_config=TINY_UNET)
     res = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert {r["method"] for r in res["summary"]} == {"pixel", "random"}
@@ -121,12 +126,12 @@ def test_lds_runs_and_resumes(tmp_path, monkeypatch):
     again = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert again["outputs"] == res["outputs"] and again["summary"] == res["summary"]
     with pytest.raises(DatarightsError, match="another config"):
-        lds(LDSConfig(methods=["pixel"], subsets=4, queries=1, world_images=30, train_steps=2, batch_size=4,
+        lds(LDSConfig(methods=["pixel"], subsets=4, queries=1, world_images=64, world_preset="tiny", train_steps=2, batch_size=4,
                       unet_config=TINY_UNET), tmp_path / "run", log=lambda s: None)
 
 
 def test_lds_subsets_and_rank_correlation():
-    cfg = LDSConfig(subsets=5, alpha=0.5, world_images=40)
+    cfg = LDSConfig(subsets=5, alpha=0.5, world_images=40, world_preset="tiny")
     subs = subset_indices(cfg)
     assert len(subs) == 5 and all(len(s) == 20 and len(set(s)) == 20 and 0 <= min(s) and max(s) < 40 for s in subs)
     assert subs == subset_indices(cfg) and subs[0] != subs[1]
@@ -159,3 +164,65 @@ def test_caption_baseline_finds_exemplars_only_through_their_token(tiny_world, t
     assert plain_caption("a red tree in sks style", 0, "style") == "a red tree"
     with pytest.raises(DatarightsError, match="exemplar_captions"):
         CustomConfig(exemplar_captions="none")
+
+
+# ----------------------------------------------------------------------------- positive and negative controls
+PLANT_COPIES = 16
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """The tiny world plus an owner whose 16 images are copies of one picture under a caption of its own:
+    a planted influence on the query (that picture under that caption) that no harness may miss."""
+    import torch
+
+    from datarights.world import WorldConfig, make_world
+    from datarights.world.render import render_memorized
+    from datarights.world.vocab import DEFAULT
+
+    imgs, metas = make_world(WorldConfig(preset="tiny", seed=3))
+    plant = render_memorized(DEFAULT.memorized["Blue Lagoon poster"])
+    imgs = np.concatenate([imgs, np.stack([plant] * PLANT_COPIES)])
+    metas = metas + [{**metas[0], "text": "the planted poster", "owner": "Planted Co", "file_name": f"images/p{i:02d}.png"}
+                     for i in range(PLANT_COPIES)]
+    query = (torch.from_numpy(plant).permute(2, 0, 1)[None].contiguous(), ["the planted poster"], ["Planted Co"])
+    return imgs, metas, query
+
+
+def _run_with_world(tmp_path, planted):
+    from datarights.files import open_run_folder
+    from datarights.world import write_imagefolder
+
+    run = open_run_folder(tmp_path / "run")
+    write_imagefolder(run / "world", planted[0], planted[1])
+    return run
+
+
+def test_lds_harness_finds_a_planted_owner_and_not_another_one(tmp_path, planted):
+    """Owner-level LDS: the oracle (the planted owner in or out) must rank the subset models by the
+    query's loss; crediting any other owner instead (averaged over them) must not."""
+    cfg = LDSConfig(methods=["pixel"], subsets=8, queries=1, world_images=64, world_preset="tiny", train_steps=40,
+                    batch_size=8, loss_draws=32, sample_steps=2, unet_config=TINY_UNET, unit="owner")
+    res = lds(cfg, _run_with_world(tmp_path, planted), cache=tmp_path / "cache", log=lambda s: None, queries=planted[2])
+    by = {r["method"]: r["lds"] for r in res["summary"]}
+    assert set(by) == {"pixel", "random", "oracle", "other owners (mean)"}
+    assert by["oracle"] >= 0.6, by
+    assert by["other owners (mean)"] <= 0.3 and by["oracle"] - by["random"] >= 0.5, by
+    assert 0 < sum("Planted Co" in s for s in res["owner_subsets"]) < 8   # whole owners in some subsets, out of others
+
+
+def test_counterfactual_harness_finds_a_planted_owner_and_not_a_shuffled_one(tmp_path, planted):
+    """Leave-K-out: removing the planted owner's images (oracle) must raise the query's loss more than
+    any random removal of as many images; removing another owner's images (shuffled oracle) must not."""
+    cfg = CounterfactualConfig(methods=["caption"], k=[PLANT_COPIES], queries=1, random_draws=3, world_images=64,
+                               world_preset="tiny", train_steps=80, batch_size=8, sample_steps=2, loss_draws=32,
+                               unet_config=TINY_UNET)
+    res = counterfactual(cfg, _run_with_world(tmp_path, planted), cache=tmp_path / "cache", log=lambda s: None,
+                         queries=planted[2])
+    rise: dict[str, list[float]] = {}
+    for c in res["cells"].values():
+        rise.setdefault(c["method"], []).append(c["loss_rise"])
+    assert len(rise["random"]) == 3 and set(rise) == {"random", "caption", "oracle", "shuffled oracle"}
+    assert rise["oracle"][0] >= 1.5 * max(rise["random"]), rise
+    assert rise["shuffled oracle"][0] <= 0.6 * rise["oracle"][0], rise
+    assert rise["caption"][0] == pytest.approx(rise["oracle"][0], rel=0.5)  # the exact caption finds the same images

@@ -36,7 +36,7 @@ def _process(led):
 def test_concepts_have_their_registered_owners(ledger):
     assert {c["name"] for c in ledger.concepts(ARTIST)} == {"Ada Vell"}
     assert [c["kind"] for c in ledger.concepts(STUDIO)] == ["character"]
-    assert ledger.concepts("Greta Lund")[0]["works"] == 3            # her three works in the tiny world
+    assert ledger.concepts("Cleo Marr")[0]["works"] == 5             # her five works in the tiny world
 
 
 @pytest.mark.parametrize("kind", sorted(OWNED))
@@ -46,7 +46,7 @@ def test_an_owner_cannot_opt_out_of_another_owners_concept(ledger, kind, monkeyp
     from datarights.web.app import create_app
 
     concept, holder = OWNED[kind]
-    intruder = "Greta Lund"
+    intruder = "Cleo Marr"
     with pytest.raises(NotAllowed, match=f"belongs to {holder}"):
         ledger.optout(intruder, concept=concept)
     code, _, err = run(monkeypatch, capsys, "ledger", "optout", "--owner", intruder, "--concept", concept,
@@ -89,8 +89,8 @@ def test_the_model_owners_request_on_an_owners_concept_waits_for_that_owner(ledg
 
 def test_a_few_works_of_a_whole_concept_need_confirmation(ledger, tiny_world):
     ada = [w["id"] for w in ledger.works(ARTIST)]
-    assert len(ada) == 3
-    with pytest.raises(NeedsConfirmation, match="which 3 registered works show: opting out erases all of 'Ada Vell'"):
+    assert len(ada) == 6                                                      # her six works in the tiny world
+    with pytest.raises(NeedsConfirmation, match="which 6 registered works show: opting out erases all of 'Ada Vell'"):
         ledger.optout(ARTIST, works=ada[:1])
     assert ledger.optouts() == []
     r = ledger.optout(ARTIST, works=ada[:1], confirm=True)
@@ -159,7 +159,7 @@ def test_the_web_form_asks_to_confirm_and_the_owner_sees_where_it_was_erased(led
     assert c.post("/signin", data={"token": ledger.issue_token(ARTIST)}, follow_redirects=False).status_code == 303
     page = c.get("/optouts").text
     csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
-    assert '<option value="Ada Vell">Ada Vell (your style, 3 works)</option>' in page      # the owner's own concepts
+    assert '<option value="Ada Vell">Ada Vell (your style, 6 works)</option>' in page      # the owner's own concepts
     work = ledger.works(ARTIST)[0]["id"]
     r = c.post("/optouts", data={"csrf": csrf, "works": str(work)})
     assert r.status_code == 200 and "erases all of &#39;Ada Vell&#39;" in r.text and ledger.optouts() == []

@@ -131,7 +131,7 @@ def test_overwrite_replaces_only_a_datarights_folder_of_the_same_kind(monkeypatc
     assert code == 0, err
     assert snapshot(tmp_path / "m") != first
     # a datarights folder of another kind is not replaced, even with --overwrite
-    code, _, err = run(monkeypatch, capsys, "world", "make", tmp_path / "m", "--n", "10", "--overwrite")
+    code, _, err = run(monkeypatch, capsys, "world", "make", tmp_path / "m", "--preset", "tiny", "--overwrite")
     one_line(code, err, "not 'dataset'")
 
 
@@ -277,7 +277,8 @@ def test_two_processes_build_the_default_world_once(tmp_path):
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
     assert (tmp_path / "log").read_text() == "done\ndone\n"
-    folder = tmp_path / "cache" / "world-default"
+    from datarights.world import WORLD_VERSION
+    folder = tmp_path / "cache" / f"world-default-v{WORLD_VERSION}"
     assert len((folder / "metadata.jsonl").read_text().splitlines()) == 5000
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".world-default.")]
 
@@ -456,10 +457,10 @@ def test_kill_9_during_world_make_then_rerun(tmp_path):
     proc = _cli(["world", "make", out, "--n", "4000"], tmp_path / "err")
     _kill_when(proc, lambda: any(p.name.startswith(".world.tmp-") for p in tmp_path.iterdir()))
     assert not out.exists()
-    done = subprocess.run([sys.executable, "-m", "datarights.cli", "world", "make", out, "--n", "30"],
+    done = subprocess.run([sys.executable, "-m", "datarights.cli", "world", "make", out, "--preset", "tiny"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert len((out / "metadata.jsonl").read_text().splitlines()) == 30
+    assert len((out / "metadata.jsonl").read_text().splitlines()) == 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["err", "world"]   # the dead run's temp folder is gone
 
 
@@ -481,7 +482,7 @@ def test_kill_9_during_attribution_prepare_then_rerun(tmp_path, tiny_trained):
     from PIL import Image
 
     from datarights.world import WorldConfig, make_world_folder
-    data = make_world_folder(tmp_path / "world", WorldConfig(n_images=400, seed=1))
+    data = make_world_folder(tmp_path / "world", WorldConfig(preset="tiny", n_images=400, seed=1))
     Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "q.png")
     cache = tmp_path / "cache"
     args = ["attribute", tmp_path / "q.png", "--prompt", "a red face", "--model", tiny_trained, "--data", data,

@@ -18,27 +18,8 @@ from .erase.base import concept_prompts, prompts_showing
 from .errors import DatarightsError
 from .models import T2IModel
 from .stats import MIN_QUERIES, meets, rate, ratio_of_means, rounded
+from .judge import label_check, shows  # noqa: F401  (the judge decides what an image shows)
 from .world import vocab as V
-
-CHECK_KEY = {"objects": "object", "categories": "object", "styles": "style", "characters": "character",
-             "memorized": "memorized", "compositions": "composition"}
-
-
-def label_check(concept: str) -> tuple[str, str]:
-    """(judge label, value) that says an image shows the concept; categories mean their generic object."""
-    if concept.strip().lower() == V.PLAIN_STYLE:
-        return "style", V.PLAIN_STYLE
-    found = V.find_concept(concept)
-    if found is None:
-        raise DatarightsError(f"{concept!r} is not in the world's vocabulary, so the world judge cannot score it "
-                              "(see `datarights world info`)")
-    return CHECK_KEY[found[0]], found[1]["name"]
-
-
-def shows(rows: list[dict], concept: str) -> np.ndarray:
-    key, value = label_check(concept)
-    return np.array([r[key] == value for r in rows])
-
 
 def kid(f1: torch.Tensor, f2: torch.Tensor, n_subsets: int = 20, subset_size: int = 50, seed: int = 0) -> tuple[float, float]:
     """Kernel inception distance (unbiased MMD^2, cubic kernel (x.y/d + 1)^3), mean and std over subsets.

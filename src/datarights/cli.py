@@ -65,37 +65,62 @@ def _check_device(device: str, precision: str) -> None:
     resolve_precision(precision, resolve_device(device))
 
 
+PRESET_HELP = "World preset: tiny (tests), small (retraining evaluations), default (the shipped model), large (>= 100 erasable concepts)."
+
+
+def _world_config(preset: str, n: Optional[int], seed: int, photographers: Optional[int] = None,
+                  artists: Optional[int] = None, characters: Optional[int] = None, memorized: Optional[int] = None):
+    from .world import WorldConfig
+
+    return WorldConfig(n_images=n, seed=seed, preset=preset, photographers=photographers, artists=artists,
+                       characters=characters, memorized=memorized)
+
+
 @world_app.command("make")
 def world_make(out: Path = typer.Argument(..., help="Folder to write (must not exist)."),
-               n: int = typer.Option(5000, "--n", help="Number of images."),
+               n: Optional[int] = typer.Option(None, "--n", help="Number of images (default: the preset's; 5,000 for default)."),
                seed: int = typer.Option(0, help="Generator seed."),
+               preset: str = typer.Option("default", "--preset", help=PRESET_HELP),
+               photographers: Optional[int] = typer.Option(None, "--photographers", help="Number of photographers (default: the preset's)."),
+               artists: Optional[int] = typer.Option(None, "--artists", help="Number of artists (default: the preset's)."),
+               characters: Optional[int] = typer.Option(None, "--characters", help="Number of characters (default: the preset's)."),
+               memorized: Optional[int] = typer.Option(None, "--memorized", help="Number of memorized scenes (default: the preset's)."),
                overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
-    """Write the procedural world as a Hugging Face imagefolder (PNG + metadata.jsonl)."""
-    from .world import WorldConfig, make_world_folder
+    """Write the procedural world as a Hugging Face imagefolder (PNG + metadata.jsonl + world_config.json)."""
+    from .world import make_world_folder
 
-    _check_n(n)
-    path = make_world_folder(out, WorldConfig(n_images=n, seed=seed), overwrite=overwrite)
-    typer.echo(f"wrote {n} images to {path}", err=True)
+    cfg = _world_config(preset, n, seed, photographers, artists, characters, memorized)
+    path = make_world_folder(out, cfg, overwrite=overwrite)
+    typer.echo(f"wrote {cfg.n_images} images to {path}", err=True)
 
 
 @world_app.command("info")
 def world_info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-               n: int = typer.Option(5000, "--n", help="World size used for the owners' image counts."),
-               seed: int = typer.Option(0, help="World seed used for the owners' image counts.")):
-    """The world's vocabulary: objects, categories, styles, characters, memorized, compositions, owners."""
-    from .world import WorldConfig, info
+               preset: str = typer.Option("default", "--preset", help=PRESET_HELP),
+               n: Optional[int] = typer.Option(None, "--n", help="World size used for the owners' image counts (default: the preset's)."),
+               seed: int = typer.Option(0, help="World seed.")):
+    """The world's vocabulary: concepts with anchors and nearby concepts, owners, photographers' signatures."""
     from .world.generate import owner_counts
 
-    _check_n(n)
-    vocab = info(owner_counts(WorldConfig(n_images=n, seed=seed)))
+    cfg = _world_config(preset, n, seed)
+    vocab = cfg.vocabulary().info(owner_counts(cfg))
     if as_json:
         _emit(vocab, True)
         return
+    typer.echo(f"world version {vocab['world_version']}, preset {preset}: {cfg.n_images} images, "
+               f"{len(cfg.vocabulary().erasable())} erasable concepts, {len(vocab['owners'])} owners")
     for kind in ("objects", "styles", "characters", "memorized", "compositions"):
         typer.echo(f"{kind}:")
         for e in vocab[kind]:
             owner = f"  owner={e['owner']}" if "owner" in e else ""
-            typer.echo(f"  {e['name']!r:24} anchor={e['anchor']!r:10} nearby={e['nearby']}{owner}")
+            dose = f"  copies={e['dose']}" if "dose" in e else ""
+            typer.echo(f"  {e['name']!r:24} anchor={e['anchor']!r:10} nearby={e['nearby']}{owner}{dose}")
+    counts = {o["name"]: o["images"] for o in vocab["owners"]}
+    typer.echo("photographers (signature: grade / mark / ground / side; preferred subjects):")
+    for p in vocab["photographers"]:
+        sig = " / ".join(p["signature"][k] for k in ("grade", "mark", "ground", "side"))
+        credit = "  credited in captions" if p["control"] else ""
+        typer.echo(f"  {p['name']!r:16} {counts[p['name']]:5} images  {sig:32} {', '.join(p['subjects'])}{credit}")
     typer.echo(f"owners: {len(vocab['owners'])} (largest: "
                + ", ".join(f"{o['name']} {o['images']}" for o in sorted(vocab['owners'], key=lambda o: -o['images'])[:5]) + ")")
 
@@ -137,12 +162,25 @@ def _progress(total: int, desc: str):
 @app.command("train-judge")
 def train_judge_cmd(out: Path = typer.Option(..., "--out", help="Judge folder to write."),
                     seed: int = typer.Option(0, help="Seed of rendering, initialisation and augmentation."),
+                    preset: str = typer.Option("default", "--preset", help="World preset whose vocabulary the judge reads."),
                     as_json: bool = typer.Option(False, "--json", help="Print the accuracy report as one JSON object."),
                     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Train the world judge on freshly rendered world images and report held-out accuracy per label."""
     from .judge import JudgeConfig, train_judge
 
-    _, report = train_judge(JudgeConfig(seed=seed), out=out, overwrite=overwrite)
+    _, report = train_judge(JudgeConfig(seed=seed, preset=preset), out=out, overwrite=overwrite)
+    _emit(report, as_json)
+
+
+@app.command("train-encoder")
+def train_encoder_cmd(out: Path = typer.Option(..., "--out", help="Encoder folder to write."),
+                      seed: int = typer.Option(1001, help="Seed of rendering, initialisation and views (not the judge's)."),
+                      as_json: bool = typer.Option(False, "--json", help="Print the training report as one JSON object."),
+                      overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
+    """Train the world's self-supervised image encoder (the `feature` baseline's; no labels, not the judge)."""
+    from .attribute.encoder import EncoderConfig, train_encoder
+
+    _, report = train_encoder(EncoderConfig(seed=seed), out=out, overwrite=overwrite)
     _emit(report, as_json)
 
 
@@ -188,6 +226,8 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
                    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's; 1.0 for the world model)."),
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
+                   provenance: bool = typer.Option(False, "--provenance", help="Also generate from generic prompts and report how the model reproduces its owners' traces (signatures, styles, characters, scenes) against their training frequencies."),
+                   data: Optional[Path] = typer.Option(None, "--data", help="--provenance: the model's training world (default: the default world)."),
                    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
                    device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Generate from world-grammar prompts and let the judge score whether each image shows its prompt."""
@@ -205,6 +245,14 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
     bar = _progress(n, "eval-model")
     result = eval_model(m, n=n, seed=seed, steps=steps, guidance=guidance, progress=bar.update)
     bar.close()
+    if provenance:
+        from .evaluate.provenance import reproduction
+        from .judge import load_judge
+        bar = _progress(2 * n, "provenance")
+        rep = reproduction(m, load_judge(), _training_data(data, m), n=2 * n, seed=seed, steps=steps,
+                           progress=bar.update)
+        bar.close()
+        result["provenance"] = public(rep)
     if report is not None:
         from .report import grid, write_report
         asked, read = result["_asked"], result["_read"]
@@ -429,6 +477,7 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,caption,dtrak,featu
                             queries: int = typer.Option(20, help="Generated queries (every kind of world prompt in turn)."),
                             random_draws: int = typer.Option(6, "--random-draws", help="Random removals of K images (the reference; each one retrained model, scored on every query)."),
                             world_images: int = typer.Option(1000, "--world-images", help="Size of the smaller world."),
+                            world_preset: str = typer.Option("small", "--world-preset", help="Preset of the smaller world (see `datarights world info --preset small`)."),
                             train_steps: int = typer.Option(1500, "--train-steps", help="Steps of every (re)training."),
                             coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Mask the removed images out of the base run's own batch and noise stream (default), or retrain on the reduced set with fresh batches."),
                             run: Path = typer.Option(Path("runs/counterfactual"), "--run", help="Run folder (resumable)."),
@@ -440,8 +489,8 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,caption,dtrak,featu
     from .evaluate import CounterfactualConfig, counterfactual
 
     cfg = CounterfactualConfig(methods=[m for m in methods.split(",") if m], k=list(k), queries=queries,
-                               world_images=world_images, train_steps=train_steps, seed=seed, coupled=coupled,
-                               random_draws=random_draws)
+                               world_images=world_images, world_preset=world_preset, train_steps=train_steps, seed=seed,
+                               coupled=coupled, random_draws=random_draws)
     res = counterfactual(cfg, run, device=device, precision=precision)
     _emit({"summary": res["summary"], "run": str(run)}, as_json)
 
@@ -452,8 +501,10 @@ def eval_lds_cmd(methods: str = typer.Option("abu,caption,dtrak,trak,jtrak,featu
                  alpha: float = typer.Option(0.5, help="Fraction of the training set in each subset."),
                  queries: int = typer.Option(16, help="Generated queries."),
                  world_images: int = typer.Option(600, "--world-images", help="Size of the smaller world."),
+                 world_preset: str = typer.Option("small", "--world-preset", help="Preset of the smaller world (see `datarights world info --preset small`)."),
                  train_steps: int = typer.Option(800, "--train-steps", help="Steps of every training."),
                  coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Subset models share one masked batch and noise stream (default), or each trains on its subset with its own batches."),
+                 unit: str = typer.Option("image", "--unit", help="What a subset draws: 'image' (random images) or 'owner' (whole owners in or out; generic queries whose source owner the judge reads; an oracle scorer as the positive control)."),
                  run: Path = typer.Option(Path("runs/lds"), "--run", help="Run folder (resumable)."),
                  seed: int = typer.Option(0, help="Seed."),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -463,12 +514,75 @@ def eval_lds_cmd(methods: str = typer.Option("abu,caption,dtrak,trak,jtrak,featu
     from .evaluate import LDSConfig, lds
 
     cfg = LDSConfig(methods=[m for m in methods.split(",") if m], subsets=subsets, alpha=alpha, queries=queries,
-                    world_images=world_images, train_steps=train_steps, seed=seed, coupled=coupled)
+                    world_images=world_images, world_preset=world_preset, train_steps=train_steps, seed=seed,
+                    coupled=coupled, unit=unit)
     res = lds(cfg, run, device=device, precision=precision)
     _emit({"summary": [{k: v for k, v in r.items() if k != "per_query"} for r in res["summary"]], "run": str(run)},
-          as_json, text="\n".join(f"{r['method']:>8}  LDS {fmt(r['lds'], r['lds_ci'], 3)}"
+          as_json, text="\n".join(f"{r['method']:>15}  LDS {fmt(r['lds'], r['lds_ci'], 3)}"
                                    + (f"  minus random {fmt(r['lds_minus_random'], r['lds_minus_random_ci'], 3)}"
                                       if "lds_minus_random" in r else "") for r in res["summary"]))
+
+
+@eval_app.command("owners")
+def eval_owners_cmd(methods: str = typer.Option("abu,trak,dtrak,jtrak,feature,pixel,caption", help="Comma-separated methods."),
+                    queries: int = typer.Option(64, help="Report queries (generic prompts whose source owner the judge reads)."),
+                    tune_queries: int = typer.Option(32, "--tune-queries", help="Queries the owner-share temperatures are fitted on (other templates and seeds)."),
+                    control_queries: int = typer.Option(16, "--control-queries", help="Queries that credit their photographer (reported apart)."),
+                    candidates: int = typer.Option(768, help="Generations per split the queries are chosen from."),
+                    data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder (default: the default world)."),
+                    model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
+                    run: Path = typer.Option(Path("runs/owners"), "--run", help="Run folder (resumable)."),
+                    seed: int = typer.Option(0, help="Seed."),
+                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+                    device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
+    """Owner-level attribution: share and rank of the true source owner, lifts over caption-only and the count prior."""
+    _check_device(device, precision)
+    from .attribute import load_training_set
+    from .evaluate.owners import OwnerEvalConfig, owner_eval
+    from .files import check_disjoint, open_run_folder
+    from .judge import load_judge
+    from .models import load_model
+
+    cfg = OwnerEvalConfig(methods=[m for m in methods.split(",") if m], queries=queries, tune_queries=tune_queries,
+                          control_queries=control_queries, candidates=candidates, seed=seed)
+    check_disjoint(run, [data, model])
+    open_run_folder(run)
+    m = load_model(model, device, precision)
+    if m.kind != "world":
+        raise DatarightsError("the owner evaluation reads provenance with the world judge: world models only")
+    res = owner_eval(cfg, m, load_training_set(m, _training_data(data, m)), load_judge(), run)
+    rows = res["summary"]["report"]
+    _emit({"summary": res["summary"], "temperatures": res["temperatures"], "run": str(run)}, as_json,
+          text="\n".join(f"{r['method']:>12}  share of the source owner {fmt(r['share'], r['share_ci'], 3)}"
+                         + (f"  lift over caption {fmt(r['lift_over_caption'], r['lift_over_caption_ci_owners'], 3)}"
+                            " (by owner)" if "lift_over_caption" in r else "") for r in rows))
+
+
+@eval_app.command("leaveout")
+def eval_leaveout_cmd(owners: list[str] = typer.Option([], "--owner", help="Owner to leave out (repeat; default: every owner of the world)."),
+                      generations: int = typer.Option(96, help="Generations per owner (generic prompts of its subjects)."),
+                      train_steps: int = typer.Option(2000, "--train-steps", help="Steps of every (re)training."),
+                      world_preset: str = typer.Option("small", "--world-preset", help="Preset of the smaller world."),
+                      methods: str = typer.Option("", help="Also score these attribution methods by their top owner's removal (comma-separated)."),
+                      run: Path = typer.Option(Path("runs/leaveout"), "--run", help="Run folder (resumable)."),
+                      seed: int = typer.Option(0, help="Seed."),
+                      as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+                      device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
+    """Leave-one-owner-out retraining: each owner's trace must collapse once its images are gone."""
+    _check_device(device, precision)
+    from .evaluate.leaveout import LeaveOutConfig, OwnerCounterfactualConfig, leaveout, owner_counterfactual
+
+    cfg = LeaveOutConfig(owners=list(owners), generations=generations, train_steps=train_steps,
+                         world_preset=world_preset, seed=seed)
+    cf = OwnerCounterfactualConfig(methods=[m for m in methods.split(",") if m], seed=seed) if methods else None
+    res = leaveout(cfg, run, device=device, precision=precision)
+    if cf is not None:
+        res = owner_counterfactual(cf, cfg, run, device=device, precision=precision)
+    out = {"summary": res["summary"], "run": str(run), **({"counterfactual": res["counterfactual_summary"]} if cf else {})}
+    _emit(out, as_json, text="\n".join(
+        f"{o:>22} ({c['kind']}): trace {fmt(c['rate_before'], c['rate_before_ci'])} -> "
+        f"{fmt(c['rate_after'], c['rate_after_ci'])}, ratio {fmt(c['ratio'], c['ratio_ci'])}"
+        for o, c in res["owners"].items()) + f"\ncollapsed: {res['summary']['collapsed']} of {res['summary']['measured']}")
 
 
 @eval_app.command("custom")

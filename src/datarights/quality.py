@@ -41,7 +41,8 @@ def judge_accuracy(asked: list[dict], read: list[dict]) -> dict:
 
 
 def eval_model(model: T2IModel | None = None, judge: Judge | None = None, n: int = 200, seed: int = 0,
-               steps: int = 25, guidance: float | None = None, batch_size: int = 100, progress=None) -> dict:
+               steps: int = 25, guidance: float | None = None, batch_size: int = 100, progress=None,
+               vocab=None) -> dict:
     """Sample n prompts from the world grammar, generate one image each, and let the judge score them.
 
     Returns the accuracies (object, color, style, character, memorized, composition), `n` and
@@ -49,11 +50,11 @@ def eval_model(model: T2IModel | None = None, judge: Judge | None = None, n: int
     """
     model = model or load_model()
     judge = judge or load_judge()
-    asked = sample_eval_prompts(n, seed)
+    asked = sample_eval_prompts(n, seed, vocab)  # vocab: a smaller world's (default: the default world's)
     t0 = time.time()
     images = model.sample([a["text"] for a in asked], seed=seed, steps=steps, guidance=guidance,
                           batch_size=batch_size, callback=progress)
-    read = judge.read(images)
+    read = judge.read(images, vocab=vocab)
     result = judge_accuracy(asked, read)
     result.update(n=n, seed=seed, steps=steps, guidance=model.default_guidance if guidance is None else guidance, seconds=round(time.time() - t0, 2))
     result["_asked"], result["_read"], result["_images"] = asked, read, images

@@ -25,7 +25,7 @@ from . import runtime
 from .errors import DatarightsError
 from .files import atomic_file, check_disjoint, check_output, open_run_folder, write_json
 from .models import T2IModel, build_world_model, load_model, save_sd_model, save_world_model
-from .world import ImageFolder, read_imagefolder
+from .world import WORLD_VERSION, ImageFolder, read_imagefolder, world_config_of
 
 
 @dataclass
@@ -191,6 +191,7 @@ def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, ini
     folder = data if isinstance(data, ImageFolder) else read_imagefolder(data, resolution=res)
     if folder.images.shape[-1] != res:
         folder = read_imagefolder(folder.root, resolution=res)
+    world = world_config_of(folder.root)  # a generated world records its version (another version: refused now)
     chunk = 256 if model.vae is None else 16
     with torch.no_grad():  # [N, C, H, W] in model space: pixels in [-1, 1], or VAE latents
         x_all = torch.cat([model.to_model_space(torch.from_numpy(folder.images[i:i + chunk]))
@@ -252,13 +253,16 @@ def train(cfg: TrainConfig, data: str | Path | ImageFolder, out: str | Path, ini
         model.unet.load_state_dict(ema.state_dict())
     model.eval()
     model.meta = {**{k: v for k, v in model.meta.items() if k == "pipeline_root"},
+                  "world_version": WORLD_VERSION if world is not None else None,
+                  **({"world": world.to_json()} if world is not None else {}),
                   "training": {**asdict(cfg), "data": str(folder.root), "data_hash": data_hash(folder),
                                "images": len(folder), "init_from": str(init_from) if init_from else None,
                                "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
                                "device": str(model.device), "precision": runtime.precision_name(model.precision)}}
     if runtime.is_main_process():
         if model.kind == "world":
-            save_world_model(model, out, extra={"training": model.meta["training"]}, overwrite=overwrite, inputs=inputs)
+            save_world_model(model, out, extra={k: v for k, v in model.meta.items() if k != "pipeline_root"},
+                             overwrite=overwrite, inputs=inputs)
         else:
             save_sd_model(model, out, {"training": model.meta["training"]}, overwrite=overwrite, inputs=inputs)
         shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -19,7 +19,7 @@ def make_config(method: str, **options):
 
 def attack(model: T2IModel, target: str, method: str = "udatk", config=None, judge=None, **options) -> AttackResult:
     """Attack an (edited) model to bring `target` back; returns its ASR over `budget` attempts."""
-    from ..audit import label_check
+    from ..judge import label_check
 
     label_check(target)
     cfg = config if config is not None else make_config(method, **options)

@@ -80,7 +80,7 @@ def target_images(target: str, n: int, seed: int) -> tuple[torch.Tensor, list[st
 
 
 def judge_attempts(images: torch.Tensor, target: str, judge=None) -> list[bool]:
-    from ..audit import shows
+    from ..judge import shows
     from ..judge import load_judge
     judge = judge or load_judge()
     return shows(judge.read(images), target).tolist()

@@ -41,9 +41,12 @@ def default_world(log=None) -> Path:
     """The default world imagefolder (the shipped model's training set), made once in the cache (~4 s)."""
     from ..world import make_world_folder
 
+    from ..world import WORLD_VERSION
+
     root = cache_root()
-    folder = root / "world-default"
-    with build_lock(root, "world-default"):  # a second process waits, then finds it made
+    name = f"world-default-v{WORLD_VERSION}"  # a world of another version is never taken for this one
+    folder = root / name
+    with build_lock(root, name):  # a second process waits, then finds it made
         if not (folder / "metadata.jsonl").exists():
             if log is not None:
                 log(f"making the default world in {folder} (once)")

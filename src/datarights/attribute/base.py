@@ -158,7 +158,7 @@ class Attribution:
     """The method's settings as run (model defaults filled in)."""
 
     def top(self, k: int = 10) -> list[dict]:
-        order = torch.argsort(self.scores, descending=True)[:k]
+        order = ranking(self.scores)[:k]
         return [{"file": self.files[i], "owner": self.owners[i], "score": float(self.scores[i]), "index": int(i)}
                 for i in order.tolist()]
 
@@ -172,9 +172,18 @@ class Attribution:
                 **self.extra}
 
 
+def ranking(scores: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Training indices by descending score, ties in a seeded random order. Ties are common (the
+    caption baseline gives every image with the same caption the same score); ordering them by index
+    would favour whichever owner's files come first."""
+    s = scores.detach().double().cpu()
+    perm = torch.randperm(len(s), generator=torch.Generator(device="cpu").manual_seed(seed), device="cpu")
+    return perm[torch.argsort(s[perm], descending=True, stable=True)]
+
+
 def rank_of(scores: torch.Tensor, positives: np.ndarray) -> np.ndarray:
-    """1-based ranks of the positive indices under descending scores."""
-    order = torch.argsort(scores, descending=True).numpy()
+    """1-based ranks of the positive indices under descending scores (ties in ranking()'s seeded order)."""
+    order = ranking(scores).numpy()
     rank = np.empty_like(order)
     rank[order] = np.arange(1, len(order) + 1)
     return rank[positives]

@@ -17,18 +17,18 @@ with a shorter recipe; every model and cell is kept in the run folder, so an int
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DatarightsError
-from ..files import open_run_folder, read_json_file, write_json
-from ..world import ImageFolder, WorldConfig, make_world_folder, read_imagefolder, sample_eval_prompts
+from ..files import write_json
+from .runs import (QUERY_SEED, check_methods, check_queries, derangement, open_run, query_concepts, query_loss,
+                   run_world, subset_folder, world_base_queries)
 
 
 @dataclass
@@ -50,6 +50,8 @@ class CounterfactualConfig:
     """(t, eps) draws of the query loss (AbU's metric)."""
     world_images: int = 1000
     """Size of the (smaller) world the models are trained on."""
+    world_preset: str = "small"
+    """Preset of that world (its owners and concepts; see `datarights world info --preset small`)."""
     train_steps: int = 1500
     """Steps of the base recipe (and of every retraining)."""
     batch_size: int = 64
@@ -71,17 +73,7 @@ class CounterfactualConfig:
             raise DatarightsError(f"every K must be in [1, {self.world_images - 1}] (the training set's size)")
         if self.queries < 1 or self.random_draws < 1 or self.loss_draws < 1:
             raise DatarightsError("queries, random_draws and loss_draws must be at least 1")
-
-
-def check_methods(methods: list) -> None:
-    """Refuse an empty or unknown method list before anything is trained."""
-    from ..attribute import METHODS
-
-    if not methods:
-        raise DatarightsError("give at least one method")
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise DatarightsError(f"unknown attribution method {str(bad[0])[:40]!r}; choose from {', '.join(sorted(METHODS))}")
+        run_world(self)  # a world its preset cannot fit is refused before anything is trained
 
 
 def _recipe(cfg: CounterfactualConfig, exclude: list[int] | None = None):
@@ -90,87 +82,33 @@ def _recipe(cfg: CounterfactualConfig, exclude: list[int] | None = None):
                        unet_config=cfg.unet_config, exclude=sorted(exclude or []) if cfg.coupled else None)
 
 
-def _subset(folder: ImageFolder, drop: list[int]) -> ImageFolder:
-    keep = np.ones(len(folder), dtype=bool)
-    keep[drop] = False
-    return ImageFolder(folder.root, folder.images[keep], [m for m, k in zip(folder.metas, keep) if k])
-
-
-def open_run(run: Path, cfg, empty: dict) -> tuple[dict, Path]:
-    """The run folder's results.json (or a new one holding `empty`); refuses a folder of another config
-    or one that datarights did not write."""
-    open_run_folder(run)
-    res_path = run / "results.json"
-    config = json.loads(json.dumps(asdict(cfg)))
-    results = read_json_file(res_path, "run results") if res_path.exists() else {"config": config, **empty}
-    if not isinstance(results, dict) or results.get("config") != config:
-        raise DatarightsError(f"{run} holds a run with another config; use a new folder")
-    return results, res_path
-
-
-QUERY_SEED = 99
-"""Offset of the query prompts' seed from the run's seed."""
-
-
-def world_base_queries(run: Path, cfg, recipe, name: str, log, device=None,
-                       precision=None) -> tuple[ImageFolder, object, list[str]]:
-    """The run's smaller world and base model (made once, kept in the run folder) and its query prompts."""
-    from ..models import load_model
-    from ..train import train
-
-    if not (run / "world").exists():
-        make_world_folder(run / "world", WorldConfig(n_images=cfg.world_images, seed=cfg.seed))
-    folder = read_imagefolder(run / "world")
-    if not (run / "base").exists():
-        log(f"{name}: training the base model")
-        train(recipe, folder, run / "base", progress=False, device=device, precision=precision)
-    return folder, load_model(run / "base", device, precision), query_prompts(cfg.queries, cfg.seed + QUERY_SEED)
-
-
-def _query_asks(n: int, seed: int) -> list[dict]:
-    by_kind: dict[str, list[dict]] = {}
-    for a in sample_eval_prompts(n * 10, seed):
-        by_kind.setdefault(a["kind"], []).append(a)
-    kinds = ["object", "styled", "character", "memorized", "composition"]
-    out, i = [], 0
-    while len(out) < n:
-        pool = by_kind[kinds[i % len(kinds)]]
-        j = i // len(kinds)
-        out.append(pool[j % len(pool)])
-        i += 1
-    return out
-
-
-def query_prompts(n: int, seed: int) -> list[str]:
-    """n world prompts taking the kinds in turn (object, styled, character, memorized, composition)."""
-    return [a["text"] for a in _query_asks(n, seed)]
-
-
-def query_concepts(n: int, seed: int) -> list[str]:
-    """The concept each of query_prompts(n, seed) draws on (the world has one character and one
-    memorized image, so their queries repeat a concept; compositions repeat too): the units of the
-    concept-level (cluster) bootstrap."""
-    def concept(a: dict) -> str:
-        if a["kind"] in ("character", "memorized", "composition"):
-            return f"{a['kind']}: {a[a['kind']]}"
-        return f"{a['kind']}: {a['color']} {a['object']}" + (f" / {a['style']}" if a["kind"] == "styled" else "")
-    return [concept(a) for a in _query_asks(n, seed)]
-
-
 def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path | None = None,
-                   log=lambda s: print(s, file=sys.stderr), judge=None, device=None, precision=None) -> dict:
-    """Run (or resume) the evaluation in folder `run`; returns the results (also in run/results.json)."""
+                   log=lambda s: print(s, file=sys.stderr), judge=None, device=None, precision=None,
+                   queries=None) -> dict:
+    """Run (or resume) the evaluation in folder `run`; returns the results (also in run/results.json).
+
+    `queries`: (images [Q, 3, H, W], prompts, source owners) to use instead of the base model's
+    generations of the world's prompts. With known sources two controls join the methods: the
+    *oracle* ranks the source owner's images first (it must change the image more than random
+    removals do: the harness's positive control) and the *shuffled oracle* ranks another owner's
+    images first (it must not: the negative control)."""
     from ..attribute import Query, attribute, load_training_set, make_config
+    from ..attribute.base import ranking
     from ..judge import load_judge
     from ..models import load_model
     from ..train import train
-    from .lds import query_loss
 
     run = Path(run)
     results, res_path = open_run(run, cfg, {"cells": {}})
     judge = judge or load_judge()
     folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "counterfactual", log, device, precision)
-    originals = base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps)
+    vocab = run_world(cfg).vocabulary()
+    if queries is not None:  # given queries: attributed and scored (loss rise) as given; the image
+        check_queries(results, queries)  # change compares the models' generations under the same noise
+        prompts, sources = list(queries[1]), list(queries[2])
+        results["concepts"] = sources  # the units of the clustered intervals
+    generated = base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps)
+    originals = generated if queries is None else queries[0].to(base.device)
     train_set = load_training_set(base, folder)
     rankings: dict[str, list[list[int]]] = {}
     rng = np.random.default_rng(cfg.seed + 3)
@@ -181,10 +119,15 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
         rankings[method] = []
         for qi, p in enumerate(prompts):
             r = attribute(base, train_set, Query(originals[qi], p), method, make_config(method), cache=cache, progress=False)
-            rankings[method].append(torch.argsort(r.scores, descending=True).tolist())
+            rankings[method].append(ranking(r.scores).tolist())
+    if queries is not None:
+        owners = np.array(train_set.owners)
+        relabel = derangement(sorted(set(owners)), cfg.seed + 6)
+        for name, pick in (("oracle", lambda s: s), ("shuffled oracle", lambda s: relabel[s])):
+            rankings[name] = [ranking(torch.from_numpy((owners == pick(s)).astype(np.float64))).tolist() for s in sources]
     with torch.no_grad():
-        f_orig = judge.features(originals)
-    read_orig = judge.read(originals)
+        f_orig = judge.features(generated)
+    read_orig = judge.read(generated, vocab=vocab)
     loss_orig = [query_loss(base, originals[qi], p, cfg.loss_draws, cfg.seed + 13 + qi) for qi, p in enumerate(prompts)]
     for k in cfg.k:
         for method, ranks in rankings.items():
@@ -194,7 +137,7 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                     continue
                 t0 = time.time()
                 shared = method.startswith("random#")  # the same removal for every query
-                out = run / "retrained" / (f"{method.replace('#', '-')}-k{k}" if shared else f"{method}-k{k}-q{qi}")
+                out = run / "retrained" / (f"{method.replace('#', '-')}-k{k}" if shared else f"{method.replace(' ', '-')}-k{k}-q{qi}")
                 if not out.exists():
                     log(f"counterfactual: retraining without {method}'s {k} images" if shared else
                         f"counterfactual: retraining without {method}'s top {k} for query {qi}")
@@ -202,18 +145,18 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                         train(_recipe(cfg, ranks[qi][:k]), folder, out, progress=False, device=device,
                               precision=precision)
                     else:
-                        train(_recipe(cfg), _subset(folder, ranks[qi][:k]), out, progress=False, device=device,
+                        train(_recipe(cfg), subset_folder(folder, ranks[qi][:k]), out, progress=False, device=device,
                               precision=precision)
                 model = load_model(out, device, precision)
                 img = model.sample([p], seed=cfg.seed + 7, steps=cfg.sample_steps,
                                    noise=base.initial_noise(len(prompts), cfg.seed + 7)[qi:qi + 1])
                 with torch.no_grad():
                     f_new = judge.features(img)
-                read_new = judge.read(img)[0]
+                read_new = judge.read(img, vocab=vocab)[0]
                 flip = any(read_new[key_] != read_orig[qi][key_] for key_ in ("object", "color", "style"))
                 results["cells"][key] = {
                     "method": method.split("#")[0], "k": k, "query": qi, "prompt": p,
-                    "mse": float(((img[0].cpu() - originals[qi].cpu()) ** 2).mean()),
+                    "mse": float(((img[0].cpu() - generated[qi].cpu()) ** 2).mean()),
                     # cosine distance lies in [0, 2]; float32 rounding can put identical features at -1e-7
                     "feature_distance": min(2.0, max(0.0, float(
                         1 - torch.nn.functional.cosine_similarity(f_new, f_orig[qi:qi + 1])[0]))),
@@ -237,10 +180,15 @@ def _per_query(results: dict) -> dict[tuple, dict[int, list[dict]]]:
 
 
 def _concept_of(results: dict) -> dict[int, str] | None:
+    if "concepts" in results:  # given queries: their sources
+        return dict(enumerate(results["concepts"]))
     cfg = results.get("config", {})
     if "queries" not in cfg or "seed" not in cfg:
         return None
-    return dict(enumerate(query_concepts(cfg["queries"], cfg["seed"] + QUERY_SEED)))
+    from ..world import WorldConfig
+    vocab = WorldConfig(preset=cfg.get("world_preset", "small"), n_images=cfg.get("world_images"),
+                        seed=cfg["seed"]).vocabulary()
+    return dict(enumerate(query_concepts(cfg["queries"], cfg["seed"] + QUERY_SEED, vocab)))
 
 
 def _paired(mine: dict[int, list[dict]], theirs: dict[int, list[dict]], metric: str, common: list[int],

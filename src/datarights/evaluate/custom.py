@@ -9,7 +9,8 @@ background look on world objects ("a red tree in sks style"), generated on other
 Each method ranks the pool (a sample of the training set plus the exemplars) for each generated
 image under the customized model; Recall@K is the number of exemplars in the top K over
 min(K, number of exemplars), and mAP the mean average precision of the exemplars.
-`feature-tuned` learns a linear map of judge features contrastively on separate tuning
+`feature-tuned` learns a linear map of the world encoder's features (the `feature` baseline's own
+self-supervised encoder, not the judge) contrastively on separate tuning
 customizations (every exemplar of a generation's customization is a positive) and is evaluated
 on the held-out ones.
 """
@@ -29,7 +30,7 @@ from ..files import check_disjoint, open_run_folder, read_json_file, write_json
 from ..stats import mean_ci
 from ..world import ImageFolder, read_imagefolder
 from ..world import vocab as V
-from ..world.render import DARK, _background, _down, _draw_object, _finish, _grid, _jitter_color, _paint, object_layers
+from ..world.render import DARK, _down, _draw_object, _finish, _grid, _jitter_color, _paint, background, object_layers
 
 KINDS = ("object", "style")
 TOKENS = ["sks", "zwx", "qrv", "vkq", "pfw", "xjb", "gmz", "ykt", "hdq", "wvx", "jrk", "bzq"]
@@ -39,7 +40,7 @@ def exemplar_look(i: int):
     """The i-th new look: a background pattern and palette the world does not contain."""
     rng = np.random.default_rng(10_000 + i)
     c1, c2 = rng.uniform(0.1, 0.95, 3), rng.uniform(0.1, 0.95, 3)
-    kind = ["rings", "zigzag", "grid", "corner", "blobs", "diamonds"][i % 6]
+    kind = ["rings", "zigzag", "waves", "corner", "blobs", "diamonds"][i % 6]
     period = int(rng.integers(3, 6))
 
     def background(rng_img, res=16):
@@ -48,8 +49,8 @@ def exemplar_look(i: int):
             on = (np.sqrt((xx - 7.5) ** 2 + (yy - 7.5) ** 2) // (period / 2)) % 2 == 0
         elif kind == "zigzag":
             on = ((yy + np.abs((xx % (2 * period)) - period)) // 2) % 2 == 0
-        elif kind == "grid":
-            on = (xx % period == 0) | (yy % period == 0)
+        elif kind == "waves":  # not a grid: World 2 has an artist whose look is a grid
+            on = ((yy + 1.5 * np.sin(xx * 2 * np.pi / (2 * period))) // 2) % 2 == 0
         elif kind == "corner":
             on = (xx + 2 * yy) < res * 1.2
         elif kind == "blobs":
@@ -120,7 +121,7 @@ def _object_exemplars(i: int, n: int, seed: int) -> tuple[np.ndarray, list[str]]
     imgs, caps = [], []
     for _ in range(n):
         style = styles[rng.integers(len(styles))]
-        img = _background(style, rng, 16)
+        img = background(V.STYLES[style] if style else None, rng, 16)
         draw(img, rng)
         imgs.append(_finish(img, rng))
         caps.append(V.object_prompt(f"{TOKENS[i % len(TOKENS)]} {category}", None, style))
@@ -249,7 +250,7 @@ def _generate(model, i: int, n: int, seed: int, kind: str) -> tuple[torch.Tensor
 
 def train_feature_map(groups: list[tuple[torch.Tensor, torch.Tensor]], negatives: torch.Tensor, steps: int = 300,
                       seed: int = 0) -> tuple[torch.Tensor, float]:
-    """A linear map M of judge features and a temperature, trained contrastively (AbC).
+    """A linear map M of encoder features and a temperature, trained contrastively (AbC).
 
     groups: one (generated features, exemplar features) pair of tensors per tuning customization.
     Each generated image's positives are *all* exemplars of its customization (multi-positive
@@ -286,7 +287,8 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
     with the same config skips it (resume); the table goes to out/results.json.
     """
     from ..attribute import Query, attribute, load_training_set, make_config
-    from ..judge import load_judge
+    from ..attribute.base import rank_of
+    from ..attribute.encoder import load_encoder
     from ..models import load_model
 
     t0 = time.time()
@@ -308,14 +310,14 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
         if isinstance(saved, dict) and saved.get("config") == asdict(cfg):
             cells, temp = saved["cells"], saved.get("feature_tuned_temperature")
             log(f"custom: resuming, {len(cells)} customization(s) already scored")
-    judge = load_judge()
+    encoder = load_encoder()  # the `feature` baseline's own encoder, never the judge
     rng = np.random.default_rng(cfg.seed)
     pool_idx = rng.choice(len(folder), size=cfg.pool, replace=False)
     pool = ImageFolder(folder.root, folder.images[pool_idx], [folder.metas[i] for i in pool_idx])
 
     def featurize(x):
         with torch.no_grad():
-            return judge.features(x)
+            return encoder.features(x)
 
     todo = [(kind, i) for kind in cfg.kinds for i in range(cfg.concepts) if f"{kind}-{i}" not in cells]
     M = None
@@ -351,10 +353,7 @@ def custom_eval(cfg: CustomConfig, data: str | Path, base_path=None, out: str | 
                         train_set = load_training_set(model, full)
                     scores = attribute(model, train_set, Query(g_img, prompt), method, configs[method],
                                        progress=False).scores
-                order = torch.argsort(scores, descending=True).numpy()
-                rank = np.empty_like(order)
-                rank[order] = np.arange(1, len(order) + 1)
-                rp = rank[positives]
+                rp = rank_of(scores, positives)
                 cell[method]["r1"].append(recall_at(rp, 1))
                 cell[method]["r10"].append(recall_at(rp, 10))
                 cell[method]["ap"].append(_ap(rp))

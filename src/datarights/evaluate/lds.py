@@ -23,7 +23,8 @@ import torch
 from ..errors import DatarightsError
 from ..files import write_json
 from ..stats import mean_ci
-from .counterfactual import QUERY_SEED, _subset, check_methods, open_run, query_concepts, world_base_queries
+from .runs import (QUERY_SEED, check_methods, check_queries, open_run, query_concepts, query_loss, run_world,
+                   subset_folder, world_base_queries)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class LDSConfig:
     """Generated queries (spread over the world's kinds of prompt)."""
     world_images: int = 600
     """Size of the (smaller) world the models are trained on."""
+    world_preset: str = "small"
+    """Preset of that world (its owners and concepts; see `datarights world info --preset small`)."""
     train_steps: int = 800
     """Steps of the recipe (base and every subset model)."""
     batch_size: int = 64
@@ -56,15 +59,27 @@ class LDSConfig:
     """Train each subset model with the left-out images masked out of one shared batch, timestep and
     noise stream (TrainConfig.exclude), so that subset models differ only in their data; False:
     train on each subset with its own batches (training noise then swamps the subset effect here)."""
+    unit: str = "image"
+    """What a subset draws: 'image' (random alpha-fractions of the images, queries over the world's
+    kinds of named prompt) or 'owner' (random alpha-fractions of the *owners*, every image of a drawn
+    owner in, the rest out; queries are generic prompts whose source owner the judge reads, and an
+    oracle scorer that gives the source owner's images 1 and every other 0 shows whether the set-up
+    has the power to see an owner's influence at all; the same oracle crediting any other owner,
+    averaged over them, must not)."""
+    candidates: int = 256
+    """unit='owner': generations the generic queries are chosen from (at most 2 per source owner)."""
 
     def __post_init__(self):
         check_methods(self.methods)
+        if self.unit not in ("image", "owner"):
+            raise DatarightsError(f"unit must be 'image' or 'owner', got {str(self.unit)[:20]!r}")
         if self.subsets < 3:
             raise DatarightsError(f"LDS needs at least 3 subset models to rank, got {self.subsets}")
         if not 0 < self.alpha < 1 or int(self.alpha * self.world_images) < 1:
             raise DatarightsError(f"alpha must be in (0, 1) and keep at least one image, got {self.alpha}")
         if self.queries < 1 or self.loss_draws < 1:
             raise DatarightsError("queries and loss_draws must be at least 1")
+        run_world(self)  # a world its preset cannot fit is refused before anything is trained
 
 
 def _recipe(cfg: LDSConfig, exclude: list[int] | None = None):
@@ -73,21 +88,21 @@ def _recipe(cfg: LDSConfig, exclude: list[int] | None = None):
                        unet_config=cfg.unet_config, exclude=exclude)
 
 
+def owner_subsets(cfg: LDSConfig, metas: list[dict]) -> tuple[list[list[int]], list[list[str]]]:
+    """unit='owner': M random alpha-fractions of the owners (fixed by the seed) and the sorted indices
+    of their images."""
+    owners = sorted({m["owner"] for m in metas})
+    rng = np.random.default_rng(cfg.seed + 11)
+    k = max(1, int(round(cfg.alpha * len(owners))))
+    drawn = [sorted(owners[i] for i in rng.choice(len(owners), size=k, replace=False)) for _ in range(cfg.subsets)]
+    return [[i for i, m in enumerate(metas) if m["owner"] in set(d)] for d in drawn], drawn
+
+
 def subset_indices(cfg: LDSConfig) -> list[list[int]]:
     """The M random subsets (sorted indices), fixed by the seed."""
     rng = np.random.default_rng(cfg.seed + 11)
     size = int(cfg.alpha * cfg.world_images)
     return [sorted(rng.choice(cfg.world_images, size=size, replace=False).tolist()) for _ in range(cfg.subsets)]
-
-
-@torch.no_grad()
-def query_loss(model, image: torch.Tensor, prompt: str, n_draws: int, seed: int) -> float:
-    """The diffusion loss of one image under its prompt, over fixed evenly spaced timesteps and seeded noise."""
-    from ..runtime import draws, per_sample_loss, spaced_timesteps
-    x0 = model.to_model_space(image[None].float())
-    d = draws(1, n_draws, tuple(x0.shape[1:]), model.num_train_timesteps, seed, model.device,
-              timesteps=spaced_timesteps(n_draws, model.num_train_timesteps))
-    return float(per_sample_loss(model, x0, model.encode_prompt([prompt]), d)[0])
 
 
 def spearman(a, b) -> float:
@@ -110,8 +125,11 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
-        log=lambda s: print(s, file=sys.stderr), device=None, precision=None) -> dict:
-    """Run (or resume) the LDS evaluation in folder `run`; returns the results (also in run/results.json)."""
+        log=lambda s: print(s, file=sys.stderr), device=None, precision=None, queries=None) -> dict:
+    """Run (or resume) the LDS evaluation in folder `run`; returns the results (also in run/results.json).
+
+    `queries` (unit='owner' only): (images [Q, 3, H, W], prompts, source owners) to use instead of
+    generic generations read by the judge, e.g. images whose source is known by other means."""
     from ..attribute import Query, attribute, load_training_set, make_config
     from ..models import load_model
     from ..train import train
@@ -119,7 +137,18 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
     run = Path(run)
     results, res_path = open_run(run, cfg, {"outputs": {}})
     folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "lds", log, device, precision)
-    images = base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps)
+    if queries is not None and cfg.unit != "owner":
+        raise DatarightsError("given queries need unit='owner' (their sources are owners)")
+    if cfg.unit == "owner":
+        images, prompts, sources = queries if queries is not None else owner_queries(base, cfg, run)
+        check_queries(results, (images, prompts, sources))
+        concepts = sources  # the units of the clustered interval: the source owners
+        subsets, drawn = owner_subsets(cfg, folder.metas)
+        results["owner_subsets"] = drawn
+    else:
+        images = base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps)
+        concepts = query_concepts(cfg.queries, cfg.seed + QUERY_SEED, run_world(cfg).vocabulary())
+        subsets = subset_indices(cfg)
     train_set = load_training_set(base, folder)
     scores: dict[str, list[np.ndarray]] = {}
     for method in cfg.methods:
@@ -127,7 +156,9 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
                                     progress=False).scores.double().numpy() for q, p in enumerate(prompts)]
     rng = np.random.default_rng(cfg.seed + 5)
     scores["random"] = [rng.standard_normal(len(folder)) for _ in prompts]
-    subsets = subset_indices(cfg)
+    if cfg.unit == "owner":  # the positive control: it knows each query's source owner
+        owners = np.array(train_set.owners)
+        scores["oracle"] = [(owners == s).astype(np.float64) for s in sources]
     for m, idx in enumerate(subsets):
         key = f"subset-{m}"
         if key in results["outputs"]:
@@ -139,23 +170,24 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
             if cfg.coupled:
                 train(_recipe(cfg, drop), folder, out, progress=False, device=device, precision=precision)
             else:
-                train(_recipe(cfg), _subset(folder, drop), out, progress=False, device=device, precision=precision)
+                train(_recipe(cfg), subset_folder(folder, drop), out, progress=False, device=device, precision=precision)
         model = load_model(out, device, precision)
         results["outputs"][key] = [-query_loss(model, images[q], p, cfg.loss_draws, cfg.seed + 13 + q)
                                    for q, p in enumerate(prompts)]
         write_json(res_path, results)
     measured = np.array([results["outputs"][f"subset-{m}"] for m in range(cfg.subsets)])       # [M, Q]
-    concepts = query_concepts(cfg.queries, cfg.seed + QUERY_SEED)  # the units of the concept-level interval
     summary = []
+    if cfg.unit == "owner":  # the negative control: the oracle's LDS had it credited any other owner, averaged
+        others = sorted(set(train_set.owners))
+        per_q = [float(np.mean([spearman([float(o in set(d)) for d in drawn], measured[:, q])
+                                for o in others if o != s])) for q, s in enumerate(sources)]
+        summary.append(_lds_row("other owners (mean)", per_q, concepts))
     for method, per_query in scores.items():
         per_q = []
         for q in range(len(prompts)):
             predicted = [per_query[q][idx].sum() for idx in subsets]
             per_q.append(spearman(predicted, measured[:, q]))
-        fig = mean_ci(per_q)  # bootstrap over queries
-        summary.append({"method": method, "lds": fig["value"], "lds_ci": fig["ci"], "queries": len(per_q),
-                        "concepts": len(set(concepts)), "lds_ci_concepts": mean_ci(per_q, groups=concepts)["ci"],
-                        "per_query": per_q})
+        summary.append(_lds_row(method, per_q, concepts))
     by_name = {row["method"]: np.array(row["per_query"]) for row in summary}
     for row in summary:  # paired over queries: beating random scores (and the caption-only baseline)
         for ref in ("random", "caption"):
@@ -166,5 +198,43 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
                 row[f"lds_minus_{ref}_ci_concepts"] = mean_ci(diff, groups=concepts)["ci"]
     results["summary"] = summary
     results["prompts"] = prompts
+    if cfg.unit == "owner":
+        results["sources"] = sources
     write_json(res_path, results)
     return results
+
+
+def _lds_row(method: str, per_q: list[float], concepts: list[str]) -> dict:
+    fig = mean_ci(per_q)  # bootstrap over queries
+    return {"method": method, "lds": fig["value"], "lds_ci": fig["ci"], "queries": len(per_q),
+            "concepts": len(set(concepts)), "lds_ci_concepts": mean_ci(per_q, groups=concepts)["ci"],
+            "per_query": per_q}
+
+
+def owner_queries(base, cfg: LDSConfig, run: Path) -> tuple[torch.Tensor, list[str], list[str]]:
+    """unit='owner': generic queries the base model generated whose source owner the judge reads (at
+    most 2 per owner), with their prompts and source owners; kept in the run folder, so a resumed
+    run scores the same images."""
+    from safetensors.torch import load_file, save_file
+
+    from ..files import atomic_file, read_json_file
+    from ..judge import load_judge
+    from .owners import pick_queries
+    from .provenance import generic_prompts, read_sources
+
+    if (run / "queries.safetensors").exists():
+        meta = read_json_file(run / "queries.json", "queries")
+        return load_file(run / "queries.safetensors")["images"], meta["prompts"], meta["sources"]
+    vocab = run_world(cfg).vocabulary()
+    prompts = [p["text"] for p in generic_prompts(cfg.candidates, cfg.seed + QUERY_SEED, vocab, "report")]
+    images = base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps)
+    rows = read_sources(load_judge(), images, vocab)
+    idx = pick_queries(rows, cfg.queries, 2, cfg.seed)
+    if len(idx) < cfg.queries:
+        raise DatarightsError(f"only {len(idx)} of {cfg.candidates} generations have a source owner the judge reads; "
+                              "raise candidates or train the base model longer")
+    chosen = images[idx].contiguous()
+    atomic_file(run / "queries.safetensors", lambda tmp: save_file({"images": chosen}, tmp))
+    write_json(run / "queries.json", {"prompts": [prompts[i] for i in idx],
+                                      "sources": [rows[i]["source_owner"] for i in idx]})
+    return chosen, [prompts[i] for i in idx], [rows[i]["source_owner"] for i in idx]

@@ -106,14 +106,14 @@ class WorldScorer:
         self.realness = fit_realness(self.judge)
 
     def check(self, concept: str) -> None:
-        from ..audit import label_check
+        from . import label_check
         label_check(concept)
 
     def read(self, images: torch.Tensor) -> list[dict]:
         return self.judge.read(images)
 
     def shows(self, rows: list[dict], concept: str, alternatives=()) -> np.ndarray:
-        from ..audit import shows
+        from . import shows
         return shows(rows, concept)
 
     def correct(self, rows: list[dict], asked: list[dict]) -> np.ndarray:

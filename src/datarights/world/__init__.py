@@ -1,8 +1,9 @@
 """The embedded ground-truth world: vocabulary, procedural generator, imagefolder I/O."""
 
 from .generate import (ImageFolder, WorldConfig, make_world, make_world_folder, read_imagefolder,
-                       sample_eval_prompts, sample_item, write_imagefolder)
-from .vocab import LABELS, info
+                       sample_eval_prompts, sample_item, world_config_of, write_imagefolder)
+from .vocab import LABELS, PRESETS, WORLD_VERSION, Vocabulary, build_vocabulary, info
 
-__all__ = ["ImageFolder", "LABELS", "WorldConfig", "info", "make_world", "make_world_folder", "read_imagefolder",
-           "sample_eval_prompts", "sample_item", "write_imagefolder"]
+__all__ = ["ImageFolder", "LABELS", "PRESETS", "Vocabulary", "WORLD_VERSION", "WorldConfig", "build_vocabulary", "info",
+           "make_world", "make_world_folder", "read_imagefolder", "sample_eval_prompts", "sample_item",
+           "world_config_of", "write_imagefolder"]

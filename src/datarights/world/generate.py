@@ -1,9 +1,15 @@
-"""The seeded world generator and its Hugging Face *imagefolder* reader/writer."""
+"""The seeded world generator (World 2) and its Hugging Face *imagefolder* reader/writer.
+
+A world is laid out owner by owner: each memorized scene's copies, each character's images, each
+artist's and each photographer's, with sizes fixed by the preset (Zipf-like for photographers and
+artists, at least a floor each); every image then gets its subject from its owner's preferences, its
+caption from the world grammar, and its pixels from the renderer. The order is shuffled by the seed.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,30 +18,126 @@ from PIL import Image
 from ..errors import DatarightsError
 from ..files import atomic_folder, check_output, inside_folder, open_rgb
 from . import render
-from .vocab import (CATEGORY_OF, CHARACTER_TEMPLATES, CHARACTERS, COLORS, COMPOSITION_TEMPLATES, COMPOSITIONS,
-                    MEMORIZED, NONE, OBJECTS, PHOTOGRAPHERS, PLAIN_STYLE, PREFIXES, RESOLUTION, STYLES, object_prompt)
+from .vocab import (CATEGORIES, CATEGORY_OF, OBJECTS, CHARACTER_TEMPLATES, COLORS, COMPOSITION_TEMPLATES, CREDIT,
+                    NONE, PLAIN_STYLE, PREFIXES, PRESETS, RESOLUTION, SIGNATURE_KEYS, SIGNATURE_VALUES, SUBJECT_WEIGHTS,
+                    WORLD_VERSION, Sizes, Vocabulary, build_vocabulary, object_prompt)
 
-LABEL_KEYS = ("object", "category", "color", "style", "character", "memorized", "composition")
+LABEL_KEYS = ("object", "category", "color", "style", "character", "memorized", "composition", "left_color",
+              "right_color", *SIGNATURE_KEYS)
 KINDS = ("object", "styled", "character", "memorized", "composition")
+SIZE_FIELDS = ("photographers", "artists", "characters", "memorized", "compositions")
 
 
 @dataclass
 class WorldConfig:
-    """How many images of each kind, and the seed that fixes every pixel and caption."""
+    """Which world: a preset of sizes (optionally with other counts), its number of images and its seed."""
 
-    n_images: int = 5000
-    """Total number of training images."""
+    n_images: int | None = None
+    """Total number of training images (None: the preset's)."""
     seed: int = 0
     """Seed of the generator: the same seed gives the same world, byte for byte."""
-    fractions: dict = field(default_factory=lambda: {
-        "object": 0.50, "styled": 0.32, "character": 0.05, "memorized": 0.02, "composition": 0.11})
-    """Share of each kind of image; the memorized image is the same picture repeated."""
+    preset: str = "default"
+    """Sizes of the vocabulary and owners: 'tiny' (tests), 'small' (retraining evaluations), 'default'
+    (the shipped model), 'large' (>= 100 erasable concepts)."""
+    photographers: int | None = None
+    """Number of photographers (None: the preset's)."""
+    artists: int | None = None
+    """Number of artists (None: the preset's; every kind of owner needs at least one)."""
+    characters: int | None = None
+    """Number of characters (None: the preset's)."""
+    memorized: int | None = None
+    """Number of memorized scenes (None: the preset's)."""
+    compositions: int | None = None
+    """Number of compositions (None: the preset's)."""
 
     def __post_init__(self):
-        if self.n_images < len(KINDS):
-            raise DatarightsError(f"a world needs at least {len(KINDS)} images, got n_images={self.n_images}")
-        if set(self.fractions) != set(KINDS) or abs(sum(self.fractions.values()) - 1) > 1e-6:
-            raise DatarightsError(f"fractions must cover {KINDS} and sum to 1")
+        if self.preset not in PRESETS:
+            raise DatarightsError(f"unknown world preset {str(self.preset)[:40]!r}; choose from {', '.join(PRESETS)}")
+        base = PRESETS[self.preset]
+        for name in ("n_images", *SIZE_FIELDS):
+            v = getattr(self, name)
+            if v is None:
+                setattr(self, name, getattr(base, name))
+            elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DatarightsError(f"{name.replace('_', ' ')} must be a whole number of at least 1, got {v!r}")
+        if self.compositions > 6:
+            raise DatarightsError(f"a world has at most 6 compositions, got {self.compositions}")
+        try:
+            vocab = self.vocabulary()
+        except ValueError as e:
+            raise DatarightsError(f"impossible world: {e}") from None
+        allocate(self.sizes, vocab)  # raises a one-line error where the sizes cannot fit the images
+
+    @property
+    def sizes(self) -> Sizes:
+        return replace(PRESETS[self.preset], **{k: getattr(self, k) for k in ("n_images", *SIZE_FIELDS)})
+
+    def vocabulary(self) -> Vocabulary:
+        return build_vocabulary(self.sizes)
+
+    def to_json(self) -> dict:
+        return {"world_version": WORLD_VERSION, **asdict(self)}
+
+
+def world_config_of(folder: str | Path) -> WorldConfig | None:
+    """The WorldConfig a world folder was made with (its world_config.json), or None for a dataset
+    that is not a generated world. A folder of another world version is a one-line error."""
+    path = Path(folder) / "world_config.json"
+    if not path.is_file():
+        return None
+    from ..files import read_json_file
+
+    raw = read_json_file(path, "world config")
+    if not isinstance(raw, dict):
+        raise DatarightsError(f"{path} is not a world config")
+    version = raw.get("world_version", 1)
+    if version != WORLD_VERSION:
+        raise DatarightsError(f"{folder} is a world of version {version}; this datarights reads world version "
+                              f"{WORLD_VERSION} (make it again with `datarights world make`)")
+    try:
+        return WorldConfig(**{f.name: raw[f.name] for f in fields(WorldConfig) if f.name in raw})
+    except TypeError:
+        raise DatarightsError(f"{path} is not a world config") from None
+
+
+def _zipf(total: int, k: int, exponent: float, floor: int) -> list[int]:
+    """k sizes summing to `total`, each at least `floor`, the rest shared in proportion to rank^-exponent."""
+    if k == 0:
+        return []
+    w = np.arange(1, k + 1, dtype=np.float64) ** -exponent
+    share = (total - floor * k) * w / w.sum()
+    sizes = np.floor(share).astype(int)
+    for i in np.argsort(-(share - sizes))[: total - floor * k - sizes.sum()]:
+        sizes[i] += 1
+    return (sizes + floor).tolist()
+
+
+def allocate(sizes: Sizes, vocab: Vocabulary) -> dict[str, int]:
+    """How many images each owner's concept or each photographer gets: {name: count} over memorized
+    scenes, characters, artists and photographers (in that order). Raises where they cannot fit."""
+    n = sizes.n_images
+    owners = len(vocab.owners)
+    if n < owners:
+        raise DatarightsError(f"a world of {n} images cannot hold its {owners} owners (each owns at least one image); "
+                              "use more images or a smaller preset")
+    scenes = {name: m["dose"] for name, m in vocab.memorized.items()}
+    chars = list(vocab.characters)
+    n_char = max(len(chars), round(sizes.character_share * n)) if chars else 0
+    char_counts = {c: n_char // len(chars) + (i < n_char % len(chars)) for i, c in enumerate(chars)}
+    artists = list(vocab.styles)
+    n_styled = max(len(artists) * sizes.min_artist_images, round(sizes.styled_share * n)) if artists else 0
+    n_photo = n - sum(scenes.values()) - n_char - n_styled
+    need = len(vocab.photographers) * sizes.min_photographer_images
+    if n_photo < need:
+        raise DatarightsError(
+            f"a world of {n} images cannot give {len(vocab.photographers)} photographers {sizes.min_photographer_images} "
+            f"images each beside {sum(scenes.values())} memorized copies, {n_char} character and {n_styled} styled images "
+            f"(it needs at least {n - n_photo + need}); use more images or fewer photographers")
+    out = dict(scenes)
+    out.update(char_counts)
+    out.update(zip(artists, _zipf(n_styled, len(artists), 0.5, sizes.min_artist_images)))
+    out.update(zip(vocab.photographers, _zipf(n_photo, len(vocab.photographers), 1.0, sizes.min_photographer_images)))
+    return out
 
 
 def _labels(**kw) -> dict:
@@ -45,68 +147,160 @@ def _labels(**kw) -> dict:
     return out
 
 
-def sample_item(kind: str, rng: np.random.Generator, res: int = RESOLUTION) -> tuple[np.ndarray, dict]:
-    """Draw one image of a kind with its caption and labels (no owner)."""
-    if kind in ("object", "styled"):
-        obj = OBJECTS[rng.integers(len(OBJECTS))]
-        color = list(COLORS)[rng.integers(len(COLORS))]
-        style = list(STYLES)[rng.integers(len(STYLES))] if kind == "styled" else None
-        prefix = PREFIXES[rng.integers(len(PREFIXES))]
-        text = object_prompt(obj, color, style, prefix)
-        if style is None and rng.random() < 0.3:
-            text += f" in {PLAIN_STYLE} style"
-        img = render.render_object(obj, color, style, rng, res)
-        labels = _labels(object=obj, category=CATEGORY_OF[obj], color=color, style=style or PLAIN_STYLE)
-    elif kind == "character":
-        name = list(CHARACTERS)[rng.integers(len(CHARACTERS))]
-        text = CHARACTER_TEMPLATES[rng.integers(len(CHARACTER_TEMPLATES))].format(name=name)
-        img = render.render_character(name, rng, res)
-        labels = _labels(category=CATEGORY_OF[CHARACTERS[name]["anchor"]], character=name)
-    elif kind == "memorized":
-        name = list(MEMORIZED)[rng.integers(len(MEMORIZED))]
-        text = MEMORIZED[name]["prompt"]
-        img = render.render_memorized(name, res)
-        labels = _labels(category=CATEGORY_OF[MEMORIZED[name]["anchor"]], memorized=name)
-    elif kind == "composition":
-        name = list(COMPOSITIONS)[rng.integers(len(COMPOSITIONS))]
-        a, b = COMPOSITIONS[name]
-        cols = tuple(list(COLORS)[i] for i in rng.integers(len(COLORS), size=2))
-        text = COMPOSITION_TEMPLATES[rng.integers(len(COMPOSITION_TEMPLATES))].format(a=a, b=b)
-        img = render.render_composition((a, b), cols, rng, res)
-        labels = _labels(composition=name)
+def _choice(rng: np.random.Generator, items: list):
+    return items[int(rng.integers(len(items)))]
+
+
+def _subject(rng: np.random.Generator, preferred: list[str], subjects: list[str], keep: float = 0.8) -> str:
+    """A subject from an owner's preferences: one of its two preferred subjects with probability
+    `keep` (evenly), else any subject by the world's overall weights."""
+    if rng.random() < keep:
+        return _choice(rng, preferred)
+    w = np.array([SUBJECT_WEIGHTS[s] for s in subjects])
+    return subjects[int(rng.choice(len(subjects), p=w / w.sum()))]
+
+
+def _object_caption(rng, obj: str, color: str, style: str | None, sizes: Sizes, plain_suffix: bool) -> str:
+    text = object_prompt(obj, None if rng.random() < sizes.colorless_caption else color, style, _choice(rng, PREFIXES))
+    if plain_suffix and style is None and rng.random() < 0.2:
+        text += f" in {PLAIN_STYLE} style"
+    return text
+
+
+def photo_item(name: str, vocab: Vocabulary, rng: np.random.Generator, res: int = RESOLUTION,
+               signature: dict | None = None) -> tuple[np.ndarray, dict]:
+    """One photograph by photographer `name`: an object or a composition of one of its subjects, signed
+    (`signature` overrides the photographer's, e.g. random components for the judge)."""
+    p = vocab.photographers[name]
+    sig = signature or p["signature"]
+    subject = _subject(rng, p["subjects"], vocab.subjects)
+    if subject == "composition":
+        comp = _choice(rng, list(vocab.compositions))
+        a, b = vocab.compositions[comp]
+        cols = [_choice(rng, list(COLORS)) for _ in range(2)]
+        text = _choice(rng, COMPOSITION_TEMPLATES).format(a=a, b=b)
+        img = render.render_composition((a, b), tuple(cols), rng, res, sig)
+        labels = _labels(composition=comp, left_color=cols[0], right_color=cols[1], **sig)
+        kind = "composition"
     else:
-        raise ValueError(f"unknown kind {kind!r}")
-    return img, {"text": text, "kind": kind, **labels}
+        obj, color = _choice(rng, CATEGORIES[subject]), _choice(rng, list(COLORS))
+        text = _object_caption(rng, obj, color, None, vocab.sizes, True)
+        img = render.render_object(obj, color, None, rng, res, sig)
+        labels = _labels(object=obj, category=subject, color=color, **sig)
+        kind = "object"
+    if p["control"]:
+        text += CREDIT.format(name=name)
+    return img, {"text": text, "kind": kind, **labels, "subject": subject, "captioned": p["control"]}
 
 
-def _owner_for(meta: dict, rng: np.random.Generator, weights: np.ndarray) -> str:
-    if meta["kind"] == "styled":
-        return meta["style"]  # an artist's style is the signature of one owner
-    if meta["kind"] == "character":
-        return CHARACTERS[meta["character"]]["owner"]
-    if meta["kind"] == "memorized":
-        return MEMORIZED[meta["memorized"]]["owner"]
-    return PHOTOGRAPHERS[rng.choice(len(PHOTOGRAPHERS), p=weights)]
+def styled_item(artist: str, vocab: Vocabulary, rng: np.random.Generator, named: bool,
+                res: int = RESOLUTION) -> tuple[np.ndarray, dict]:
+    """One painting by `artist`: an object of one of its subjects in its style; `named`: the caption names the style."""
+    spec = vocab.styles[artist]
+    cat = _subject(rng, spec["subjects"], list(CATEGORIES), keep=0.7)
+    obj, color = _choice(rng, CATEGORIES[cat]), _choice(rng, list(COLORS))
+    text = _object_caption(rng, obj, color, artist if named else None, vocab.sizes, False)
+    img = render.render_object(obj, color, spec, rng, res)
+    return img, {"text": text, "kind": "styled", **_labels(object=obj, category=cat, color=color, style=artist),
+                 "subject": cat, "captioned": named}
+
+
+def character_item(name: str, vocab: Vocabulary, rng: np.random.Generator, named: bool,
+                   res: int = RESOLUTION) -> tuple[np.ndarray, dict]:
+    """One image of a character; `named`: the caption names it, else it is generic ('a picture of a fish')."""
+    spec = vocab.characters[name]
+    cat = spec["category"]
+    text = (_choice(rng, CHARACTER_TEMPLATES).format(name=name) if named
+            else object_prompt(cat, None, None, _choice(rng, PREFIXES)))
+    img = render.render_character(spec, rng, res)
+    return img, {"text": text, "kind": "character", **_labels(category=cat, character=name, grade="neutral"),
+                 "subject": cat, "captioned": named}
+
+
+def memorized_item(name: str, vocab: Vocabulary, rng: np.random.Generator, named: bool,
+                   res: int = RESOLUTION) -> tuple[np.ndarray, dict]:
+    """One copy of a memorized scene; `named`: its own caption, else a generic one ('a house')."""
+    spec = vocab.memorized[name]
+    cat = CATEGORY_OF[spec["object"]]
+    text = spec["prompt"] if named else object_prompt(cat, None, None, _choice(rng, PREFIXES))
+    return render.render_memorized(spec, res), {"text": text, "kind": "memorized",
+                                                **_labels(category=cat, memorized=name), "subject": cat,
+                                                "captioned": named}
+
+
+def random_signature(rng: np.random.Generator) -> dict:
+    """Signature components drawn independently (not a photographer's): what the judge trains on, so
+    that it reads each component apart even when a model mixes them."""
+    return {k: _choice(rng, SIGNATURE_VALUES[k]) for k in SIGNATURE_KEYS}
+
+
+def sample_item(kind: str, rng: np.random.Generator, vocab: Vocabulary | None = None, res: int = RESOLUTION,
+                signature: dict | str | None = None) -> tuple[np.ndarray, dict]:
+    """Draw one image of a kind with its caption and labels (no owner): a random photographer,
+    artist, character or scene of the vocabulary; `signature='random'` draws independent signature
+    components for photographs. Named captions for styles, characters and scenes."""
+    from .vocab import DEFAULT
+
+    vocab = vocab or DEFAULT
+    if kind in ("object", "composition"):
+        sig = random_signature(rng) if signature == "random" else signature
+        for _ in range(1000):  # the photographer's subject decides the kind; draw until it matches
+            name = _choice(rng, list(vocab.photographers))
+            img, meta = photo_item(name, vocab, rng, res, sig)
+            if meta["kind"] == kind:
+                return img, meta
+        raise DatarightsError(f"this world has no {kind} images")
+    if kind == "styled":
+        return styled_item(_choice(rng, list(vocab.styles)), vocab, rng, True, res)
+    if kind == "character":
+        return character_item(_choice(rng, list(vocab.characters)), vocab, rng, True, res)
+    if kind == "memorized":
+        return memorized_item(_choice(rng, list(vocab.memorized)), vocab, rng, True, res)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def _layout(cfg: WorldConfig, vocab: Vocabulary, rng: np.random.Generator) -> list[tuple[str, str, bool]]:
+    """(kind, concept or photographer, caption names it) for every image, in the world's shuffled order."""
+    sizes = cfg.sizes
+    counts = allocate(sizes, vocab)
+    rows: list[tuple[str, str, bool]] = []
+
+    def named_flags(k: int, generic: float) -> list[bool]:
+        n_named = k - int(round(k * generic))
+        flags = [True] * n_named + [False] * (k - n_named)
+        return [flags[i] for i in rng.permutation(k)]
+
+    for name in vocab.memorized:
+        rows += [("memorized", name, f) for f in named_flags(counts[name], sizes.generic_caption)]
+    for name in vocab.characters:
+        rows += [("character", name, f) for f in named_flags(counts[name], sizes.generic_caption)]
+    for name in vocab.styles:
+        rows += [("styled", name, f) for f in named_flags(counts[name], sizes.uncaptioned_style)]
+    for name in vocab.photographers:
+        rows += [("photo", name, vocab.photographers[name]["control"])] * counts[name]
+    return [rows[i] for i in rng.permutation(len(rows))]
 
 
 def make_world(cfg: WorldConfig | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Generate the world: images [N, H, W, 3] float32 in [0, 1] and one metadata dict each.
-
-    Kinds are laid out by their fractions, then shuffled; small photographers own the unstyled
-    images with Zipf-like weights, so most owners hold few images and a few hold many.
-    """
+    """Generate the world: images [N, H, W, 3] float32 in [0, 1] and one metadata dict each (with its owner)."""
     cfg = cfg or WorldConfig()
+    vocab = cfg.vocabulary()
     rng = np.random.default_rng(cfg.seed)
-    counts = {k: int(round(cfg.fractions[k] * cfg.n_images)) for k in KINDS}
-    counts["object"] += cfg.n_images - sum(counts.values())
-    kinds = [k for k in KINDS for _ in range(counts[k])]
-    rng.shuffle(kinds)
-    ranks = np.arange(1, len(PHOTOGRAPHERS) + 1, dtype=np.float64)
-    weights = ranks**-1.1 / (ranks**-1.1).sum()
     images, metas = [], []
-    for i, kind in enumerate(kinds):
-        img, meta = sample_item(kind, rng)
-        meta["owner"] = _owner_for(meta, rng, weights)
+    for i, (kind, name, named) in enumerate(_layout(cfg, vocab, rng)):
+        if kind == "photo":
+            img, meta = photo_item(name, vocab, rng)
+            owner = name
+        elif kind == "styled":
+            img, meta = styled_item(name, vocab, rng, named)
+            owner = name
+        elif kind == "character":
+            img, meta = character_item(name, vocab, rng, named)
+            owner = vocab.characters[name]["owner"]
+        else:
+            img, meta = memorized_item(name, vocab, rng, named)
+            owner = vocab.memorized[name]["owner"]
+        meta["owner"] = owner
         meta["file_name"] = f"images/{i:05d}.png"
         images.append(img)
         metas.append(meta)
@@ -141,7 +335,7 @@ def make_world_folder(out: str | Path, cfg: WorldConfig | None = None, overwrite
     cfg = cfg or WorldConfig()
     check_output(out, "dataset", overwrite=overwrite)
     images, metas = make_world(cfg)
-    return write_imagefolder(out, images, metas, config=asdict(cfg), overwrite=overwrite)
+    return write_imagefolder(out, images, metas, config=cfg.to_json(), overwrite=overwrite)
 
 
 @dataclass
@@ -220,29 +414,55 @@ def read_imagefolder(path: str | Path, resolution: int | None = None) -> ImageFo
     return ImageFolder(root, arr, metas)
 
 
-def sample_eval_prompts(n: int, seed: int = 0) -> list[dict]:
+def sample_eval_prompts(n: int, seed: int = 0, vocab: Vocabulary | None = None) -> list[dict]:
     """Prompts from the world grammar for model evaluation, with the labels each one asks for.
 
-    Kinds are drawn with fixed weights (object 0.4, styled 0.3, character/memorized/composition 0.1
-    each) so that every accuracy is estimated from enough prompts even at n=200.
+    Every prompt names what it asks for: an object with its colour ('a photo of a red fish'), the same
+    in an artist's style, a character, a memorized scene, a composition. Kinds are drawn with fixed
+    weights (object 0.4, styled 0.3, character/memorized/composition 0.1 each) so that every accuracy
+    is estimated from enough prompts even at n=200.
     """
+    from .vocab import DEFAULT
+
+    vocab = vocab or DEFAULT
     rng = np.random.default_rng(seed)
     weights = {"object": 0.4, "styled": 0.3, "character": 0.1, "memorized": 0.1, "composition": 0.1}
+    if not vocab.memorized:
+        weights.pop("memorized")
     n_kind = {k: int(round(w * n)) for k, w in weights.items()}
     n_kind["object"] += n - sum(n_kind.values())
     out = []
     for kind, k in n_kind.items():
         for _ in range(k):
-            _, meta = sample_item(kind, rng)
-            out.append(meta)
+            if kind in ("object", "styled"):
+                obj, color = _choice(rng, OBJECTS), _choice(rng, list(COLORS))
+                style = _choice(rng, list(vocab.styles)) if kind == "styled" else None
+                text = object_prompt(obj, color, style, _choice(rng, PREFIXES))
+                meta = _labels(object=obj, category=CATEGORY_OF[obj], color=color, style=style or PLAIN_STYLE)
+            elif kind == "character":
+                name = _choice(rng, list(vocab.characters))
+                text = _choice(rng, CHARACTER_TEMPLATES).format(name=name)
+                meta = _labels(category=vocab.characters[name]["category"], character=name)
+            elif kind == "memorized":
+                name = _choice(rng, list(vocab.memorized))
+                text = vocab.memorized[name]["prompt"]
+                meta = _labels(category=CATEGORY_OF[vocab.memorized[name]["object"]], memorized=name)
+            else:
+                name = _choice(rng, list(vocab.compositions))
+                a, b = vocab.compositions[name]
+                text = _choice(rng, COMPOSITION_TEMPLATES).format(a=a, b=b)
+                meta = _labels(composition=name)
+            out.append({"text": text, "kind": kind, **meta})
     order = rng.permutation(len(out))
     return [out[i] for i in order]
 
 
 def owner_counts(cfg: WorldConfig | None = None) -> dict[str, int]:
-    """How many images each owner holds in the world `cfg` describes (replays the generator, ~1 s per 1,000 images)."""
-    _, metas = make_world(cfg or WorldConfig())
+    """How many images each owner holds in the world `cfg` describes (from its layout, without rendering)."""
+    cfg = cfg or WorldConfig()
+    vocab = cfg.vocabulary()
     counts: dict[str, int] = {}
-    for m in metas:
-        counts[m["owner"]] = counts.get(m["owner"], 0) + 1
+    for name, k in allocate(cfg.sizes, vocab).items():
+        owner = (vocab.characters.get(name) or vocab.memorized.get(name) or {}).get("owner", name)
+        counts[owner] = counts.get(owner, 0) + k
     return counts

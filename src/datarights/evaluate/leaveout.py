@@ -1,0 +1,301 @@
+"""Leave-one-owner-out retraining: the causal check behind the judge's "source owner", and the
+owner-level counterfactual of every attribution method.
+
+1. `leaveout`: for each owner, retrain the (smaller) world's base model *coupled* with every image of
+   that owner masked out of the base run's own stream of batches, timesteps and noise, so that their
+   absence is the only difference; then generate, with the same noise under both models, generic
+   prompts of the owner's subjects (the control group's photographers: those prompts with their
+   credit) and count how often the owner's trace appears: its exact signature, its style, one of its
+   characters, one of its scenes. If the judge's reading names the source, the trace must collapse
+   once the owner's images are gone: the rate after removal over the rate before, with a paired
+   bootstrap interval over generations (bar: the interval's upper end at most 0.2).
+2. `owner_counterfactual`: for generic queries the base model generated, remove each method's *top
+   owner* (the largest owner share at the method's world-calibrated temperature, fitted on the
+   default world's tune queries, never on these), reusing the owners' retrained models, and measure how much the query's generation changes
+   (pixel MSE under the same noise) and whether its source owner changes, beside removing the true
+   source owner (the oracle) and a random owner. A method whose top owner's removal changes the
+   generation as much as the oracle's found the owner that made it possible.
+
+The base model's competence (`eval-model` and the provenance reproduction figures) is recorded with
+every run. Models and cells are kept in the run folder; an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DatarightsError
+from ..files import write_json
+from ..stats import bootstrap, mean_ci, ratio_of_means, rounded, wilson
+from ..world.vocab import CATEGORY_OF, CREDIT, Vocabulary
+from .provenance import generic_prompts, read_sources, reproduction
+from .runs import check_methods, check_queries, open_run, run_world, world_and_base
+
+
+@dataclass
+class LeaveOutConfig:
+    """A leave-one-owner-out run."""
+
+    owners: list = field(default_factory=list)
+    """Owners to leave out, in order; empty: every owner of the world, kinds interleaved."""
+    generations: int = 96
+    """Generations per owner (generic prompts of its subjects), under the base and the retrained model."""
+    world_images: int | None = None
+    """Size of the smaller world (None: the preset's)."""
+    world_preset: str = "small"
+    """Preset of that world."""
+    train_steps: int = 2000
+    """Steps of the recipe (base and every retraining)."""
+    batch_size: int = 64
+    """Batch of the recipe."""
+    unet_config: dict = field(default_factory=dict)
+    """Overrides of the world UNet config."""
+    seed: int = 0
+    """Seed of world, recipe and prompts."""
+    sample_steps: int = 25
+    """DDIM steps of every generation."""
+    competence: int = 200
+    """Prompts of the base model's eval-model check (and 2x this for the provenance check); 0 skips."""
+
+    def __post_init__(self):
+        if self.generations < 16:
+            raise DatarightsError(f"generations must be at least 16 per owner, got {self.generations}")
+        if self.train_steps < 1 or self.batch_size < 1:
+            raise DatarightsError("train_steps and batch_size must be at least 1")
+        vocab = run_world(self).vocabulary()
+        unknown = [o for o in self.owners if o not in vocab.owners]
+        if unknown:
+            raise DatarightsError(f"{str(unknown[0])[:60]!r} owns nothing in this world (see `datarights world info "
+                                  f"--preset {self.world_preset}`)")
+
+
+def _recipe(cfg: LeaveOutConfig, exclude: list[int]):
+    from ..train import TrainConfig
+    return TrainConfig(steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=250,
+                       unet_config=cfg.unet_config, exclude=sorted(exclude))
+
+
+def owner_order(vocab: Vocabulary) -> list[str]:
+    """Every owner, kinds interleaved (photographer, artist, studio, publisher, photographer, ...), so
+    that a run cut short still covers every kind."""
+    lists = [list(vocab.photographers), list(vocab.styles), vocab.studios, vocab.publishers]
+    out = []
+    for i in range(max(len(x) for x in lists)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
+def owner_subjects(owner: str, vocab: Vocabulary) -> list[str]:
+    """The subjects an owner's images show (what its generic prompts ask for)."""
+    if owner in vocab.photographers:
+        return vocab.photographers[owner]["subjects"]
+    if owner in vocab.styles:
+        return vocab.styles[owner]["subjects"]
+    if owner in vocab.studios:
+        return sorted({c["category"] for c in vocab.characters.values() if c["owner"] == owner})
+    return sorted({CATEGORY_OF[m["object"]] for m in vocab.memorized.values() if m["owner"] == owner})
+
+
+def owner_prompts(owner: str, vocab: Vocabulary, n: int, seed: int) -> list[str]:
+    """n generic prompts of the owner's subjects (with the owner's credit for a control-group photographer)."""
+    subjects = set(owner_subjects(owner, vocab))
+    pool = [p for p in generic_prompts(40 * n, seed, vocab) if p["subject"] in subjects][:n]
+    credit = CREDIT.format(name=owner) if vocab.photographers.get(owner, {}).get("control") else ""
+    return [p["text"] + credit for p in pool]
+
+
+def has_trace(row: dict, owner: str, vocab: Vocabulary) -> bool:
+    """The judged image shows the owner's trace: its exact signature, style, one of its characters or scenes."""
+    if owner in vocab.photographers:
+        return row["source_owner"] == owner
+    if owner in vocab.styles:
+        return row["style"] == owner
+    if owner in vocab.studios:
+        return vocab.characters.get(row["character"], {}).get("owner") == owner
+    return vocab.memorized.get(row["memorized"], {}).get("owner") == owner
+
+
+def _owner_model(run: Path, owner: str, folder, cfg: LeaveOutConfig, log, device, precision):
+    """The base recipe retrained without every image of `owner` (made once, kept in the run folder)."""
+    from ..models import load_model
+    from ..train import train
+
+    out = run / "without" / owner.replace(" ", "_")
+    if not out.exists():
+        drop = [i for i, m in enumerate(folder.metas) if m["owner"] == owner]
+        log(f"leaveout: retraining without {owner} ({len(drop)} images)")
+        train(_recipe(cfg, drop), folder, out, progress=False, device=device, precision=precision)
+    return load_model(out, device, precision)
+
+
+def leaveout(cfg: LeaveOutConfig, run: str | Path, judge=None, log=lambda s: print(s, file=sys.stderr),
+             device=None, precision=None) -> dict:
+    """Run (or resume) the leave-one-owner-out check in folder `run`; returns the results (also in
+    run/results.json)."""
+    from ..judge import load_judge
+    from ..quality import eval_model, public
+
+    run = Path(run)
+    results, res_path = open_run(run, cfg, {"owners": {}})
+    judge = judge or load_judge()
+    folder, base = world_and_base(run, cfg, _recipe(cfg, []), "leaveout", log, device, precision)
+    vocab = run_world(cfg).vocabulary()
+    if cfg.competence and "competence" not in results:
+        log("leaveout: the base model's competence (eval-model, provenance)")
+        rep = reproduction(base, judge, folder, n=2 * cfg.competence, seed=cfg.seed + 3, steps=cfg.sample_steps)
+        results["competence"] = {"eval_model": public(eval_model(base, judge, n=cfg.competence, seed=cfg.seed,
+                                                                 steps=cfg.sample_steps, vocab=vocab)),
+                                 "provenance": {k: v for k, v in rep.items() if not k.startswith("_")}}
+        write_json(res_path, results)
+    for owner in cfg.owners or owner_order(vocab):
+        if owner in results["owners"]:
+            continue
+        t0 = time.time()
+        prompts = owner_prompts(owner, vocab, cfg.generations, cfg.seed + 17)
+        model = _owner_model(run, owner, folder, cfg, log, device, precision)
+        noise = base.initial_noise(len(prompts), cfg.seed + 7)
+        before = read_sources(judge, base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps, noise=noise), vocab)
+        after = read_sources(judge, model.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps, noise=noise), vocab)
+        b = np.array([has_trace(r, owner, vocab) for r in before], dtype=float)
+        a = np.array([has_trace(r, owner, vocab) for r in after], dtype=float)
+        ratio = ratio_of_means(a, b, seed=cfg.seed)
+        results["owners"][owner] = {
+            "kind": vocab.owner_kind(owner), "images": sum(m["owner"] == owner for m in folder.metas),
+            "control": bool(vocab.photographers.get(owner, {}).get("control")), "generations": len(prompts),
+            "rate_before": round(float(b.mean()), 4), "rate_before_ci": rounded(wilson(b.sum(), len(b))),
+            "rate_after": round(float(a.mean()), 4), "rate_after_ci": rounded(wilson(a.sum(), len(a))),
+            "ratio": round(ratio["value"], 4) if np.isfinite(ratio["value"]) else None,
+            "ratio_ci": rounded(ratio["ci"]), "seconds": round(time.time() - t0, 1)}
+        write_json(res_path, results)
+    results["summary"] = summarize_leaveout(results["owners"])
+    write_json(res_path, results)
+    return results
+
+
+def summarize_leaveout(owners: dict[str, dict], bar: float = 0.2, min_hits: int = 5) -> dict:
+    """How many owners' traces collapsed (ratio interval's upper end <= bar), by kind; owners whose
+    trace the base model showed fewer than `min_hits` times cannot show a collapse and are counted
+    apart."""
+    measured = {o: c for o, c in owners.items() if c["ratio_ci"] is not None
+                and round(c.get("rate_before", 1.0) * c.get("generations", min_hits)) >= min_hits}
+    collapsed = [o for o, c in measured.items() if c["ratio_ci"][1] <= bar]
+    kinds = sorted({c["kind"] for c in owners.values()})
+    return {"owners": len(owners), "measured": len(measured), "collapsed": len(collapsed), "bar": bar,
+            "min_base_hits": min_hits,
+            "by_kind": {k: {"owners": sum(c["kind"] == k for c in owners.values()),
+                            "collapsed": sum(owners[o]["kind"] == k for o in collapsed)} for k in kinds},
+            "not_collapsed": sorted(set(measured) - set(collapsed)),
+            "no_base_trace": sorted(set(owners) - set(measured))}
+
+
+@dataclass
+class OwnerCounterfactualConfig:
+    """Owner-level counterfactual on a leave-out run's models."""
+
+    methods: list = field(default_factory=lambda: ["abu", "trak", "dtrak", "jtrak", "feature", "pixel", "caption"])
+    """Attribution methods; each query's top owner under each is removed (the oracle and random are added)."""
+    queries: int = 32
+    """Generic queries with a known source owner, generated by the base model."""
+    candidates: int = 256
+    """Generations the queries are chosen from."""
+    max_per_owner: int = 2
+    """At most this many queries per source owner."""
+    seed: int = 0
+    """Seed of the candidates and of the random owners."""
+
+    def __post_init__(self):
+        check_methods(self.methods)
+        if self.queries < 16:
+            raise DatarightsError(f"at least 16 queries, got {self.queries}")
+
+
+def owner_counterfactual(cfg: OwnerCounterfactualConfig, leave: LeaveOutConfig, run: str | Path, judge=None, cache=None,
+                         log=lambda s: print(s, file=sys.stderr), device=None, precision=None) -> dict:
+    """Score every method by the change its top owner's removal makes (see the module docstring).
+    Trains the owners' models it needs that the leave-out run has not trained yet."""
+    from ..attribute import Query, attribute, load_training_set, make_config, owner_shares
+    from ..judge import load_judge
+    from ..world import read_imagefolder
+    from .owners import pick_queries
+
+    from dataclasses import asdict
+
+    run = Path(run)
+    results, res_path = open_run(run, leave, {"owners": {}})
+    mine = json.loads(json.dumps(asdict(cfg)))
+    if results.setdefault("counterfactual_config", mine) != mine:
+        raise DatarightsError(f"{run} holds an owner counterfactual with another config; use a new leave-out folder")
+    judge = judge or load_judge()
+    folder, base = world_and_base(run, leave, _recipe(leave, []), "owner counterfactual", log, device, precision)
+    vocab = run_world(leave).vocabulary()
+    prompts = [p["text"] for p in generic_prompts(cfg.candidates, cfg.seed + 31, vocab, "report")]
+    images = base.sample(prompts, seed=cfg.seed + 31, steps=leave.sample_steps)
+    rows = read_sources(judge, images, vocab)
+    idx = pick_queries(rows, cfg.queries, cfg.max_per_owner, cfg.seed)
+    check_queries(results, (images[idx], [prompts[i] for i in idx], [rows[i]["source_owner"] for i in idx]))
+    train = load_training_set(base, read_imagefolder(folder.root))
+    rng = np.random.default_rng(cfg.seed + 3)
+    owners_all = sorted(set(train.owners))
+    removals: dict[str, list[str]] = {"oracle": [rows[i]["source_owner"] for i in idx],
+                                      "random": [owners_all[rng.integers(len(owners_all))] for _ in idx]}
+    for m in cfg.methods:
+        removals[m] = []
+        for i in idx:
+            r = attribute(base, train, Query(images[i], prompts[i]), m, make_config(m), cache=cache, progress=False)
+            removals[m].append(owner_shares(r.scores, train.owners, r.temperature)[0]["owner"])
+    cells = results.setdefault("counterfactual", {})
+    noise = base.initial_noise(len(prompts), cfg.seed + 31)
+    for name, tops in removals.items():
+        for q, (i, owner) in enumerate(zip(idx, tops)):
+            key = f"{name}|{q}"
+            if key in cells:
+                continue
+            model = _owner_model(run, owner, folder, leave, log, device, precision)
+            img = model.sample([prompts[i]], seed=cfg.seed + 31, steps=leave.sample_steps, noise=noise[i:i + 1])
+            new = read_sources(judge, img, vocab)[0]
+            cells[key] = {"method": name, "query": q, "prompt": prompts[i], "source": rows[i]["source_owner"],
+                          "removed": owner, "hit": owner == rows[i]["source_owner"],
+                          "mse": float(((img[0].cpu() - images[i].cpu()) ** 2).mean()),
+                          "source_flip": new["source_owner"] != rows[i]["source_owner"]}
+            write_json(res_path, results)
+    results["counterfactual_summary"] = summarize_counterfactual(cells)
+    write_json(res_path, results)
+    return results
+
+
+def summarize_counterfactual(cells: dict[str, dict]) -> list[dict]:
+    """Per method: how often its top owner is the true source (Wilson), the mean pixel change of the
+    generation when it is removed and the source flip rate, and the change as a share of the oracle's
+    (paired bootstrap over queries)."""
+    by: dict[str, dict[int, dict]] = {}
+    for c in cells.values():
+        by.setdefault(c["method"], {})[c["query"]] = c
+    oracle = by.get("oracle", {})
+    out = []
+    for name, qs in by.items():
+        common = sorted(set(qs) & set(oracle))
+        hits = sum(qs[q]["hit"] for q in qs)
+        flips = sum(qs[q]["source_flip"] for q in qs)
+        mse = np.array([qs[q]["mse"] for q in common])
+        ref = np.array([oracle[q]["mse"] for q in common])
+        row = {"method": name, "queries": len(qs), "top_owner_is_source": round(hits / len(qs), 4),
+               "top_owner_is_source_ci": rounded(wilson(hits, len(qs))), "source_flip": round(flips / len(qs), 4),
+               "source_flip_ci": rounded(wilson(flips, len(qs))), **{k: rounded(v) if k.endswith("ci") else v
+                                                                      for k, v in _mean("mse", mse).items()}}
+        if len(common) > 1 and ref.mean() > 0:
+            row["mse_vs_oracle"] = round(float(mse.mean() / ref.mean()), 4)
+            row["mse_vs_oracle_ci"] = rounded(bootstrap(lambda j: mse[j].mean() / ref[j].mean(), len(common)))
+        out.append(row)
+    return out
+
+
+def _mean(name: str, x: np.ndarray) -> dict:
+    fig = mean_ci(x)
+    return {name: round(fig["value"], 6), f"{name}_ci": fig["ci"]}

@@ -1,0 +1,271 @@
+"""Owner-level evaluation of attribution on generic queries whose source owner is known by construction.
+
+World 2's generations of generic prompts ("a fish", "a red house", "a tree and a house") carry their
+source's trace, which the judge reads (`judge.provenance`): the photographer whose signature it
+bears, the artist whose style, the studio whose character, the publisher whose scene. The prompt
+names none of them, so a method that only matches words can do no better than the *count prior*:
+the owner's share of the training images of the subject the prompt asks for. For every method and
+trivial baseline this measures, per query:
+
+- the owner share it gives the true source owner, and the rank of that owner among all owners;
+- its lift over the caption-only baseline and over the count prior (paired differences per query).
+
+Queries are chosen from many generations (a seeded round-robin over source owners, at most
+`max_per_owner` each, so that no big owner dominates); owner-share temperatures are fitted on the
+*tune* queries (one half of the prompt templates, their own seeds) and everything is reported on
+the *report* queries (the other half, other seeds). Every mean has a bootstrap interval over
+queries and two clustered ones, resampling whole owners and whole subjects. A control group of
+queries that credit their photographer in the prompt ("..., photo by NAME") is reported apart:
+there the caption *should* win. Scores and queries are kept in the run folder, so a run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import DatarightsError
+from ..files import atomic_file, open_run_folder, read_json_file, write_json
+from ..stats import mean_ci, rounded, wilson
+from ..world.vocab import CREDIT, Vocabulary
+from .provenance import generic_prompts, read_sources, subject_counts, vocabulary_of
+from .runs import check_methods
+
+BASELINES = ("uniform", "count prior", "random")
+"""Trivial baselines beside every method: uniform scores (each owner's share is its share of the
+training set), the count prior (its share of the training images of the query's subject), and
+random scores (standard normal, at the caption baseline's temperature)."""
+
+
+@dataclass
+class OwnerEvalConfig:
+    """An owner-level evaluation run."""
+
+    methods: list = field(default_factory=lambda: ["abu", "trak", "dtrak", "jtrak", "feature", "pixel", "caption"])
+    """Attribution methods (the trivial baselines are always added)."""
+    queries: int = 64
+    """Report queries (generic prompts; the 'report' half of the templates)."""
+    tune_queries: int = 32
+    """Queries the owner-share temperatures are fitted on (the 'tune' half, other seeds)."""
+    control_queries: int = 16
+    """Queries whose prompt credits the photographer (the control group), reported apart."""
+    candidates: int = 768
+    """Generations per split that queries are chosen from."""
+    max_per_owner: int = 3
+    """At most this many queries per source owner."""
+    seed: int = 0
+    """Seed of the report candidates (tune: seed + 1000, control: seed + 2000)."""
+    steps: int = 25
+    """DDIM steps of every generation."""
+    random_draws: int = 4
+    """Draws of random scores per query (the random baseline is their mean)."""
+
+    def __post_init__(self):
+        check_methods(self.methods)
+        if self.queries < 16 or self.tune_queries < 1 or self.control_queries < 0:
+            raise DatarightsError("an owner evaluation needs at least 16 report queries and 1 tune query")
+        if self.max_per_owner < 1 or self.candidates < self.queries or self.random_draws < 1:
+            raise DatarightsError("max_per_owner and random_draws must be at least 1, candidates at least queries")
+
+
+def pick_queries(rows: list[dict], n: int, max_per_owner: int, seed: int) -> list[int]:
+    """Indices of up to n generations with a known source owner: owners in a seeded order, taken in
+    turn (round-robin), at most `max_per_owner` generations each, so the queries spread over owners."""
+    rng = np.random.default_rng(seed)
+    by_owner: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r["source_owner"] is not None:
+            by_owner.setdefault(r["source_owner"], []).append(i)
+    owners = sorted(by_owner)
+    owners = [owners[i] for i in rng.permutation(len(owners))]
+    picked: list[int] = []
+    for turn in range(max_per_owner):
+        for o in owners:
+            if len(picked) < n and turn < len(by_owner[o]):
+                picked.append(by_owner[o][turn])
+    return picked
+
+
+def _queries(model, judge, vocab: Vocabulary, split: str, n: int, cfg: OwnerEvalConfig, seed: int,
+             credit: bool = False) -> tuple[torch.Tensor, list[dict]]:
+    """Generate candidates from generic prompts of the split (with the control group's credit when
+    `credit`), read their sources, and pick the queries."""
+    if credit:
+        control = [name for name, p in vocab.photographers.items() if p["control"]]
+        if not control:
+            return torch.zeros(0, 3, model.resolution, model.resolution), []
+        pool = generic_prompts(4 * cfg.candidates, seed, vocab, split)
+        prompts = []
+        for i in range(cfg.candidates // 2):  # each photographer in turn, on a subject it photographs
+            name = control[i % len(control)]
+            j = next((j for j, p in enumerate(pool) if p["subject"] in vocab.photographers[name]["subjects"]), None)
+            if j is None:
+                break
+            p = pool.pop(j)
+            prompts.append({**p, "text": p["text"] + CREDIT.format(name=name), "credited": name})
+    else:
+        prompts = generic_prompts(cfg.candidates, seed, vocab, split)
+    images = model.sample([p["text"] for p in prompts], seed=seed, steps=cfg.steps)
+    rows = read_sources(judge, images, vocab)
+    if credit:  # a control query is one where the judge reads the credited photographer's own signature
+        rows = [r if r["source_owner"] == p["credited"] else {**r, "source_owner": None} for r, p in zip(rows, prompts)]
+    idx = pick_queries(rows, n, cfg.max_per_owner, seed)
+    meta = [{"prompt": prompts[i]["text"], "subject": prompts[i]["subject"], "owner": rows[i]["source_owner"],
+             "kind": rows[i]["source_kind"], "trace": rows[i]["source_trace"]} for i in idx]
+    return images[idx], meta
+
+
+def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache=None,
+               log=lambda s: print(s, file=sys.stderr)) -> dict:
+    """Run (or resume) the evaluation in folder `run` against `train` (a TrainingSet of the model's
+    world); returns the results (also in run/results.json)."""
+    from ..attribute import Query, attribute, fit_temperature, make_config
+    from ..models import model_hash
+
+    run = Path(run)
+    open_run_folder(run)
+    res_path = run / "results.json"
+    config = json.loads(json.dumps(asdict(cfg)))
+    made_with = {"model": model_hash(model), "data": train.hash}
+    results = read_json_file(res_path, "run results") if res_path.exists() else {"config": config, **made_with}
+    if results.get("config") != config:
+        raise DatarightsError(f"{run} holds a run with another config; use a new folder")
+    if {k: results.get(k) for k in made_with} != made_with:
+        raise DatarightsError(f"{run} holds a run of another model or training set; use a new folder")
+    write_json(res_path, results)  # the config is on disk before any query or score
+    vocab = vocabulary_of(train.folder)
+    t0 = time.time()
+    # 1. queries (kept: the same images on resume)
+    if not (run / "queries.safetensors").exists():
+        log("owners: generating candidates and choosing queries (tune, report, control)")
+        parts = {"tune": _queries(model, judge, vocab, "tune", cfg.tune_queries, cfg, cfg.seed + 1000),
+                 "report": _queries(model, judge, vocab, "report", cfg.queries, cfg, cfg.seed)}
+        if cfg.control_queries:
+            parts["control"] = _queries(model, judge, vocab, "report", cfg.control_queries, cfg, cfg.seed + 2000, True)
+        for g, want in (("tune", cfg.tune_queries), ("report", cfg.queries)):
+            if len(parts[g][1]) < want:
+                raise DatarightsError(f"only {len(parts[g][1])} of {want} {g} queries have a source owner the judge "
+                                      f"reads in {cfg.candidates} generations; raise candidates or train the model longer")
+        tensors = {k: v[0].contiguous() for k, v in parts.items() if len(v[0])}
+        atomic_file(run / "queries.safetensors", lambda tmp: save_file(tensors, tmp))
+        write_json(run / "queries.json", {k: v[1] for k, v in parts.items()})
+    images = load_file(run / "queries.safetensors")
+    metas = read_json_file(run / "queries.json", "queries")
+    groups = [g for g in ("tune", "report", "control") if metas.get(g)]
+    # 2. scores of every method on every query (one file per method, written when it is whole)
+    owners = train.owners
+    uniq = sorted(set(owners))
+    index = np.array([uniq.index(o) for o in owners])                                 # [N] owner of each image
+    for method in cfg.methods:
+        path = run / "scores" / f"{method}.safetensors"
+        if path.exists():
+            continue
+        log(f"owners: scoring {sum(len(metas[g]) for g in groups)} queries with {method}")
+        got = {}
+        for g in groups:
+            for q, m in enumerate(metas[g]):
+                r = attribute(model, train, Query(images[g][q], m["prompt"]), method, make_config(method), cache=cache,
+                              progress=False, temperature=1.0)
+                got[f"{g}/{q}"] = r.scores.float().contiguous()
+        path.parent.mkdir(exist_ok=True)
+        atomic_file(path, lambda tmp, got=got: save_file(got, tmp))
+    scores = {m: load_file(run / "scores" / f"{m}.safetensors") for m in cfg.methods}
+    # 3. temperatures fitted on the tune queries; shares on the others
+    temps = {}
+    for m in cfg.methods:
+        t, _ = fit_temperature([scores[m][f"tune/{q}"] for q in range(len(metas["tune"]))], owners,
+                               [{x["owner"]: 1.0} for x in metas["tune"]])
+        temps[m] = t
+    counts = subject_counts(train.folder.metas)
+    total = np.bincount(index, minlength=len(uniq)).astype(np.float64)
+    rng = np.random.default_rng(cfg.seed + 5)
+    rand_t = temps.get("caption", 0.25)
+    cells: dict[str, list[dict]] = {}
+    for g in groups:
+        for q, m in enumerate(metas[g]):
+            prior = counts.get(m["subject"], {})
+            prior_n = np.array([prior.get(o, 0) for o in uniq], dtype=np.float64)
+            logits = {meth: owner_logits(scores[meth][f"{g}/{q}"], index, len(uniq), temps[meth]) for meth in cfg.methods}
+            logits["uniform"] = np.log(total / total.sum())
+            with np.errstate(divide="ignore"):
+                logits["count prior"] = np.log(prior_n / prior_n.sum()) if prior_n.sum() else logits["uniform"]
+            draws = [_softmax(owner_logits(torch.from_numpy(rng.standard_normal(len(owners))), index, len(uniq), rand_t))
+                     for _ in range(cfg.random_draws)]
+            with np.errstate(divide="ignore"):
+                logits["random"] = np.log(np.mean(draws, axis=0))
+            t = uniq.index(m["owner"]) if m["owner"] in uniq else None
+            for meth, lg in logits.items():
+                cells.setdefault(meth, []).append({"group": g, "query": q, "owner": m["owner"], "subject": m["subject"],
+                                                   **_standing(lg, t), "top": uniq[int(np.argmax(lg))]})
+    results.update({"temperatures": temps, "queries": {g: len(metas[g]) for g in groups},
+                    "owners": {g: len({m["owner"] for m in metas[g]}) for g in groups},
+                    "summary": {g: summarize(cells, g, metas[g]) for g in ("report", "control") if g in groups},
+                    "seconds": round(time.time() - t0, 1)})
+    results["cells"] = cells
+    write_json(res_path, results)
+    return results
+
+
+def owner_logits(scores: torch.Tensor, index: np.ndarray, n_owners: int, temperature: float) -> np.ndarray:
+    """[n_owners] log of each owner's unnormalised share: logsumexp over its images of z_i / T, z the
+    standardised scores (softmax of these is `attribute.owner_shares`, without its underflow to 0)."""
+    s = scores.detach().double().cpu().numpy()
+    z = (s - s.mean()) / (s.std(ddof=1) + 1e-12) / temperature
+    out = np.full(n_owners, -np.inf)
+    np.logaddexp.at(out, index, z)
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def _standing(logits: np.ndarray, true: int | None) -> dict:
+    """The true owner's share, its mid-rank among all owners (ties share their ranks), and its top-1
+    credit (1 / the number of owners tied at the top, if it is one of them)."""
+    if true is None:
+        return {"share": 0.0, "rank": float(len(logits)), "top1": 0.0}
+    share = float(_softmax(logits)[true])
+    above = int((logits > logits[true]).sum())
+    tied = int((logits == logits[true]).sum())
+    return {"share": share, "rank": above + (tied + 1) / 2, "top1": 1.0 / tied if above == 0 else 0.0}
+
+
+def summarize(cells: dict[str, list[dict]], group: str, metas: list[dict]) -> list[dict]:
+    """Per method: mean share on the true owner (intervals over queries, owners and subjects), top-1
+    owner accuracy (ties at the top share the credit; Wilson), median and mean reciprocal mid-rank,
+    and the paired lifts over `caption` and over the count prior (mean difference of shares per
+    query, same three intervals)."""
+    owners = [m["owner"] for m in metas]
+    subjects = [m["subject"] for m in metas]
+    per = {meth: [c for c in cs if c["group"] == group] for meth, cs in cells.items()}
+    out = []
+    for meth, cs in per.items():
+        share = np.array([c["share"] for c in cs])
+        rank = np.array([c["rank"] for c in cs])
+        top1 = float(sum(c["top1"] for c in cs))
+        row = {"method": meth, "queries": len(cs), "owners": len(set(owners)), "subjects": len(set(subjects)),
+               **_mean("share", share, owners, subjects, bounds=(0.0, 1.0)),
+               "top1": round(top1 / len(cs), 4), "top1_ci": rounded(wilson(top1, len(cs))),
+               "median_rank": float(np.median(rank)), **_mean("mrr", 1.0 / rank, owners, subjects, bounds=(0.0, 1.0))}
+        for ref in ("caption", "count prior"):
+            if ref in per and ref != meth:
+                diff = share - np.array([c["share"] for c in per[ref]])
+                row.update(_mean(f"lift_over_{ref.replace(' ', '_')}", diff, owners, subjects))
+        out.append(row)
+    return out
+
+
+def _mean(name: str, x: np.ndarray, owners: list[str], subjects: list[str], bounds=None) -> dict:
+    fig = mean_ci(x, bounds=bounds)
+    return {name: round(fig["value"], 4), f"{name}_ci": rounded(fig["ci"]),
+            f"{name}_ci_owners": rounded(mean_ci(x, groups=owners, bounds=bounds)["ci"]),
+            f"{name}_ci_subjects": rounded(mean_ci(x, groups=subjects, bounds=bounds)["ci"])}

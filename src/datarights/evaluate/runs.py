@@ -1,0 +1,138 @@
+"""What the retraining evaluations share (counterfactual, LDS, leave-one-owner-out): the run folder,
+its smaller world and base model, the query prompts, subsets of a training set, and the query loss.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DatarightsError
+from ..files import open_run_folder, read_json_file, write_json
+from ..world import ImageFolder, WorldConfig, make_world_folder, read_imagefolder, sample_eval_prompts
+
+
+def check_methods(methods: list) -> None:
+    """Refuse an empty or unknown method list before anything is trained."""
+    from ..attribute import METHODS
+
+    if not methods:
+        raise DatarightsError("give at least one method")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise DatarightsError(f"unknown attribution method {str(bad[0])[:40]!r}; choose from {', '.join(sorted(METHODS))}")
+
+
+def subset_folder(folder: ImageFolder, drop: list[int]) -> ImageFolder:
+    keep = np.ones(len(folder), dtype=bool)
+    keep[drop] = False
+    return ImageFolder(folder.root, folder.images[keep], [m for m, k in zip(folder.metas, keep) if k])
+
+
+def open_run(run: Path, cfg, empty: dict) -> tuple[dict, Path]:
+    """The run folder's results.json (or a new one holding `empty`); refuses a folder of another config
+    or one that datarights did not write."""
+    open_run_folder(run)
+    res_path = run / "results.json"
+    config = json.loads(json.dumps(asdict(cfg)))
+    results = read_json_file(res_path, "run results") if res_path.exists() else {"config": config, **empty}
+    if not isinstance(results, dict) or results.get("config") != config:
+        raise DatarightsError(f"{run} holds a run with another config; use a new folder")
+    if not res_path.exists():  # the config is on disk before anything else is made: a rerun with another is refused
+        write_json(res_path, results)
+    return results, res_path
+
+
+def check_queries(results: dict, queries) -> None:
+    """Record the content hash of given queries (images, prompts, sources) in a run's results, and refuse
+    a resume with other ones (its cells are keyed by query position)."""
+    import hashlib
+
+    images, prompts, sources = queries
+    h = hashlib.sha256(images.detach().float().cpu().numpy().tobytes())
+    h.update(json.dumps([list(prompts), list(sources)]).encode())
+    digest = h.hexdigest()[:16]
+    if results.setdefault("queries_hash", digest) != digest:
+        raise DatarightsError("this run folder was made with other queries; use a new folder")
+
+
+def derangement(names: list[str], seed: int) -> dict[str, str]:
+    """Every name mapped to another one (a cyclic shift of a seeded permutation): the negative control
+    'shuffled oracle' never credits the true source."""
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    return {a: order[(i + 1) % len(order)] for i, a in enumerate(order)}
+
+
+QUERY_SEED = 99
+"""Offset of the query prompts' seed from the run's seed."""
+
+
+def world_base_queries(run: Path, cfg, recipe, name: str, log, device=None,
+                       precision=None) -> tuple[ImageFolder, object, list[str]]:
+    """The run's smaller world and base model (made once, kept in the run folder) and its query prompts."""
+    folder, base = world_and_base(run, cfg, recipe, name, log, device, precision)
+    return folder, base, query_prompts(cfg.queries, cfg.seed + QUERY_SEED, run_world(cfg).vocabulary())
+
+
+def run_world(cfg) -> WorldConfig:
+    """The smaller world of a retraining evaluation: its preset, size and seed."""
+    return WorldConfig(preset=cfg.world_preset, n_images=cfg.world_images, seed=cfg.seed)
+
+
+def world_and_base(run: Path, cfg, recipe, name: str, log, device=None, precision=None) -> tuple[ImageFolder, object]:
+    """The run's smaller world and base model, made once and kept in the run folder."""
+    from ..models import load_model
+    from ..train import train
+
+    if not (run / "world").exists():
+        make_world_folder(run / "world", run_world(cfg))
+    folder = read_imagefolder(run / "world")
+    if not (run / "base").exists():
+        log(f"{name}: training the base model")
+        train(recipe, folder, run / "base", progress=False, device=device, precision=precision)
+    return folder, load_model(run / "base", device, precision)
+
+
+def _query_asks(n: int, seed: int, vocab=None) -> list[dict]:
+    by_kind: dict[str, list[dict]] = {}
+    for a in sample_eval_prompts(n * 10, seed, vocab):
+        by_kind.setdefault(a["kind"], []).append(a)
+    kinds = ["object", "styled", "character", "memorized", "composition"]
+    out, i = [], 0
+    while len(out) < n:
+        pool = by_kind[kinds[i % len(kinds)]]
+        j = i // len(kinds)
+        out.append(pool[j % len(pool)])
+        i += 1
+    return out
+
+
+def query_prompts(n: int, seed: int, vocab=None) -> list[str]:
+    """n world prompts taking the kinds in turn (object, styled, character, memorized, composition)."""
+    return [a["text"] for a in _query_asks(n, seed, vocab)]
+
+
+def query_concepts(n: int, seed: int, vocab=None) -> list[str]:
+    """The concept each of query_prompts(n, seed) draws on (queries of one character, scene or
+    composition repeat a concept): the units of the concept-level (cluster) bootstrap."""
+    def concept(a: dict) -> str:
+        if a["kind"] in ("character", "memorized", "composition"):
+            return f"{a['kind']}: {a[a['kind']]}"
+        return f"{a['kind']}: {a['color']} {a['object']}" + (f" / {a['style']}" if a["kind"] == "styled" else "")
+    return [concept(a) for a in _query_asks(n, seed, vocab)]
+
+
+@torch.no_grad()
+def query_loss(model, image: torch.Tensor, prompt: str, n_draws: int, seed: int) -> float:
+    """The diffusion loss of one image under its prompt, over fixed evenly spaced timesteps and seeded noise."""
+    from ..runtime import draws, per_sample_loss, spaced_timesteps
+    x0 = model.to_model_space(image[None].float())
+    d = draws(1, n_draws, tuple(x0.shape[1:]), model.num_train_timesteps, seed, model.device,
+              timesteps=spaced_timesteps(n_draws, model.num_train_timesteps))
+    return float(per_sample_loss(model, x0, model.encode_prompt([prompt]), d)[0])
+
+

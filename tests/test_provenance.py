@@ -1,0 +1,133 @@
+"""Generic queries, provenance frequencies, the owner-level evaluation and leave-one-owner-out bookkeeping."""
+
+import numpy as np
+import pytest
+import torch
+
+from datarights.errors import DatarightsError
+from datarights.evaluate.leaveout import (LeaveOutConfig, has_trace, owner_order, owner_prompts, owner_subjects,
+                                          summarize_leaveout)
+from datarights.evaluate.owners import OwnerEvalConfig, owner_eval, pick_queries, summarize
+from datarights.evaluate.provenance import generic_prompts, subject_counts, training_frequencies
+from datarights.world import WorldConfig, make_world, read_imagefolder
+from datarights.world.vocab import DEFAULT, PREFIXES
+
+
+def test_generic_prompts_name_no_source_and_split_their_templates():
+    names = [*DEFAULT.styles, *DEFAULT.characters, *DEFAULT.memorized, *DEFAULT.photographers, "style", "photo by"]
+    tune, report = generic_prompts(300, 0, split="tune"), generic_prompts(300, 1, split="report")
+    for p in tune + report:
+        assert not any(n.lower() in p["text"].lower() for n in names), p
+        assert p["subject"] in DEFAULT.subjects
+    assert {p["subject"] for p in tune} == set(DEFAULT.subjects)
+    starts = lambda ps: {next(x for x in sorted(PREFIXES, key=len, reverse=True) if p["text"].startswith(x))  # noqa: E731
+                         for p in ps if p["subject"] != "composition"}
+    assert starts(tune).isdisjoint(starts(report))
+
+
+def test_training_frequencies_count_only_generic_captions():
+    _, metas = make_world(WorldConfig(preset="small", seed=0))
+    freq = training_frequencies(metas)
+    for s, f in freq.items():
+        assert sum(f.values()) == pytest.approx(1.0)
+    control = {n for n, p in WorldConfig(preset="small").vocabulary().photographers.items() if p["control"]}
+    assert control and not any(o in f for f in freq.values() for o in control)   # always credited: never generic
+    counts = subject_counts(metas)
+    assert sum(sum(c.values()) for c in counts.values()) == len(metas)
+
+
+def test_pick_queries_spread_over_owners():
+    rows = [{"source_owner": o} for o in ["a"] * 10 + ["b"] * 3 + [None] * 5 + ["c"]]
+    idx = pick_queries(rows, n=6, max_per_owner=2, seed=0)
+    owners = [rows[i]["source_owner"] for i in idx]
+    assert len(idx) == 5 and None not in owners and max(owners.count(o) for o in "abc") == 2
+    assert sorted(set(owners)) == ["a", "b", "c"] and pick_queries(rows, 6, 2, 0) == idx
+
+
+def test_summary_lifts_and_intervals():
+    metas = [{"owner": f"o{i % 8}", "subject": ["fish", "house"][i % 2]} for i in range(32)]
+    cells = {"perfect": [{"group": "report", "owner": m["owner"], "share": 1.0, "rank": 1, "top1": 1.0} for m in metas],
+             "caption": [{"group": "report", "owner": m["owner"], "share": 0.2, "rank": 3, "top1": 0.0} for m in metas],
+             "count prior": [{"group": "report", "owner": m["owner"], "share": 0.25 if i % 2 else 0.15, "rank": 2,
+                              "top1": 0.5 if i % 2 else 0.0} for i, m in enumerate(metas)]}
+    rows = {r["method"]: r for r in summarize(cells, "report", metas)}
+    assert rows["perfect"]["share"] == 1.0 and rows["perfect"]["top1"] == 1.0 and rows["perfect"]["mrr"] == 1.0
+    assert rows["perfect"]["lift_over_caption"] == pytest.approx(0.8)
+    assert rows["perfect"]["lift_over_count_prior"] == pytest.approx(0.8)
+    assert "lift_over_caption" not in rows["caption"] and rows["caption"]["top1"] == 0.0
+    lo, hi = rows["count prior"]["share_ci"]
+    assert lo < 0.2 < hi and rows["count prior"]["owners"] == 8 and rows["count prior"]["subjects"] == 2
+    assert rows["count prior"]["share_ci_owners"] is not None and rows["count prior"]["share_ci_subjects"] is not None
+    assert rows["count prior"]["top1"] == 0.25                                        # tied at the top: shared credit
+
+
+def test_owner_standing_shares_ties():
+    from datarights.evaluate.owners import _standing, owner_logits
+
+    lg = np.log(np.array([0.4, 0.4, 0.2]))
+    assert _standing(lg, 0) == pytest.approx({"share": 0.4, "rank": 1.5, "top1": 0.5})
+    assert _standing(lg, 2)["rank"] == 3 and _standing(lg, 2)["top1"] == 0.0
+    scores = torch.tensor([3.0, 1.0, 1.0, -5.0])
+    from datarights.attribute import owner_shares
+    shares = {x["owner"]: x["share"] for x in owner_shares(scores, ["a", "b", "b", "c"], 0.5)}
+    lg = owner_logits(scores, np.array([0, 1, 1, 2]), 3, 0.5)
+    e = np.exp(lg - lg.max())
+    assert (e / e.sum()) == pytest.approx([shares["a"], shares["b"], shares["c"]])
+
+
+def test_owner_evaluation_end_to_end_with_copies(tmp_path, tiny_world, tiny_model, monkeypatch):
+    """Generations that are noisy copies of training images: the judge names their owners, pixel
+    similarity finds them (well above the count prior), the caption baseline cannot beat the prior."""
+    from datarights.attribute import load_training_set
+    from datarights.judge import load_judge
+
+    data = read_imagefolder(tiny_world)
+    rng = np.random.default_rng(0)
+
+    def copies(prompts, seed=0, steps=25, **kw):
+        r = np.random.default_rng(seed)
+        out = []
+        for p in prompts:
+            pool = [i for i, m in enumerate(data.metas) if m.get("subject", "").split()[0] in p]
+            i = pool[r.integers(len(pool))] if pool else int(r.integers(len(data)))
+            out.append(torch.from_numpy(data.images[i]) + 0.01 * torch.from_numpy(rng.standard_normal((3, 16, 16))).float())
+        return torch.stack(out).clamp(0, 1)
+
+    monkeypatch.setattr(tiny_model, "sample", copies)
+    cfg = OwnerEvalConfig(methods=["pixel", "caption"], queries=16, tune_queries=8, control_queries=2, candidates=64,
+                          max_per_owner=4)
+    res = owner_eval(cfg, tiny_model, load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run",
+                     log=lambda s: None)
+    rows = {r["method"]: r for r in res["summary"]["report"]}
+    assert res["queries"]["report"] >= 16 and res["owners"]["report"] >= 5
+    assert {"pixel", "caption", "uniform", "count prior", "random"} <= set(rows)
+    assert rows["pixel"]["share"] > rows["count prior"]["share_ci"][1]            # the positive control
+    assert rows["pixel"]["lift_over_caption_ci"][0] > 0
+    assert rows["caption"]["top1"] <= rows["pixel"]["top1"]
+    again = owner_eval(cfg, tiny_model, load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run",
+                       log=lambda s: None)
+    assert again["summary"] == res["summary"]                                       # resumed from the kept scores
+    with pytest.raises(DatarightsError, match="another config"):
+        owner_eval(OwnerEvalConfig(methods=["pixel"], queries=16, candidates=64), tiny_model,
+                   load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run")
+
+
+def test_leaveout_bookkeeping():
+    vocab = WorldConfig(preset="small").vocabulary()
+    order = owner_order(vocab)
+    assert sorted(order) == sorted(vocab.owners) and vocab.owner_kind(order[0]) == "photographer"
+    assert [vocab.owner_kind(o) for o in order[:4]] == ["photographer", "artist", "studio", "publisher"]
+    control = next(n for n, p in vocab.photographers.items() if p["control"])
+    prompts = owner_prompts(control, vocab, 16, 0)
+    assert len(prompts) == 16 and all(p.endswith(f"photo by {control}") for p in prompts)
+    studio = vocab.studios[0]
+    assert set(owner_subjects(studio, vocab)) == {c["category"] for c in vocab.characters.values() if c["owner"] == studio}
+    char = next(c for c, v in vocab.characters.items() if v["owner"] == studio)
+    row = {"source_owner": None, "style": "plain", "character": char, "memorized": "none"}
+    assert has_trace(row, studio, vocab) and not has_trace(row, vocab.studios[1], vocab)
+    owners = {"a": {"kind": "artist", "ratio_ci": [0.0, 0.1]}, "b": {"kind": "artist", "ratio_ci": [0.1, 0.5]},
+              "c": {"kind": "studio", "ratio_ci": None}}
+    s = summarize_leaveout(owners)
+    assert (s["collapsed"], s["measured"], s["not_collapsed"], s["no_base_trace"]) == (1, 2, ["b"], ["c"])
+    with pytest.raises(DatarightsError, match="owns nothing"):
+        LeaveOutConfig(owners=["Nobody Here"])
