@@ -107,6 +107,32 @@ def test_owner_evaluation_end_to_end_with_copies(tmp_path, tiny_world, tiny_mode
     again = owner_eval(cfg, tiny_model, load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run",
                        log=lambda s: None)
     assert again["summary"] == res["summary"]                                       # resumed from the kept scores
+    # a slow method interrupted mid-way keeps what it scored and resumes from there
+    import datarights.attribute as attribute_mod
+    import datarights.evaluate.owners as owners_mod
+
+    (tmp_path / "run" / "scores" / "pixel.safetensors").unlink()
+    monkeypatch.setattr(owners_mod, "PARTIAL_AFTER_SECONDS", -1.0)
+    real, calls = attribute_mod.attribute, []
+
+    def dies(*a, **k):
+        calls.append(1)
+        if len(calls) > 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(attribute_mod, "attribute", dies)
+    with pytest.raises(KeyboardInterrupt):
+        owner_eval(cfg, tiny_model, load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run",
+                   log=lambda s: None)
+    assert (tmp_path / "run" / "scores" / "pixel.partial.safetensors").exists()
+    monkeypatch.setattr(attribute_mod, "attribute", real)
+    said = []
+    resumed = owner_eval(cfg, tiny_model, load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run",
+                         log=said.append)
+    assert any("(4 done before)" in s for s in said)
+    assert resumed["summary"] == res["summary"]
+    assert not (tmp_path / "run" / "scores" / "pixel.partial.safetensors").exists()
     with pytest.raises(DatarightsError, match="another config"):
         owner_eval(OwnerEvalConfig(methods=["pixel"], queries=16, candidates=64), tiny_model,
                    load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run")

@@ -44,12 +44,16 @@ training set), the count prior (its share of the training images of the query's 
 random scores (standard normal, at the caption baseline's temperature)."""
 
 
+PARTIAL_AFTER_SECONDS = 5.0
+"""A method slower than this per query keeps its scores every 4 queries, so an interrupted run resumes mid-method."""
+
+
 @dataclass
 class OwnerEvalConfig:
     """An owner-level evaluation run."""
 
-    methods: list = field(default_factory=lambda: ["abu", "trak", "dtrak", "jtrak", "feature", "pixel", "caption"])
-    """Attribution methods (the trivial baselines are always added)."""
+    methods: list = field(default_factory=lambda: ["caption", "pixel", "feature", "trak", "dtrak", "jtrak", "abu"])
+    """Attribution methods, scored in this order (cheap first; the trivial baselines are always added)."""
     queries: int = 64
     """Report queries (generic prompts; the 'report' half of the templates)."""
     tune_queries: int = 32
@@ -167,15 +171,20 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
         path = run / "scores" / f"{method}.safetensors"
         if path.exists():
             continue
-        log(f"owners: scoring {sum(len(metas[g]) for g in groups)} queries with {method}")
-        got = {}
-        for g in groups:
-            for q, m in enumerate(metas[g]):
-                r = attribute(model, train, Query(images[g][q], m["prompt"]), method, make_config(method), cache=cache,
-                              progress=False, temperature=1.0)
-                got[f"{g}/{q}"] = r.scores.float().contiguous()
         path.parent.mkdir(exist_ok=True)
+        partial = path.with_suffix(".partial.safetensors")      # queries scored so far (a slow method resumes)
+        got = dict(load_file(partial)) if partial.exists() else {}
+        todo = [(g, q) for g in groups for q in range(len(metas[g])) if f"{g}/{q}" not in got]
+        log(f"owners: scoring {len(todo)} queries with {method}" + (f" ({len(got)} done before)" if got else ""))
+        for k, (g, q) in enumerate(todo):
+            r = attribute(model, train, Query(images[g][q], metas[g][q]["prompt"]), method, make_config(method),
+                          cache=cache, progress=False, temperature=1.0)
+            got[f"{g}/{q}"] = r.scores.float().contiguous()
+            if r.seconds > PARTIAL_AFTER_SECONDS and (k + 1) % 4 == 0 and k + 1 < len(todo):
+                atomic_file(partial, lambda tmp, got=got: save_file(got, tmp))
+                log(f"owners: {method} {len(got)}/{len(got) + len(todo) - k - 1} queries")
         atomic_file(path, lambda tmp, got=got: save_file(got, tmp))
+        partial.unlink(missing_ok=True)
     scores = {m: load_file(run / "scores" / f"{m}.safetensors") for m in cfg.methods}
     # 3. temperatures fitted on the tune queries; shares on the others
     temps = {}
