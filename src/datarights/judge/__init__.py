@@ -36,7 +36,8 @@ from ..files import atomic_folder, check_output, read_json_file
 from ..world import vocab as V
 from ..world.generate import sample_item
 from ..world.render import render_memorized
-from ..world.vocab import NONE, PLAIN_STYLE, RESOLUTION, SIGNATURE_KEYS, WORLD_VERSION, Sizes, Vocabulary
+from ..world.vocab import (NONE, PLAIN_STYLE, RESOLUTION, SIGNATURE_KEYS, WORLD_VERSION, Sizes, Vocabulary,
+                          check_world_version)
 
 DEFAULT_JUDGE = Path(__file__).resolve().parent.parent / "assets" / "judge"
 JUDGE_KINDS = {"object": 0.3, "composition": 0.12, "styled": 0.3, "character": 0.16, "memorized": 0.12}
@@ -376,10 +377,8 @@ def load_judge(path: str | Path | None = None) -> Judge:
     cfg = read_json_file(path / "config.json", "judge config")
     if not isinstance(cfg, dict):
         raise DatarightsError(f"judge folder {path} is corrupt or not a judge (config.json is not an object)")
-    version = cfg.get("world_version", 1)
-    if version != WORLD_VERSION:
-        raise DatarightsError(f"judge folder {path} reads world version {version}; this datarights makes world version "
-                              f"{WORLD_VERSION} (train one with `datarights train-judge`)")
+    check_world_version(cfg.get("world_version", 1), f"judge folder {path} reads world version",
+                        "train one with `datarights train-judge`")
     try:
         sizes = cfg["sizes"]
         vocab = build_vocabulary(Sizes(**{**sizes, "doses": tuple(sizes["doses"])}))

@@ -85,7 +85,6 @@ def save_world_model(model: T2IModel, out: str | Path, extra: dict | None = None
     with atomic_folder(out, kind, inputs, overwrite) as tmp:
         model.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         model.scheduler.save_pretrained(tmp / "scheduler")
-        from ..world.vocab import WORLD_VERSION
         # world_version: the world this model was trained on (None: a dataset that is not a generated world)
         index = {"_class_name": WORLD_CLASS, "text_encoder": TEXT_ENCODER_PACKAGE, "max_length": model.max_length,
                  "world_version": model.meta.get("world_version"), **(extra or {})}
@@ -94,7 +93,7 @@ def save_world_model(model: T2IModel, out: str | Path, extra: dict | None = None
 
 
 def load_world_model(path: Path, index: dict) -> T2IModel:
-    from ..world.vocab import WORLD_VERSION
+    from ..world.vocab import WORLD_VERSION, check_world_version
 
     for sub in ("unet", "scheduler"):
         if not (path / sub).is_dir():
@@ -102,10 +101,9 @@ def load_world_model(path: Path, index: dict) -> T2IModel:
     if "world_version" not in index:
         raise DatarightsError(f"model folder {path} was made before world version {WORLD_VERSION} (its model_index.json "
                               "records no world_version); train it again with `datarights train`")
-    version = index["world_version"]
-    if version is not None and version != WORLD_VERSION:
-        raise DatarightsError(f"model folder {path} was trained on a world of version {version}; this datarights reads "
-                              f"world version {WORLD_VERSION} (train one on a world from `datarights world make`)")
+    if index["world_version"] is not None:  # None: trained on a dataset that is not a generated world
+        check_world_version(index["world_version"], f"model folder {path} was trained on a world of version",
+                            "train one on a world from `datarights world make`")
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
         sched = DDPMScheduler.from_pretrained(path / "scheduler", local_files_only=True)

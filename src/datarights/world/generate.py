@@ -20,7 +20,8 @@ from ..files import atomic_folder, check_output, inside_folder, open_rgb
 from . import render
 from .vocab import (CATEGORIES, CATEGORY_OF, OBJECTS, CHARACTER_TEMPLATES, COLORS, COMPOSITION_TEMPLATES, CREDIT,
                     NONE, PLAIN_STYLE, PREFIXES, PRESETS, RESOLUTION, SIGNATURE_KEYS, SIGNATURE_VALUES, SUBJECT_WEIGHTS,
-                    WORLD_VERSION, Sizes, Vocabulary, build_vocabulary, object_prompt)
+                    WORLD_VERSION, Sizes, Vocabulary, build_vocabulary, check_world_version,
+                    object_prompt)
 
 LABEL_KEYS = ("object", "category", "color", "style", "character", "memorized", "composition", "left_color",
               "right_color", *SIGNATURE_KEYS)
@@ -90,10 +91,8 @@ def world_config_of(folder: str | Path) -> WorldConfig | None:
     raw = read_json_file(path, "world config")
     if not isinstance(raw, dict):
         raise DatarightsError(f"{path} is not a world config")
-    version = raw.get("world_version", 1)
-    if version != WORLD_VERSION:
-        raise DatarightsError(f"{folder} is a world of version {version}; this datarights reads world version "
-                              f"{WORLD_VERSION} (make it again with `datarights world make`)")
+    check_world_version(raw.get("world_version", 1), f"{folder} is a world of version",
+                        "make it again with `datarights world make`")
     try:
         return WorldConfig(**{f.name: raw[f.name] for f in fields(WorldConfig) if f.name in raw})
     except TypeError:

@@ -27,8 +27,17 @@ import functools
 import random
 from dataclasses import asdict, dataclass, field
 
+from ..errors import DatarightsError
+
 WORLD_VERSION = 2
 """Version of the world's generator and vocabulary; world folders, judges and world models record it."""
+
+
+def check_world_version(version, made: str, remedy: str) -> None:
+    """Refuse a world folder, judge or model made for another world version: `made` says what it is
+    and which version it was made for (ending with it), `remedy` how to make a current one."""
+    if version != WORLD_VERSION:
+        raise DatarightsError(f"{made} {version}; this datarights reads world version {WORLD_VERSION} ({remedy})")
 
 RESOLUTION = 16
 
