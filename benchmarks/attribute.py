@@ -239,7 +239,7 @@ def part_leaveout(args) -> dict:
     owner-level counterfactual on the same models."""
     from datarights.evaluate.leaveout import LeaveOutConfig, OwnerCounterfactualConfig, leaveout, owner_counterfactual
 
-    cfg = LeaveOutConfig(train_steps=args.train_steps, batch_size=args.batch_size,
+    cfg = LeaveOutConfig(train_steps=args.train_steps, warm_steps=args.warm_steps, batch_size=args.batch_size,
                          unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     run = args.run or "runs/leaveout"
     res = leaveout(cfg, run)
@@ -300,7 +300,8 @@ def part_lds(args) -> dict:
     extra = {"methods": args.methods} if args.methods else {}
     cfg = LDSConfig(**extra, subsets=args.subsets, queries=args.queries or 16, world_images=args.world_images,
                     train_steps=args.train_steps, coupled=not args.uncoupled, unit=args.unit,
-                    batch_size=args.batch_size,
+                    batch_size=args.batch_size, warm_steps=args.warm_steps or 0,
+                    **({"ema_decay": 0.99} if args.warm_steps else {}),
                     unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = lds(cfg, args.run or f"runs/lds-{args.unit}" + ("-uncoupled" if args.uncoupled else ""))
     return {"machine": _machine(), "summary": res["summary"], "prompts": res["prompts"], "config": res["config"],
@@ -310,7 +311,7 @@ def part_lds(args) -> dict:
 PART_DEFAULTS = {
     "counterfactual": {"world_images": 1000, "train_steps": 1500, "unet_channels": None},
     "lds": {"world_images": 600, "train_steps": 800, "unet_channels": [16, 32, 48]},
-    "leaveout": {"train_steps": 2000, "unet_channels": None},
+    "leaveout": {"train_steps": 1000, "warm_steps": 4000, "unet_channels": None},
 }
 """The settings each retraining part's reported figures were measured with (BENCHMARKS.md)."""
 
@@ -332,6 +333,8 @@ def main():
     ap.add_argument("--exemplar-captions", default="token", choices=["token", "plain"], help="custom: pool captions")
     ap.add_argument("--world-images", type=int, default=None, help="default: the part's (PART_DEFAULTS)")
     ap.add_argument("--train-steps", type=int, default=None, help="default: the part's (PART_DEFAULTS)")
+    ap.add_argument("--warm-steps", type=int, default=None,
+                    help="leaveout, lds: steps of the shared warm start (0: every model from scratch; default: the part's)")
     ap.add_argument("--unet-channels", type=int, nargs=3, default=None,
                     help="block_out_channels of the retrained worlds' UNet (default: the part's, PART_DEFAULTS)")
     ap.add_argument("--uncoupled", action="store_true", help="retrain on reduced sets with fresh batches")

@@ -163,3 +163,36 @@ def test_bad_attribution_requests():
         Query(torch.zeros(3, 16, 16), " ")
     with pytest.raises(DatarightsError, match="unknown attribution method"):
         make_config("magic")
+
+
+def test_memo_builds_once_across_processes_rebuilds_a_damaged_entry_and_survives_no_cache(tmp_path, monkeypatch):
+    from datarights.attribute.cache import memo
+
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"x": torch.arange(4.0)}, {"words": ["a", "b"]}
+
+    monkeypatch.setenv("DATARIGHTS_CACHE", str(tmp_path / "cache"))
+    first = memo("table", "k1", build)
+    again = memo("table", "k1", build)                       # what a new process finds: read from disk
+    assert len(calls) == 1 and torch.equal(first[0]["x"], again[0]["x"]) and again[1]["words"] == ["a", "b"]
+    (tmp_path / "cache" / "table" / "k1" / "tensors.safetensors").write_bytes(b"truncated")
+    assert torch.equal(memo("table", "k1", build)[0]["x"], torch.arange(4.0)) and len(calls) == 2
+    assert memo("table", "k1", build)[1]["words"] == ["a", "b"] and len(calls) == 2    # the rebuilt entry is kept
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("DATARIGHTS_CACHE", str(tmp_path / "file"))                      # no writable cache
+    assert memo("table", "k2", build)[1]["words"] == ["a", "b"] and len(calls) == 3
+
+
+def test_the_realness_bank_is_rendered_once_per_judge_and_read_back_the_same(monkeypatch):
+    from datarights.judge import load_judge, scorer
+
+    judge = load_judge()
+    a = scorer.fit_realness(judge)
+    monkeypatch.setattr(scorer, "_REALNESS", {})
+    monkeypatch.setattr("datarights.judge.render_labelled", lambda *a, **k: pytest.fail("rendered again"))
+    b = scorer.fit_realness(judge)
+    assert torch.equal(a.feat_bank, b.feat_bank) and torch.equal(a.pix_bank, b.pix_bank)
+    assert (a.feat_threshold, a.pix_threshold) == (b.feat_threshold, b.pix_threshold)

@@ -60,8 +60,9 @@ def test_gradient_ascent_does_not_pass_as_erasure(shipped):
     assert r["degenerate_share"] > 0.5 and r["others_preserved_ci"][1] < 0.5
 
 
-def test_audit_json_and_held_out_prompts(shipped, monkeypatch, capsys, tmp_path):
-    erase(shipped, ["grumpy face"], ["face"], "uce", progress=False).save(tmp_path / "e")
+def test_audit_json_and_held_out_prompts(tiny_trained, monkeypatch, capsys, tmp_path):
+    # the command's output and its prompts, not a figure: the tiny model keeps it fast
+    erase(load_model(tiny_trained, "cpu"), ["grumpy face"], ["face"], "uce", progress=False).save(tmp_path / "e")
     code, out, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "e", "--target", "grumpy face",
                          "--anchor", "face", "--n-target", "35", "--n-seen", "35", "--json", "--device", "cpu")
     assert code == 0, err

@@ -152,8 +152,44 @@ def test_leaveout_bookkeeping():
     row = {"source_owner": None, "style": "plain", "character": char, "memorized": "none"}
     assert has_trace(row, studio, vocab) and not has_trace(row, vocab.studios[1], vocab)
     owners = {"a": {"kind": "artist", "ratio_ci": [0.0, 0.1]}, "b": {"kind": "artist", "ratio_ci": [0.1, 0.5]},
-              "c": {"kind": "studio", "ratio_ci": None}}
+              "c": {"kind": "studio", "ratio_ci": None},
+              # 0 of 512 after: 10 before cannot bound the ratio below 0.2, 52 can; 15 after of 29 persisted
+              "d": {"kind": "artist", "ratio_ci": [0.0, 0.0], "generations": 512, "rate_before": 10 / 512, "rate_after": 0.0},
+              "e": {"kind": "photographer", "ratio_ci": [0.0, 0.0], "generations": 512, "hits_before": 52, "hits_after": 0,
+                    "rate_before": 52 / 512},
+              "f": {"kind": "photographer", "ratio_ci": [0.3, 0.9], "generations": 512, "hits_before": 29, "hits_after": 15,
+                    "rate_before": 29 / 512}}
     s = summarize_leaveout(owners)
-    assert (s["collapsed"], s["measured"], s["not_collapsed"], s["no_base_trace"]) == (1, 2, ["b"], ["c"])
+    assert (s["collapsed"], s["measured"], s["no_base_trace"]) == (2, 5, ["c"])
+    assert (s["persisted"], s["inconclusive"]) == (["f"], ["b", "d"])
+    assert s["by_kind"]["photographer"] == {"owners": 2, "measured": 2, "collapsed": 1}
+    assert s["exact_ci"]["e"][1] == pytest.approx(0.0735, abs=1e-3) and s["exact_ci"]["d"][1] > 0.4
     with pytest.raises(DatarightsError, match="owns nothing"):
         LeaveOutConfig(owners=["Nobody Here"])
+    with pytest.raises(DatarightsError, match="warm_steps"):
+        LeaveOutConfig(warm_steps=-1)
+
+
+def test_leaveout_fine_tunes_every_model_from_a_warm_start_that_never_saw_the_runs_owners(tmp_path):
+    import json
+
+    from datarights.evaluate.leaveout import leaveout
+    from tests.conftest import TINY_UNET
+
+    cfg = LeaveOutConfig(owners=["Chen Abe"], generations=16, world_preset="tiny", world_images=64, train_steps=2,
+                         warm_steps=2, batch_size=4, unet_config=TINY_UNET, sample_steps=2, competence=0)
+    res = leaveout(cfg, tmp_path / "run")
+    evaluated = set(WorldConfig(preset="tiny").vocabulary().owners)
+    warm = [json.loads(line) for line in (tmp_path / "run" / "warm-world" / "metadata.jsonl").read_text().splitlines()]
+    outside = [m for m in warm if m["owner"] not in evaluated]
+    assert 0 < len(outside) < len(warm)                 # the default world holds the run's owners too: left out
+    meta = lambda p: json.loads((tmp_path / "run" / p / "model_index.json").read_text())["training"]  # noqa: E731
+    assert meta("warm")["images"] == len(outside) and meta("warm")["init_from"] is None
+    for p in ("base", "without/Chen_Abe"):
+        assert meta(p)["init_from"] == str(tmp_path / "run" / "warm") and meta(p)["images"] == 64
+    assert meta("without/Chen_Abe")["exclude"] == [i for i, m in enumerate(read_imagefolder(tmp_path / "run" / "world").metas)
+                                                    if m["owner"] == "Chen Abe"]
+    assert res["owners"]["Chen Abe"]["generations"] == 16
+    assert leaveout(cfg, tmp_path / "run")["owners"] == res["owners"]   # resumed: nothing retrained
+    with pytest.raises(DatarightsError, match="warm start needs owners outside"):   # nothing left to warm up on
+        LeaveOutConfig(owners=["Chen Abe"], world_preset="default", warm_steps=2)

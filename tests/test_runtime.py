@@ -234,6 +234,7 @@ def test_trained_sd_folder_loads_in_diffusers(tiny_sd_trained):
 
 
 # ----------------------------------------------------------------------------- the GPU check
+@pytest.mark.slow  # .ci/run runs the same tiny check (every part in its own process) right after the suite
 def test_gpu_check_runs_on_cpu_with_tiny_shapes(tmp_path):
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
     done = subprocess.run([sys.executable, str(script), "--tiny", "--inline", "--device", "cpu",

@@ -35,3 +35,17 @@ def test_cluster_bootstrap_counts_a_repeated_unit_once():
     # distinct labels give back the plain query-level bootstrap's spread (different draws)
     plain = bootstrap(lambda j: x[j].mean(), len(x), groups=[str(i) for i in range(len(x))])
     assert plain[1] - plain[0] == pytest.approx(by_query[1] - by_query[0], rel=0.15)
+
+
+def test_exact_binomial_and_rate_ratio_intervals():
+    from datarights.stats import clopper_pearson, rate_ratio
+
+    lo, hi = clopper_pearson(5, 20)                       # the textbook value: [0.0866, 0.4910]
+    assert lo == pytest.approx(0.0866, abs=1e-4) and hi == pytest.approx(0.4910, abs=1e-4)
+    assert clopper_pearson(0, 23) == (0.0, pytest.approx(1 - 0.025 ** (1 / 23), abs=1e-9))
+    assert clopper_pearson(23, 23) == (pytest.approx(0.025 ** (1 / 23), abs=1e-9), 1.0) and clopper_pearson(1, 0) is None
+    lo, hi = rate_ratio(0, 23)                            # none of 23 trace hits survive: r <= 0.174
+    assert lo == 0.0 and hi == pytest.approx(0.174, abs=1e-3)
+    assert rate_ratio(0, 0) is None and rate_ratio(4, 0)[1] == float("inf")
+    lo, hi = rate_ratio(20, 20)
+    assert lo < 1 < hi

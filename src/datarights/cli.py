@@ -560,8 +560,9 @@ def eval_owners_cmd(methods: str = typer.Option("caption,pixel,feature,trak,dtra
 
 @eval_app.command("leaveout")
 def eval_leaveout_cmd(owners: list[str] = typer.Option([], "--owner", help="Owner to leave out (repeat; default: every owner of the world)."),
-                      generations: int = typer.Option(96, help="Generations per owner (generic prompts of its subjects)."),
-                      train_steps: int = typer.Option(2000, "--train-steps", help="Steps of every (re)training."),
+                      generations: int = typer.Option(512, help="Generations per owner (generic prompts of its subjects)."),
+                      train_steps: int = typer.Option(1000, "--train-steps", help="Steps of every (re)training (fine-tuning steps after a warm start)."),
+                      warm_steps: int = typer.Option(4000, "--warm-steps", help="Steps of the shared warm start trained on owners outside the smaller world (0: every model from scratch)."),
                       world_preset: str = typer.Option("small", "--world-preset", help="Preset of the smaller world."),
                       methods: str = typer.Option("", help="Also score these attribution methods by their top owner's removal (comma-separated)."),
                       run: Path = typer.Option(Path("runs/leaveout"), "--run", help="Run folder (resumable)."),
@@ -572,7 +573,7 @@ def eval_leaveout_cmd(owners: list[str] = typer.Option([], "--owner", help="Owne
     _check_device(device, precision)
     from .evaluate.leaveout import LeaveOutConfig, OwnerCounterfactualConfig, leaveout, owner_counterfactual
 
-    cfg = LeaveOutConfig(owners=list(owners), generations=generations, train_steps=train_steps,
+    cfg = LeaveOutConfig(owners=list(owners), generations=generations, train_steps=train_steps, warm_steps=warm_steps,
                          world_preset=world_preset, seed=seed)
     cf = OwnerCounterfactualConfig(methods=[m for m in methods.split(",") if m], seed=seed) if methods else None
     res = leaveout(cfg, run, device=device, precision=precision)

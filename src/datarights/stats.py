@@ -27,6 +27,46 @@ def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float] | None:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space."""
+    if p <= 0:
+        return 1.0
+    if p >= 1:
+        return 1.0 if k >= n else 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float] | None:
+    """The exact (Clopper-Pearson) interval of a binomial rate k/n; None when n == 0."""
+    if n <= 0:
+        return None
+
+    def crossing(f, rising: bool) -> float:  # the p in [0, 1] where the monotone f(p) crosses alpha / 2 (bisection)
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if (f(mid) < alpha / 2) == rising else (lo, mid)
+        return (lo + hi) / 2
+
+    lower = 0.0 if k == 0 else crossing(lambda p: 1 - _binom_cdf(k - 1, n, p), rising=True)   # P(X >= k)
+    upper = 1.0 if k == n else crossing(lambda p: _binom_cdf(k, n, p), rising=False)          # P(X <= k)
+    return (lower, upper)
+
+
+def rate_ratio(k_after: int, k_before: int, alpha: float = 0.05) -> tuple[float, float] | None:
+    """Exact interval of the ratio of two rare-event rates over equal numbers of trials (the
+    conditional test of two Poisson counts): given K = k_after + k_before, k_after ~ Binomial(K,
+    r / (1 + r)); the Clopper-Pearson interval of that share gives r's. None when K == 0 (no evidence)."""
+    total = k_after + k_before
+    if total == 0:
+        return None
+    lo, hi = clopper_pearson(k_after, total, alpha)
+    return (lo / (1 - lo), hi / (1 - hi) if hi < 1 else float("inf"))
+
+
 def rate(flags: Sequence[bool] | np.ndarray) -> dict:
     """A rate with its count and Wilson interval: {"value", "k", "n", "ci"}."""
     flags = np.asarray(flags, dtype=bool)

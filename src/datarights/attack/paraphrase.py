@@ -59,18 +59,33 @@ def _sentence_embeddings(model: T2IModel, texts: list[str], batch_size: int = 10
     return torch.cat(out)
 
 
-_VOCAB: dict[int, tuple[list[str], torch.Tensor]] = {}
+_VOCAB: dict[str, tuple[list[str], torch.Tensor]] = {}
 
 
 def word_table(model: T2IModel) -> tuple[list[str], torch.Tensor]:
-    """The tokenizer's whole words (alphabetic, >= 3 letters) and their sentence embeddings, once per encoder."""
-    key = id(model.text_encoder)
+    """The tokenizer's whole words (alphabetic, >= 3 letters) and their sentence embeddings: computed
+    once per text encoder (its weights and vocabulary) and device, kept in memory and in the cache, so
+    that a new process does not embed the whole vocabulary again."""
+    import hashlib
+    import json
+
+    from ..attribute.cache import artifact_key, memo
+
+    h = hashlib.sha256()
+    for p in model.text_encoder.parameters():
+        h.update(p.detach().cpu().numpy().tobytes())
+    h.update(json.dumps(sorted(model.tokenizer.get_vocab().items())).encode())
+    key = artifact_key(encoder=h.hexdigest(), device=str(model.device), min_letters=3)
     if key not in _VOCAB:
-        ids = word_mask(model).nonzero()[:, 0].tolist()
-        words = sorted({w.replace("</w>", "") for w in model.tokenizer.convert_ids_to_tokens(ids)} - {""})
-        words = [w for w in words if len(w) >= 3]
+        def build():
+            ids = word_mask(model).nonzero()[:, 0].tolist()
+            words = sorted({w.replace("</w>", "") for w in model.tokenizer.convert_ids_to_tokens(ids)} - {""})
+            words = [w for w in words if len(w) >= 3]
+            return {"table": _sentence_embeddings(model, words).cpu()}, {"words": words}
+
+        tensors, meta = memo("paraphrase-words", key, build)
         _VOCAB.clear()
-        _VOCAB[key] = (words, _sentence_embeddings(model, words))
+        _VOCAB[key] = (meta["words"], tensors["table"].to(model.device))
     return _VOCAB[key]
 
 

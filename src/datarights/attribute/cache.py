@@ -79,3 +79,39 @@ def save_artifact(root: Path, method: str, key: str, tensors: dict[str, torch.Te
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return d
+
+
+def source_hash(*modules) -> str:
+    """A hash of the modules' source files: part of the key of an entry whose content those modules compute."""
+    h = hashlib.sha256()
+    for m in modules:
+        h.update(Path(m.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def memo(method: str, key: str, build) -> tuple[dict[str, torch.Tensor], dict]:
+    """`build()` -> (tensors, meta), computed once per key and kept in the cache (<root>/<method>/<key>/)
+    for every later process; two processes take turns building it. A cache that cannot be written only
+    costs the time of building again."""
+    root = cache_root()
+
+    def load():
+        tensors = load_artifact(root, method, key)
+        if tensors is None:
+            return None
+        return tensors, json.loads((root / method / key / "config.json").read_text(encoding="utf-8"))
+
+    try:
+        got = load()
+        if got is not None:
+            return got
+        with build_lock(root, f"{method}-{key}"):
+            got = load()
+            if got is not None:
+                return got
+            tensors, meta = build()
+            save_artifact(root, method, key, tensors, meta)
+            return tensors, {"key": key, **meta}
+    except OSError:  # no writable cache here: build in memory
+        tensors, meta = build()
+        return tensors, {"key": key, **meta}

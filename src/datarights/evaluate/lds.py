@@ -23,8 +23,8 @@ import torch
 from ..errors import DatarightsError
 from ..files import write_json
 from ..stats import mean_ci
-from .runs import (QUERY_SEED, check_methods, check_queries, open_run, query_concepts, query_loss, run_world,
-                   subset_folder, world_base_queries)
+from .runs import (QUERY_SEED, check_methods, check_queries, check_warm_start, open_run, query_concepts, query_loss,
+                   run_world, subset_folder, warm_start, world_base_queries)
 
 
 @dataclass
@@ -55,6 +55,12 @@ class LDSConfig:
     """DDIM steps of the query generations."""
     unet_config: dict = field(default_factory=dict)
     """Overrides of the world UNet config (tests use tiny models)."""
+    warm_steps: int = 0
+    """Steps of a shared warm start (runs.warm_start: trained on the default world's images of owners
+    the smaller world does not have); the base and every subset model are then fine-tuned from it for
+    `train_steps`. 0: every model is trained from scratch."""
+    ema_decay: float = 0.999
+    """EMA decay of the recipe (a short fine-tune after a warm start wants a shorter average, e.g. 0.99)."""
     coupled: bool = True
     """Train each subset model with the left-out images masked out of one shared batch, timestep and
     noise stream (TrainConfig.exclude), so that subset models differ only in their data; False:
@@ -79,13 +85,14 @@ class LDSConfig:
             raise DatarightsError(f"alpha must be in (0, 1) and keep at least one image, got {self.alpha}")
         if self.queries < 1 or self.loss_draws < 1:
             raise DatarightsError("queries and loss_draws must be at least 1")
+        check_warm_start(self)
         run_world(self)  # a world its preset cannot fit is refused before anything is trained
 
 
 def _recipe(cfg: LDSConfig, exclude: list[int] | None = None):
     from ..train import TrainConfig
     return TrainConfig(steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=250,
-                       unet_config=cfg.unet_config, exclude=exclude)
+                       unet_config=cfg.unet_config, ema_decay=cfg.ema_decay, exclude=exclude)
 
 
 def owner_subsets(cfg: LDSConfig, metas: list[dict]) -> tuple[list[list[int]], list[list[str]]]:
@@ -167,10 +174,12 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
         if not out.exists():
             log(f"lds: training subset model {m + 1}/{cfg.subsets}")
             drop = np.setdiff1d(np.arange(len(folder)), idx).tolist()
+            init = warm_start(run, cfg)
             if cfg.coupled:
-                train(_recipe(cfg, drop), folder, out, progress=False, device=device, precision=precision)
+                train(_recipe(cfg, drop), folder, out, init_from=init, progress=False, device=device, precision=precision)
             else:
-                train(_recipe(cfg), subset_folder(folder, drop), out, progress=False, device=device, precision=precision)
+                train(_recipe(cfg), subset_folder(folder, drop), out, init_from=init, progress=False, device=device,
+                      precision=precision)
         model = load_model(out, device, precision)
         results["outputs"][key] = [-query_loss(model, images[q], p, cfg.loss_draws, cfg.seed + 13 + q)
                                    for q, p in enumerate(prompts)]

@@ -84,17 +84,59 @@ def run_world(cfg) -> WorldConfig:
 
 
 def world_and_base(run: Path, cfg, recipe, name: str, log, device=None, precision=None) -> tuple[ImageFolder, object]:
-    """The run's smaller world and base model, made once and kept in the run folder."""
+    """The run's smaller world and base model, made once and kept in the run folder (fine-tuned from
+    the run's warm start when the config has one: see warm_start)."""
     from ..models import load_model
     from ..train import train
 
     if not (run / "world").exists():
         make_world_folder(run / "world", run_world(cfg))
     folder = read_imagefolder(run / "world")
+    init = warm_start(run, cfg, log, device, precision)
     if not (run / "base").exists():
-        log(f"{name}: training the base model")
-        train(recipe, folder, run / "base", progress=False, device=device, precision=precision)
+        log(f"{name}: training the base model" + (" (fine-tuned from the warm start)" if init else ""))
+        train(recipe, folder, run / "base", init_from=init, progress=False, device=device, precision=precision)
     return folder, load_model(run / "base", device, precision)
+
+
+def check_warm_start(cfg) -> None:
+    """Refuse a warm start that cannot be made, before anything is trained."""
+    if cfg.warm_steps < 0:
+        raise DatarightsError(f"warm_steps must be 0 (no warm start) or more, got {cfg.warm_steps}")
+    if cfg.warm_steps and set(WorldConfig(preset="default").vocabulary().owners) <= set(run_world(cfg).vocabulary().owners):
+        raise DatarightsError(f"a warm start needs owners outside the run's world, and the {cfg.world_preset!r} "
+                              "preset has every owner of the default world; train every model from scratch instead",
+                              hint="--warm-steps 0")
+
+
+def warm_start(run: Path, cfg, log=lambda s: None, device=None, precision=None) -> Path | None:
+    """The run's shared warm start, or None when `cfg.warm_steps` is 0 (every model from scratch).
+
+    A model trained from scratch for `cfg.warm_steps` steps on the images of the *default* world whose
+    owners the smaller world does not have (presets share names, signatures and styles, so these are
+    other photographers and artists; every studio and publisher is in the smaller world and so left out
+    too): it has learned to draw the world, but has never seen an image, a signature, a style, a
+    character or a scene of any owner the run evaluates. Every model of the run (the base and each
+    model without an owner or a subset of owners) is fine-tuned from it on its own data, so an
+    owner's influence still comes only from that owner's images, at a fraction of the cost of training
+    each model from scratch."""
+    from ..train import TrainConfig, train
+
+    steps = getattr(cfg, "warm_steps", 0)
+    if not steps:
+        return None
+    out = run / "warm"
+    if not out.exists():
+        if not (run / "warm-world").exists():
+            make_world_folder(run / "warm-world", WorldConfig(preset="default", seed=cfg.seed))
+        full = read_imagefolder(run / "warm-world")
+        evaluated = set(run_world(cfg).vocabulary().owners)
+        drop = [i for i, m in enumerate(full.metas) if m["owner"] in evaluated]
+        log(f"warm start: training {steps} steps on {len(full) - len(drop)} images of owners outside the run's world")
+        train(TrainConfig(steps=steps, batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=250,
+                          unet_config=cfg.unet_config), subset_folder(full, drop), out, progress=False,
+              device=device, precision=precision)
+    return out
 
 
 def _query_asks(n: int, seed: int, vocab=None) -> list[dict]:

@@ -75,23 +75,39 @@ _REALNESS: dict[str, Realness] = {}
 
 def fit_realness(judge, n_bank: int = 4000, n_heldout: int = 1000, seed: int = 2468) -> Realness:
     """Rendered world images (noised and blurred as the judge was trained) as the bank, held-out ones for
-    the thresholds (99th percentile). Computed once per judge weights (a few seconds), kept in memory."""
+    the thresholds (99th percentile). Computed once per judge weights (a few seconds) and kept in memory
+    and in the cache (keyed by the weights, the renderer's source and the settings), so that a new
+    process (a worker, a command) does not render the bank again."""
+    from ..attribute.cache import artifact_key, memo, source_hash
+    from ..world import generate, render
     from . import augment, render_labelled
 
-    key = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in judge.parameters())).hexdigest()
-    if key not in _REALNESS:
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        bank, _ = render_labelled(n_bank, seed)
-        held, _ = render_labelled(n_heldout, seed + 1)
-        bank, held = augment(bank, g), augment(held, g)
-        with torch.no_grad():
-            fb = torch.nn.functional.normalize(judge.features(bank), dim=1)
-            fh = torch.nn.functional.normalize(judge.features(held), dim=1)
-        pb, ph = judge_pixels(bank), judge_pixels(held)
-        fd, pd = _knn_distance(fh, fb, K_NEIGHBOURS, True), _knn_distance(ph, pb, K_NEIGHBOURS, False)
-        _REALNESS[key] = Realness(fb, pb, float(torch.quantile(fd, REALNESS_QUANTILE)),
-                                  float(torch.quantile(pd, REALNESS_QUANTILE)))
-    return _REALNESS[key]
+    weights = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in judge.parameters())).hexdigest()
+    mine = f"{weights}-{n_bank}-{n_heldout}-{seed}"
+    if mine not in _REALNESS:
+        import sys
+
+        device = str(next(judge.parameters()).device)
+
+        def build():
+            g = torch.Generator(device="cpu").manual_seed(seed)
+            bank, _ = render_labelled(n_bank, seed)
+            held, _ = render_labelled(n_heldout, seed + 1)
+            bank, held = augment(bank, g), augment(held, g)
+            with torch.no_grad():
+                fb = torch.nn.functional.normalize(judge.features(bank), dim=1).cpu()
+                fh = torch.nn.functional.normalize(judge.features(held), dim=1).cpu()
+            pb, ph = judge_pixels(bank), judge_pixels(held)
+            fd, pd = _knn_distance(fh, fb, K_NEIGHBOURS, True), _knn_distance(ph, pb, K_NEIGHBOURS, False)
+            return {"feat_bank": fb, "pix_bank": pb}, {"feat_threshold": float(torch.quantile(fd, REALNESS_QUANTILE)),
+                                                       "pix_threshold": float(torch.quantile(pd, REALNESS_QUANTILE))}
+
+        key = artifact_key(judge=weights, code=source_hash(generate, render, sys.modules[__package__]),
+                           n_bank=n_bank, n_heldout=n_heldout, seed=seed, device=device)
+        t, meta = memo("realness", key, build)
+        _REALNESS[mine] = Realness(t["feat_bank"].to(device), t["pix_bank"], meta["feat_threshold"],
+                                   meta["pix_threshold"])
+    return _REALNESS[mine]
 
 
 class WorldScorer:
