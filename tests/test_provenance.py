@@ -174,7 +174,7 @@ def test_leaveout_fine_tunes_every_model_from_a_warm_start_that_never_saw_the_ru
     import json
 
     from datarights.evaluate.leaveout import leaveout
-    from tests.conftest import TINY_UNET
+    from .conftest import TINY_UNET
 
     cfg = LeaveOutConfig(owners=["Chen Abe"], generations=16, world_preset="tiny", world_images=64, train_steps=2,
                          warm_steps=2, batch_size=4, unet_config=TINY_UNET, sample_steps=2, competence=0)
