@@ -60,22 +60,36 @@ def _sentence_embeddings(model: T2IModel, texts: list[str], batch_size: int = 10
 
 
 _VOCAB: dict[str, tuple[list[str], torch.Tensor]] = {}
+_HASHED: dict = {}
+
+
+def _encoder_hash(model: T2IModel) -> str:
+    """Content hash of the text encoder's weights and the tokenizer's vocabulary; rehashed only when
+    another encoder comes or a weight was changed in place (torch counts in-place writes per tensor),
+    since every target word asks for the table."""
+    import hashlib
+    import json
+    import weakref
+
+    enc = model.text_encoder
+    versions = tuple(p._version for p in enc.parameters())
+    ref = _HASHED.get("encoder")
+    if ref is None or ref() is not enc or _HASHED["versions"] != versions or _HASHED["tokenizer"] is not model.tokenizer:
+        h = hashlib.sha256()
+        for p in enc.parameters():
+            h.update(p.detach().cpu().numpy().tobytes())
+        h.update(json.dumps(sorted(model.tokenizer.get_vocab().items())).encode())
+        _HASHED.update(encoder=weakref.ref(enc), versions=versions, tokenizer=model.tokenizer, hash=h.hexdigest())
+    return _HASHED["hash"]
 
 
 def word_table(model: T2IModel) -> tuple[list[str], torch.Tensor]:
     """The tokenizer's whole words (alphabetic, >= 3 letters) and their sentence embeddings: computed
     once per text encoder (its weights and vocabulary) and device, kept in memory and in the cache, so
     that a new process does not embed the whole vocabulary again."""
-    import hashlib
-    import json
-
     from ..attribute.cache import artifact_key, memo
 
-    h = hashlib.sha256()
-    for p in model.text_encoder.parameters():
-        h.update(p.detach().cpu().numpy().tobytes())
-    h.update(json.dumps(sorted(model.tokenizer.get_vocab().items())).encode())
-    key = artifact_key(encoder=h.hexdigest(), device=str(model.device), min_letters=3)
+    key = artifact_key(encoder=_encoder_hash(model), device=str(model.device), min_letters=3)
     if key not in _VOCAB:
         def build():
             ids = word_mask(model).nonzero()[:, 0].tolist()

@@ -185,7 +185,7 @@ def leaveout(cfg: LeaveOutConfig, run: str | Path, judge=None, log=lambda s: pri
             "rate_after": round(float(a.mean()), 4), "rate_after_ci": rounded(wilson(a.sum(), len(a))),
             "ratio": round(ratio["value"], 4) if np.isfinite(ratio["value"]) else None,
             "ratio_ci": rounded(ratio["ci"]), "hits_before": int(b.sum()), "hits_after": int(a.sum()),
-            "ratio_exact_ci": _exact(int(a.sum()), int(b.sum())), "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1)}
         write_json(res_path, results)
     results["summary"] = summarize_leaveout(results["owners"])
     write_json(res_path, results)
@@ -210,7 +210,7 @@ def summarize_leaveout(owners: dict[str, dict], bar: float = 0.2, min_hits: int 
 
     measured = {o: c for o, c in owners.items() if c["ratio_ci"] is not None
                 and round(c.get("rate_before", 1.0) * c.get("generations", min_hits)) >= min_hits}
-    exact = {o: _exact(hits(c, "after"), hits(c, "before")) if "generations" in c else c.get("ratio_exact_ci")
+    exact = {o: _exact(hits(c, "after"), hits(c, "before")) if "generations" in c else None
              for o, c in measured.items()}
     collapsed = [o for o, c in measured.items() if c["ratio_ci"][1] <= bar
                  and (exact[o] is None or (exact[o][1] is not None and exact[o][1] <= bar))]
