@@ -240,6 +240,7 @@ def part_leaveout(args) -> dict:
     from datarights.evaluate.leaveout import LeaveOutConfig, OwnerCounterfactualConfig, leaveout, owner_counterfactual
 
     cfg = LeaveOutConfig(train_steps=args.train_steps, warm_steps=args.warm_steps, batch_size=args.batch_size,
+                         generations=args.generations or 512, owners=args.owners or [],
                          unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     run = args.run or "runs/leaveout"
     res = leaveout(cfg, run)
@@ -312,6 +313,9 @@ PART_DEFAULTS = {
     "counterfactual": {"world_images": 1000, "train_steps": 1500, "unet_channels": None},
     "lds": {"world_images": 600, "train_steps": 800, "unet_channels": [16, 32, 48]},
     "leaveout": {"train_steps": 1000, "warm_steps": 4000, "unet_channels": None},
+    # owner-level LDS: the leave-out run's recipe on the small world (so its warm start and base serve both)
+    "lds-owner": {"world_images": None, "train_steps": 1000, "warm_steps": 4000, "unet_channels": None,
+                  "subsets": 12, "queries": 32},
 }
 """The settings each retraining part's reported figures were measured with (BENCHMARKS.md)."""
 
@@ -321,6 +325,10 @@ def main():
     ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "owners", "leaveout", "ship", "custom",
                                      "counterfactual", "lds"])
     ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--generations", type=int, default=None,
+                    help="leaveout: generations per owner (default 512; a finished run resumed with more redoes "
+                         "its owners' generations on the models it trained)")
+    ap.add_argument("--owners", nargs="*", default=None, help="leaveout: owners to leave out (default: every owner)")
     ap.add_argument("--objects", type=int, default=3)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--proj-dim", type=int, default=512)
@@ -328,7 +336,7 @@ def main():
     ap.add_argument("--pool", type=int, default=500)
     ap.add_argument("--k", type=int, nargs="+", default=[50])
     ap.add_argument("--queries", type=int, default=None, help="default: the evaluation's (counterfactual 20, lds 16)")
-    ap.add_argument("--subsets", type=int, default=32, help="LDS subset models")
+    ap.add_argument("--subsets", type=int, default=None, help="LDS subset models (default 32; owner unit 12)")
     ap.add_argument("--random-draws", type=int, default=6, help="counterfactual random removals (one retrained model each)")
     ap.add_argument("--exemplar-captions", default="token", choices=["token", "plain"], help="custom: pool captions")
     ap.add_argument("--world-images", type=int, default=None, help="default: the part's (PART_DEFAULTS)")
@@ -342,9 +350,12 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64, help="batch of the retraining recipes")
     ap.add_argument("--run", default=None, help="run folder (resumable; default runs/<part>)")
     args = ap.parse_args()
-    for k, v in PART_DEFAULTS.get(args.part, {}).items():  # a part's defaults are the settings of its figures
+    part = "lds-owner" if args.part == "lds" and args.unit == "owner" else args.part
+    for k, v in PART_DEFAULTS.get(part, {}).items():  # a part's defaults are the settings of its figures
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.subsets is None:
+        args.subsets = 32
     fn = {"cost": part_cost, "dattri": part_dattri, "abu-reference": part_abu_reference, "owners": part_owners,
           "leaveout": part_leaveout,
           "ship": part_ship, "custom": part_custom,

@@ -15,6 +15,45 @@ TINY_UNET = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "C
                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
 
 
+SLOW = {
+    # What the default suite leaves to the second stage (`pytest -m slow`, which .ci/run runs right after
+    # it): end-to-end runs of failure modes that spawn processes, browsers or crowds, each 5-40 s, whose
+    # parts the default suite checks in-process ...
+    "test_browser.py::test_owner_checks_opts_out_admin_processes_owner_verifies",
+    "test_safety.py::test_kill_9_during_attribution_prepare_then_rerun",
+    "test_safety.py::test_kill_9_during_erase_then_rerun",
+    "test_safety.py::test_two_processes_build_the_default_world_once",
+    "test_web.py::test_kill_9_of_the_worker_during_process_leaves_the_job_failed_and_resumable",
+    "test_ledger.py::test_kill_9_during_process_leaves_a_failed_job_and_a_rerun_finishes",
+    "test_payments.py::test_an_owners_page_answers_while_an_abu_attribution_runs",
+    "test_hostile.py::test_fuzz_every_http_route",
+    "test_hostile.py::test_fuzz_the_ledger_commands",
+    "test_hostile.py::test_an_owners_page_answers_while_50_lookups_run",
+    "test_hostile.py::test_two_processors_on_one_pending_optout_make_one_job_and_one_certificate",
+    "test_runtime.py::test_training_under_accelerate_launch_with_two_processes",
+    # ... and the PostgreSQL runs of the heaviest erase-audit-certify workflows (their SQLite runs stay,
+    # and so does every lighter test on PostgreSQL: the store's semantics are checked on both backends).
+    "test_web.py::test_the_admin_processes_in_the_background_and_the_owner_follows[postgresql]",
+    "test_web.py::test_pages_render_for_owner_and_admin[postgresql]",
+    "test_ledger.py::test_batch_processing_erases_every_pending_request_in_one_edit[postgresql]",
+    "test_rules.py::test_erasures_accumulate_and_every_earlier_one_is_re_audited[postgresql]",
+    "test_payments.py::test_a_queued_payment_sent_twice_is_one_job_and_one_event[postgresql]",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # marked before `-m` deselects
+def pytest_collection_modifyitems(config, items):
+    found = set()
+    for item in items:
+        key = item.nodeid.split("tests/", 1)[-1]
+        if key in SLOW:
+            item.add_marker(pytest.mark.slow)
+            found.add(key)
+    whole = not config.getoption("keyword") and all(os.path.isdir(a) for a in config.args)
+    if whole and found != SLOW:  # a renamed test must not drop out of both stages unnoticed
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {sorted(SLOW - found)}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Tests never read or write the user's ~/.cache/datarights."""

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -125,6 +127,8 @@ def test_lds_runs_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished subset"))
     again = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert again["outputs"] == res["outputs"] and again["summary"] == res["summary"]
+    more = lds(replace(cfg, methods=["pixel", "caption"]), tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
+    assert more["outputs"] == res["outputs"] and {r["method"] for r in more["summary"]} == {"pixel", "caption", "random"}
     with pytest.raises(DatarightsError, match="another config"):
         lds(LDSConfig(methods=["pixel"], subsets=4, queries=1, world_images=64, world_preset="tiny", train_steps=2, batch_size=4,
                       unet_config=TINY_UNET), tmp_path / "run", log=lambda s: None)
@@ -143,6 +147,9 @@ def test_lds_subsets_and_rank_correlation():
         LDSConfig(subsets=2)
     with pytest.raises(DatarightsError, match="alpha"):
         LDSConfig(alpha=1.0)
+    with pytest.raises(DatarightsError, match="give world_images"):
+        LDSConfig(world_images=None)
+    assert LDSConfig(world_images=None, unit="owner", world_preset="tiny").world_images is None  # the preset's size
 
 
 def test_caption_baseline_finds_exemplars_only_through_their_token(tiny_world, tmp_path):

@@ -1,5 +1,7 @@
 """Generic queries, provenance frequencies, the owner-level evaluation and leave-one-owner-out bookkeeping."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -191,5 +193,11 @@ def test_leaveout_fine_tunes_every_model_from_a_warm_start_that_never_saw_the_ru
                                                     if m["owner"] == "Chen Abe"]
     assert res["owners"]["Chen Abe"]["generations"] == 16
     assert leaveout(cfg, tmp_path / "run")["owners"] == res["owners"]   # resumed: nothing retrained
+    stamp = (tmp_path / "run" / "without" / "Chen_Abe" / "model_index.json").stat().st_mtime_ns
+    more = leaveout(replace(cfg, generations=24), tmp_path / "run")     # more generations, the same models
+    assert more["owners"]["Chen Abe"]["generations"] == 24 and more["config"]["generations"] == 24
+    assert (tmp_path / "run" / "without" / "Chen_Abe" / "model_index.json").stat().st_mtime_ns == stamp
+    with pytest.raises(DatarightsError, match="another config"):        # what changes a model is refused
+        leaveout(replace(cfg, train_steps=3), tmp_path / "run")
     with pytest.raises(DatarightsError, match="warm start needs owners outside"):   # nothing left to warm up on
         LeaveOutConfig(owners=["Chen Abe"], world_preset="default", warm_steps=2)

@@ -20,16 +20,13 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 
-@pytest.fixture()
-def site(ledger_location, tiny_world, tiny_trained):
+def _build_site(db, tiny_world, tiny_trained):
     """A ledger with two owners signed up, one opt-out processed (so a certificate exists), one paid
-    generation; returns (client factory, ids of each owner's rows)."""
+    generation; returns (tokens, ids)."""
     from datetime import datetime
 
     from datarights.audit import AuditConfig
-    from datarights.web.app import create_app
 
-    db = ledger_location
     led = Ledger(db, create=True)
     led.import_dataset(tiny_world, tiny_trained)
     studio = _owner_with_character(tiny_world)
@@ -40,10 +37,78 @@ def site(ledger_location, tiny_world, tiny_trained):
     led.process(attacks=["paraphrase"], audit_config=AuditConfig(**SMALL_AUDIT), attack_budget=2, erase_options=SMALL_ERASE)
     m = _metas(tiny_world)[3]
     led.attribute_log(tiny_world / m["file_name"], m["text"], "1.00", method="pixel", at=datetime(2026, 11, 5))
-    app = create_app(db, process_options=dict(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE))
     ids = {"work": led.works(studio)[0]["id"], "optout": req["id"], "certificate": led.optout_status(req["id"])["certificate_id"],
-           "studio": studio, "other": other, "location": db}
-    return app, tokens, ids, tiny_world
+           "studio": studio, "other": other}
+    led.store.engine.dispose()
+    return tokens, ids
+
+
+@pytest.fixture(scope="module")
+def site_templates(tmp_path_factory):
+    """The site of each backend, built once per module (its erase-audit-certify run is the costly part)
+    and copied for every test: an SQLite ledger is a folder (the file, its key, its models, paths stored
+    relative to it); a PostgreSQL one a template database (its models stay in the template's home, only
+    read by the copies, which write into homes of their own)."""
+    made: dict = {}
+    yield made, tmp_path_factory
+    for backend, (location, *_rest) in made.items():
+        if backend == "postgresql":
+            _pg_admin(f'DROP DATABASE IF EXISTS "{_pg_name(location)}" WITH (FORCE)')
+
+
+def _pg_admin(sql: str) -> None:
+    import os
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    dsn = make_url(os.environ["DATARIGHTS_TEST_POSTGRES"]).set(drivername="postgresql")
+    with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as c:
+        c.execute(sql)
+
+
+def _pg_name(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    return make_url(url).database
+
+
+@pytest.fixture()
+def site(ledger_location, site_templates, tiny_world, tiny_trained, monkeypatch):
+    """A fresh copy of the module's site for this test's backend; returns (app, tokens, ids, world)."""
+    import os
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    from datarights.audit import AuditConfig
+    from datarights.web.app import create_app
+
+    made, factory = site_templates
+    db = ledger_location
+    backend = "sqlite" if isinstance(db, Path) else "postgresql"
+    if backend not in made:
+        if backend == "sqlite":
+            location = factory.mktemp("site-sqlite") / db.name
+        else:
+            location = db.rsplit("/", 1)[0] + f"/dr_site_{uuid.uuid4().hex[:12]}"
+            _pg_admin(f'CREATE DATABASE "{_pg_name(location)}"')
+            home = factory.mktemp("site-home")
+            with monkeypatch.context() as m:
+                m.setenv("DATARIGHTS_LEDGER_HOME", str(home))
+                made[backend] = (location, *_build_site(location, tiny_world, tiny_trained), home)
+        if backend == "sqlite":
+            made[backend] = (location, *_build_site(location, tiny_world, tiny_trained), None)
+    location, tokens, ids, home = made[backend]
+    if backend == "sqlite":
+        for f in Path(location).parent.iterdir():
+            (shutil.copytree if f.is_dir() else shutil.copy2)(f, db.parent / f.name)
+    else:
+        name = _pg_name(db)
+        _pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+        _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{_pg_name(location)}"')
+        shutil.copytree(home, os.environ["DATARIGHTS_LEDGER_HOME"])  # its key signs; models it names stay in `home`
+    app = create_app(db, process_options=dict(attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=SMALL_ERASE))
+    return app, dict(tokens), {**ids, "location": db}, tiny_world
 
 
 def _bearer(token):

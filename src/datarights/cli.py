@@ -560,7 +560,7 @@ def eval_owners_cmd(methods: str = typer.Option("caption,pixel,feature,trak,dtra
 
 @eval_app.command("leaveout")
 def eval_leaveout_cmd(owners: list[str] = typer.Option([], "--owner", help="Owner to leave out (repeat; default: every owner of the world)."),
-                      generations: int = typer.Option(512, help="Generations per owner (generic prompts of its subjects)."),
+                      generations: int = typer.Option(512, help="Generations per owner (generic prompts of its subjects; a run resumed with another number redoes them on the models it trained)."),
                       train_steps: int = typer.Option(1000, "--train-steps", help="Steps of every (re)training (fine-tuning steps after a warm start)."),
                       warm_steps: int = typer.Option(4000, "--warm-steps", help="Steps of the shared warm start trained on owners outside the smaller world (0: every model from scratch)."),
                       world_preset: str = typer.Option("small", "--world-preset", help="Preset of the smaller world."),

@@ -470,7 +470,7 @@ def optimise(work: T2IModel, params: dict[str, torch.nn.Parameter],
     """
     acc = _accelerator(work.device, work.precision, accumulate)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
-    opt = cls(list(params.values()), lr=lr, maximize=maximize, weight_decay=weight_decay)
+    opt = cls(list(params.values()), lr=lr, maximize=maximize, weight_decay=weight_decay, foreach=True)  # bitwise the loop, fewer ops
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     modules = [m for m in (work.unet, work.text_encoder) if any(p.requires_grad for p in m.parameters())]

@@ -39,8 +39,8 @@ class LDSConfig:
     """Fraction of the training set in each subset."""
     queries: int = 16
     """Generated queries (spread over the world's kinds of prompt)."""
-    world_images: int = 600
-    """Size of the (smaller) world the models are trained on."""
+    world_images: int | None = 600
+    """Size of the (smaller) world the models are trained on (None, unit='owner' only: the preset's)."""
     world_preset: str = "small"
     """Preset of that world (its owners and concepts; see `datarights world info --preset small`)."""
     train_steps: int = 800
@@ -81,7 +81,9 @@ class LDSConfig:
             raise DatarightsError(f"unit must be 'image' or 'owner', got {str(self.unit)[:20]!r}")
         if self.subsets < 3:
             raise DatarightsError(f"LDS needs at least 3 subset models to rank, got {self.subsets}")
-        if not 0 < self.alpha < 1 or int(self.alpha * self.world_images) < 1:
+        if self.world_images is None and self.unit == "image":
+            raise DatarightsError("unit='image' draws subsets of a world of world_images images: give world_images")
+        if not 0 < self.alpha < 1 or int(self.alpha * (self.world_images or run_world(self).n_images)) < 1:
             raise DatarightsError(f"alpha must be in (0, 1) and keep at least one image, got {self.alpha}")
         if self.queries < 1 or self.loss_draws < 1:
             raise DatarightsError("queries and loss_draws must be at least 1")
@@ -142,7 +144,7 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
     from ..train import train
 
     run = Path(run)
-    results, res_path = open_run(run, cfg, {"outputs": {}})
+    results, res_path = open_run(run, cfg, {"outputs": {}}, reusable=("methods",))  # scores are redone each run
     folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "lds", log, device, precision)
     if queries is not None and cfg.unit != "owner":
         raise DatarightsError("given queries need unit='owner' (their sources are owners)")

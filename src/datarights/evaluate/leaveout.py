@@ -50,7 +50,9 @@ class LeaveOutConfig:
     """Owners to leave out, in order; empty: every owner of the world, kinds interleaved."""
     generations: int = 512
     """Generations per owner (generic prompts of its subjects), under the base and the retrained model
-    (a trace the base shows in a few percent of them needs hundreds to bound its rate after removal)."""
+    (a trace the base shows in a few percent of them needs hundreds to bound its rate after removal).
+    A run folder resumed with another number (and, say, only the owners whose trace is rare) redoes
+    those owners' generations on the models it already trained; each owner's cell records its own."""
     world_images: int | None = None
     """Size of the smaller world (None: the preset's)."""
     world_preset: str = "small"
@@ -85,6 +87,11 @@ class LeaveOutConfig:
         if unknown:
             raise DatarightsError(f"{str(unknown[0])[:60]!r} owns nothing in this world (see `datarights world info "
                                   f"--preset {self.world_preset}`)")
+
+
+REUSABLE = ("generations", "owners")
+"""LeaveOutConfig fields a run folder can be resumed with other values of: they change no model (more
+generations redo an owner's cell on the models already trained; another owner list adds owners)."""
 
 
 def _recipe(cfg: LeaveOutConfig, exclude: list[int]):
@@ -155,7 +162,7 @@ def leaveout(cfg: LeaveOutConfig, run: str | Path, judge=None, log=lambda s: pri
     from ..quality import eval_model, public
 
     run = Path(run)
-    results, res_path = open_run(run, cfg, {"owners": {}})
+    results, res_path = open_run(run, cfg, {"owners": {}}, reusable=REUSABLE)
     judge = judge or load_judge()
     folder, base = world_and_base(run, cfg, _recipe(cfg, []), "leaveout", log, device, precision)
     vocab = run_world(cfg).vocabulary()
@@ -167,8 +174,8 @@ def leaveout(cfg: LeaveOutConfig, run: str | Path, judge=None, log=lambda s: pri
                                  "provenance": {k: v for k, v in rep.items() if not k.startswith("_")}}
         write_json(res_path, results)
     for owner in cfg.owners or owner_order(vocab):
-        if owner in results["owners"]:
-            continue
+        if results["owners"].get(owner, {}).get("generations") == cfg.generations:
+            continue  # done (a run resumed with other --generations redoes the cell on the same models)
         t0 = time.time()
         prompts = owner_prompts(owner, vocab, cfg.generations, cfg.seed + 17)
         model = _owner_model(run, owner, folder, cfg, log, device, precision)
@@ -261,7 +268,7 @@ def owner_counterfactual(cfg: OwnerCounterfactualConfig, leave: LeaveOutConfig, 
     from dataclasses import asdict
 
     run = Path(run)
-    results, res_path = open_run(run, leave, {"owners": {}})
+    results, res_path = open_run(run, leave, {"owners": {}}, reusable=REUSABLE)
     mine = json.loads(json.dumps(asdict(cfg)))
     if results.setdefault("counterfactual_config", mine) != mine:
         raise DatarightsError(f"{run} holds an owner counterfactual with another config; use a new leave-out folder")
