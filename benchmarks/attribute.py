@@ -311,7 +311,7 @@ def part_lds(args) -> dict:
 
 PART_DEFAULTS = {
     "counterfactual": {"world_images": 1000, "train_steps": 1500, "unet_channels": None},
-    "lds": {"world_images": 600, "train_steps": 800, "unet_channels": [16, 32, 48]},
+    "lds": {"world_images": 600, "train_steps": 800, "unet_channels": [16, 32, 48], "subsets": 32},
     "leaveout": {"train_steps": 1000, "warm_steps": 4000, "unet_channels": None},
     # owner-level LDS: the leave-out run's recipe on the small world (so its warm start and base serve both)
     "lds-owner": {"world_images": None, "train_steps": 1000, "warm_steps": 4000, "unet_channels": None,
@@ -354,8 +354,6 @@ def main():
     for k, v in PART_DEFAULTS.get(part, {}).items():  # a part's defaults are the settings of its figures
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.subsets is None:
-        args.subsets = 32
     fn = {"cost": part_cost, "dattri": part_dattri, "abu-reference": part_abu_reference, "owners": part_owners,
           "leaveout": part_leaveout,
           "ship": part_ship, "custom": part_custom,

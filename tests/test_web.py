@@ -86,18 +86,16 @@ def site(ledger_location, site_templates, tiny_world, tiny_trained, monkeypatch)
     made, factory = site_templates
     db = ledger_location
     backend = "sqlite" if isinstance(db, Path) else "postgresql"
-    if backend not in made:
-        if backend == "sqlite":
-            location = factory.mktemp("site-sqlite") / db.name
-        else:
-            location = db.rsplit("/", 1)[0] + f"/dr_site_{uuid.uuid4().hex[:12]}"
-            _pg_admin(f'CREATE DATABASE "{_pg_name(location)}"')
-            home = factory.mktemp("site-home")
-            with monkeypatch.context() as m:
-                m.setenv("DATARIGHTS_LEDGER_HOME", str(home))
-                made[backend] = (location, *_build_site(location, tiny_world, tiny_trained), home)
-        if backend == "sqlite":
-            made[backend] = (location, *_build_site(location, tiny_world, tiny_trained), None)
+    if backend not in made and backend == "sqlite":
+        location = factory.mktemp("site-sqlite") / db.name
+        made[backend] = (location, *_build_site(location, tiny_world, tiny_trained), None)
+    elif backend not in made:
+        location = db.rsplit("/", 1)[0] + f"/dr_site_{uuid.uuid4().hex[:12]}"
+        _pg_admin(f'CREATE DATABASE "{_pg_name(location)}"')
+        home = factory.mktemp("site-home")
+        with monkeypatch.context() as m:
+            m.setenv("DATARIGHTS_LEDGER_HOME", str(home))
+            made[backend] = (location, *_build_site(location, tiny_world, tiny_trained), home)
     location, tokens, ids, home = made[backend]
     if backend == "sqlite":
         for f in Path(location).parent.iterdir():

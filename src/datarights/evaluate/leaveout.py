@@ -216,7 +216,7 @@ def summarize_leaveout(owners: dict[str, dict], bar: float = 0.2, min_hits: int 
         return int(c[f"hits_{when}"]) if f"hits_{when}" in c else round(c[f"rate_{when}"] * c["generations"])
 
     measured = {o: c for o, c in owners.items() if c["ratio_ci"] is not None
-                and round(c.get("rate_before", 1.0) * c.get("generations", min_hits)) >= min_hits}
+                and ("generations" not in c or hits(c, "before") >= min_hits)}
     exact = {o: _exact(hits(c, "after"), hits(c, "before")) if "generations" in c else None
              for o, c in measured.items()}
     collapsed = [o for o, c in measured.items() if c["ratio_ci"][1] <= bar
