@@ -94,6 +94,12 @@ def test_attribute_json_and_report(monkeypatch, capsys, tmp_path, tiny_world, ti
     assert abs(sum(o["share"] for o in res["owners"]) - 1) < 1e-6
     assert res["method"] == "pixel" and res["temperature"] > 0
     assert "Owner shares" in (tmp_path / "r" / "index.html").read_text()
+    code, out, err = run(monkeypatch, capsys, "attribute", tmp_path / "q.png", "--prompt", "a red face",
+                         "--model", tiny_trained, "--data", tiny_world, "--method", "abu-fast", "--rerank", "2",
+                         "--cache", tmp_path / "c", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["method"] == "abu-fast" and res["config"]["rerank"] == 2 and res["reranked"] == 2
 
 
 def test_attribute_bad_input(monkeypatch, capsys, tmp_path, tiny_world, tiny_trained):
@@ -108,6 +114,8 @@ def test_attribute_bad_input(monkeypatch, capsys, tmp_path, tiny_world, tiny_tra
         ([tmp_path / "q.png", "--prompt", "a face", "--method", "magic"], "unknown attribution method"),
         ([tmp_path / "q.png", "--prompt", "a face", "--method", "pixel", "--top", "65"], "larger than the training set"),
         ([tmp_path / "q.png", "--prompt", "a face", "--method", "pixel", "--temperature", "0"], "--temperature"),
+        ([tmp_path / "q.png", "--prompt", "a face", "--method", "trak", "--rerank", "5"], "does not apply to trak"),
+        ([tmp_path / "q.png", "--prompt", "a face", "--method", "abu-fast", "--rerank", "0"], "--rerank must be at least 1"),
     ]:
         code, _, err = run(monkeypatch, capsys, "attribute", *args, *common)
         assert code == 2 and message in err, (args, err)

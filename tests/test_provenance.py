@@ -8,7 +8,7 @@ import torch
 
 from datarights.errors import DatarightsError
 from datarights.evaluate.leaveout import (LeaveOutConfig, has_trace, owner_order, owner_prompts, owner_subjects,
-                                          summarize_leaveout)
+                                          summarize_counterfactual, summarize_leaveout)
 from datarights.evaluate.owners import OwnerEvalConfig, owner_eval, pick_queries, summarize
 from datarights.evaluate.provenance import generic_prompts, subject_counts, training_frequencies
 from datarights.world import WorldConfig, make_world, read_imagefolder
@@ -170,6 +170,36 @@ def test_leaveout_bookkeeping():
         LeaveOutConfig(owners=["Nobody Here"])
     with pytest.raises(DatarightsError, match="warm_steps"):
         LeaveOutConfig(warm_steps=-1)
+
+
+def test_owner_counterfactual_summary_tells_the_source_from_a_shuffled_owner():
+    """Planted cells: 24 queries over 8 source owners whose removal changes the generation a lot;
+    'copy' removes the source every time, 'shuffled' another query's source (a wrong owner, a small
+    change), 'half' the source on every other query. Their change relative to the oracle's, and to
+    caption's (which removes a wrong owner), must come out as planted, with intervals over queries and
+    over whole owners."""
+    rng = np.random.default_rng(0)
+    sources = [f"owner{q % 8}" for q in range(24)]
+    big, small = rng.uniform(0.02, 0.04, 24), rng.uniform(0.0005, 0.002, 24)
+    cells = {}
+    for name, removed in (("oracle", sources), ("copy", sources), ("shuffled", sources[3:] + sources[:3]),
+                          ("half", [s if q % 2 else "other" for q, s in enumerate(sources)]),
+                          ("caption", ["other"] * 24)):
+        for q in range(24):
+            hit = removed[q] == sources[q]
+            cells[f"{name}|{q}"] = {"method": name, "query": q, "source": sources[q], "removed": removed[q],
+                                    "hit": hit, "mse": float(big[q] if hit else small[q]), "source_flip": hit}
+    rows = {r["method"]: r for r in summarize_counterfactual(cells)}
+    assert rows["copy"]["mse_vs_oracle"] == 1.0 and rows["copy"]["top_owner_is_source"] == 1.0
+    assert "mse_vs_oracle" not in rows["oracle"] and rows["oracle"]["mse_vs_caption"] > 10
+    shuffled = rows["shuffled"]
+    assert shuffled["top_owner_is_source"] == 0.0 and shuffled["mse_vs_oracle_ci"][1] < 0.1
+    assert shuffled["mse_vs_oracle_ci_owners"][1] < 0.1 and shuffled["mse_vs_caption"] == 1.0   # no better than caption
+    half = rows["half"]
+    assert 0.3 < half["mse_vs_oracle_ci"][0] < half["mse_vs_oracle"] < half["mse_vs_oracle_ci"][1] < 0.75
+    assert half["top_owner_is_source"] == 0.5 and half["top_owner_is_source_ci_owners"][0] < 0.5 < \
+        half["top_owner_is_source_ci_owners"][1]
+    assert half["mse_vs_caption_ci_owners"][0] > 2
 
 
 def test_leaveout_fine_tunes_every_model_from_a_warm_start_that_never_saw_the_runs_owners(tmp_path):

@@ -425,10 +425,11 @@ def _training_data(data: Optional[Path], model) -> Path:
 @app.command("attribute")
 def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) to attribute."),
                   prompt: str = typer.Option(..., "--prompt", help="The prompt that generated it."),
-                  method: str = typer.Option("abu", help="abu | trak | dtrak | jtrak | feature | pixel | caption (the text-only baseline)."),
+                  method: str = typer.Option("abu", help="abu | abu-fast (abu to first order, ~1 s a query) | trak | dtrak | jtrak | feature | pixel | caption (the text-only baseline)."),
                   model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                   data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder; default: the default world (for the shipped model)."),
                   top: int = typer.Option(10, "--top", help="How many training images to list."),
+                  rerank: Optional[int] = typer.Option(None, "--rerank", help="abu-fast: re-score its top M training images exactly, as abu does (two-stage)."),
                   temperature: Optional[float] = typer.Option(None, "--temperature", help="Owner-share softmax temperature on standardised scores (default: the method's calibrated value)."),
                   cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache folder (default ~/.cache/datarights)."),
                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -445,6 +446,10 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
     if method not in METHODS:
         raise DatarightsError(f"unknown attribution method {method!r}; choose from {', '.join(sorted(METHODS))}")
     _check_n(top, "--top")
+    if rerank is not None and method != "abu-fast":
+        raise DatarightsError(f"--rerank re-scores abu-fast's top images; it does not apply to {method}")
+    if rerank is not None:
+        _check_n(rerank, "--rerank")
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
         raise DatarightsError(f"--temperature must be positive, got {temperature}")
     _check_report(report, overwrite, image, model, data, cache)
@@ -456,7 +461,8 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
         typer.echo("warning: this dataset is not the one the model was trained on (content hash differs)", err=True)
     if top > len(train):
         raise DatarightsError(f"--top {top} is larger than the training set ({len(train)} images)")
-    result = attribute(m, train, query, method, make_config(method), cache=cache, temperature=temperature)
+    result = attribute(m, train, query, method, make_config(method, **({"rerank": rerank} if rerank else {})),
+                       cache=cache, temperature=temperature)
     out = result.to_json(top)
     if report is not None:
         from .report import grid, write_report

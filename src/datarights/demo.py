@@ -203,6 +203,8 @@ def _attribute_step(model, judge, prompt: str, methods: tuple[str, ...], seed: i
                                   "source_owner_share": round(share.get(truth, 0.0), 4) if truth else None,
                                   "source_owner_rank": ranked.index(truth) + 1 if truth in ranked else None}
         label = "caption-only baseline (no pixels)" if method == "caption" else method
+        if not out["temperature_calibrated"]:
+            label += " (temperature not yet calibrated)"
         if truth:
             metrics[f"{label}: share of {truth} (rank)"] = (f"{share.get(truth, 0.0):.4f} "
                                                             f"(#{res['methods'][method]['source_owner_rank']})")

@@ -17,7 +17,7 @@ from ..errors import DatarightsError
 from ..models import T2IModel
 from ..registry import build_config
 from ..world import ImageFolder
-from . import abu, caption, feature, pixel, trak  # noqa: F401  (registers the methods)
+from . import abu, abu_fast, caption, feature, pixel, trak  # noqa: F401  (registers the methods)
 from .base import (METHODS, Attribution, Query, TrainingSet, fit_temperature, load_training_set, owner_shares,
                    share_temperature)
 from .cache import artifact_key, build_lock, cache_root, load_artifact, save_artifact
@@ -59,16 +59,28 @@ def resolved(cfg, model: T2IModel):
     return cfg.for_model(model) if hasattr(cfg, "for_model") else cfg
 
 
+def state_config(cfg) -> dict:
+    """The config fields that change the per-training-set state (its cache key): the result config
+    less the fields a method marks QUERY_ONLY (they change how a query is scored, never the state)."""
+    per_query = getattr(cfg, "QUERY_ONLY", ())
+    return {k: v for k, v in result_config(cfg).items() if k not in per_query}
+
+
+def state_key(model: T2IModel, train: TrainingSet, method: str, cfg) -> str:
+    """The cache key of the method's per-training-set state for this model, training set and (resolved) config."""
+    from ..models import model_hash
+
+    return artifact_key(method=method, model=model_hash(model), data=train.hash, config=state_config(cfg))
+
+
 def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | Path | None = None,
             progress=True) -> tuple[dict, float, bool]:
     """The method's per-training-set state: loaded from the cache if its key matches, else built and saved.
 
     Returns (state, seconds spent building it (0 when cached), whether it came from the cache).
     """
-    from ..models import model_hash
-
     cfg = resolved(cfg, model)
-    key = artifact_key(method=method, model=model_hash(model), data=train.hash, config=result_config(cfg))
+    key = state_key(model, train, method, cfg)
     root = cache_root(cache)
     state = load_artifact(SHIPPED, method, key)
     if state is not None:

@@ -97,7 +97,10 @@ class Projector:
         self.P = make(p, cfg.proj_dim, cfg.seed, model.device)
 
     def __call__(self, model, x0, cond, d: Draws, output: str, per_draw: bool = False) -> torch.Tensor:
-        g = per_sample_grads(model, self.mods, x0, cond, d, output, per_draw=per_draw)   # [B, p]
+        return self.project(per_sample_grads(model, self.mods, x0, cond, d, output, per_draw=per_draw))
+
+    def project(self, g: torch.Tensor) -> torch.Tensor:
+        """[B, p] -> [B, k] (a sketch overwrites g)."""
         if self.dense:
             return g @ self.P
         bucket, sign = self.P

@@ -285,12 +285,15 @@ def owner_counterfactual(cfg: OwnerCounterfactualConfig, leave: LeaveOutConfig, 
     owners_all = sorted(set(train.owners))
     removals: dict[str, list[str]] = {"oracle": [rows[i]["source_owner"] for i in idx],
                                       "random": [owners_all[rng.integers(len(owners_all))] for _ in idx]}
+    cells = results.setdefault("counterfactual", {})
     for m in cfg.methods:
+        if all(f"{m}|{q}" in cells for q in range(len(idx))):  # resumed: this method's removals are recorded
+            removals[m] = [cells[f"{m}|{q}"]["removed"] for q in range(len(idx))]
+            continue
         removals[m] = []
         for i in idx:
             r = attribute(base, train, Query(images[i], prompts[i]), m, make_config(m), cache=cache, progress=False)
             removals[m].append(owner_shares(r.scores, train.owners, r.temperature)[0]["owner"])
-    cells = results.setdefault("counterfactual", {})
     noise = base.initial_noise(len(prompts), cfg.seed + 31)
     for name, tops in removals.items():
         for q, (i, owner) in enumerate(zip(idx, tops)):
@@ -311,27 +314,37 @@ def owner_counterfactual(cfg: OwnerCounterfactualConfig, leave: LeaveOutConfig, 
 
 
 def summarize_counterfactual(cells: dict[str, dict]) -> list[dict]:
-    """Per method: how often its top owner is the true source (Wilson), the mean pixel change of the
-    generation when it is removed and the source flip rate, and the change as a share of the oracle's
-    (paired bootstrap over queries)."""
+    """Per method: how often its top owner is the true source (Wilson, and a bootstrap clustered by
+    source owner), the mean pixel change of the generation when it is removed and the source flip
+    rate, and the change as a share of the oracle's (paired bootstrap over queries, and over whole
+    source owners: several queries of one owner count as one draw)."""
     by: dict[str, dict[int, dict]] = {}
     for c in cells.values():
         by.setdefault(c["method"], {})[c["query"]] = c
-    oracle = by.get("oracle", {})
     out = []
     for name, qs in by.items():
-        common = sorted(set(qs) & set(oracle))
         hits = sum(qs[q]["hit"] for q in qs)
         flips = sum(qs[q]["source_flip"] for q in qs)
-        mse = np.array([qs[q]["mse"] for q in common])
-        ref = np.array([oracle[q]["mse"] for q in common])
         row = {"method": name, "queries": len(qs), "top_owner_is_source": round(hits / len(qs), 4),
                "top_owner_is_source_ci": rounded(wilson(hits, len(qs))), "source_flip": round(flips / len(qs), 4),
                "source_flip_ci": rounded(wilson(flips, len(qs))), **{k: rounded(v) if k.endswith("ci") else v
-                                                                      for k, v in _mean("mse", mse).items()}}
-        if len(common) > 1 and ref.mean() > 0:
-            row["mse_vs_oracle"] = round(float(mse.mean() / ref.mean()), 4)
-            row["mse_vs_oracle_ci"] = rounded(bootstrap(lambda j: mse[j].mean() / ref[j].mean(), len(common)))
+                                                                      for k, v in _mean("mse", np.array(
+                                                                          [qs[q]["mse"] for q in sorted(qs)])).items()}}
+        owners = [qs[q]["source"] for q in sorted(qs)]
+        hit = np.array([float(qs[q]["hit"]) for q in sorted(qs)])
+        row["top_owner_is_source_ci_owners"] = rounded(bootstrap(lambda j: hit[j].mean(), len(hit), groups=owners))
+        for ref_name in ("oracle", "caption"):
+            ref_qs = by.get(ref_name, {})
+            common = sorted(set(qs) & set(ref_qs))
+            mse = np.array([qs[q]["mse"] for q in common])
+            ref = np.array([ref_qs[q]["mse"] for q in common])
+            if ref_name == name or len(common) < 2 or ref.mean() <= 0:
+                continue
+            ratio = lambda j, mse=mse, ref=ref: mse[j].mean() / ref[j].mean()  # noqa: E731
+            row[f"mse_vs_{ref_name}"] = round(float(mse.mean() / ref.mean()), 4)
+            row[f"mse_vs_{ref_name}_ci"] = rounded(bootstrap(ratio, len(common)))
+            row[f"mse_vs_{ref_name}_ci_owners"] = rounded(bootstrap(ratio, len(common),
+                                                                    groups=[ref_qs[q]["source"] for q in common]))
         out.append(row)
     return out
 

@@ -1,0 +1,112 @@
+"""Linearised attribution by unlearning (`abu-fast`): AbU's scores to first order, in one gradient and
+one matrix-vector product per query.
+
+AbU (see `abu`) takes one Fisher-preconditioned ascent step on the query's loss,
+
+    d = theta' - theta = (lr / N) F~^-1 g_q,     F~ = F + damping * mean(F)   (diagonal),
+
+with g_q the query's loss gradient averaged over its draws, and scores training image i by the rise
+of its loss at fixed draws D_i: s_i = L_i(theta'; D_i) - L_i(theta; D_i). By Taylor's theorem,
+
+    s_i = g_i^T d + O(|d|^2) = (lr / N) g_i^T F~^-1 g_q + O(|d|^2),     g_i = grad L_i(theta; D_i).
+
+The step is tiny (lr / N), so the first-order term is AbU's score up to a remainder that vanishes
+with lr^2 (the test checks both). Writing u = F~^-1/2 g, s_i = (lr / N) u_i^T u_q: an inner product
+that a Johnson-Lindenstrauss projection S [k, P] keeps in expectation, s_i ~ (lr / N) (S u_i)^T (S u_q).
+
+Once per training set (cached): AbU's Fisher (same draws and damping), then phi_i = S F~^-1/2 g_i at
+AbU's own evaluation draws (its evenly spaced timesteps, row i's noise seeded by i): [N, k].
+Per query: g_q over AbU's query draws, phi_q = S F~^-1/2 g_q, scores = (lr / N) Phi phi_q.
+`projection="none"` keeps u itself (exact first order; memory N x P). One step only: AbU with
+`steps` > 1 is not linear in the query gradient.
+
+Two-stage (`rerank` M > 0): the M training images with the largest linearised scores are re-scored
+exactly (the query unlearned as `abu` does, their losses recomputed under the same draws); both
+stages estimate the same loss rise, so the other images keep their first-order values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .. import runtime
+from ..errors import DatarightsError
+from ..runtime import per_sample_grads
+from .abu import AbUConfig, eval_draws, fisher_diagonal, modules, preconditioner, query_gradient, query_inputs, \
+    training_losses, unlearned
+from .base import register
+from .trak import PROJECTIONS, Projector
+
+
+@dataclass
+class AbUFastConfig(AbUConfig):
+    """`abu`'s settings (the step, draws, Fisher and damping it linearises) plus the projection."""
+
+    proj_dim: int | None = None
+    """Projection dimension k (world 2048; SD 4096)."""
+    projection: str = "sjlt"
+    """'sjlt' (sparse sign sketch), 'dense' (Gaussian), or 'none' (no projection: exact first order)."""
+    rerank: int = 0
+    """Re-score the top M exactly (two-stage); 0: linearised scores only."""
+
+    DEFAULTS: ClassVar[dict] = {"world": dict(query_draws=256, eval_timesteps=10, batch_size=64, proj_dim=2048),
+                                "sd": dict(query_draws=50_000, eval_timesteps=20, proj_dim=4096)}
+    QUERY_ONLY: ClassVar[tuple] = ("rerank", "lr", "query_draws")
+    """Fields that change how a query is scored but not the cached state (one artifact serves them all;
+    unlike abu's, the damping is not one of them: Phi is whitened with it)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steps != 1:
+            raise DatarightsError(f"abu-fast linearises one unlearning step; got steps={self.steps} (use abu)")
+        if self.projection not in PROJECTIONS + ("none",):
+            raise DatarightsError(f"projection must be one of {', '.join(PROJECTIONS + ('none',))}, got {self.projection!r}")
+        if self.proj_dim is not None and self.proj_dim < 1:
+            raise DatarightsError(f"proj_dim must be at least 1, got {self.proj_dim}")
+        if self.rerank < 0:
+            raise DatarightsError(f"rerank must be 0 (off) or a number of images, got {self.rerank}")
+
+
+def _project(model, cfg: AbUFastConfig, u: torch.Tensor) -> torch.Tensor:
+    return u if cfg.projection == "none" else Projector(model, cfg).project(u)
+
+
+def prepare(model, train, cfg: AbUFastConfig, progress=True) -> dict:
+    fisher = fisher_diagonal(model, train, cfg, progress)
+    scale = preconditioner(fisher, cfg).sqrt().to(model.device)                       # F~^-1/2
+    mods = modules(model, cfg)
+    bs = cfg.batch_size or max(1, runtime.rows_that_fit(model, backward=True) // cfg.eval_timesteps)
+    phis = []
+    bar = runtime.progress_bar(progress, len(train), "abu-fast features")
+    for s in range(0, len(train), bs):
+        rows = torch.arange(s, min(s + bs, len(train)), device="cpu")
+        idx = rows.to(model.device)
+        g = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), eval_draws(model, train, cfg, rows))
+        phis.append(_project(model, cfg, g.mul_(scale)).cpu())
+        bar.update(len(rows))
+    bar.close()
+    # the training losses before unlearning: what the exact second stage compares against
+    return {"fisher": fisher, "phi": torch.cat(phis), "losses": training_losses(model, train, cfg, progress).cpu()}
+
+
+def score(model, train, state, query, cfg: AbUFastConfig):
+    mods = modules(model, cfg)
+    x0, cond = query_inputs(model, query)
+    g = query_gradient(model, mods, x0, cond, cfg.query_draws, cfg.seed + 2)         # abu's first step's draws
+    scale = preconditioner(state["fisher"].to(g.device), cfg).sqrt()
+    phi_q = _project(model, cfg, (g * scale)[None])[0].cpu()
+    scores = (cfg.lr / len(train)) * (state["phi"] @ phi_q)
+    if not cfg.rerank:
+        return scores
+    top = torch.argsort(scores, descending=True)[:cfg.rerank]
+    work = unlearned(model, train, state, query, cfg, first_gradient=g)
+    exact = training_losses(work, train, cfg, rows=top).cpu() - state["losses"][top]
+    scores = scores.clone()
+    scores[top] = exact
+    return scores, {"reranked": len(top)}
+
+
+register("abu-fast", AbUFastConfig, prepare, score)
