@@ -258,9 +258,7 @@ def part_abu_variants(args) -> dict:
     store = Path("runs/abu-variants")
     store.mkdir(parents=True, exist_ok=True)
     for v in ["caption"] + variants:
-        method, _, opts = v.rpartition(":") if ":" in v else ("abu", "", v)
-        over = dict(_override(kv) for kv in opts.split(",") if kv) if v != "caption" else {}
-        method = "caption" if v == "caption" else method
+        method, over = _variant(v)
         cfg = make_config(method, **over)
         kept = store / f"{v or 'default'}.pt"   # a rerun with more variants reuses the scores it has
         if kept.exists():
@@ -290,8 +288,8 @@ def part_abu_variants(args) -> dict:
             for v in variants if v != ref and ref in scores}
     summary = summarize(cells, "tune", metas)
     prev = RESULTS / "attribute-abu-variants.json"   # variants of an earlier run on the same queries are kept
-    if prev.exists() and json.loads(prev.read_text()).get("queries_meta") == metas:
-        old = json.loads(prev.read_text())
+    old = json.loads(prev.read_text()) if prev.exists() else {}
+    if old.get("queries_meta") == metas:
         summary += [r for r in old["summary"] if r["method"] not in cells]
         seconds = {**old["seconds"], **seconds}
         corr = {**old.get("corr_with_old_default", {}), **corr}
@@ -306,6 +304,7 @@ def part_abu_linearity(args) -> dict:
     correlations (over the training set) of abu at its default lr against abu at lr 1e-4, of
     unprojected abu-fast against abu at lr 1e-4 (the derivation's claim), and of the sketch against
     the unprojected first order (fp32 loss passes)."""
+    from datarights import stats
     from datarights.attribute import Query, attribute, load_training_set, make_config
     from datarights.models import load_model
     from datarights.world import read_imagefolder
@@ -315,8 +314,7 @@ def part_abu_linearity(args) -> dict:
     train = load_training_set(model, read_imagefolder(leave / "world"))
 
     def spearman(a, b):
-        ra, rb = (torch.argsort(torch.argsort(x)).double() for x in (a, b))
-        return round(float(torch.corrcoef(torch.stack([ra, rb]))[0, 1]), 4)
+        return round(stats.spearman(a.numpy(), b.numpy()), 4)
 
     rows = []
     for i, prompt in enumerate(["a photo of a fish", "a red house", "a tree"]):
@@ -353,16 +351,13 @@ def part_abu_fast(args) -> dict:
     import numpy as np
 
     from datarights.attribute import Query, attribute, load_training_set, make_config
+    from datarights.stats import spearman
     from datarights.models import load_model
 
     model = load_model()
     train = load_training_set(model, _world())
     cache = _bench_cache()
     rerank = args.rerank or [100, 500]
-
-    def spearman(a, b):
-        ra, rb = (torch.argsort(torch.argsort(x)).double() for x in (a, b))
-        return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
     def overlap(a, b, k=10):
         return len(set(torch.topk(a, k).indices.tolist()) & set(torch.topk(b, k).indices.tolist())) / k
@@ -375,7 +370,7 @@ def part_abu_fast(args) -> dict:
         fast = attribute(model, train, q, "abu-fast", make_config("abu-fast"), cache=cache, progress=False)
         one_time = one_time or fast.prepare_seconds
         row = {"kind": kind, "prompt": prompt, "abu_s": round(exact.seconds, 2), "fast_s": round(fast.seconds, 3),
-               "spearman": round(spearman(fast.scores, exact.scores), 4),
+               "spearman": round(spearman(fast.scores.numpy(), exact.scores.numpy()), 4),
                "pearson": round(float(np.corrcoef(fast.scores.numpy(), exact.scores.numpy())[0, 1]), 4),
                "top10_overlap": overlap(fast.scores, exact.scores)}
         for m in rerank:
@@ -396,6 +391,14 @@ def part_abu_fast(args) -> dict:
                for k in dict.fromkeys(r["kind"] for r in rows)}
     return {"machine": _machine(), "n_train": len(train), "queries": len(rows), "abu_fast_one_time_s": one_time,
             "summary": {k: dist(k) for k in keys}, "by_kind": by_kind, "rows": rows}
+
+
+def _variant(v: str) -> tuple[str, dict]:
+    """'caption', or '[method:]key=value,...' (method abu unless named) -> (method, config overrides)."""
+    if v == "caption":
+        return "caption", {}
+    method, _, opts = v.rpartition(":")
+    return method or "abu", dict(_override(kv) for kv in opts.split(",") if kv)
 
 
 def _override(kv: str) -> tuple[str, object]:

@@ -7,7 +7,8 @@ import datarights.train as train_mod
 from datarights.errors import DatarightsError
 from datarights.evaluate import CounterfactualConfig, CustomConfig, LDSConfig, counterfactual, custom_eval, lds
 from datarights.evaluate.custom import recall_at
-from datarights.evaluate.lds import spearman, subset_indices
+from datarights.evaluate.lds import subset_indices
+from datarights.stats import spearman
 
 from .conftest import TINY_UNET
 

@@ -446,9 +446,9 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
     if method not in METHODS:
         raise DatarightsError(f"unknown attribution method {method!r}; choose from {', '.join(sorted(METHODS))}")
     _check_n(top, "--top")
-    if rerank is not None and method != "abu-fast":
-        raise DatarightsError(f"--rerank re-scores abu-fast's top images; it does not apply to {method}")
     if rerank is not None:
+        if method != "abu-fast":
+            raise DatarightsError(f"--rerank re-scores abu-fast's top images; it does not apply to {method}")
         _check_n(rerank, "--rerank")
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
         raise DatarightsError(f"--temperature must be positive, got {temperature}")
@@ -461,8 +461,8 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
         typer.echo("warning: this dataset is not the one the model was trained on (content hash differs)", err=True)
     if top > len(train):
         raise DatarightsError(f"--top {top} is larger than the training set ({len(train)} images)")
-    result = attribute(m, train, query, method, make_config(method, **({"rerank": rerank} if rerank else {})),
-                       cache=cache, temperature=temperature)
+    result = attribute(m, train, query, method, make_config(method, rerank=rerank), cache=cache,  # None: the default
+                       temperature=temperature)
     out = result.to_json(top)
     if report is not None:
         from .report import grid, write_report

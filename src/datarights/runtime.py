@@ -26,7 +26,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 
@@ -162,14 +162,15 @@ def spaced_timesteps(k: int, num_train_timesteps: int) -> torch.Tensor:
 
 
 def draws(n: int, k: int, shape: tuple, num_train_timesteps: int, seed: int, device: torch.device, offset: int = 0,
-          timesteps: torch.Tensor | None = None) -> Draws:
-    """K (t, eps) draws for each of n samples; sample i's draws depend only on (seed, offset + i).
+          timesteps: torch.Tensor | None = None, indices: Sequence[int] | None = None) -> Draws:
+    """K (t, eps) draws for each of n samples; sample i's draws depend only on (seed, offset + i), or
+    on (seed, indices[i]) when the samples are given by index.
 
     `timesteps` fixes the K timesteps (e.g. evenly spaced, as AbU and D-TRAK use) instead of drawing them.
     """
     ts, ns = [], []
-    for i in range(n):
-        g = generator(seed, offset + i)
+    for i in (range(offset, offset + n) if indices is None else indices):
+        g = generator(seed, i)
         ts.append(timesteps.cpu().clone() if timesteps is not None
                   else torch.randint(0, num_train_timesteps, (k,), generator=g, device="cpu"))
         ns.append(torch.randn((k, *shape), generator=g, device="cpu"))

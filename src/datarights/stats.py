@@ -139,6 +139,25 @@ def mean_ci(x: Sequence[float], reps: int = 2000, seed: int = 0, groups: Sequenc
     return {"value": value, "n": int(x.size), "ci": ci}
 
 
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    ra, rb = _ranks(a), _ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=np.float64)
+    xs = x[order]
+    for v in np.unique(xs[1:][np.diff(xs) == 0]):
+        r[x == v] = r[x == v].mean()                       # ties share their average rank
+    return r
+
+
 def meets(ci: Sequence[float] | None, bar: float, above: bool = True) -> bool:
     """A bar is met only when the whole interval is on its side (never without an interval)."""
     if ci is None:

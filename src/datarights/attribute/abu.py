@@ -77,7 +77,7 @@ class AbUConfig(ModelDefaults):
             raise DatarightsError(f"abu precision must be bf16 or fp32, got {self.precision!r}")
 
 
-def _images_per_batch(model, cfg: AbUConfig, rows_per_image: int, backward: bool) -> int:
+def images_per_batch(model, cfg: AbUConfig, rows_per_image: int, backward: bool) -> int:
     if cfg.batch_size is not None:
         return cfg.batch_size
     return max(1, runtime.rows_that_fit(model, backward=backward) // rows_per_image)
@@ -85,13 +85,9 @@ def _images_per_batch(model, cfg: AbUConfig, rows_per_image: int, backward: bool
 
 def eval_draws(model, train, cfg: AbUConfig, rows: torch.Tensor):
     """The fixed draws of training rows (evenly spaced timesteps; row i's noise seeded by its index i)."""
-    ts = spaced_timesteps(cfg.eval_timesteps, model.num_train_timesteps)
-    if len(rows) and torch.equal(rows.cpu(), torch.arange(int(rows[0]), int(rows[0]) + len(rows), device="cpu")):
-        return draws(len(rows), cfg.eval_timesteps, tuple(train.x0.shape[1:]), model.num_train_timesteps, cfg.seed,
-                     model.device, offset=int(rows[0]), timesteps=ts)
-    parts = [draws(1, cfg.eval_timesteps, tuple(train.x0.shape[1:]), model.num_train_timesteps, cfg.seed, model.device,
-                   offset=int(i), timesteps=ts) for i in rows]
-    return runtime.Draws(torch.cat([d.t for d in parts]), torch.cat([d.noise for d in parts]))
+    return draws(len(rows), cfg.eval_timesteps, tuple(train.x0.shape[1:]), model.num_train_timesteps, cfg.seed,
+                 model.device, timesteps=spaced_timesteps(cfg.eval_timesteps, model.num_train_timesteps),
+                 indices=rows.tolist())
 
 
 @torch.no_grad()
@@ -100,7 +96,7 @@ def training_losses(model, train, cfg: AbUConfig, progress=False, rows: torch.Te
     rows = torch.arange(len(train), device="cpu") if rows is None else rows.cpu()
     out = []
     bar = runtime.progress_bar(progress, len(rows), "abu losses")
-    bs = max(1, cfg.batch_size // cfg.eval_timesteps * 4) if cfg.batch_size else _images_per_batch(
+    bs = max(1, cfg.batch_size // cfg.eval_timesteps * 4) if cfg.batch_size else images_per_batch(
         model, cfg, cfg.eval_timesteps, backward=False)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else model.precision
     for s in range(0, len(rows), bs):
@@ -126,7 +122,7 @@ def fisher_diagonal(model, train, cfg: AbUConfig, progress=True) -> torch.Tensor
     mods = modules(model, cfg)
     fisher = None
     bar = runtime.progress_bar(progress, len(train), "abu fisher")
-    bs = _images_per_batch(model, cfg, cfg.fisher_draws, backward=True)
+    bs = images_per_batch(model, cfg, cfg.fisher_draws, backward=True)
     for s in range(0, len(train), bs):
         idx = torch.arange(s, min(s + bs, len(train)), device=model.device)
         d = draws(len(idx), cfg.fisher_draws, tuple(train.x0.shape[1:]), model.num_train_timesteps, cfg.seed + 1,

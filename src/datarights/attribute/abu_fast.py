@@ -35,8 +35,8 @@ import torch
 from .. import runtime
 from ..errors import DatarightsError
 from ..runtime import per_sample_grads
-from .abu import AbUConfig, eval_draws, fisher_diagonal, modules, preconditioner, query_gradient, query_inputs, \
-    training_losses, unlearned
+from .abu import AbUConfig, images_per_batch, eval_draws, fisher_diagonal, modules, preconditioner, query_gradient, \
+    query_inputs, training_losses, unlearned
 from .base import register
 from .trak import PROJECTIONS, Projector
 
@@ -70,22 +70,23 @@ class AbUFastConfig(AbUConfig):
             raise DatarightsError(f"rerank must be 0 (off) or a number of images, got {self.rerank}")
 
 
-def _project(model, cfg: AbUFastConfig, u: torch.Tensor) -> torch.Tensor:
-    return u if cfg.projection == "none" else Projector(model, cfg).project(u)
+def _projection(model, cfg: AbUFastConfig):
+    """u [B, P] -> phi [B, k]: the configured sketch, or u itself for projection 'none'."""
+    return (lambda u: u) if cfg.projection == "none" else Projector(model, cfg).project
 
 
 def prepare(model, train, cfg: AbUFastConfig, progress=True) -> dict:
     fisher = fisher_diagonal(model, train, cfg, progress)
     scale = preconditioner(fisher, cfg).sqrt().to(model.device)                       # F~^-1/2
-    mods = modules(model, cfg)
-    bs = cfg.batch_size or max(1, runtime.rows_that_fit(model, backward=True) // cfg.eval_timesteps)
+    mods, project = modules(model, cfg), _projection(model, cfg)
+    bs = images_per_batch(model, cfg, cfg.eval_timesteps, backward=True)
     phis = []
     bar = runtime.progress_bar(progress, len(train), "abu-fast features")
     for s in range(0, len(train), bs):
         rows = torch.arange(s, min(s + bs, len(train)), device="cpu")
         idx = rows.to(model.device)
         g = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), eval_draws(model, train, cfg, rows))
-        phis.append(_project(model, cfg, g.mul_(scale)).cpu())
+        phis.append(project(g.mul_(scale)).cpu())
         bar.update(len(rows))
     bar.close()
     # the training losses before unlearning: what the exact second stage compares against
@@ -97,7 +98,7 @@ def score(model, train, state, query, cfg: AbUFastConfig):
     x0, cond = query_inputs(model, query)
     g = query_gradient(model, mods, x0, cond, cfg.query_draws, cfg.seed + 2)         # abu's first step's draws
     scale = preconditioner(state["fisher"].to(g.device), cfg).sqrt()
-    phi_q = _project(model, cfg, (g * scale)[None])[0].cpu()
+    phi_q = _projection(model, cfg)((g * scale)[None])[0].cpu()
     scores = (cfg.lr / len(train)) * (state["phi"] @ phi_q)
     if not cfg.rerank:
         return scores

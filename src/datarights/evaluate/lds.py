@@ -22,7 +22,7 @@ import torch
 
 from ..errors import DatarightsError
 from ..files import write_json
-from ..stats import mean_ci
+from ..stats import mean_ci, spearman
 from .runs import (QUERY_SEED, check_methods, check_queries, check_warm_start, open_run, query_concepts, query_loss,
                    run_world, subset_folder, warm_start, world_base_queries)
 
@@ -112,25 +112,6 @@ def subset_indices(cfg: LDSConfig) -> list[list[int]]:
     rng = np.random.default_rng(cfg.seed + 11)
     size = int(cfg.alpha * cfg.world_images)
     return [sorted(rng.choice(cfg.world_images, size=size, replace=False).tolist()) for _ in range(cfg.subsets)]
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    ra, rb = _ranks(a), _ranks(b)
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(len(x), dtype=np.float64)
-    xs = x[order]
-    for v in np.unique(xs[1:][np.diff(xs) == 0]):
-        r[x == v] = r[x == v].mean()                       # ties share their average rank
-    return r
 
 
 def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,

@@ -323,16 +323,15 @@ def summarize_counterfactual(cells: dict[str, dict]) -> list[dict]:
         by.setdefault(c["method"], {})[c["query"]] = c
     out = []
     for name, qs in by.items():
-        hits = sum(qs[q]["hit"] for q in qs)
-        flips = sum(qs[q]["source_flip"] for q in qs)
-        row = {"method": name, "queries": len(qs), "top_owner_is_source": round(hits / len(qs), 4),
-               "top_owner_is_source_ci": rounded(wilson(hits, len(qs))), "source_flip": round(flips / len(qs), 4),
-               "source_flip_ci": rounded(wilson(flips, len(qs))), **{k: rounded(v) if k.endswith("ci") else v
-                                                                      for k, v in _mean("mse", np.array(
-                                                                          [qs[q]["mse"] for q in sorted(qs)])).items()}}
-        owners = [qs[q]["source"] for q in sorted(qs)]
-        hit = np.array([float(qs[q]["hit"]) for q in sorted(qs)])
-        row["top_owner_is_source_ci_owners"] = rounded(bootstrap(lambda j: hit[j].mean(), len(hit), groups=owners))
+        c = [qs[q] for q in sorted(qs)]
+        hit = np.array([float(x["hit"]) for x in c])
+        hits, flips = int(hit.sum()), sum(x["source_flip"] for x in c)
+        mse = _mean(np.array([x["mse"] for x in c]))
+        row = {"method": name, "queries": len(c), "top_owner_is_source": round(hits / len(c), 4),
+               "top_owner_is_source_ci": rounded(wilson(hits, len(c))), "source_flip": round(flips / len(c), 4),
+               "source_flip_ci": rounded(wilson(flips, len(c))), "mse": mse["value"], "mse_ci": mse["ci"],
+               "top_owner_is_source_ci_owners": rounded(bootstrap(lambda j: hit[j].mean(), len(hit),
+                                                                  groups=[x["source"] for x in c]))}
         for ref_name in ("oracle", "caption"):
             ref_qs = by.get(ref_name, {})
             common = sorted(set(qs) & set(ref_qs))
@@ -349,6 +348,6 @@ def summarize_counterfactual(cells: dict[str, dict]) -> list[dict]:
     return out
 
 
-def _mean(name: str, x: np.ndarray) -> dict:
+def _mean(x: np.ndarray) -> dict:
     fig = mean_ci(x)
-    return {name: round(fig["value"], 6), f"{name}_ci": fig["ci"]}
+    return {"value": round(fig["value"], 6), "ci": rounded(fig["ci"])}
