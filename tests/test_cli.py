@@ -116,6 +116,8 @@ def test_attribute_bad_input(monkeypatch, capsys, tmp_path, tiny_world, tiny_tra
         ([tmp_path / "q.png", "--prompt", "a face", "--method", "pixel", "--temperature", "0"], "--temperature"),
         ([tmp_path / "q.png", "--prompt", "a face", "--method", "trak", "--rerank", "5"], "does not apply to trak"),
         ([tmp_path / "q.png", "--prompt", "a face", "--method", "abu-fast", "--rerank", "0"], "--rerank must be at least 1"),
+        ([tmp_path / "q.png", "--prompt", "a face", "--method", "abu-fast", "--rerank", "10" * 12],
+         "--rerank 101010101010101010101010 is larger than the training set"),
     ]:
         code, _, err = run(monkeypatch, capsys, "attribute", *args, *common)
         assert code == 2 and message in err, (args, err)

@@ -459,8 +459,9 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
     trained_on = m.meta.get("training", {}).get("data_hash")
     if trained_on and trained_on != train.hash:
         typer.echo("warning: this dataset is not the one the model was trained on (content hash differs)", err=True)
-    if top > len(train):
-        raise DatarightsError(f"--top {top} is larger than the training set ({len(train)} images)")
+    for n, flag in ((top, "--top"), (rerank or 0, "--rerank")):
+        if n > len(train):
+            raise DatarightsError(f"{flag} {n} is larger than the training set ({len(train)} images)")
     result = attribute(m, train, query, method, make_config(method, rerank=rerank), cache=cache,  # None: the default
                        temperature=temperature)
     out = result.to_json(top)
