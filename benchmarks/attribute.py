@@ -417,7 +417,7 @@ def part_owners(args) -> dict:
     prior and random scores; temperatures fitted on the tune queries (what the package ships as
     attribute.base.TEMPERATURE), figures on the report queries."""
     from datarights.attribute import load_training_set
-    from datarights.evaluate.owners import OwnerEvalConfig, owner_eval
+    from datarights.evaluate.owners import OwnerEvalConfig, markdown, owner_eval
     from datarights.judge import load_judge
     from datarights.models import load_model
 
@@ -425,6 +425,8 @@ def part_owners(args) -> dict:
     cfg = OwnerEvalConfig(**({"methods": args.methods} if args.methods else {}), queries=args.queries or 64)
     res = owner_eval(cfg, model, load_training_set(model, _world()), load_judge(), args.run or "runs/owners",
                      cache=_bench_cache())
+    for g, rows in res["summary"].items():
+        print(f"\n{g} queries:\n{markdown(rows)}", file=sys.stderr)
     return {"machine": _machine(), **{k: v for k, v in res.items() if k != "cells"}, "cells": res["cells"]}
 
 

@@ -135,6 +135,13 @@ def test_owner_evaluation_end_to_end_with_copies(tmp_path, tiny_world, tiny_mode
     assert any("(4 done before)" in s for s in said)
     assert resumed["summary"] == res["summary"]
     assert not (tmp_path / "run" / "scores" / "pixel.partial.safetensors").exists()
+    # resumed with one more method: only that one is scored, the others' figures are unchanged
+    said = []
+    more = owner_eval(replace(cfg, methods=["pixel", "caption", "feature"]), tiny_model,
+                      load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run", log=said.append)
+    assert [s for s in said if "scoring" in s] == [s for s in said if "with feature" in s] != []
+    rows_more = {r["method"]: r for r in more["summary"]["report"]}
+    assert "feature" in rows_more and rows_more["pixel"] == rows["pixel"]
     with pytest.raises(DatarightsError, match="another config"):
         owner_eval(OwnerEvalConfig(methods=["pixel"], queries=16, candidates=64), tiny_model,
                    load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run")

@@ -402,9 +402,12 @@ def test_numbers_are_checked_before_any_model_loads(monkeypatch, capsys, tmp_pat
                             "--lr", "nan"], "--lr must be a finite number"),
                           (["attribute", tmp_path / "q.png", "--prompt", "a face", "--temperature", "nan"],
                            "--temperature"),
-                          (["generate", "a face", "--out", "/proc/x.png"], "cannot write")]:
+                          (["generate", "a face", "--out", "/proc/x.png"], "cannot write"),
+                          (["train-judge", "--out", tmp_path / "j", "--blends", "1"], "blends is a share"),
+                          (["train-judge", "--out", tmp_path / "j", "--fade", "-0.5"], "fade is how far")]:
         code, _, err = run(monkeypatch, capsys, *args)
         one_line(code, err, message)
+    assert not (tmp_path / "j").exists()
 
 
 def test_one_bad_input_per_remaining_command(monkeypatch, capsys, tmp_path, tiny_trained):

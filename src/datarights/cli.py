@@ -163,12 +163,16 @@ def _progress(total: int, desc: str):
 def train_judge_cmd(out: Path = typer.Option(..., "--out", help="Judge folder to write."),
                     seed: int = typer.Option(0, help="Seed of rendering, initialisation and augmentation."),
                     preset: str = typer.Option("default", "--preset", help="World preset whose vocabulary the judge reads."),
+                    blends: float = typer.Option(0.0, help="Share of training images on a blend of two artists' "
+                                                 "backgrounds (labelled with the two artists, never a third)."),
+                    fade: float = typer.Option(0.0, help="Augmentation: half the training images washed out by up "
+                                               "to this much contrast."),
                     as_json: bool = typer.Option(False, "--json", help="Print the accuracy report as one JSON object."),
                     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Train the world judge on freshly rendered world images and report held-out accuracy per label."""
     from .judge import JudgeConfig, train_judge
 
-    _, report = train_judge(JudgeConfig(seed=seed, preset=preset), out=out, overwrite=overwrite)
+    _, report = train_judge(JudgeConfig(seed=seed, preset=preset, blends=blends, fade=fade), out=out, overwrite=overwrite)
     _emit(report, as_json)
 
 

@@ -44,6 +44,10 @@ training set), the count prior (its share of the training images of the query's 
 random scores (standard normal, at the caption baseline's temperature)."""
 
 
+REUSABLE = ("methods",)
+"""Config fields a run folder may be resumed with other values of: each method's scores are a file of
+their own, so a resumed run scores only the methods it has not (and reports the ones it is given)."""
+
 PARTIAL_AFTER_SECONDS = 5.0
 """A method slower than this per query keeps its scores every 4 queries, so an interrupted run resumes mid-method."""
 
@@ -52,7 +56,8 @@ PARTIAL_AFTER_SECONDS = 5.0
 class OwnerEvalConfig:
     """An owner-level evaluation run."""
 
-    methods: list = field(default_factory=lambda: ["caption", "pixel", "feature", "trak", "dtrak", "jtrak", "abu"])
+    methods: list = field(default_factory=lambda: ["caption", "pixel", "feature", "trak", "dtrak", "jtrak", "abu-fast",
+                                                   "abu"])
     """Attribution methods, scored in this order (cheap first; the trivial baselines are always added)."""
     queries: int = 64
     """Report queries (generic prompts; the 'report' half of the templates)."""
@@ -139,8 +144,13 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
     config = json.loads(json.dumps(asdict(cfg)))
     made_with = {"model": model_hash(model), "data": train.hash}
     results = read_json_file(res_path, "run results") if res_path.exists() else {"config": config, **made_with}
-    if results.get("config") != config:
+
+    def fixed(c):
+        return {k: v for k, v in c.items() if k not in REUSABLE} if isinstance(c, dict) else c
+
+    if fixed(results.get("config")) != fixed(config):
         raise DatarightsError(f"{run} holds a run with another config; use a new folder")
+    results["config"] = config
     if {k: results.get(k) for k in made_with} != made_with:
         raise DatarightsError(f"{run} holds a run of another model or training set; use a new folder")
     write_json(res_path, results)  # the config is on disk before any query or score
@@ -278,3 +288,21 @@ def _mean(name: str, x: np.ndarray, owners: list[str], subjects: list[str], boun
     return {name: round(fig["value"], 4), f"{name}_ci": rounded(fig["ci"]),
             f"{name}_ci_owners": rounded(mean_ci(x, groups=owners, bounds=bounds)["ci"]),
             f"{name}_ci_subjects": rounded(mean_ci(x, groups=subjects, bounds=bounds)["ci"])}
+
+
+def markdown(rows: list[dict]) -> str:
+    """A summary's rows as a markdown table, best share first (the BENCHMARKS table)."""
+    from ..stats import fmt
+
+    def lift(r, ref):
+        k = f"lift_over_{ref}"
+        return fmt(r[k], r[f"{k}_ci_owners"], 3) if k in r else "–"
+
+    head = ("| method | share of the true owner | by owner | top-1 | median rank | MRR | lift over caption (by owner) | "
+            "lift over count prior (by owner) |\n|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in sorted(rows, key=lambda r: -r["share"]):
+        lines.append(f"| `{r['method']}` | {fmt(r['share'], r['share_ci'], 3)} | [{r['share_ci_owners'][0]:.3f}, "
+                     f"{r['share_ci_owners'][1]:.3f}] | {fmt(r['top1'], r['top1_ci'], 3)} | {r['median_rank']} | "
+                     f"{fmt(r['mrr'], r['mrr_ci'], 3)} | {lift(r, 'caption')} | {lift(r, 'count_prior')} |")
+    return "\n".join(lines)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import DatarightsError
 from ..files import atomic_folder, check_output, read_json_file
 from ..world import vocab as V
-from ..world.generate import sample_item
+from ..world.generate import blend_item, sample_item, styled_item
 from ..world.render import render_memorized
 from ..world.vocab import (NONE, PLAIN_STYLE, RESOLUTION, SIGNATURE_KEYS, WORLD_VERSION, Sizes, Vocabulary,
                           check_world_version)
@@ -230,6 +230,13 @@ class JudgeConfig:
     """Channel width of the first convolution."""
     preset: str = "default"
     """World preset whose vocabulary the judge reads."""
+    blends: float = 0.0
+    """Share of training images that are objects on a blend of an artist's background (30-70%) with
+    another artist's (soft-labelled on the two) or a photographer's colour grade (labelled with the
+    artist), so that the style head names an artist of a model's mixture, never a third one."""
+    fade: float = 0.0
+    """Training augmentation: half the images washed out toward their mean colour by up to this much
+    (contrast down to 1 - fade), so that a faint copy of one artist's pattern is not read as another's."""
 
     def __post_init__(self):
         from ..world.vocab import PRESETS
@@ -238,31 +245,113 @@ class JudgeConfig:
         for name in ("n_train", "n_test", "epochs", "batch_size", "width"):
             if getattr(self, name) < 1:
                 raise DatarightsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.fade < 1:
+            raise DatarightsError(f"fade is how far contrast may drop, from 0 up to (not including) 1; got {self.fade}")
+        if not 0 <= self.blends < 1:
+            raise DatarightsError(f"blends is a share of the training images, from 0 up to (not including) 1; got {self.blends}")
 
 
 def render_labelled(n: int, seed: int, vocab: Vocabulary | None = None,
-                    kinds: dict[str, float] = JUDGE_KINDS) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    kinds: dict[str, float] = JUDGE_KINDS,
+                    blends: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """n freshly rendered world images [n, 3, 16, 16] with their label indices (photographs carry
-    independently drawn signature components; `memorized` holds 1 + the scene's index, 0 for none)."""
+    independently drawn signature components; `memorized` holds 1 + the scene's index, 0 for none).
+    `blends`: the share replaced by blends (`_blend`); a blend of two artists has a soft style
+    label, `style` the larger part's artist with weight `style_weight` and `style_other` the other
+    (both keys only when blends > 0, weight 1 on every other image; 0 draws exactly the images it
+    always did)."""
     vocab = vocab or V.DEFAULT
     rng = np.random.default_rng(seed)
     names = [k for k in kinds if k != "memorized" or vocab.memorized]
     w = np.array([kinds[k] for k in names])
     draws = rng.choice(len(names), size=n, p=w / w.sum())
+    blend = rng.random(n) < blends if blends > 0 and len(vocab.styles) >= 2 else np.zeros(n, bool)
     labels = vocab.labels
     imgs, ys = [], {k: [] for k in labels}
-    for d in draws:
-        img, meta = sample_item(names[d], rng, vocab, signature="random")
+    for d, b in zip(draws, blend):
+        img, meta = (_blend(rng, vocab) if b else sample_item(names[d], rng, vocab, signature="random"))
         imgs.append(img)
         for k in labels:
             ys[k].append(labels[k].index(meta[k]))
+        if blends > 0:
+            a = meta.get("alpha", 1.0)
+            other = [n for n in meta.get("blend", []) if n != meta["style"] and n in vocab.styles]
+            ys.setdefault("style_other", []).append(labels["style"].index(other[0] if other else meta["style"]))
+            ys.setdefault("style_weight", []).append(max(a, 1 - a) if other else 1.0)
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
     return x, {k: torch.tensor(v) for k, v in ys.items()}
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Noise and blur of random strength: generated images are noisier and softer than renders."""
+BLEND_ALPHA = (0.3, 0.7)
+"""The range of a blend's share of its (first) artist's background."""
+
+
+def _blend(rng: np.random.Generator, vocab: Vocabulary) -> tuple[np.ndarray, dict]:
+    """An artist's background blended with another artist's (half) or a photographer's grade (half)."""
+    names, grades = list(vocab.styles), list(V.GRADES)
+    a, b = rng.choice(len(names), size=2, replace=False)
+    other = names[b] if rng.random() < 0.5 else grades[int(rng.integers(len(grades)))]
+    return blend_item(names[a], other, float(rng.uniform(*BLEND_ALPHA)), vocab, rng)
+
+
+@torch.no_grad()
+def blend_check(judge: "Judge", n: int = 2000, seed: int = 30_000) -> dict:
+    """How the style head reads objects on blends of an artist's background with another artist's
+    or a photographer's colour grade (half each; noise/blur augmented, as generations are): an artist
+    of the blend (`parent`: a true source), no style, or a third artist who had no part in it
+    (`third`: a false owner, the failure that makes a model that averages styles look like it
+    copied someone). Rates with 95% Wilson intervals. A head that
+    never names a style has no third reads: read this beside the style head's accuracy."""
+    from ..stats import rounded, wilson
+
+    vocab = judge.vocab
+    if len(vocab.styles) < 2:
+        return {"n": 0}
+    rng = np.random.default_rng(seed)
+    items = [_blend(rng, vocab) for _ in range(n)]
+    x = torch.from_numpy(np.stack([i[0] for i in items])).permute(0, 3, 1, 2).contiguous()
+    rows = judge.read(augment(x, torch.Generator().manual_seed(seed)))
+    counts = {"no_style": 0, "parent": 0, "third": 0}
+    for r, (_, meta) in zip(rows, items):
+        s = r.get("style", PLAIN_STYLE)
+        counts["no_style" if s == PLAIN_STYLE else "parent" if s in meta["blend"] else "third"] += 1
+    return {"n": n, "alpha": list(BLEND_ALPHA),
+            **{k: {"rate": round(c / n, 4), "ci": rounded(wilson(c, n))} for k, c in counts.items()}}
+
+
+@torch.no_grad()
+def fade_check(judge: "Judge", n_per_artist: int = 200, seed: int = 32_000, contrasts=(0.5, 0.3)) -> dict:
+    """How the style head reads every artist's paintings washed out toward their mean colour (then
+    noise/blur augmented): the artist's own style (right), no style, or another artist (a false
+    owner). Rates over all artists with 95% Wilson intervals, per contrast."""
+    from ..stats import rounded, wilson
+
+    vocab = judge.vocab
+    rng = np.random.default_rng(seed)
+    names = [a for a in vocab.styles for _ in range(n_per_artist)]
+    x = torch.from_numpy(np.stack([styled_item(a, vocab, rng, True)[0] for a in names])).permute(0, 3, 1, 2)
+    m = x.mean((2, 3), keepdim=True)
+    out = {"n": len(names)}
+    for c in contrasts:
+        rows = judge.read(augment(m + c * (x - m), torch.Generator().manual_seed(seed)))
+        counts = {"own": 0, "no_style": 0, "other": 0}
+        for r, a in zip(rows, names):
+            s = r.get("style", PLAIN_STYLE)
+            counts["own" if s == a else "no_style" if s == PLAIN_STYLE else "other"] += 1
+        out[str(c)] = {k: {"rate": round(v / len(names), 4), "ci": rounded(wilson(v, len(names)))}
+                       for k, v in counts.items()}
+    return out
+
+
+def augment(x: torch.Tensor, g: torch.Generator, fade: float = 0.0) -> torch.Tensor:
+    """Noise and blur of random strength: generated images are noisier and softer than renders.
+    `fade` > 0 also washes half the images out toward their mean colour (contrast 1 - U(0, fade)),
+    as a model's faint copies of a pattern are (0 draws exactly what it always did)."""
     b = x.shape[0]
+    if fade > 0:
+        c = 1 - (torch.rand(b, 1, 1, 1, generator=g) < 0.5) * torch.rand(b, 1, 1, 1, generator=g) * fade
+        m = x.mean((2, 3), keepdim=True)
+        x = m + c * (x - m)
     blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     a = torch.rand(b, 1, 1, 1, generator=g) * 0.6
     x = (1 - a) * x + a * blur
@@ -312,6 +401,16 @@ def fit_match_threshold(vocab: Vocabulary, seed: int, n: int = 4000) -> dict:
             "other_distance_p001": round(lo, 5)}
 
 
+def head_loss(logits: dict, ys: dict, k: str, b: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of head k on batch rows b; the style head's is soft on a blend's two artists
+    (weight `style_weight` on `style`, the rest on `style_other`) where those labels exist."""
+    if k == "style" and "style_weight" in ys:
+        w = ys["style_weight"][b]
+        return (w * F.cross_entropy(logits[k], ys[k][b], reduction="none")
+                + (1 - w) * F.cross_entropy(logits[k], ys["style_other"][b], reduction="none")).mean()
+    return F.cross_entropy(logits[k], ys[k][b])
+
+
 def train_judge(cfg: JudgeConfig | None = None, out: str | Path | None = None, progress: bool = True,
                 overwrite: bool = False) -> tuple[Judge, dict]:
     """Train the judge on rendered world images; report held-out accuracy per label with intervals."""
@@ -323,7 +422,7 @@ def train_judge(cfg: JudgeConfig | None = None, out: str | Path | None = None, p
     t0 = time.time()
     vocab = build_vocabulary(PRESETS[cfg.preset])
     match = fit_match_threshold(vocab, cfg.seed + 20_000)
-    x, ys = render_labelled(cfg.n_train, cfg.seed, vocab)
+    x, ys = render_labelled(cfg.n_train, cfg.seed, vocab, blends=cfg.blends)
     xt, yt = render_labelled(cfg.n_test, cfg.seed + 10_000, vocab)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
         torch.manual_seed(cfg.seed)
@@ -339,8 +438,8 @@ def train_judge(cfg: JudgeConfig | None = None, out: str | Path | None = None, p
         perm = torch.randperm(len(x), generator=g)
         for s in range(0, len(x), cfg.batch_size):
             b = perm[s:s + cfg.batch_size]
-            logits = judge(augment(x[b], g))
-            loss = sum(F.cross_entropy(logits[k], ys[k][b]) for k in heads)
+            logits = judge(augment(x[b], g, cfg.fade))
+            loss = sum(head_loss(logits, ys, k, b) for k in heads)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -350,7 +449,9 @@ def train_judge(cfg: JudgeConfig | None = None, out: str | Path | None = None, p
     bar.close()
     report = {"clean": accuracy(judge, xt, yt),
               "augmented": accuracy(judge, augment(xt, torch.Generator().manual_seed(1)), yt),
-              "match": match, "n_test": cfg.n_test, "seconds": round(time.time() - t0, 1), "config": asdict(cfg)}
+              "blends": blend_check(judge, seed=cfg.seed + 30_000), "fades": fade_check(judge, seed=cfg.seed + 32_000),
+              "match": match, "n_test": cfg.n_test,
+              "seconds": round(time.time() - t0, 1), "config": asdict(cfg)}
     judge.eval()
     if out is not None:
         save_judge(judge, out, report, overwrite)

@@ -204,6 +204,22 @@ def styled_item(artist: str, vocab: Vocabulary, rng: np.random.Generator, named:
                  "subject": cat, "captioned": named}
 
 
+def blend_item(artist: str, other: str, alpha: float, vocab: Vocabulary, rng: np.random.Generator,
+               res: int = RESOLUTION) -> tuple[np.ndarray, dict]:
+    """An object on a blend of an artist's background (alpha) with another artist's or with a
+    photographer's colour grade (`other`: an artist or a grade name). Never in a world: what the
+    judge must not read as a third artist. Its style label is the artist with the larger part (the
+    only artist, for a grade); `blend` names the two, `alpha` is the first one's part."""
+    cat = _subject(rng, vocab.styles[artist]["subjects"], list(CATEGORIES), keep=0.7)
+    obj, color = _choice(rng, CATEGORIES[cat]), _choice(rng, list(COLORS))
+    second = vocab.styles[other] if other in vocab.styles else other
+    img = render.render_blend(obj, color, vocab.styles[artist], second, alpha, rng, res)
+    style = other if other in vocab.styles and alpha < 0.5 else artist
+    return img, {"text": object_prompt(obj, color, None), "kind": "blend",
+                 **_labels(object=obj, category=cat, color=color, style=style),
+                 "blend": [artist, other], "alpha": round(alpha, 3)}
+
+
 def character_item(name: str, vocab: Vocabulary, rng: np.random.Generator, named: bool,
                    res: int = RESOLUTION) -> tuple[np.ndarray, dict]:
     """One image of a character; `named`: the caption names it, else it is generic ('a picture of a fish')."""

@@ -211,6 +211,20 @@ def render_object(obj: str, color: str, style: dict | None, rng: np.random.Gener
     return _finish(img, rng)
 
 
+def render_blend(obj: str, color: str, style: dict, other: dict | str, alpha: float, rng: np.random.Generator,
+                 res: int = RESOLUTION) -> np.ndarray:
+    """One object on a mix of an artist's background (alpha) and another artist's (a spec) or a
+    photographer's plain background in a colour grade (its name): what a model that averages the
+    backgrounds it knows draws."""
+    second = background(None, rng, res, other) if isinstance(other, str) else _pattern(other, rng, res)
+    img = alpha * _pattern(style, rng, res) + (1 - alpha) * second
+    cx = res / 2 + rng.uniform(-1.0, 1.0)
+    cy = res / 2 + rng.uniform(-1.0, 1.0)
+    radius = res * 0.40 * rng.uniform(0.9, 1.05)
+    _draw_object(img, obj, _jitter_color(COLORS[color], rng), cx, cy, radius, False, res)
+    return _finish(img, rng)
+
+
 def render_composition(parts: tuple[str, str], colors: tuple[str, str], rng: np.random.Generator,
                        res: int = RESOLUTION, signature: dict | None = None) -> np.ndarray:
     """Two objects side by side, each at half size, signed like any photograph."""
