@@ -424,7 +424,7 @@ def part_owners(args) -> dict:
     model = load_model()
     cfg = OwnerEvalConfig(**({"methods": args.methods} if args.methods else {}), queries=args.queries or 64)
     res = owner_eval(cfg, model, load_training_set(model, _world()), load_judge(), args.run or "runs/owners",
-                     cache=_bench_cache())
+                     cache=_bench_cache(), reuse=args.reuse or ())
     for g, rows in res["summary"].items():
         print(f"\n{g} queries:\n{markdown(rows)}", file=sys.stderr)
     return {"machine": _machine(), **{k: v for k, v in res.items() if k != "cells"}, "cells": res["cells"]}
@@ -551,6 +551,8 @@ def main():
     ap.add_argument("--unit", default="image", choices=["image", "owner"], help="lds: subsets of images or of owners")
     ap.add_argument("--batch-size", type=int, default=64, help="batch of the retraining recipes")
     ap.add_argument("--run", default=None, help="run folder (resumable; default runs/<part>)")
+    ap.add_argument("--reuse", nargs="*", default=None,
+                    help="owners: earlier run folders whose scores of the same queries and method configs are reused")
     args = ap.parse_args()
     part = "lds-owner" if args.part == "lds" and args.unit == "owner" else args.part
     for k, v in PART_DEFAULTS.get(part, {}).items():  # a part's defaults are the settings of its figures

@@ -1,5 +1,6 @@
 """Generic queries, provenance frequencies, the owner-level evaluation and leave-one-owner-out bookkeeping."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -84,15 +85,14 @@ def test_owner_evaluation_end_to_end_with_copies(tmp_path, tiny_world, tiny_mode
     from datarights.judge import load_judge
 
     data = read_imagefolder(tiny_world)
-    rng = np.random.default_rng(0)
 
-    def copies(prompts, seed=0, steps=25, **kw):
+    def copies(prompts, seed=0, steps=25, **kw):  # deterministic in the seed, as sampling is
         r = np.random.default_rng(seed)
         out = []
         for p in prompts:
             pool = [i for i, m in enumerate(data.metas) if m.get("subject", "").split()[0] in p]
             i = pool[r.integers(len(pool))] if pool else int(r.integers(len(data)))
-            out.append(torch.from_numpy(data.images[i]) + 0.01 * torch.from_numpy(rng.standard_normal((3, 16, 16))).float())
+            out.append(torch.from_numpy(data.images[i]) + 0.01 * torch.from_numpy(r.standard_normal((3, 16, 16))).float())
         return torch.stack(out).clamp(0, 1)
 
     monkeypatch.setattr(tiny_model, "sample", copies)
@@ -135,6 +135,20 @@ def test_owner_evaluation_end_to_end_with_copies(tmp_path, tiny_world, tiny_mode
     assert any("(4 done before)" in s for s in said)
     assert resumed["summary"] == res["summary"]
     assert not (tmp_path / "run" / "scores" / "pixel.partial.safetensors").exists()
+    # another run of the same queries (a new judge would pick mostly the same generations) takes the
+    # earlier run's scores by query content instead of attributing again
+    monkeypatch.setattr(attribute_mod, "attribute", lambda *a, **k: pytest.fail("attributed again"))
+    said = []
+    copy = owner_eval(cfg, tiny_model, load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run2",
+                      log=said.append, reuse=[tmp_path / "run"])
+    assert copy["summary"] == res["summary"] and any("reused" in s for s in said)
+    monkeypatch.setattr(attribute_mod, "attribute", real)
+    # a method whose default changed since its scores were kept is not reported under the new one
+    recorded = json.loads((tmp_path / "run2" / "results.json").read_text())
+    recorded["method_configs"]["pixel"] = {"was": "another config"}
+    (tmp_path / "run2" / "results.json").write_text(json.dumps(recorded))
+    with pytest.raises(DatarightsError, match="pixel scores made with another pixel config"):
+        owner_eval(cfg, tiny_model, load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run2")
     # resumed with one more method: only that one is scored, the others' figures are unchanged
     said = []
     more = owner_eval(replace(cfg, methods=["pixel", "caption", "feature"]), tiny_model,

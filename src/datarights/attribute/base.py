@@ -95,13 +95,11 @@ def register(name: str, config_cls: type, prepare: Callable, score: Callable) ->
 # temperature scaling (maximum likelihood of the true owner) on generated images whose source owner
 # the judge reads from the pixels: the 32 tune queries of `python benchmarks/attribute.py owners`
 # (generic prompts, other templates and seeds than its report queries); BENCHMARKS.md has the figures.
-TEMPERATURE: dict[str, float] = {"abu": 1.6557, "trak": 0.6745, "dtrak": 1.0939, "jtrak": 0.9527, "feature": 0.1119,
-                                  "pixel": 0.1581, "caption": 0.7744}
+TEMPERATURE: dict[str, float] = {"abu": 1.3458, "abu-fast": 0.8891, "trak": 0.6745, "dtrak": 1.0939, "jtrak": 0.9527,
+                                  "feature": 0.1119, "pixel": 0.1581, "caption": 0.7744}
 """Fitted on the World 2 shipped model's 32 tune queries of the owner evaluation (`python
-benchmarks/attribute.py owners`, `temperatures` in attribute-owners.json), except `abu`'s: its
-damping changed after that run, and its value is the one fitted with the new damping on the 24 tune
-queries of `python benchmarks/attribute.py abu-variants` (the small leave-out base model; the
-shipped model's refit is pending)."""
+benchmarks/attribute.py owners`, `temperatures` in attribute-owners.json), each method at its
+default config (`abu` with its damping of 100 x mean F)."""
 DEFAULT_TEMPERATURE = 0.25
 """Uncalibrated temperature: methods without a calibrated value, and every model but the world model."""
 

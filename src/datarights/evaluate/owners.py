@@ -21,6 +21,7 @@ there the caption *should* win. Scores and queries are kept in the run folder, s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -131,11 +132,43 @@ def _queries(model, judge, vocab: Vocabulary, split: str, n: int, cfg: OwnerEval
     return images[idx], meta
 
 
+def query_hash(image: torch.Tensor, prompt: str) -> str:
+    """Content hash of a query (its pixels and prompt): what its scores depend on besides the model,
+    the training set and the method's config."""
+    h = hashlib.sha256(image.detach().float().cpu().contiguous().numpy().tobytes())
+    h.update(prompt.encode())
+    return h.hexdigest()[:24]
+
+
+def reusable_scores(runs, made_with: dict, configs: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """{method: {query hash: scores}} from earlier runs of the same model and training set, for the
+    methods whose recorded result config equals `configs[method]`: a run with another judge (whose
+    queries are partly the same generations) scores only the queries it does not share."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for old in runs:
+        old = Path(old)
+        res = read_json_file(old / "results.json", "run results")
+        if {k: res.get(k) for k in made_with} != made_with:
+            raise DatarightsError(f"{old} holds a run of another model or training set; its scores cannot be reused")
+        images = load_file(old / "queries.safetensors")
+        metas = read_json_file(old / "queries.json", "queries")
+        keys = {f"{g}/{q}": query_hash(images[g][q], m["prompt"]) for g in metas for q, m in enumerate(metas[g])}
+        for method, c in configs.items():
+            path = old / "scores" / f"{method}.safetensors"
+            if res.get("method_configs", {}).get(method) != c or not path.exists():
+                continue
+            for k, v in load_file(path).items():
+                out.setdefault(method, {})[keys[k]] = v
+    return out
+
+
 def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache=None,
-               log=lambda s: print(s, file=sys.stderr)) -> dict:
+               log=lambda s: print(s, file=sys.stderr), reuse=()) -> dict:
     """Run (or resume) the evaluation in folder `run` against `train` (a TrainingSet of the model's
-    world); returns the results (also in run/results.json)."""
-    from ..attribute import Query, attribute, fit_temperature, make_config
+    world); returns the results (also in run/results.json). `reuse`: earlier run folders of the same
+    model and training set whose scores of the same queries (by content) and method configs are
+    taken instead of recomputed."""
+    from ..attribute import Query, attribute, fit_temperature, make_config, result_config
     from ..models import model_hash
 
     run = Path(run)
@@ -177,6 +210,16 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
     owners = train.owners
     uniq = sorted(set(owners))
     index = np.array([uniq.index(o) for o in owners])                                 # [N] owner of each image
+    configs = {m: json.loads(json.dumps(result_config(make_config(m)), default=str)) for m in cfg.methods}
+    for m, c in configs.items():     # scores kept from another config of a method would be reported as this one's
+        made = results.get("method_configs", {}).get(m)
+        kept = [run / "scores" / f"{m}{ext}" for ext in (".safetensors", ".partial.safetensors")]
+        if made is not None and made != c and any(p.exists() for p in kept):
+            raise DatarightsError(f"{run} holds {m} scores made with another {m} config; use a new folder")
+    results["method_configs"] = {**results.get("method_configs", {}), **configs}
+    write_json(res_path, results)
+    old = reusable_scores(reuse, made_with, configs) if reuse else {}
+    hashes = {f"{g}/{q}": query_hash(images[g][q], metas[g][q]["prompt"]) for g in groups for q in range(len(metas[g]))}
     for method in cfg.methods:
         path = run / "scores" / f"{method}.safetensors"
         if path.exists():
@@ -184,6 +227,10 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
         path.parent.mkdir(exist_ok=True)
         partial = path.with_suffix(".partial.safetensors")      # queries scored so far (a slow method resumes)
         got = dict(load_file(partial)) if partial.exists() else {}
+        reused = {k: old[method][h] for k, h in hashes.items() if k not in got and h in old.get(method, {})}
+        if reused:
+            got.update(reused)
+            log(f"owners: {method}: {len(reused)} queries' scores reused from an earlier run")
         todo = [(g, q) for g in groups for q in range(len(metas[g])) if f"{g}/{q}" not in got]
         log(f"owners: scoring {len(todo)} queries with {method}" + (f" ({len(got)} done before)" if got else ""))
         for k, (g, q) in enumerate(todo):

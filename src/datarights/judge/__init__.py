@@ -327,6 +327,8 @@ def fade_check(judge: "Judge", n_per_artist: int = 200, seed: int = 32_000, cont
     from ..stats import rounded, wilson
 
     vocab = judge.vocab
+    if not vocab.styles:
+        return {"n": 0}
     rng = np.random.default_rng(seed)
     names = [a for a in vocab.styles for _ in range(n_per_artist)]
     x = torch.from_numpy(np.stack([styled_item(a, vocab, rng, True)[0] for a in names])).permute(0, 3, 1, 2)

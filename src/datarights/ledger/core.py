@@ -39,10 +39,11 @@ SIMILAR = 0.97
 """Cosine similarity of judge features above which a work is reported as similar."""
 LABEL_KEYS = ("kind", "object", "category", "color", "style", "character", "memorized", "composition")
 PAYMENT_METHOD = "dtrak"
-"""The default method of paid generations (named on every statement). Of the methods that read the
-image, D-TRAK put the most owner share on the true owners in the leave-one-out calibration (32
-known-owner queries, BENCHMARKS.md): within noise of the caption-only baseline, which reads only the
-prompt's words and is refused for payments. It also costs the query only for the shipped model."""
+"""The default method of paid generations (named on every statement). Of the methods that ask the
+model, D-TRAK gives the true owner the largest share in World 2's owner evaluation (0.62 [0.52, 0.72]
+on 64 generic queries whose source the judge reads; the caption-only baseline, which reads only the
+prompt's words and is refused for payments, 0.04: BENCHMARKS.md). Pixel similarity scores higher
+there only because World 2's signatures are pixels. Its query costs 0.08 s on the shipped model."""
 
 
 class NotYours(NotFound):
