@@ -80,7 +80,7 @@ def part_generic(judges: dict) -> dict:
 
 
 def part_leaveout(judges: dict, run: Path, owners: list[str] | None) -> dict:
-    from datarights.evaluate.leaveout import LeaveOutConfig, _owner_model, _recipe, has_trace, owner_prompts
+    from datarights.evaluate.leaveout import LeaveOutConfig, _recipe, cell_images, has_trace
     from datarights.evaluate.provenance import read_sources
     from datarights.evaluate.runs import run_world, world_and_base
     from datarights.files import read_json_file
@@ -94,11 +94,7 @@ def part_leaveout(judges: dict, run: Path, owners: list[str] | None) -> dict:
     for owner in owners:
         t0 = time.time()
         n = results["owners"].get(owner, {}).get("generations", cfg.generations)
-        prompts = owner_prompts(owner, vocab, n, cfg.seed + 17)
-        model = _owner_model(run, owner, folder, cfg, print, None, None)
-        noise = base.initial_noise(len(prompts), cfg.seed + 7)
-        imgs = {"before": base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps, noise=noise),
-                "after": model.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps, noise=noise)}
+        imgs = dict(zip(("before", "after"), cell_images(run, owner, folder, base, cfg, vocab, n, print)))
         cell = {"generations": n}
         for name, j in judges.items():
             hits = {w: [has_trace(r, owner, vocab) for r in read_sources(j, im, vocab)] for w, im in imgs.items()}

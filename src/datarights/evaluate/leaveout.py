@@ -154,6 +154,17 @@ def _owner_model(run: Path, owner: str, folder, cfg: LeaveOutConfig, log, device
     return load_model(out, device, precision)
 
 
+def cell_images(run: Path, owner: str, folder, base, cfg: LeaveOutConfig, vocab: Vocabulary, n: int, log,
+                device=None, precision=None):
+    """An owner's cell: n generations of generic prompts of its subjects by the base model and by the
+    model retrained without the owner (made once, kept in the run folder), with the same prompts and
+    noise. Returns (before, after) images."""
+    prompts = owner_prompts(owner, vocab, n, cfg.seed + 17)
+    model = _owner_model(run, owner, folder, cfg, log, device, precision)
+    noise = base.initial_noise(len(prompts), cfg.seed + 7)
+    return tuple(m.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps, noise=noise) for m in (base, model))
+
+
 def leaveout(cfg: LeaveOutConfig, run: str | Path, judge=None, log=lambda s: print(s, file=sys.stderr),
              device=None, precision=None) -> dict:
     """Run (or resume) the leave-one-owner-out check in folder `run`; returns the results (also in
@@ -177,17 +188,14 @@ def leaveout(cfg: LeaveOutConfig, run: str | Path, judge=None, log=lambda s: pri
         if results["owners"].get(owner, {}).get("generations") == cfg.generations:
             continue  # done (a run resumed with other --generations redoes the cell on the same models)
         t0 = time.time()
-        prompts = owner_prompts(owner, vocab, cfg.generations, cfg.seed + 17)
-        model = _owner_model(run, owner, folder, cfg, log, device, precision)
-        noise = base.initial_noise(len(prompts), cfg.seed + 7)
-        before = read_sources(judge, base.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps, noise=noise), vocab)
-        after = read_sources(judge, model.sample(prompts, seed=cfg.seed + 7, steps=cfg.sample_steps, noise=noise), vocab)
+        images = cell_images(run, owner, folder, base, cfg, vocab, cfg.generations, log, device, precision)
+        before, after = (read_sources(judge, im, vocab) for im in images)
         b = np.array([has_trace(r, owner, vocab) for r in before], dtype=float)
         a = np.array([has_trace(r, owner, vocab) for r in after], dtype=float)
         ratio = ratio_of_means(a, b, seed=cfg.seed)
         results["owners"][owner] = {
             "kind": vocab.owner_kind(owner), "images": sum(m["owner"] == owner for m in folder.metas),
-            "control": bool(vocab.photographers.get(owner, {}).get("control")), "generations": len(prompts),
+            "control": bool(vocab.photographers.get(owner, {}).get("control")), "generations": len(before),
             "rate_before": round(float(b.mean()), 4), "rate_before_ci": rounded(wilson(b.sum(), len(b))),
             "rate_after": round(float(a.mean()), 4), "rate_after_ci": rounded(wilson(a.sum(), len(a))),
             "ratio": round(ratio["value"], 4) if np.isfinite(ratio["value"]) else None,

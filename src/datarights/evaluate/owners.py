@@ -25,7 +25,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import DatarightsError
-from ..files import atomic_file, open_run_folder, read_json_file, write_json
+from ..files import atomic_file, read_json_file, write_json
 from ..stats import mean_ci, rounded, wilson
 from ..world.vocab import CREDIT, Vocabulary
 from .provenance import generic_prompts, read_sources, subject_counts, vocabulary_of
-from .runs import check_methods
+from .runs import check_methods, open_run
 
 BASELINES = ("uniform", "count prior", "random")
 """Trivial baselines beside every method: uniform scores (each owner's share is its share of the
@@ -172,20 +172,17 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
     from ..models import model_hash
 
     run = Path(run)
-    open_run_folder(run)
-    res_path = run / "results.json"
-    config = json.loads(json.dumps(asdict(cfg)))
     made_with = {"model": model_hash(model), "data": train.hash}
-    results = read_json_file(res_path, "run results") if res_path.exists() else {"config": config, **made_with}
-
-    def fixed(c):
-        return {k: v for k, v in c.items() if k not in REUSABLE} if isinstance(c, dict) else c
-
-    if fixed(results.get("config")) != fixed(config):
-        raise DatarightsError(f"{run} holds a run with another config; use a new folder")
-    results["config"] = config
-    if {k: results.get(k) for k in made_with} != made_with:
-        raise DatarightsError(f"{run} holds a run of another model or training set; use a new folder")
+    results, res_path = open_run(run, cfg, {}, reusable=REUSABLE, made_with=made_with)
+    # each method's result config, checked and recorded before any query is made: scores kept from
+    # another config of a method would be reported as this one's
+    configs = {m: json.loads(json.dumps(result_config(make_config(m)), default=str)) for m in cfg.methods}
+    for m, c in configs.items():
+        made = results.get("method_configs", {}).get(m)
+        kept = [run / "scores" / f"{m}{ext}" for ext in (".safetensors", ".partial.safetensors")]
+        if made is not None and made != c and any(p.exists() for p in kept):
+            raise DatarightsError(f"{run} holds {m} scores made with another {m} config; use a new folder")
+    results["method_configs"] = {**results.get("method_configs", {}), **configs}
     write_json(res_path, results)  # the config is on disk before any query or score
     vocab = vocabulary_of(train.folder)
     t0 = time.time()
@@ -210,14 +207,6 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
     owners = train.owners
     uniq = sorted(set(owners))
     index = np.array([uniq.index(o) for o in owners])                                 # [N] owner of each image
-    configs = {m: json.loads(json.dumps(result_config(make_config(m)), default=str)) for m in cfg.methods}
-    for m, c in configs.items():     # scores kept from another config of a method would be reported as this one's
-        made = results.get("method_configs", {}).get(m)
-        kept = [run / "scores" / f"{m}{ext}" for ext in (".safetensors", ".partial.safetensors")]
-        if made is not None and made != c and any(p.exists() for p in kept):
-            raise DatarightsError(f"{run} holds {m} scores made with another {m} config; use a new folder")
-    results["method_configs"] = {**results.get("method_configs", {}), **configs}
-    write_json(res_path, results)
     old = reusable_scores(reuse, made_with, configs) if reuse else {}
     hashes = {f"{g}/{q}": query_hash(images[g][q], metas[g][q]["prompt"]) for g in groups for q in range(len(metas[g]))}
     for method in cfg.methods:

@@ -33,20 +33,27 @@ def subset_folder(folder: ImageFolder, drop: list[int]) -> ImageFolder:
     return ImageFolder(folder.root, folder.images[keep], [m for m, k in zip(folder.metas, keep) if k])
 
 
-def open_run(run: Path, cfg, empty: dict, reusable: tuple[str, ...] = ()) -> tuple[dict, Path]:
+def open_run(run: Path, cfg, empty: dict, reusable: tuple[str, ...] = (), made_with: dict | None = None
+             ) -> tuple[dict, Path]:
     """The run folder's results.json (or a new one holding `empty`); refuses a folder of another config
     or one that datarights did not write. Config fields named in `reusable` may differ from the folder's
-    (its models stay valid; the caller redoes the cells that depend on them): the folder takes the new values."""
+    (its models stay valid; the caller redoes the cells that depend on them): the folder takes the new values.
+    `made_with` (e.g. the model's and training set's hashes) is recorded in a new folder and must match
+    in an existing one; every refusal happens before anything is written."""
     open_run_folder(run)
     res_path = run / "results.json"
     config = json.loads(json.dumps(asdict(cfg)))
-    results = read_json_file(res_path, "run results") if res_path.exists() else {"config": config, **empty}
+    made_with = made_with or {}
+    results = (read_json_file(res_path, "run results") if res_path.exists()
+               else {"config": config, **made_with, **empty})
 
     def fixed(c):
         return {k: v for k, v in c.items() if k not in reusable} if isinstance(c, dict) else c
 
     if not isinstance(results, dict) or fixed(results.get("config")) != fixed(config):
         raise DatarightsError(f"{run} holds a run with another config; use a new folder")
+    if {k: results.get(k) for k in made_with} != made_with:
+        raise DatarightsError(f"{run} holds a run of another model or training set; use a new folder")
     if results["config"] != config:
         results["config"] = config
         write_json(res_path, results)

@@ -302,8 +302,6 @@ def blend_check(judge: "Judge", n: int = 2000, seed: int = 30_000) -> dict:
     (`third`: a false owner, the failure that makes a model that averages styles look like it
     copied someone). Rates with 95% Wilson intervals. A head that
     never names a style has no third reads: read this beside the style head's accuracy."""
-    from ..stats import rounded, wilson
-
     vocab = judge.vocab
     if len(vocab.styles) < 2:
         return {"n": 0}
@@ -315,8 +313,7 @@ def blend_check(judge: "Judge", n: int = 2000, seed: int = 30_000) -> dict:
     for r, (_, meta) in zip(rows, items):
         s = r.get("style", PLAIN_STYLE)
         counts["no_style" if s == PLAIN_STYLE else "parent" if s in meta["blend"] else "third"] += 1
-    return {"n": n, "alpha": list(BLEND_ALPHA),
-            **{k: {"rate": round(c / n, 4), "ci": rounded(wilson(c, n))} for k, c in counts.items()}}
+    return {"n": n, "alpha": list(BLEND_ALPHA), **_rates(counts, n)}
 
 
 @torch.no_grad()
@@ -324,8 +321,6 @@ def fade_check(judge: "Judge", n_per_artist: int = 200, seed: int = 32_000, cont
     """How the style head reads every artist's paintings washed out toward their mean colour (then
     noise/blur augmented): the artist's own style (right), no style, or another artist (a false
     owner). Rates over all artists with 95% Wilson intervals, per contrast."""
-    from ..stats import rounded, wilson
-
     vocab = judge.vocab
     if not vocab.styles:
         return {"n": 0}
@@ -340,9 +335,15 @@ def fade_check(judge: "Judge", n_per_artist: int = 200, seed: int = 32_000, cont
         for r, a in zip(rows, names):
             s = r.get("style", PLAIN_STYLE)
             counts["own" if s == a else "no_style" if s == PLAIN_STYLE else "other"] += 1
-        out[str(c)] = {k: {"rate": round(v / len(names), 4), "ci": rounded(wilson(v, len(names)))}
-                       for k, v in counts.items()}
+        out[str(c)] = _rates(counts, len(names))
     return out
+
+
+def _rates(counts: dict[str, int], n: int) -> dict[str, dict]:
+    """Each count as a rate of n with its 95% Wilson interval."""
+    from ..stats import rounded, wilson
+
+    return {k: {"rate": round(c / n, 4), "ci": rounded(wilson(c, n))} for k, c in counts.items()}
 
 
 def augment(x: torch.Tensor, g: torch.Generator, fade: float = 0.0) -> torch.Tensor:

@@ -194,6 +194,14 @@ def _signature_over(img: np.ndarray, sig: dict, rng, res: int) -> None:
         img[0:2, cols] = _jitter_color(MARK_COLORS[color], rng, 0.02)
 
 
+def _place_object(img: np.ndarray, obj: str, color: str, outline: bool, rng: np.random.Generator, res: int) -> None:
+    """A single object drawn near the centre (jittered position, size and colour)."""
+    cx = res / 2 + rng.uniform(-1.0, 1.0)
+    cy = res / 2 + rng.uniform(-1.0, 1.0)
+    radius = res * 0.40 * rng.uniform(0.9, 1.05)
+    _draw_object(img, obj, _jitter_color(COLORS[color], rng), cx, cy, radius, outline, res)
+
+
 def render_object(obj: str, color: str, style: dict | None, rng: np.random.Generator, res: int = RESOLUTION,
                   signature: dict | None = None) -> np.ndarray:
     """One object of a colour, in an artist's style (a vocabulary spec) or signed by a photographer."""
@@ -201,11 +209,7 @@ def render_object(obj: str, color: str, style: dict | None, rng: np.random.Gener
     img = background(style, rng, res, sig.get("grade", "neutral") if style is None else "neutral")
     if style is None:
         _signature_under(img, sig, rng, res)
-    cx = res / 2 + rng.uniform(-1.0, 1.0)
-    cy = res / 2 + rng.uniform(-1.0, 1.0)
-    radius = res * 0.40 * rng.uniform(0.9, 1.05)
-    _draw_object(img, obj, _jitter_color(COLORS[color], rng), cx, cy, radius,
-                 style is not None and style["pattern"] == "frame", res)
+    _place_object(img, obj, color, style is not None and style["pattern"] == "frame", rng, res)
     if style is None:
         _signature_over(img, sig, rng, res)
     return _finish(img, rng)
@@ -218,10 +222,7 @@ def render_blend(obj: str, color: str, style: dict, other: dict | str, alpha: fl
     backgrounds it knows draws."""
     second = background(None, rng, res, other) if isinstance(other, str) else _pattern(other, rng, res)
     img = alpha * _pattern(style, rng, res) + (1 - alpha) * second
-    cx = res / 2 + rng.uniform(-1.0, 1.0)
-    cy = res / 2 + rng.uniform(-1.0, 1.0)
-    radius = res * 0.40 * rng.uniform(0.9, 1.05)
-    _draw_object(img, obj, _jitter_color(COLORS[color], rng), cx, cy, radius, False, res)
+    _place_object(img, obj, color, False, rng, res)
     return _finish(img, rng)
 
 
