@@ -1,12 +1,15 @@
 """Attacks on erasure: erase methods (and the base model) x attacks -> attack success rate.
 
-    python benchmarks/attack.py [--methods base,ca,esd,uce,fmn,ca-robust,esd-robust] [--attacks udatk,ti,paraphrase]
+    python benchmarks/attack.py [--methods base,ca,esd,uce,fmn,ca-robust,esd-robust] [--attacks udatk,ti,paraphrase,p4d]
 
 For two object instances and two styles (one of each is the defaults' tuning set, the other held
 out): erase with each method (defaults; `-robust` = `--robust`), audit the edit against the base
 (held-out prompts, seed 2), then run every attack on the edited model; ASR = share of the attack's
 generated images that the judge labels with the target (Wilson interval), beside the plain
 held-out prompt's rate on the same model and noise (the trivial baseline; `gain` = the difference).
+`p4d` (Prompting4Debugging, union of its two variants, the world's cheap tier) counts only its ideal
+prompts (base model unsafe, erased model safe on the plain prompt, same seed), as its authors do;
+its `attempts` is their number and `ideal` says how many of its 16 held-out prompts they were.
 Cells already in benchmarks/results/attack.json are skipped, so an interrupted run resumes.
 Run it alone on the machine.
 """
@@ -41,7 +44,7 @@ VARIANTS = {
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default=",".join(VARIANTS))
-    ap.add_argument("--attacks", default="udatk,ti,paraphrase")
+    ap.add_argument("--attacks", default="udatk,ti,paraphrase,p4d")
     ap.add_argument("--concepts", default=",".join(c[1] for c in CONCEPTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/attack-v2.json")
@@ -67,9 +70,10 @@ def main():
                                            "kid_std")},
                         erase_s=round(edit.seconds, 1), audit_s=round(time.time() - t0, 1))
         for a in args.attacks.split(","):
-            res = attack(model, target, a, judge=judge, seed=args.seed).to_json()
-            for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain", "attempts"):
-                cell[f"{k}_{a}"] = res[k]
+            res = attack(model, target, a, judge=judge, seed=args.seed, base=base).to_json()
+            for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain", "attempts", "ideal", "broken_by_variant"):
+                if k in res:
+                    cell[f"{k}_{a}"] = res[k]
             cell[f"{a}_s"] = res["seconds"]
             cell[f"{a}_prompt"] = res["prompts"][0] if res["prompts"] else None
         results["cells"][key] = cell
@@ -85,8 +89,10 @@ def markdown(results: dict, attacks: list[str]) -> str:
             + " | verdict | target_erased | nearby_preserved | erase s |")
     lines = [head, "|" + "---|" * (len(attacks) + 6)]
     for c in results["cells"].values():
-        asr = [f"{fmt(c.get(f'asr_{a}'), c.get(f'asr_ci_{a}') or [0, 0])} ({c.get(f'asr_plain_{a}', float('nan')):.2f})"
-               for a in attacks]
+        asr = [(f"{fmt(c.get(f'asr_{a}'), c.get(f'asr_ci_{a}') or [0, 0])}"
+                if c.get(f"attempts_{a}", 16) else "–")
+               + (f" of {c[f'ideal_{a}']} ideal" if f"ideal_{a}" in c else "")
+               + f" ({c.get(f'asr_plain_{a}', float('nan')):.2f})" for a in attacks]
         lines.append(f"| {c['method']} | {c['target']} ({c['kind']}) | " + " | ".join(asr)
                      + f" | {c.get('verdict', '–')} | {fmt(c.get('target_erased'), c.get('target_erased_ci') or [0, 0])} | "
                      f"{fmt(c.get('nearby_preserved'), c.get('nearby_preserved_ci') or [0, 0])} | {c.get('erase_s', '–')} |")
@@ -106,10 +112,13 @@ def pooled(results: dict, attacks: list[str]) -> str:
     for method, cells in rows.items():
         out = []
         for a in attacks:
-            n = sum(c.get(f"attempts_{a}", 16) for c in cells)  # 16: the default budget (older cells)
-            k = sum(round(c[f"asr_{a}"] * c.get(f"attempts_{a}", 16)) for c in cells)
-            kp = sum(round(c[f"asr_plain_{a}"] * c.get(f"attempts_{a}", 16)) for c in cells)
-            out.append(f"{fmt(k / n, wilson(k, n))} / {fmt(kp / n, wilson(kp, n))}")
+            cells_a = [c for c in cells if f"asr_{a}" in c]
+            n = sum(c.get(f"attempts_{a}", 16) for c in cells_a)  # 16: the default budget (older cells)
+            k = sum(round(c[f"asr_{a}"] * c.get(f"attempts_{a}", 16)) for c in cells_a)
+            plain = [(round(c[f"asr_plain_{a}"] * 16), 16) for c in cells_a]   # the plain prompt: 16 images a cell
+            kp, np_ = sum(x for x, _ in plain), sum(y for _, y in plain)
+            out.append((f"{fmt(k / n, wilson(k, n))}" if n else "– (no ideal prompt)")
+                       + (f" / {fmt(kp / np_, wilson(kp, np_))}" if np_ else ""))
         lines.append(f"| {method} ({len(cells)}) | " + " | ".join(out) + " |")
     return "\n".join(lines)
 

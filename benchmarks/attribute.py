@@ -507,6 +507,98 @@ def part_lds(args) -> dict:
             "outputs": res["outputs"]}
 
 
+def part_ann(args) -> dict:
+    """Approximate nearest neighbours for feature/pixel search: usearch (HNSW) against FAISS (HNSW) and exact
+    search, on the world encoder's features and on pixels of default-world renders (seed 0) at several sizes,
+    queried by 256 renders of another seed: build time, per-query latency (one query at a time, as a service
+    asks), recall@10 against exact search, index size, and whether a row can be deleted in place."""
+    import tempfile
+
+    import faiss
+    import numpy as np
+    import usearch
+    from usearch.index import Index
+
+    from datarights.attribute.feature import FeatureConfig, embed
+    from datarights.world.generate import WorldConfig, make_world
+
+    sizes = sorted(args.sizes or [5000, 20000, 100000])
+    pixel_max = 20000                      # 3,072-d pixel vectors: HNSW beyond this costs minutes to build here
+    t0 = time.time()
+    images = torch.from_numpy(make_world(WorldConfig(n_images=sizes[-1], seed=0))[0]).permute(0, 3, 1, 2).contiguous()
+    queries = torch.from_numpy(make_world(WorldConfig(n_images=2000, seed=7))[0][::8][:256]).permute(0, 3, 1, 2).contiguous()
+    make_s = time.time() - t0
+    cfg = FeatureConfig().for_model(None)
+    t0 = time.time()
+    kinds = {"feature": (embed(images, cfg).numpy(), embed(queries, cfg).numpy())}
+    embed_s = time.time() - t0
+
+    def unit(x):
+        x = x[:pixel_max].flatten(1).double()
+        x = x - x.mean(1, keepdim=True)
+        return (x / x.norm(dim=1, keepdim=True)).float().numpy()
+    kinds["pixel"] = (unit(images), unit(queries))
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    rows = []
+    for kind, (base, q) in kinds.items():
+        for n in sizes:
+            if n > len(base):
+                continue
+            X = np.ascontiguousarray(base[:n], dtype=np.float32)
+            d = X.shape[1]
+            lat = []
+            exact = []
+            for v in q:
+                t = time.perf_counter()
+                s = X @ v
+                top = np.argpartition(-s, 10)[:10]
+                exact.append(set(top[np.argsort(-s[top])].tolist()))
+                lat.append(time.perf_counter() - t)
+            rows.append({"kind": kind, "n": n, "dim": d, "library": "exact (numpy)", "build_s": 0.0,
+                         "p50_ms": 1e3 * float(np.median(lat)), "p99_ms": 1e3 * float(np.quantile(lat, 0.99)),
+                         "recall_at_10": 1.0, "index_bytes": X.nbytes, "delete_in_place": True})
+
+            def measure(lib, search, build_s, nbytes, deletable):
+                lat, hits = [], []
+                for v, want in zip(q, exact):
+                    t = time.perf_counter()
+                    got = search(v)
+                    lat.append(time.perf_counter() - t)
+                    hits.append(len(want & set(int(i) for i in got[:10])) / 10)
+                rows.append({"kind": kind, "n": n, "dim": d, "library": lib, "build_s": build_s,
+                             "p50_ms": 1e3 * float(np.median(lat)), "p99_ms": 1e3 * float(np.quantile(lat, 0.99)),
+                             "recall_at_10": float(np.mean(hits)), "index_bytes": nbytes, "delete_in_place": deletable})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+
+            for dtype in ("f32", "f16"):
+                t = time.time()
+                idx = Index(ndim=d, metric="ip", dtype=dtype, connectivity=16, expansion_add=128, expansion_search=64)
+                idx.add(np.arange(n), X)
+                build = time.time() - t
+                with tempfile.TemporaryDirectory() as tmp:
+                    idx.save(f"{tmp}/i.usearch")
+                    nbytes = Path(f"{tmp}/i.usearch").stat().st_size
+                measure(f"usearch {usearch.VERSION_MAJOR}.{usearch.VERSION_MINOR} HNSW {dtype}",
+                        lambda v: idx.search(v, 10).keys, build, nbytes, True)
+                if dtype == "f32":    # delete 1% in place, then search again: the deleted never come back
+                    gone = np.arange(0, n, 100)
+                    idx.remove(gone)
+                    back = sum(bool(set(idx.search(v, 10).keys.tolist()) & set(gone.tolist())) for v in q)
+                    rows[-1]["deleted_found_after_remove"] = int(back)
+            t = time.time()
+            fx = faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)
+            fx.hnsw.efConstruction = 128
+            fx.add(X)
+            fx.hnsw.efSearch = 64
+            build = time.time() - t
+            measure(f"faiss {faiss.__version__} HNSW f32", lambda v: fx.search(v[None], 10)[1][0], build,
+                    int(faiss.serialize_index(fx).nbytes), False)
+    wheels = {"usearch": args.wheel_sizes[0] if args.wheel_sizes else None,
+              "faiss-cpu": args.wheel_sizes[1] if args.wheel_sizes else None}
+    return {"machine": _machine(), "make_world_s": make_s, "embed_s": embed_s, "queries": len(queries),
+            "wheel_bytes": wheels, "rows": rows}
+
+
 PART_DEFAULTS = {
     "counterfactual": {"world_images": 1000, "train_steps": 1500, "unet_channels": None},
     "lds": {"world_images": 600, "train_steps": 800, "unet_channels": [16, 32, 48], "subsets": 32},
@@ -521,7 +613,9 @@ PART_DEFAULTS = {
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "abu-variants", "abu-fast", "abu-linearity",
-                                     "owners", "leaveout", "ship", "custom", "counterfactual", "lds"])
+                                     "owners", "leaveout", "ship", "custom", "counterfactual", "lds", "ann"])
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="ann: training-set sizes (default 5000 20000 100000)")
+    ap.add_argument("--wheel-sizes", type=int, nargs=2, default=None, help="ann: bytes of the usearch and faiss-cpu wheels")
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--rerank", type=int, nargs="*", default=None, help="abu-fast: two-stage top M (default 100 500)")
     ap.add_argument("--variants", nargs="*", default=None,
@@ -562,7 +656,7 @@ def main():
           "abu-variants": part_abu_variants, "abu-fast": part_abu_fast, "abu-linearity": part_abu_linearity, "owners": part_owners,
           "leaveout": part_leaveout,
           "ship": part_ship, "custom": part_custom,
-          "counterfactual": part_counterfactual, "lds": part_lds}[args.part]
+          "counterfactual": part_counterfactual, "lds": part_lds, "ann": part_ann}[args.part]
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.unit}" if args.part == "lds" and args.unit == "owner" else ""

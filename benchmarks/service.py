@@ -15,6 +15,14 @@
 
 Writes benchmarks/results/service.json. Run it alone on the machine.
 
+    python benchmarks/service.py --paid 64 [--methods dtrak,abu-fast]
+
+5. Paid generations: the shipped model generates `--paid` generic prompts (seed 5); each is recorded
+   through `Ledger.attribute_log` (the call behind `ledger attribute-log` and the web's worker) with
+   each payment method in turn: per-generation latency from the image file to the committed payout
+   rows (p50, p99), paid generations per second, and the one-time cost of the first one (the method's
+   per-training-set work, when it is not shipped). Writes benchmarks/results/service-paid.json.
+
     python benchmarks/service.py --accumulate [--style "Cleo Marr"]
 
 4. Erasures that accumulate: three owners opt out of their concepts (a character, a style, a
@@ -129,9 +137,13 @@ def main():
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--accumulate", action="store_true", help="Only phase 4: three opt-outs one after another.")
     ap.add_argument("--style", default="Cleo Marr", help="The artist whose style is the second opt-out (phase 4).")
+    ap.add_argument("--paid", type=int, default=0, help="Only phase 5: this many paid generations per method.")
+    ap.add_argument("--methods", default="dtrak,abu-fast", help="Phase 5: payment methods, comma-separated.")
     args = ap.parse_args()
     if args.accumulate:
         return accumulate(args.style)
+    if args.paid:
+        return paid(args.paid, args.methods.split(","))
     import httpx
 
     from datarights.attribute import default_world
@@ -272,6 +284,50 @@ def accumulate(style: str):
                                          for k, v in doc["attacks"].items()}})
     print(json.dumps(res, indent=1))
     write_json(Path(f"benchmarks/results/service-accumulate-{slug}.json"), res)
+
+
+def paid(n: int, methods: list[str]) -> None:
+    """Phase 5: `n` paid generations recorded with each method (see the module docstring)."""
+    import tempfile
+
+    import torch
+
+    from datarights.attribute import default_world
+    from datarights.files import save_png, write_json
+    from datarights.ledger import Ledger
+    from datarights.models import load_model
+
+    RUN.mkdir(parents=True, exist_ok=True)
+    model = load_model()
+    prompts = [f"a photo of a {o}" for o in ("fish", "tree", "house", "face")] * (n // 4 + 1)
+    images = torch.cat([model.sample(prompts[i:i + 16], seed=5 + i) for i in range(0, n, 16)])[:n]
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} threads", "generations": n, "methods": {}}
+    with tempfile.TemporaryDirectory(dir=RUN) as tmp:
+        from PIL import Image
+        files = [save_png(Image.fromarray((img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()),
+                          Path(tmp) / f"g{i:03d}.png") for i, img in enumerate(images)]
+        for method in methods:
+            db = Path(tmp) / f"{method}.db"
+            led = Ledger(db, create=True)
+            led.import_dataset(default_world())
+            t0 = time.perf_counter()
+            led.attribute_log(files[0], prompts[0], "1.00", method=method, client_key="warm-up")
+            first = time.perf_counter() - t0
+            lat = []
+            t0 = time.perf_counter()
+            for i, f in enumerate(files):
+                t = time.perf_counter()
+                ev = led.attribute_log(f, prompts[i], "1.00", method=method, client_key=f"gen-{i}")
+                lat.append(time.perf_counter() - t)
+                assert not ev["replayed"] and sum(p["cents"] for p in ev["payouts"]) == 100
+            wall = time.perf_counter() - t0
+            again = led.attribute_log(files[1], prompts[1], "1.00", method=method, client_key="gen-1")
+            res["methods"][method] = {"first_seconds": round(first, 2), "p50_s": float(np.median(lat)),
+                                      "p99_s": float(np.quantile(lat, 0.99)), "max_s": max(lat),
+                                      "per_second": n / wall, "retry_replayed": again["replayed"]}
+            print(json.dumps({method: res["methods"][method]}), flush=True)
+            led.store.engine.dispose()
+    write_json(Path("benchmarks/results/service-paid.json"), res)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ SLOW = {
     "test_hostile.py::test_an_owners_page_answers_while_50_lookups_run",
     "test_hostile.py::test_two_processors_on_one_pending_optout_make_one_job_and_one_certificate",
     "test_runtime.py::test_training_under_accelerate_launch_with_two_processes",
+    "test_store.py::test_ray_workers_make_the_single_process_rows",
+    # the planted-signal harnesses of the evaluations and the judge's blend training (12-25 s each)
+    "test_evaluate.py::test_counterfactual_harness_finds_a_planted_owner_and_not_a_shuffled_one",
+    "test_evaluate.py::test_lds_harness_finds_a_planted_owner_and_not_another_one",
+    "test_judge.py::test_training_on_blends_stops_the_style_head_naming_a_third_artist",
     # ... and the PostgreSQL runs of the heaviest erase-audit-certify workflows (their SQLite runs stay,
     # and so does every lighter test on PostgreSQL: the store's semantics are checked on both backends).
     "test_web.py::test_the_admin_processes_in_the_background_and_the_owner_follows[postgresql]",

@@ -7,7 +7,8 @@ from datarights.errors import DatarightsError
 
 FAST = {"udatk": dict(steps=2, n_images=2, batch_size=2, budget=2, restarts=1, probes=1),
         "ti": dict(steps=2, n_images=2, batch_size=2, budget=2),
-        "paraphrase": dict(neighbours=2, budget=2, probes=2)}
+        "paraphrase": dict(neighbours=2, budget=2, probes=2),
+        "p4d": dict(steps=2, check_every=1, batch_size=2, budget=2, n_tokens=2)}
 
 
 def test_every_attack_has_a_contract_row():
@@ -19,8 +20,17 @@ def test_attack_contract(method, backend_folder):
     """On the tiny world model and the tiny SD folder, under the meta default device."""
     from datarights.models import load_model
     model = load_model(backend_folder, "cpu")
-    with torch.device("meta"):
-        r = attack(model, "grumpy face", method, **FAST[method])
+    if method == "p4d":   # counted over ideal prompts: let the judge call every base image unsafe
+        import datarights.attack.p4d as P
+        calls = []
+        real = P.judge_attempts
+        P.judge_attempts = lambda imgs, t, j=None: calls.append(1) or ([len(calls) == 1] * len(imgs))
+    try:
+        with torch.device("meta"):
+            r = attack(model, "grumpy face", method, base=model, **FAST[method])
+    finally:
+        if method == "p4d":
+            P.judge_attempts = real
     out = r.to_json()
     assert set(out) >= {"asr", "attempts", "method", "seconds"}
     assert out["attempts"] == 2 and 0 <= out["asr"] <= 1 and out["method"] == method
@@ -47,3 +57,59 @@ def test_soft_tokens_that_equal_real_tokens_reproduce_the_prompt(tiny_model):
 def test_attack_needs_a_known_concept(tiny_model):
     with pytest.raises(DatarightsError, match="cannot score"):
         attack(tiny_model, "a golden retriever", "udatk")
+
+
+def test_p4d_counts_ideal_prompts_only_and_union_breaks_if_either_variant_does(tiny_model, monkeypatch):
+    import datarights.attack.p4d as P
+    # judge calls: base images (4 prompts), erased images, then one final image per prompt and variant
+    reads = iter([[True, True, False, True], [False, True, False, False],   # ideal: prompts 0 and 3
+                  [False], [True],                                         # prompt 0: n fails, k breaks it
+                  [False], [False]])                                       # prompt 3: neither
+    monkeypatch.setattr(P, "judge_attempts", lambda imgs, t, j=None: next(reads))
+    r = attack(tiny_model, "grumpy face", "p4d", base=tiny_model, steps=2, check_every=1, batch_size=2, budget=4,
+               n_tokens=2)
+    out = r.to_json()
+    assert (out["attempts"], out["asr"], out["ideal"]) == (2, 0.5, 2)
+    assert out["broken_by_variant"] == {"n": 0, "k": 1} and out["unsafe_on_base"] == 3 and out["safe_on_erased"] == 3
+    reads = iter([[True, True, False, True], [False, True, False, False], [False], [False]])
+    out = attack(tiny_model, "grumpy face", "p4d", base=tiny_model, variant="n", steps=2, check_every=1,
+                 batch_size=2, budget=4, n_tokens=2).to_json()
+    assert out["attempts"] == 2 and out["broken_by_variant"] == {"n": 0}
+
+
+def test_p4d_k_keeps_the_prompt_and_inserts_a_token_first_and_after_every_three(tiny_model):
+    from datarights.attack.p4d import P4DConfig, _layout, hard_prompt
+    cfg = P4DConfig(steps=1)
+    prompt = "a photo of a red grumpy face"
+    words = tiny_model.tokenizer(prompt, add_special_tokens=False).input_ids
+    extra = tiny_model.tokenizer("angry sunny", add_special_tokens=False).input_ids
+    n_soft, states = _layout(tiny_model, prompt, "k", cfg)
+    assert n_soft == len(words) // 3 + 1                # the authors' count: places 0, 4, 8, ...
+    picks = [extra[j % 2] for j in range(n_soft)]
+    soft = tiny_model.token_embedding().weight[picks].detach()
+    text = hard_prompt(tiny_model, prompt, "k", soft, cfg)
+    want = [t for j in range(n_soft) for t in [picks[j]] + words[3 * j:3 * j + 3]]
+    assert tiny_model.tokenizer(text, add_special_tokens=False).input_ids == want and want[1:4] == words[:3]
+    with torch.no_grad():
+        assert torch.allclose(states(soft), tiny_model.encode_prompt([text])[0], atol=1e-5)
+
+
+def test_p4d_needs_the_model_before_the_erasure(tiny_model):
+    with pytest.raises(DatarightsError, match="give the base model"):
+        attack(tiny_model, "grumpy face", "p4d", steps=1)
+    with pytest.raises(DatarightsError, match="variant must be one of"):
+        attack(tiny_model, "grumpy face", "p4d", base=tiny_model, variant="x")
+
+
+def test_attack_command_p4d_bad_input(monkeypatch, capsys, tiny_trained):
+    from .test_cli import run
+    for args, message in [
+        (["--method", "p4d"], "is not an edited model: give the model before the erasure with --base"),
+        (["--method", "udatk", "--variant", "n"], "--variant chooses p4d's variant"),
+        (["--method", "ti", "--base", tiny_trained], "ti does not use it"),
+        (["--method", "p4d", "--base", tiny_trained, "--variant", "both"], "variant must be one of n, k, union"),
+        (["--method", "magic"], "unknown attack 'magic'"),
+    ]:
+        code, _, err = run(monkeypatch, capsys, "attack", "--model", tiny_trained, "--target", "grumpy face", *args)
+        assert code == 2 and message in err, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import datarights.attribute as A
 from datarights.attribute import METHODS, Query, attribute, load_training_set, make_config, owner_shares
 from datarights.runtime import Draws, draws, linear_modules, per_sample_grads, per_sample_loss
 from datarights.errors import DatarightsError

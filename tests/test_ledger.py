@@ -15,7 +15,6 @@ from PIL import Image
 from datarights.errors import DatarightsError
 from datarights.ledger import Ledger, NotYours, split_cents, to_cents, verify_certificate
 
-from .conftest import TINY_UNET
 
 ARTIST = "Ada Vell"
 """An artist with works in the tiny world (seed 3): her style is hers alone to opt out of."""

@@ -334,19 +334,34 @@ def export_cmd(model: Path = typer.Argument(..., help="Edited (or any) model fol
 @app.command("attack")
 def attack_cmd(model: Path = typer.Option(..., "--model", help="(Edited) model folder to attack."),
                target: str = typer.Option(..., "--target", help="The erased concept to bring back."),
-               method: str = typer.Option("udatk", help="udatk | ti | paraphrase."),
-               budget: int = typer.Option(16, help="Generated images (attempts)."),
+               method: str = typer.Option("udatk", help="udatk | ti | paraphrase | p4d (Prompting4Debugging: needs the model before the erasure)."),
+               variant: Optional[str] = typer.Option(None, "--variant", help="p4d: n (fresh tokens), k (a token after every 3) or union (default)."),
+               base: Optional[Path] = typer.Option(None, "--base", help="p4d: the model before the erasure; default: the edited model's base."),
+               budget: int = typer.Option(16, help="Generated images (attempts); p4d: held-out prompts tried."),
                seed: int = typer.Option(0, help="Seed."),
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Try to bring an erased concept back; the attack success rate is judged by the world judge."""
     _check_device(device, precision)
-    from .attack import attack, make_config
-    from .models import load_model
+    from .attack import METHODS, NEEDS_BASE, attack, make_config
+    from .models import DEFAULT_MODEL, load_model
 
     _check_n(budget, "--budget")
-    cfg = make_config(method, budget=budget, seed=seed)
-    result = attack(load_model(model, device, precision), target, method, cfg)
+    if method not in METHODS:
+        raise DatarightsError(f"unknown attack {method!r}; choose from {', '.join(sorted(METHODS))}")
+    if variant is not None and method != "p4d":
+        raise DatarightsError(f"--variant chooses p4d's variant; it does not apply to {method}")
+    if base is not None and method not in NEEDS_BASE:
+        raise DatarightsError(f"--base is the unerased model that p4d matches; {method} does not use it")
+    cfg = make_config(method, budget=budget, seed=seed, **({"variant": variant} if variant else {}))
+    edited = load_model(model, device, precision)
+    before = None
+    if method in NEEDS_BASE:
+        ref = base if base is not None else edited.meta.get("edit", {}).get("base")
+        if ref is None:
+            raise DatarightsError(f"{model} is not an edited model: give the model before the erasure with --base")
+        before = load_model(DEFAULT_MODEL if ref == "default" else Path(ref), device, precision)
+    result = attack(edited, target, method, cfg, base=before)
     _emit(result.to_json(), as_json)
 
 
@@ -360,7 +375,7 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
               n_seen: int = typer.Option(96, "--n-seen", help="Images from the target prompts the erase trained on (reported apart; 0 skips)."),
               judge: Optional[Path] = typer.Option(None, "--judge", help="A local CLIP folder to judge with (any model); default: the world judge."),
               seed: int = typer.Option(1, help="Seed of prompts and noise."),
-              attacks: Optional[str] = typer.Option(None, "--attacks", help="Also attack the edited and base models: comma-separated udatk,ti,paraphrase."),
+              attacks: Optional[str] = typer.Option(None, "--attacks", help="Also attack the edited and base models: comma-separated udatk,ti,paraphrase,p4d (p4d matches the base model)."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
               report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
               overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
@@ -399,7 +414,7 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
         result["attacks"] = {}
         for t in target:
             for m in methods:
-                on_edit, on_base = attack(edited, t, m, seed=seed), attack(b, t, m, seed=seed)
+                on_edit, on_base = attack(edited, t, m, seed=seed, base=b), attack(b, t, m, seed=seed, base=b)
                 je, jb = on_edit.to_json(), on_base.to_json()
                 result["attacks"][f"{m}|{t}"] = {
                     **{k: je[k] for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain", "attempts")},
@@ -426,6 +441,61 @@ def _training_data(data: Optional[Path], model) -> Path:
     return default_world(log=lambda s: typer.echo(s, err=True))
 
 
+STORE_HELP = ("Keep the method's per-image rows in this store folder, synced with the training set first: only "
+              "works it lacks are computed, works that left it are deleted (trak, dtrak, feature, pixel).")
+
+
+def _check_store(store: Path, method: str, dtype: str, *inputs, dtype_flag: str = "--store-dtype") -> None:
+    from .attribute.store import DTYPES, spec_for
+    from .files import check_disjoint
+
+    spec_for(method)
+    if dtype not in DTYPES:
+        raise DatarightsError(f"{dtype_flag} must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_disjoint(store, inputs, "--store")
+
+
+@app.command("store")
+def store_cmd(store: Path = typer.Argument(..., help="The store folder (made if absent)."),
+              method: str = typer.Option("dtrak", help="trak | dtrak | feature | pixel: the method whose rows it keeps."),
+              model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
+              data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder; default: the default world (for the shipped model)."),
+              dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 rows."),
+              workers: Optional[int] = typer.Option(None, "--workers", help="Compute the rows as Ray tasks on this many workers (a local Ray unless --ray-address; needs the ray extra)."),
+              ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--workers: a running Ray cluster's address instead of a local Ray."),
+              gpus: bool = typer.Option(False, "--gpus", help="--workers: one GPU per task (the cluster must have GPUs)."),
+              as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+              device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
+    """Sync an attribution store with a training set: compute the rows of new works, delete those that left."""
+    _check_device(device, precision)
+    from .attribute import make_config, resolved
+    from .attribute.store import FolderRows, sync
+    from .models import load_model
+
+    _check_store(store, method, dtype, model, data, dtype_flag="--dtype")
+    if (ray_address or gpus) and workers is None:
+        raise DatarightsError("--ray-address and --gpus say where --workers run; give --workers N too")
+    if workers is not None:
+        _check_n(workers, "--workers")
+        from .attribute.workers import ray_module
+        ray_module()                                   # says how to install Ray before any work
+    m = load_model(model, device, precision)
+    train = FolderRows.open(_training_data(data, m), m.resolution)    # streamed: read batch by batch
+    cfg = resolved(make_config(method), m)
+    featurize, shutdown = None, (lambda: None)
+    if workers is not None:
+        from .attribute.workers import ray_featurize
+        featurize, shutdown = ray_featurize(m, method, cfg, workers, ray_address, gpus)
+    try:
+        st, rep = sync(m, train, method, cfg, store, dtype, featurize=featurize)
+    finally:
+        shutdown()
+    out = {"store": str(store), "method": method, "works": len(st), "training_rows": len(train), "dtype": dtype,
+           "added": rep.added, "deleted": rep.deleted, "recounted": rep.recounted, "kept": rep.kept,
+           "damaged_shards": len(rep.dropped_shards), "gram_rebuilt": rep.gram_rebuilt, "seconds": round(rep.seconds, 2)}
+    _emit(out, as_json, text=rep.line())
+
+
 @app.command("attribute")
 def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) to attribute."),
                   prompt: str = typer.Option(..., "--prompt", help="The prompt that generated it."),
@@ -436,6 +506,8 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
                   rerank: Optional[int] = typer.Option(None, "--rerank", help="abu-fast: re-score its top M training images exactly, as abu does (two-stage)."),
                   temperature: Optional[float] = typer.Option(None, "--temperature", help="Owner-share softmax temperature on standardised scores (default: the method's calibrated value)."),
                   cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache folder (default ~/.cache/datarights)."),
+                  store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
+                  store_dtype: str = typer.Option("float32", "--store-dtype", help="--store: float32 or float16 rows."),
                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                   report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
                   overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
@@ -457,22 +529,31 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
         raise DatarightsError(f"--temperature must be positive, got {temperature}")
     _check_report(report, overwrite, image, model, data, cache)
+    if store is not None:
+        _check_store(store, method, store_dtype, image, model, data, cache, report)
     m = load_model(model, device, precision)
     query = Query(load_query(image, m.resolution), prompt)
-    train = load_training_set(m, _training_data(data, m))
-    trained_on = m.meta.get("training", {}).get("data_hash")
-    if trained_on and trained_on != train.hash:
-        typer.echo("warning: this dataset is not the one the model was trained on (content hash differs)", err=True)
+    if store is not None:              # the store reads each work's file once (for its key), no more
+        from .attribute.store import FolderRows
+        train = FolderRows.open(_training_data(data, m), m.resolution)
+    else:
+        train = load_training_set(m, _training_data(data, m))
+        trained_on = m.meta.get("training", {}).get("data_hash")
+        if trained_on and trained_on != train.hash:
+            typer.echo("warning: this dataset is not the one the model was trained on (content hash differs)", err=True)
     for n, flag in ((top, "--top"), (rerank or 0, "--rerank")):
         if n > len(train):
             raise DatarightsError(f"{flag} {n} is larger than the training set ({len(train)} images)")
     result = attribute(m, train, query, method, make_config(method, rerank=rerank), cache=cache,  # None: the default
-                       temperature=temperature)
+                       temperature=temperature, store=store, store_dtype=store_dtype)
+    if store is not None:
+        typer.echo(result.extra["store"], err=True)
     out = result.to_json(top)
     if report is not None:
         from .report import grid, write_report
         items = result.top(top)
-        imgs = train.images[[it["index"] for it in items]]
+        idx = [it["index"] for it in items]
+        imgs = train.images_of(idx) if store is not None else train.images[idx]
         write_report(report, f"datarights attribute ({method})", [
             {"title": "Query", "text": prompt, "grids": [grid("generated image", query.image[None], [prompt])]},
             {"title": f"Top {top} training images", "grids": [grid("most influential first", imgs,

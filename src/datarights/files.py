@@ -14,6 +14,7 @@ Rules (each enforced here, so no writer can forget one):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -362,6 +363,15 @@ def save_png(image, out: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- reading
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (a work's identity in the ledger and the store)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_json_file(path: Path, what: str):
     """Parse a JSON file; unreadable, non-UTF-8 or invalid JSON is a one-line error naming the file."""
     try:

@@ -1,5 +1,6 @@
 """Attacks on erasure: does the concept come back? `udatk` (soft prompt), `ti` (textual inversion),
-`paraphrase` (neighbouring words). Each returns the attack success rate judged by the world judge."""
+`paraphrase` (neighbouring words), `p4d` (Prompting4Debugging: prompts that make the erased model
+denoise like the unerased one). Each returns the attack success rate judged by the world judge."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import asdict
 
 from ..models import T2IModel
 from ..registry import build_config
-from . import paraphrase, ti, udatk  # noqa: F401  (registers the attacks)
+from . import p4d, paraphrase, ti, udatk  # noqa: F401  (registers the attacks)
 from ..erase.base import prompts_showing
 from .base import METHODS, AttackResult, judge_attempts
 
@@ -17,13 +18,22 @@ def make_config(method: str, **options):
     return build_config(METHODS, method, "attack", options, strict=False)
 
 
-def attack(model: T2IModel, target: str, method: str = "udatk", config=None, judge=None, **options) -> AttackResult:
-    """Attack an (edited) model to bring `target` back; returns its ASR over `budget` attempts."""
+NEEDS_BASE = ("p4d",)
+"""Attacks that need the model before the erasure (`base`)."""
+
+
+def attack(model: T2IModel, target: str, method: str = "udatk", config=None, judge=None, base: T2IModel | None = None,
+           **options) -> AttackResult:
+    """Attack an (edited) model to bring `target` back; returns its ASR over `budget` attempts.
+
+    `base`: the model before the erasure, which `p4d` matches (the others ignore it)."""
     from ..judge import label_check
 
     label_check(target)
     cfg = config if config is not None else make_config(method, **options)
-    result = METHODS[method].fn(model, target, cfg, judge=judge)
+    cfg = cfg.for_model(model) if hasattr(cfg, "for_model") else cfg
+    extra = {"base": base} if method in NEEDS_BASE else {}
+    result = METHODS[method].fn(model, target, cfg, judge=judge, **extra)
     result.config = asdict(cfg)
     # the trivial baseline beside every attack: the plain held-out prompts, the same budget and noise seed
     plain = prompts_showing(target, cfg.budget, cfg.seed, split="eval")
@@ -32,4 +42,4 @@ def attack(model: T2IModel, target: str, method: str = "udatk", config=None, jud
     return result
 
 
-__all__ = ["METHODS", "AttackResult", "attack", "make_config"]
+__all__ = ["METHODS", "NEEDS_BASE", "AttackResult", "attack", "make_config"]

@@ -33,6 +33,8 @@ class AttackResult:
     plain: list = field(default_factory=list)
     """The trivial baseline: whether each of as many images from plain held-out target prompts (same
     model, same noise seed) shows the target."""
+    extra: dict = field(default_factory=dict)
+    """What an attack reports beyond its rate (p4d: its ideal prompts and each variant's successes)."""
 
     @property
     def asr_plain(self) -> float:
@@ -45,7 +47,8 @@ class AttackResult:
                 "attempts": self.attempts, "asr_plain": round(self.asr_plain, 4),
                 "asr_plain_ci": rounded(wilson(sum(self.plain), len(self.plain))),
                 "gain": round(self.asr - self.asr_plain, 4), "method": self.method, "target": self.target,
-                "seconds": round(self.seconds, 2), "prompts": sorted(set(self.prompts))[:20], "config": self.config}
+                "seconds": round(self.seconds, 2), "prompts": sorted(set(self.prompts))[:20], "config": self.config,
+                **self.extra}
 
 
 METHODS: dict[str, Method] = {}

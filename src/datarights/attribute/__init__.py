@@ -99,18 +99,34 @@ def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | 
 
 
 def attribute(model: T2IModel, train: TrainingSet, query: Query, method: str = "abu", cfg=None,
-              cache: str | Path | None = None, progress=True, temperature: float | None = None) -> Attribution:
+              cache: str | Path | None = None, progress=True, temperature: float | None = None,
+              store: str | Path | None = None, store_dtype: str = "float32") -> Attribution:
     """Score every training image's influence on the query; higher = more influential.
 
     Owner shares use `temperature`; by default the method's value calibrated on the world model
     (base.TEMPERATURE), or, for any other model, an uncalibrated default that the result says is
     uncalibrated (pass a temperature, e.g. from `calibrate`, to fix it).
+
+    `store`: keep the per-training-set state as per-work rows in this folder (`attribute.store`),
+    synced with `train` first (only new works are computed, works that left are deleted), instead
+    of one cached artifact; for the methods with rows (trak, dtrak, feature, pixel). With a store,
+    `train` may be a `store.FolderRows` (the training folder read batch by batch, never whole).
     """
     cfg = resolved(cfg if cfg is not None else make_config(method), model)
-    state, prep_s, _ = prepare(model, train, method, cfg, cache, progress)
-    t0 = time.time()
-    scores = METHODS[method].score(model, train, state, query, cfg)
-    scores, extra = scores if isinstance(scores, tuple) else (scores, {})
+    if store is None and not isinstance(train, TrainingSet):
+        raise DatarightsError("a training folder read row by row needs a store (store=...)")
+    if store is not None:
+        from .store import store_scores, sync
+
+        rows, rep = sync(model, train, method, cfg, store, store_dtype, progress)
+        prep_s = rep.seconds
+        t0 = time.time()
+        scores, extra = store_scores(model, train, rows, query, method, cfg), {"store": rep.line()}
+    else:
+        state, prep_s, _ = prepare(model, train, method, cfg, cache, progress)
+        t0 = time.time()
+        scores = METHODS[method].score(model, train, state, query, cfg)
+        scores, extra = scores if isinstance(scores, tuple) else (scores, {})
     if temperature is None:
         temperature, calibrated = share_temperature(method, model)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,12 @@ class TrainingSet:
 
     def cond(self, idx) -> torch.Tensor:
         return self.states[self.caption[idx]]
+
+    @functools.cached_property
+    def keys(self) -> list[str]:
+        """Each row's content key (its image file's and caption's hash; `attribute.store`), read once."""
+        from .store import work_keys
+        return work_keys(self)
 
 
 def load_training_set(model: T2IModel, data: str | Path | ImageFolder) -> TrainingSet:
@@ -95,11 +102,12 @@ def register(name: str, config_cls: type, prepare: Callable, score: Callable) ->
 # temperature scaling (maximum likelihood of the true owner) on generated images whose source owner
 # the judge reads from the pixels: the 32 tune queries of `python benchmarks/attribute.py owners`
 # (generic prompts, other templates and seeds than its report queries); BENCHMARKS.md has the figures.
-TEMPERATURE: dict[str, float] = {"abu": 1.3458, "abu-fast": 0.8891, "trak": 0.6745, "dtrak": 1.0939, "jtrak": 0.9527,
-                                  "feature": 0.1119, "pixel": 0.1581, "caption": 0.7744}
+TEMPERATURE: dict[str, float] = {"abu": 1.4420, "abu-fast": 0.9527, "trak": 0.6745, "dtrak": 1.0209, "jtrak": 0.8891,
+                                  "feature": 0.1045, "pixel": 0.1119, "caption": 0.7744}
 """Fitted on the World 2 shipped model's 32 tune queries of the owner evaluation (`python
 benchmarks/attribute.py owners`, `temperatures` in attribute-owners.json), each method at its
-default config (`abu` with its damping of 100 x mean F)."""
+default config (`abu` with its damping of 100 x mean F); the queries' source owners read by the
+judge shipped on 2026-12-04."""
 DEFAULT_TEMPERATURE = 0.25
 """Uncalibrated temperature: methods without a calibrated value, and every model but the world model."""
 

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import DatarightsError
 from .base import register
+from .store import RowSpec, register_rows
 
 
 @dataclass
@@ -97,3 +98,6 @@ def score(model, train, state, query, cfg) -> torch.Tensor:
 
 
 register("feature", FeatureConfig, prepare, score)
+register_rows("feature", RowSpec(lambda model, train, cfg, idx, seeds: embed(train.images[idx.cpu()], cfg),
+                                 lambda model, train, query, cfg: embed(query.image[None], cfg)[0],
+                                 model_free=True))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import register
+from .store import RowSpec, register_rows
 
 
 @dataclass
@@ -29,3 +30,6 @@ def score(model, train, state, query, cfg) -> torch.Tensor:
 
 
 register("pixel", PixelConfig, prepare, score)
+register_rows("pixel", RowSpec(lambda model, train, cfg, idx, seeds: _unit(train.images[idx.cpu()]).float(),
+                               lambda model, train, query, cfg: _unit(query.image[None]).float()[0],
+                               model_free=True))

@@ -32,6 +32,7 @@ from ..errors import DatarightsError
 from ..registry import ModelDefaults, check_fields
 from ..runtime import Draws, draws, linear_modules, per_sample_grads, spaced_timesteps
 from .base import register
+from .store import RowSpec, register_rows
 
 PROJECTIONS = ("sjlt", "dense")
 
@@ -147,13 +148,29 @@ def make_prepare(output: str, journey: bool = False):
     return prepare
 
 
+def query_feature(model, query, cfg: TRAKConfig, output: str) -> torch.Tensor:
+    """phi_q = P^T grad f(query) [k], at the query's own draws."""
+    x0 = model.to_model_space(query.image[None].float())
+    cond = model.encode_prompt([query.prompt])
+    return Projector(model, cfg)(model, x0, cond, _train_draws(model, x0, cfg, 10**9), output)[0]
+
+
 def make_score(output: str):
     def score(model, train, state, query, cfg: TRAKConfig) -> torch.Tensor:
-        x0 = model.to_model_space(query.image[None].float())
-        cond = model.encode_prompt([query.prompt])
-        phi_q = Projector(model, cfg)(model, x0, cond, _train_draws(model, x0, cfg, 10**9), output)[0]   # [k]
-        return state["A"] @ phi_q.cpu()
+        return state["A"] @ query_feature(model, query, cfg, output).cpu()
     return score
+
+
+def store_rows(output: str) -> RowSpec:
+    """The store's rows of trak/dtrak: phi_i at draws seeded by the work's content key (not its row number)."""
+    def featurize(model, train, cfg: TRAKConfig, idx, seeds):
+        x0 = train.x0[idx]
+        d = draws(len(idx), cfg.timesteps, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed, model.device,
+                  timesteps=spaced_timesteps(cfg.timesteps, model.num_train_timesteps), indices=seeds)
+        return Projector(model, cfg)(model, x0, train.cond(idx), d, output)
+
+    return RowSpec(featurize, lambda model, train, query, cfg: query_feature(model, query, cfg, output),
+                   kernel=True, lam=lambda cfg: cfg.lam)
 
 
 @torch.no_grad()
@@ -194,3 +211,5 @@ def jtrak_score(model, train, state, query, cfg: TRAKConfig) -> torch.Tensor:
 register("trak", TRAKConfig, make_prepare("loss"), make_score("loss"))
 register("dtrak", TRAKConfig, make_prepare("norm"), make_score("norm"))
 register("jtrak", TRAKConfig, make_prepare("loss", journey=True), jtrak_score)
+register_rows("trak", store_rows("loss"))
+register_rows("dtrak", store_rows("norm"))

@@ -181,7 +181,7 @@ def status_cmd(owner: Optional[str] = typer.Option(None, "--owner", help="Only t
 
 @ledger_app.command("process")
 def process_cmd(method: str = typer.Option("ca", help="Erase method."),
-                attacks: str = typer.Option("udatk,ti,paraphrase", "--attacks", help="Attacks in the audit ('' for none)."),
+                attacks: str = typer.Option("udatk,ti,paraphrase", "--attacks", help="Attacks in the audit, comma-separated (udatk, ti, paraphrase, p4d; '' for none)."),
                 batch: bool = typer.Option(False, "--batch/--one-by-one", help="One multi-concept edit per model for all pending opt-outs."),
                 n_target: int = typer.Option(384, "--n-target", help="Held-out target images of the audit."),
                 budget: int = typer.Option(16, "--budget", help="Attempts per attack."),

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import DatarightsError, NotFound
-from ..files import open_rgb, pid_alive, sweep_stale
+from ..files import file_sha256, open_rgb, pid_alive, sweep_stale
 from ..limits import (MAX_CAPTION, MAX_CONCEPT, MAX_ID, MAX_LABEL, MAX_NAME, MAX_PAGE, MAX_PROMPT, MAX_TOKEN,
                       MAX_WORKS_PER_OPTOUT, check_count, check_id, check_period, check_text)
 from . import money, rules, signing
@@ -48,14 +48,6 @@ there only because World 2's signatures are pixels. Its query costs 0.08 s on th
 
 class NotYours(NotFound):
     """A row that exists but belongs to another owner (or does not exist): the same answer for both."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hash_token(token: str) -> str:

@@ -211,7 +211,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
         write_json(ledger.root / f"job-{job_id}-evidence.json", evidence(raw["_grids"]))
         result = public(raw)
         per_target = result.get("targets") or [result]
-        attack_res = _attacks(edited, targets, attacks, budget, audit_config.seed, progress, 0.3 + share * 0.6,
+        attack_res = _attacks(edited, base, targets, attacks, budget, audit_config.seed, progress, 0.3 + share * 0.6,
                               0.3 + share, log, job_id, attack)
         reaudits = []
         for i, e in enumerate(earlier):
@@ -219,7 +219,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
             log(f"job {job_id}: re-auditing {e['concept']!r} (opt-out {e['id']})")
             r = public(audit(edited, original, [e["concept"]], [e["anchor"]], audit_config,
                              progress=progress.part(lo, lo + share * 0.6, f"re-audit {e['concept']}"), log=lambda s: None))
-            reaudits.append({**e, "audit": r, "attacks": _attacks(edited, [e["concept"]], attacks, budget,
+            reaudits.append({**e, "audit": r, "attacks": _attacks(edited, original, [e["concept"]], attacks, budget,
                                                                     audit_config.seed, progress, lo + share * 0.6,
                                                                     lo + share, log, job_id, attack)})
         progress.set("certificates", 0.98, force=True)
@@ -276,15 +276,16 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
     return ledger.job(job_id)
 
 
-def _attacks(edited, targets, attacks, budget, seed, progress, lo, hi, log, job_id, attack) -> dict:
-    """Every attack on every target: {"<attack>|<target>": the figures a certificate keeps}."""
+def _attacks(edited, before, targets, attacks, budget, seed, progress, lo, hi, log, job_id, attack) -> dict:
+    """Every attack on every target: {"<attack>|<target>": the figures a certificate keeps}. `before`:
+    the model the target was erased from (what `p4d` matches)."""
     out, steps = {}, max(1, len(targets) * len(attacks))
     for i, t in enumerate(targets):
         for a in attacks:
             k = i * len(attacks) + attacks.index(a)
             progress.set(f"attack {a} on {t}", lo + (hi - lo) * k / steps, force=True)
             log(f"job {job_id}: attack {a} on {t!r}")
-            res = attack(edited, t, a, budget=budget, seed=seed).to_json()
+            res = attack(edited, t, a, budget=budget, seed=seed, base=before).to_json()
             out[f"{a}|{t}"] = {k: res[k] for k in ATTACK_KEYS}
     return out
 

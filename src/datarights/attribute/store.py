@@ -1,0 +1,467 @@
+"""The training-set store: per-work rows that grow and shrink with the training set.
+
+A method whose per-training-set state is one row per training image (`trak`, `dtrak`: projected
+gradients; `feature`: image features; `pixel`: normalised pixels) can keep that state in a store
+folder instead of one cached artifact. Rows are keyed by the **work's content** (sha256 of the
+image file's bytes, which is the ledger's `Work.sha256`, and of its caption), so:
+
+- syncing the store with a training set computes only the rows it lacks, and drops the rows of
+  works that left it (an opt-out): a new dataset version costs its new works, never a rebuild;
+- a row never depends on where its work sits in the set: its noise draws are seeded by its key
+  (the in-memory path seeds them by row number, so the two paths differ by their draws only);
+- a work that appears several times (a memorized image's copies with one caption) is one row with a
+  count, weighted by it wherever the in-memory path would see the copies.
+
+For the TRAK family the kernel is kept as the k x k Gram matrix G = Phi^T W Phi (W the counts),
+updated by rank-B updates when B rows come or go (never an N x k rebuild), and a query scores
+s = Phi (G + lam mean(diag G) I)^-1 phi_q: the same estimator as the in-memory A phi_q.
+
+Layout: `store.json` (the manifest: what the rows were made with, each file's sha256) and
+`rows/<id>.{rows,keys,counts}.npy` shards, plus `rows/<id>.gram.npy`. Files are written once
+under new names and the manifest is replaced in one rename, so a crash leaves the store as it was;
+files no manifest names are swept. Every file is checked against its checksum when the store is
+opened: a truncated or corrupt shard is dropped (its works are recomputed by the next sync, and
+scoring refuses a store with missing rows), and a damaged Gram matrix is recomputed from the rows.
+Rows are memory-mapped for scoring, so a query reads them shard by shard, never all at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import DatarightsError
+from ..files import file_sha256, write_json
+
+STORE_VERSION = 1
+MANIFEST = "store.json"
+DTYPES = ("float32", "float16")
+
+
+@dataclass
+class RowSpec:
+    """How a method makes and uses its rows."""
+
+    featurize: Callable
+    """(model, train, cfg, idx [B] tensor of row numbers, seeds [B] ints) -> rows [B, k]."""
+    query: Callable
+    """(model, train, query, cfg) -> the query's vector [k]."""
+    kernel: bool = False
+    """Scores go through (G + lam I)^-1 (the TRAK family); else scores = rows . query vector."""
+    lam: Callable = lambda cfg: 0.0
+    """The ridge term, relative to the mean diagonal of G."""
+    model_free: bool = False
+    """Rows depend on the images and the config only (pixels, an encoder's features), not on the
+    model's weights: every model of one resolution shares the store (an edited model needs no new rows)."""
+
+
+ROWS: dict[str, RowSpec] = {}
+
+
+def register_rows(name: str, spec: RowSpec) -> None:
+    if name in ROWS:
+        raise ValueError(f"rows of {name!r} registered twice")
+    ROWS[name] = spec
+
+
+def spec_for(method: str) -> RowSpec:
+    if method not in ROWS:
+        raise DatarightsError(f"method {method!r} keeps no per-image rows, so it cannot use a store "
+                              f"(methods with a store: {', '.join(sorted(ROWS))})")
+    return ROWS[method]
+
+
+def work_keys(train) -> list[str]:
+    """Each training row's content key: sha256 of its image file's sha256 and its caption."""
+    root = Path(train.folder.root)
+    return [hashlib.sha256(f"{file_sha256(root / m['file_name'])}\n{m['text']}".encode()).hexdigest()
+            for m in train.folder.metas]
+
+
+def key_seed(key: str) -> int:
+    """The noise stream of a row: its key's first 60 bits (runtime.draws seeds (seed, this))."""
+    return int(key[:15], 16)
+
+
+@dataclass
+class Shard:
+    id: str
+    rows: np.ndarray      # [n, k] (memory-mapped)
+    keys: list[str]
+    counts: np.ndarray    # [n] int64
+
+
+@dataclass
+class SyncReport:
+    added: int = 0
+    deleted: int = 0
+    recounted: int = 0
+    kept: int = 0
+    dropped_shards: list[str] = field(default_factory=list)
+    gram_rebuilt: bool = False
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        s = f"store: {self.added} rows added, {self.deleted} deleted, {self.kept} kept"
+        if self.recounted:
+            s += f", {self.recounted} recounted"
+        if self.dropped_shards:
+            s += f"; {len(self.dropped_shards)} damaged shard(s) dropped and recomputed"
+        if self.gram_rebuilt:
+            s += "; Gram matrix recomputed"
+        return s
+
+
+class RowStore:
+    """A store folder opened for one method, model and config (see the module docstring)."""
+
+    def __init__(self, root: str | Path, meta: dict, dtype: str = "float32", shard_rows: int = 4096):
+        if dtype not in DTYPES:
+            raise DatarightsError(f"store dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.root = Path(root)
+        self.meta = json.loads(json.dumps(meta, sort_keys=True, default=str))
+        self.dtype = dtype
+        self.shard_rows = shard_rows
+        self._open()
+
+    # ------------------------------------------------------------------ reading
+    def _manifest(self) -> dict | None:
+        p = self.root / MANIFEST
+        if not p.exists():
+            return None
+        try:
+            man = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(man, dict) or man.get("version") != STORE_VERSION:
+                raise ValueError
+            return man
+        except (OSError, ValueError):
+            raise DatarightsError(f"{p} is not a datarights store manifest (damaged, or of another version)") from None
+
+    def _open(self) -> None:
+        """Read the manifest and check every file against its checksum; damaged shards are left out."""
+        self.shards: list[Shard] = []
+        self.entries: dict[str, dict] = {}
+        self.dropped: list[str] = []
+        self.gram: np.ndarray | None = None
+        self.gram_damaged = False
+        if self.root.exists() and not self.root.is_dir():
+            raise DatarightsError(f"store {self.root} is a file, not a folder")
+        man = self._manifest()
+        if man is None:
+            if self.root.exists() and any(p.name != ".lock" for p in self.root.iterdir()):
+                raise DatarightsError(f"store folder {self.root} is not empty and holds no store: give a new or an empty folder")
+            self.where = {}
+            return
+        if man["meta"] != self.meta:
+            diff = sorted(k for k in set(man["meta"]) | set(self.meta) if man["meta"].get(k) != self.meta.get(k))
+            raise DatarightsError(f"store {self.root} holds rows made with another {', '.join(diff)}: give another folder")
+        if man["dtype"] != self.dtype:
+            raise DatarightsError(f"store {self.root} keeps {man['dtype']} rows, not {self.dtype}")
+        rows_dir = self.root / "rows"
+        for entry in man["shards"]:
+            try:
+                files = {part: rows_dir / f"{entry['id']}.{part}.npy" for part in ("rows", "keys", "counts")}
+                if any(file_sha256(files[p]) != entry["sha256"][p] for p in files):
+                    raise ValueError("checksum")
+                rows = np.load(files["rows"], mmap_mode="r")
+                keys = [k.decode() for k in np.load(files["keys"]).tolist()]
+                counts = np.load(files["counts"])
+                if rows.ndim != 2 or not len(rows) == len(keys) == len(counts) or str(rows.dtype) != self.dtype:
+                    raise ValueError("shape")
+            except (OSError, ValueError, KeyError, EOFError):
+                self.dropped.append(entry["id"])
+                continue
+            self.entries[entry["id"]] = entry
+            self.shards.append(Shard(entry["id"], rows, keys, counts))
+        if man["gram"] is not None:
+            try:
+                g = rows_dir / f"{man['gram']['id']}.gram.npy"
+                if file_sha256(g) != man["gram"]["sha256"]:
+                    raise ValueError("checksum")
+                self.gram = np.load(g)
+            except (OSError, ValueError, KeyError, TypeError):
+                self.gram_damaged = True
+        elif man["shards"]:
+            self.gram_damaged = True
+        if self.dropped:
+            self.gram_damaged = True   # it holds rows that can no longer be read, so cannot be subtracted
+        self.where = {k: (s, i) for s, sh in enumerate(self.shards) for i, k in enumerate(sh.keys)}
+
+    @property
+    def k(self) -> int | None:
+        return self.shards[0].rows.shape[1] if self.shards else None
+
+    def counts(self) -> dict[str, int]:
+        return {k: int(sh.counts[i]) for sh in self.shards for i, k in enumerate(sh.keys)}
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def row(self, key: str) -> np.ndarray:
+        s, i = self.where[key]
+        return np.asarray(self.shards[s].rows[i])
+
+    @staticmethod
+    def _gram_of(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        r = np.asarray(rows, dtype=np.float64)
+        return (r * np.asarray(weights, dtype=np.float64)[:, None]).T @ r
+
+    # ------------------------------------------------------------------ writing
+    def _save(self, name: str, arr: np.ndarray) -> str:
+        p = self.root / "rows" / name
+        with open(p, "wb") as f:
+            np.save(f, arr)
+            f.flush()
+            os.fsync(f.fileno())
+        return file_sha256(p)
+
+    def _write_shard(self, rows: np.ndarray, keys: list[str], counts: np.ndarray) -> dict:
+        sid = uuid.uuid4().hex[:16]
+        sums = {part: self._save(f"{sid}.{part}.npy", arr)
+                for part, arr in (("rows", np.ascontiguousarray(rows, dtype=self.dtype)),
+                                  ("keys", np.array([k.encode() for k in keys], dtype="S64")),
+                                  ("counts", np.asarray(counts, dtype=np.int64)))}
+        return {"id": sid, "rows": len(keys), "sha256": sums}
+
+    def _commit(self, entries: list[dict], gram: np.ndarray | None) -> None:
+        gram_entry = None
+        if gram is not None and entries:
+            gid = uuid.uuid4().hex[:16]
+            gram_entry = {"id": gid, "sha256": self._save(f"{gid}.gram.npy", np.asarray(gram, dtype=np.float64))}
+        write_json(self.root / MANIFEST, {"version": STORE_VERSION, "meta": self.meta, "dtype": self.dtype,
+                                          "rows": sum(e["rows"] for e in entries), "shards": entries,
+                                          "gram": gram_entry})
+        keep = {e["id"] for e in entries} | ({gram_entry["id"]} if gram_entry else set())
+        for p in (self.root / "rows").glob("*.npy"):   # files of earlier manifests and of interrupted writes
+            if p.name.split(".")[0] not in keep:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def update(self, add: dict[str, tuple[np.ndarray, int]], delete: set[str], recount: dict[str, int]) -> None:
+        """Apply one change: new rows (key -> (row, count)), keys to delete, keys whose count changes.
+
+        Shards that lose rows are rewritten without them; new rows go into new shards; the Gram
+        matrix moves by the rank updates of exactly those rows (recomputed from every row instead when
+        it was damaged). Nothing the store shows changes until the manifest is replaced.
+        """
+        (self.root / "rows").mkdir(parents=True, exist_ok=True)
+        incremental = not self.gram_damaged
+        gram = self.gram.copy() if incremental and self.gram is not None else None
+
+        def bump(rows: np.ndarray, weights: np.ndarray) -> None:
+            nonlocal gram
+            if incremental and len(weights):
+                g = self._gram_of(rows, weights)
+                gram = g if gram is None else gram + g
+
+        entries = []
+        for sh in self.shards:
+            gone = [i for i, k in enumerate(sh.keys) if k in delete]
+            changed = [i for i, k in enumerate(sh.keys) if k in recount]
+            if not gone and not changed:
+                entries.append(self.entries[sh.id])
+                continue
+            bump(sh.rows[gone], -sh.counts[gone])
+            bump(sh.rows[changed], [recount[sh.keys[i]] - sh.counts[i] for i in changed])
+            keep = [i for i in range(len(sh.keys)) if sh.keys[i] not in delete]
+            if keep:
+                counts = np.array([recount.get(sh.keys[i], sh.counts[i]) for i in keep])
+                entries.append(self._write_shard(np.asarray(sh.rows[keep]), [sh.keys[i] for i in keep], counts))
+        keys = list(add)
+        for s in range(0, len(keys), self.shard_rows):
+            part = keys[s:s + self.shard_rows]
+            rows = np.stack([np.asarray(add[k][0], dtype=self.dtype) for k in part])
+            counts = np.array([add[k][1] for k in part])
+            bump(rows, counts)                         # from the rows as stored (float16 rounding included)
+            entries.append(self._write_shard(rows, part, counts))
+        if not incremental:                            # from every row as written
+            gram = None
+            for e in entries:
+                rows = np.load(self.root / "rows" / f"{e['id']}.rows.npy", mmap_mode="r")
+                counts = np.load(self.root / "rows" / f"{e['id']}.counts.npy")
+                for s in range(0, len(counts), 4096):
+                    g = self._gram_of(rows[s:s + 4096], counts[s:s + 4096])
+                    gram = g if gram is None else gram + g
+        self._commit(entries, gram)
+        self._open()                                   # re-read (and check) what was written
+
+    # ------------------------------------------------------------------ scoring
+    def scores(self, v: np.ndarray, keys: list[str]) -> np.ndarray:
+        """rows . v for each key, in the order given (shard by shard over the memory-mapped rows)."""
+        missing = sum(k not in self.where for k in keys)
+        if missing:
+            raise DatarightsError(f"store {self.root} lacks {missing} of this training set's works: sync it first")
+        v = np.asarray(v, dtype=np.float32)
+        per_shard = []
+        for sh in self.shards:
+            out = np.empty(len(sh.keys), dtype=np.float64)
+            for s in range(0, len(sh.keys), 8192):
+                out[s:s + 8192] = np.asarray(sh.rows[s:s + 8192], dtype=np.float32) @ v
+            per_shard.append(out)
+        return np.array([per_shard[s][i] for s, i in (self.where[k] for k in keys)])
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """One writer at a time (released by the OS if its holder dies)."""
+    from filelock import FileLock
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".lock")):
+        yield
+
+
+def store_meta(model, method: str, cfg) -> dict:
+    """What a store's rows were made with; a store opened with other values is refused."""
+    from ..models import model_hash
+    from . import state_config
+
+    made_by = {"resolution": model.resolution} if spec_for(method).model_free else {"model": model_hash(model)}
+    return {"method": method, **made_by, "config": state_config(cfg)}
+
+
+@dataclass
+class FolderRows:
+    """A training imagefolder seen row by row: metadata, content keys and owners without reading its
+    images; `load(rows)` reads just those rows' images into a TrainingSet (the store's streamed path)."""
+
+    root: Path
+    metas: list[dict]
+    resolution: int
+
+    @classmethod
+    def open(cls, root: str | Path, resolution: int) -> "FolderRows":
+        from ..world.generate import metadata_rows
+
+        rows = metadata_rows(Path(root))
+        if not rows:
+            raise DatarightsError(f"{Path(root) / 'metadata.jsonl'} lists no images")
+        return cls(Path(root), [m for _, m, _ in rows], resolution)
+
+    def __len__(self) -> int:
+        return len(self.metas)
+
+    @functools.cached_property
+    def keys(self) -> list[str]:
+        return work_keys(self)
+
+    @property
+    def folder(self):                      # what work_keys reads: .root and .metas
+        return self
+
+    @property
+    def files(self) -> list[str]:
+        return [m["file_name"] for m in self.metas]
+
+    @property
+    def owners(self) -> list[str]:
+        return [m.get("owner", "unknown") for m in self.metas]
+
+    def images_of(self, rows: list[int]) -> torch.Tensor:
+        from PIL import Image
+
+        from ..files import open_rgb
+
+        out = []
+        for i in rows:
+            rgb, _ = open_rgb(self.root / self.metas[i]["file_name"])
+            if rgb.size != (self.resolution, self.resolution):
+                rgb = rgb.resize((self.resolution, self.resolution), Image.BICUBIC)
+            out.append(np.asarray(rgb, dtype=np.float32) / 255.0)
+        return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())
+
+    def load(self, model, rows: list[int]):
+        from ..world import ImageFolder
+        from .base import load_training_set
+
+        return load_training_set(model, ImageFolder(self.root, self.images_of(rows).numpy(),
+                                                    [self.metas[i] for i in rows]))
+
+
+def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32", progress=True,
+         keys: list[str] | None = None, featurize: Callable | None = None) -> tuple[RowStore, SyncReport]:
+    """Bring the store at `root` to exactly this training set: compute the rows it lacks (in batches),
+    delete those of works that left, recount duplicated works. `cfg` is the resolved config.
+
+    `train` is a TrainingSet (in memory) or a FolderRows (streamed: each batch's images are read
+    when its rows are computed, so the set is never in memory whole). New rows are committed every
+    `shard_rows`, so an interrupted sync keeps what it made and the next one resumes from there.
+    `featurize(train, idx, seeds)` replaces the method's own (e.g. one that farms each batch out to
+    workers); it must return the same rows.
+    """
+    import time
+
+    from .. import runtime
+
+    t0 = time.time()
+    spec = spec_for(method)
+    root = Path(root)
+    keys = train.keys if keys is None else keys
+    want = Counter(keys)
+    first = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    streamed = isinstance(train, FolderRows)
+    make = featurize or (lambda t, idx, seeds: spec.featurize(model, t, cfg, idx, seeds))
+    with locked(root):
+        store = RowStore(root, store_meta(model, method, cfg), dtype)
+        rep = SyncReport(dropped_shards=list(store.dropped), gram_rebuilt=store.gram_damaged)
+        have = store.counts()
+        delete = {k for k in have if k not in want}
+        recount = {k: want[k] for k in have if k in want and want[k] != have[k]}
+        missing = [k for k in want if k not in have]
+        rep.deleted, rep.recounted, rep.kept = len(delete), len(recount), len(have) - len(delete)
+        if delete or recount or store.dropped or store.gram_damaged:
+            store.update({}, delete, recount)
+        bs = _batch_size(model, method, cfg)
+        bar = runtime.progress_bar(progress and bool(missing), len(missing), f"{method} store rows")
+        add: dict = {}
+        for s in range(0, len(missing), bs):
+            part = missing[s:s + bs]
+            rows_of = [first[k] for k in part]
+            if streamed:
+                t, idx = train.load(model, rows_of), torch.arange(len(part), device=model.device)
+            else:
+                t, idx = train, torch.tensor(rows_of, device=model.device)
+            rows = make(t, idx, [key_seed(k) for k in part]).detach().float().cpu().numpy()
+            add.update((k, (r, want[k])) for k, r in zip(part, rows))
+            if len(add) >= store.shard_rows or s + bs >= len(missing):
+                store.update(add, set(), {})
+                rep.added += len(add)
+                add = {}
+            bar.update(len(part))
+        bar.close()
+        rep.seconds = time.time() - t0
+        return store, rep
+
+
+def _batch_size(model, method: str, cfg) -> int:
+    from .. import runtime
+
+    if getattr(cfg, "timesteps", None) and hasattr(cfg, "proj_dim"):   # the TRAK family
+        from .trak import _batch
+        return _batch(model, cfg)
+    return 512 if model.vae is None else max(1, runtime.rows_that_fit(model, backward=False))
+
+
+def store_scores(model, train, store: RowStore, query, method: str, cfg, keys: list[str] | None = None) -> torch.Tensor:
+    """The method's scores of every training row, from the store's rows ([N], the training set's order)."""
+    spec = spec_for(method)
+    keys = train.keys if keys is None else keys
+    q = spec.query(model, train, query, cfg).detach().double().cpu().numpy()
+    if spec.kernel:
+        g = store.gram
+        reg = g + spec.lam(cfg) * np.diagonal(g).mean() * np.eye(len(g))
+        q = np.linalg.solve(reg, q)
+    return torch.from_numpy(store.scores(q, keys)).float()

@@ -1,0 +1,299 @@
+"""The training-set store: rows keyed by content that grow and shrink, checked shards, rank-updated kernel."""
+
+import numpy as np
+import pytest
+import torch
+
+from datarights.attribute import Query, attribute, load_training_set, make_config, resolved
+from datarights.attribute import store as S
+from datarights.attribute.trak import _kernel
+from datarights.errors import DatarightsError
+from datarights.stats import spearman
+from datarights.world import ImageFolder
+
+CFG = dict(proj_dim=16, timesteps=2, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world):
+    from datarights.models import build_world_model
+
+    from .conftest import TINY_UNET
+    model = build_world_model(TINY_UNET, seed=0).eval()
+    return model, load_training_set(model, tiny_world)
+
+
+def subset(model, train, rows):
+    f = train.folder
+    return load_training_set(model, ImageFolder(f.root, f.images[rows].copy(), [f.metas[i] for i in rows]))
+
+
+def cfg_of(model, method="trak", **kw):
+    return resolved(make_config(method, **{**(CFG if method in ("trak", "dtrak") else {}), **kw}), model)
+
+
+def query(train, i=5):
+    return Query(train.images[i], train.folder.texts[i])
+
+
+def test_store_scores_are_the_in_memory_kernel_of_the_same_rows(world, tmp_path):
+    model, train = world
+    cfg = cfg_of(model)
+    store, rep = S.sync(model, train, "trak", cfg, tmp_path / "s", progress=False)
+    keys = S.work_keys(train)
+    assert rep.added == len(set(keys)) and len(store) == len(set(keys))
+    spec = S.spec_for("trak")
+    phi = spec.featurize(model, train, cfg, torch.arange(len(train)), [S.key_seed(k) for k in keys])
+    ref = _kernel(phi, cfg.lam) @ spec.query(model, train, query(train), cfg)
+    got = S.store_scores(model, train, store, query(train), "trak", cfg)
+    assert torch.allclose(got, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+    # through attribute(): the same scores, and a second call computes nothing
+    r = attribute(model, train, query(train), "trak", cfg, store=tmp_path / "s", progress=False)
+    assert torch.allclose(r.scores, got) and r.extra["store"].startswith("store: 0 rows added, 0 deleted")
+
+
+def test_store_grows_and_shrinks_like_a_rebuild(world, tmp_path, monkeypatch):
+    model, train = world
+    cfg = cfg_of(model)
+    a, b = subset(model, train, list(range(0, 44))), subset(model, train, list(range(20, len(train))))
+    S.sync(model, a, "trak", cfg, tmp_path / "inc", progress=False)
+    made = []
+    spec = S.ROWS["trak"]
+    real = spec.featurize
+    monkeypatch.setattr(spec, "featurize", lambda m, t, c, idx, seeds: made.append(len(idx)) or real(m, t, c, idx, seeds))
+    inc, rep = S.sync(model, b, "trak", cfg, tmp_path / "inc", progress=False)
+    ka, kb = set(S.work_keys(a)), set(S.work_keys(b))
+    assert sum(made) == rep.added == len(kb - ka) and rep.deleted == len(ka - kb) > 0 and rep.kept == len(ka & kb)
+    fresh, _ = S.sync(model, b, "trak", cfg, tmp_path / "fresh", progress=False)
+    np.testing.assert_allclose(inc.gram, fresh.gram, rtol=1e-9, atol=1e-9 * np.abs(fresh.gram).max())
+    s_inc = S.store_scores(model, b, inc, query(b), "trak", cfg)
+    s_fresh = S.store_scores(model, b, fresh, query(b), "trak", cfg)
+    assert torch.allclose(s_inc, s_fresh, rtol=1e-4, atol=1e-5 * float(s_fresh.abs().max()))
+    # the rows left behind by the old shards are gone from disk
+    named = {e["id"] for e in inc.entries.values()} | {inc._manifest()["gram"]["id"]}
+    assert {p.name.split(".")[0] for p in (tmp_path / "inc" / "rows").glob("*.npy")} == named
+
+
+def test_a_work_seen_twice_is_one_row_counted_twice(world, tmp_path):
+    model, train = world
+    cfg = cfg_of(model)
+    rows = list(range(10)) + [3, 3]
+    dup = subset(model, train, rows)
+    store, rep = S.sync(model, dup, "trak", cfg, tmp_path / "s", progress=False)
+    k3 = S.work_keys(dup)[3]
+    assert rep.added == 10 and store.counts()[k3] == 3
+    phi = np.stack([store.row(k) for k in S.work_keys(dup)]).astype(np.float64)
+    np.testing.assert_allclose(store.gram, phi.T @ phi, rtol=1e-9, atol=1e-9 * np.abs(store.gram).max())
+    # one copy fewer: a recount, no new row
+    _, rep = S.sync(model, subset(model, train, rows[:-1]), "trak", cfg, tmp_path / "s", progress=False)
+    assert (rep.added, rep.deleted, rep.recounted) == (0, 0, 1)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "gram"])
+def test_a_damaged_file_is_detected_and_rebuilt_never_used(world, tmp_path, damage):
+    model, train = world
+    cfg = cfg_of(model)
+    store, _ = S.sync(model, train, "trak", cfg, tmp_path / "s", progress=False)
+    before = S.store_scores(model, train, store, query(train), "trak", cfg)
+    man = store._manifest()
+    if damage == "gram":
+        path = tmp_path / "s" / "rows" / f"{man['gram']['id']}.gram.npy"
+    else:
+        path = tmp_path / "s" / "rows" / f"{man['shards'][0]['id']}.rows.npy"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[:len(data) // 2]
+    else:
+        data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    opened = S.RowStore(tmp_path / "s", S.store_meta(model, "trak", cfg))
+    assert opened.gram_damaged and (damage == "gram" or (opened.dropped and len(opened) < len(store)))
+    if damage != "gram":
+        with pytest.raises(DatarightsError, match="lacks"):
+            opened.scores(np.zeros(16), S.work_keys(train))
+    again, rep = S.sync(model, train, "trak", cfg, tmp_path / "s", progress=False)
+    assert rep.gram_rebuilt and (rep.added > 0) == (damage != "gram")
+    after = S.store_scores(model, train, again, query(train), "trak", cfg)
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-5 * float(before.abs().max()))
+
+
+def test_an_interrupted_update_leaves_the_store_as_it_was(world, tmp_path, monkeypatch):
+    model, train = world
+    cfg = cfg_of(model)
+    a = subset(model, train, list(range(30)))
+    store, _ = S.sync(model, a, "trak", cfg, tmp_path / "s", progress=False)
+    before = S.store_scores(model, a, store, query(a), "trak", cfg)
+
+    def crash(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        S.sync(model, train, "trak", cfg, tmp_path / "s", progress=False)
+    monkeypatch.undo()
+    opened = S.RowStore(tmp_path / "s", S.store_meta(model, "trak", cfg))
+    assert not opened.dropped and not opened.gram_damaged and len(opened) == len(store)
+    assert torch.allclose(S.store_scores(model, a, opened, query(a), "trak", cfg), before)
+
+
+def test_float16_rows_rank_like_float32(world, tmp_path):
+    model, train = world
+    for method in ("trak", "feature", "pixel"):
+        cfg = cfg_of(model, method)
+        s32 = S.store_scores(model, train, S.sync(model, train, method, cfg, tmp_path / f"{method}32",
+                                                   progress=False)[0], query(train), method, cfg)
+        s16 = S.store_scores(model, train, S.sync(model, train, method, cfg, tmp_path / f"{method}16", "float16",
+                                                   progress=False)[0], query(train), method, cfg)
+        assert spearman(s32.numpy(), s16.numpy()) > 0.99, method
+
+
+def test_feature_and_pixel_rows_give_the_in_memory_scores(world, tmp_path):
+    model, train = world
+    for method in ("feature", "pixel"):
+        ref = attribute(model, train, query(train, 7), method, cache=tmp_path / "cache", progress=False).scores
+        got = attribute(model, train, query(train, 7), method, store=tmp_path / method, progress=False).scores
+        assert torch.allclose(ref, got, atol=1e-5), method
+
+
+def test_a_store_is_refused_for_another_config_method_or_folder(world, tmp_path):
+    model, train = world
+    S.sync(model, train, "trak", cfg_of(model), tmp_path / "s", progress=False)
+    with pytest.raises(DatarightsError, match="another config"):
+        S.sync(model, train, "trak", cfg_of(model, proj_dim=8), tmp_path / "s", progress=False)
+    with pytest.raises(DatarightsError, match="another .*method"):
+        S.sync(model, train, "dtrak", cfg_of(model, "dtrak"), tmp_path / "s", progress=False)
+    with pytest.raises(DatarightsError, match="keeps no per-image rows"):
+        attribute(model, train, query(train), "abu", store=tmp_path / "t", progress=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(DatarightsError, match="not empty"):
+        S.sync(model, train, "pixel", cfg_of(model, "pixel"), tmp_path / "busy", progress=False)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_store_and_attribute_store_commands(monkeypatch, capsys, tmp_path, tiny_world, tiny_trained):
+    import json
+
+    from PIL import Image
+
+    from .test_cli import run
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "q.png")
+    common = ["--model", tiny_trained, "--data", tiny_world]
+    code, out, err = run(monkeypatch, capsys, "store", tmp_path / "s", "--method", "pixel", *common, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["added"] == res["works"] > 0 and res["deleted"] == 0
+    code, out, err = run(monkeypatch, capsys, "attribute", tmp_path / "q.png", "--prompt", "a red face", *common,
+                         "--method", "pixel", "--store", tmp_path / "s", "--json")
+    assert code == 0, err
+    assert "store: 0 rows added, 0 deleted" in err and len(json.loads(out)["top"]) == 10
+    for args, message in [
+        (["store", tmp_path / "t", "--method", "abu", *common], "keeps no per-image rows"),
+        (["store", tmp_path / "t", "--method", "pixel", "--dtype", "int8", *common], "--dtype must be one of"),
+        (["store", tiny_world / "rows", "--method", "pixel", *common], "lies inside the input"),
+        (["store", tmp_path / "s", "--method", "feature", *common], "another config, method"),
+        (["attribute", tmp_path / "q.png", "--prompt", "a face", "--method", "abu", "--store", tmp_path / "t", *common],
+         "keeps no per-image rows"),
+    ]:
+        code, _, err = run(monkeypatch, capsys, *args)
+        assert code == 2 and message in err, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists() and not (tiny_world / "rows").exists()
+
+
+def test_model_free_rows_are_shared_by_every_model_and_model_rows_are_not(world, tmp_path):
+    from datarights.models import build_world_model
+
+    from .conftest import TINY_UNET
+    model, train = world
+    other = build_world_model(TINY_UNET, seed=1).eval()          # another model, e.g. an edited one
+    S.sync(model, train, "pixel", cfg_of(model, "pixel"), tmp_path / "p", progress=False)
+    _, rep = S.sync(other, train, "pixel", cfg_of(other, "pixel"), tmp_path / "p", progress=False)
+    assert rep.added == 0 and rep.kept > 0
+    S.sync(model, train, "trak", cfg_of(model), tmp_path / "t", progress=False)
+    with pytest.raises(DatarightsError, match="another model"):
+        S.sync(other, train, "trak", cfg_of(other), tmp_path / "t", progress=False)
+
+
+def test_ray_workers_make_the_single_process_rows(world, tmp_path):
+    """Two local Ray workers (starting Ray takes ~10 s: in the slow stage)."""
+    from datarights.attribute.workers import ray_featurize
+    model, train = world
+    cfg = cfg_of(model)
+    one, _ = S.sync(model, train, "trak", cfg, tmp_path / "one", progress=False)
+    featurize, shutdown = ray_featurize(model, "trak", cfg, workers=2)
+    try:
+        two, rep = S.sync(model, train, "trak", cfg, tmp_path / "two", progress=False, featurize=featurize)
+    finally:
+        shutdown()
+    assert rep.added == len(one)
+    for k in S.work_keys(train):
+        np.testing.assert_allclose(two.row(k), one.row(k), rtol=1e-4, atol=1e-6 * float(np.abs(one.row(k)).max()))
+    np.testing.assert_allclose(two.gram, one.gram, rtol=1e-4, atol=1e-6 * np.abs(one.gram).max())
+
+
+def test_workers_without_ray_say_how_to_install_it(monkeypatch, capsys, tmp_path, tiny_world, tiny_trained):
+    import sys
+
+    from .test_cli import run
+    monkeypatch.setitem(sys.modules, "ray", None)               # import ray fails as if not installed
+    code, _, err = run(monkeypatch, capsys, "store", tmp_path / "s", "--method", "pixel", "--model", tiny_trained,
+                       "--data", tiny_world, "--workers", "2")
+    assert code == 2 and "pip install 'datarights[ray]'" in err and "Traceback" not in err
+    code, _, err = run(monkeypatch, capsys, "store", tmp_path / "s", "--method", "pixel", "--model", tiny_trained,
+                       "--data", tiny_world, "--ray-address", "auto")
+    assert code == 2 and "give --workers N too" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_streamed_folder_makes_the_in_memory_rows_reading_one_batch_at_a_time(world, tiny_world, tmp_path,
+                                                                               monkeypatch):
+    model, train = world
+    cfg = cfg_of(model)
+    mem, _ = S.sync(model, train, "trak", cfg, tmp_path / "mem", progress=False)
+    rows = S.FolderRows.open(tiny_world, model.resolution)
+    read = []
+    real = S.FolderRows.images_of
+    monkeypatch.setattr(S.FolderRows, "images_of", lambda self, r: read.append(len(r)) or real(self, r))
+    streamed, rep = S.sync(model, rows, "trak", cfg, tmp_path / "stream", progress=False)
+    assert rows.keys == train.keys and rep.added == len(mem)
+    assert max(read) <= cfg.batch_size < len(train) and sum(read) == len(mem)
+    for k in train.keys:
+        np.testing.assert_allclose(streamed.row(k), mem.row(k), rtol=1e-4, atol=1e-6 * float(np.abs(mem.row(k)).max()))
+    # scoring needs no images at all: the query and the rows
+    r = attribute(model, rows, query(train), "trak", cfg, store=tmp_path / "stream", progress=False)
+    ref = S.store_scores(model, train, mem, query(train), "trak", cfg)
+    assert torch.allclose(r.scores, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max())) and sum(read) == len(mem)
+    with pytest.raises(DatarightsError, match="needs a store"):
+        attribute(model, rows, query(train), "trak", cfg, progress=False)
+
+
+def test_an_interrupted_sync_keeps_its_committed_rows_and_resumes(world, tmp_path, monkeypatch):
+    model, train = world
+    cfg = cfg_of(model)
+    spec = S.ROWS["trak"]
+    real, calls = spec.featurize, []
+
+    def dies_on_third(m, t, c, idx, seeds):
+        calls.append(len(idx))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(m, t, c, idx, seeds)
+
+    monkeypatch.setattr(spec, "featurize", dies_on_third)
+    monkeypatch.setattr(S.RowStore, "__init__", _small_shards(S.RowStore.__init__))
+    with pytest.raises(KeyboardInterrupt):
+        S.sync(model, train, "trak", cfg, tmp_path / "s", progress=False)
+    monkeypatch.setattr(spec, "featurize", real)
+    kept = S.RowStore(tmp_path / "s", S.store_meta(model, "trak", cfg))
+    assert len(kept) == sum(calls[:2]) > 0 and not kept.gram_damaged
+    again, rep = S.sync(model, train, "trak", cfg, tmp_path / "s", progress=False)
+    assert rep.kept == len(kept) and rep.added == len(again) - len(kept)
+    fresh, _ = S.sync(model, train, "trak", cfg, tmp_path / "fresh", progress=False)
+    np.testing.assert_allclose(again.gram, fresh.gram, rtol=1e-9, atol=1e-9 * np.abs(fresh.gram).max())
+
+
+def _small_shards(init):
+    def wrapped(self, root, meta, dtype="float32", shard_rows=4096):
+        init(self, root, meta, dtype, shard_rows=8)         # commit every 8 rows (one batch is 16)
+    return wrapped
