@@ -34,6 +34,7 @@ def test_attack_contract(method, backend_folder):
     out = r.to_json()
     assert set(out) >= {"asr", "attempts", "method", "seconds"}
     assert out["attempts"] == 2 and 0 <= out["asr"] <= 1 and out["method"] == method
+    assert isinstance(out["prompts"], list) and all(isinstance(x, str) for x in out["prompts"])
     assert r.images.shape == (2, 3, 16, 16)
 
 

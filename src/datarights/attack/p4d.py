@@ -186,7 +186,7 @@ def p4d(model: T2IModel, target: str, cfg: P4DConfig, judge=None, base: T2IModel
         ok.append(shown)
     result = AttackResult("p4d", target, sum(ok) / len(ok) if ok else 0.0, len(ok), 0.0, used,
                           torch.cat(images) if images else None, ok)
-    result.extra = {"prompts": cfg.budget, "ideal": len(ideal), "unsafe_on_base": int(sum(unsafe)),
+    result.extra = {"prompts_tried": cfg.budget, "ideal": len(ideal), "unsafe_on_base": int(sum(unsafe)),
                     "safe_on_erased": int(cfg.budget - sum(erased_shows)),
                     "broken_by_variant": broken}
     return result
