@@ -520,6 +520,7 @@ def part_ann(args) -> dict:
     from usearch.index import Index
 
     from datarights.attribute.feature import FeatureConfig, embed
+    from datarights.attribute.pixel import _unit
     from datarights.world.generate import WorldConfig, make_world
 
     sizes = sorted(args.sizes or [5000, 20000, 100000])
@@ -533,11 +534,7 @@ def part_ann(args) -> dict:
     kinds = {"feature": (embed(images, cfg).numpy(), embed(queries, cfg).numpy())}
     embed_s = time.time() - t0
 
-    def unit(x):
-        x = x[:pixel_max].flatten(1).double()
-        x = x - x.mean(1, keepdim=True)
-        return (x / x.norm(dim=1, keepdim=True)).float().numpy()
-    kinds["pixel"] = (unit(images), unit(queries))
+    kinds["pixel"] = (_unit(images[:pixel_max]).float().numpy(), _unit(queries).float().numpy())
     faiss.omp_set_num_threads(torch.get_num_threads())
     rows = []
     for kind, (base, q) in kinds.items():

@@ -40,7 +40,7 @@ def test_store_scores_are_the_in_memory_kernel_of_the_same_rows(world, tmp_path)
     model, train = world
     cfg = cfg_of(model)
     store, rep = S.sync(model, train, "trak", cfg, tmp_path / "s", progress=False)
-    keys = S.work_keys(train)
+    keys = train.keys
     assert rep.added == len(set(keys)) and len(store) == len(set(keys))
     spec = S.spec_for("trak")
     phi = spec.featurize(model, train, cfg, torch.arange(len(train)), [S.key_seed(k) for k in keys])
@@ -62,7 +62,7 @@ def test_store_grows_and_shrinks_like_a_rebuild(world, tmp_path, monkeypatch):
     real = spec.featurize
     monkeypatch.setattr(spec, "featurize", lambda m, t, c, idx, seeds: made.append(len(idx)) or real(m, t, c, idx, seeds))
     inc, rep = S.sync(model, b, "trak", cfg, tmp_path / "inc", progress=False)
-    ka, kb = set(S.work_keys(a)), set(S.work_keys(b))
+    ka, kb = set(a.keys), set(b.keys)
     assert sum(made) == rep.added == len(kb - ka) and rep.deleted == len(ka - kb) > 0 and rep.kept == len(ka & kb)
     fresh, _ = S.sync(model, b, "trak", cfg, tmp_path / "fresh", progress=False)
     np.testing.assert_allclose(inc.gram, fresh.gram, rtol=1e-9, atol=1e-9 * np.abs(fresh.gram).max())
@@ -80,9 +80,9 @@ def test_a_work_seen_twice_is_one_row_counted_twice(world, tmp_path):
     rows = list(range(10)) + [3, 3]
     dup = subset(model, train, rows)
     store, rep = S.sync(model, dup, "trak", cfg, tmp_path / "s", progress=False)
-    k3 = S.work_keys(dup)[3]
+    k3 = dup.keys[3]
     assert rep.added == 10 and store.counts()[k3] == 3
-    phi = np.stack([store.row(k) for k in S.work_keys(dup)]).astype(np.float64)
+    phi = np.stack([store.row(k) for k in dup.keys]).astype(np.float64)
     np.testing.assert_allclose(store.gram, phi.T @ phi, rtol=1e-9, atol=1e-9 * np.abs(store.gram).max())
     # one copy fewer: a recount, no new row
     _, rep = S.sync(model, subset(model, train, rows[:-1]), "trak", cfg, tmp_path / "s", progress=False)
@@ -110,7 +110,7 @@ def test_a_damaged_file_is_detected_and_rebuilt_never_used(world, tmp_path, dama
     assert opened.gram_damaged and (damage == "gram" or (opened.dropped and len(opened) < len(store)))
     if damage != "gram":
         with pytest.raises(DatarightsError, match="lacks"):
-            opened.scores(np.zeros(16), S.work_keys(train))
+            opened.scores(np.zeros(16), train.keys)
     again, rep = S.sync(model, train, "trak", cfg, tmp_path / "s", progress=False)
     assert rep.gram_rebuilt and (rep.added > 0) == (damage != "gram")
     after = S.store_scores(model, train, again, query(train), "trak", cfg)
@@ -227,7 +227,7 @@ def test_ray_workers_make_the_single_process_rows(world, tmp_path):
     finally:
         shutdown()
     assert rep.added == len(one)
-    for k in S.work_keys(train):
+    for k in train.keys:
         np.testing.assert_allclose(two.row(k), one.row(k), rtol=1e-4, atol=1e-6 * float(np.abs(one.row(k)).max()))
     np.testing.assert_allclose(two.gram, one.gram, rtol=1e-4, atol=1e-6 * np.abs(one.gram).max())
 

@@ -52,7 +52,7 @@ class TrainingSet:
     def keys(self) -> list[str]:
         """Each row's content key (its image file's and caption's hash; `attribute.store`), read once."""
         from .store import work_keys
-        return work_keys(self)
+        return work_keys(self.folder.root, self.folder.metas)
 
 
 def load_training_set(model: T2IModel, data: str | Path | ImageFolder) -> TrainingSet:

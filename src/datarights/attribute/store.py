@@ -36,13 +36,14 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import DatarightsError
 from ..files import file_sha256, write_json
+from .cache import build_lock
 
 STORE_VERSION = 1
 MANIFEST = "store.json"
@@ -64,6 +65,8 @@ class RowSpec:
     model_free: bool = False
     """Rows depend on the images and the config only (pixels, an encoder's features), not on the
     model's weights: every model of one resolution shares the store (an edited model needs no new rows)."""
+    batch: Callable | None = None
+    """(model, cfg) -> training images per featurization batch; None: 512 (world), what fits (SD)."""
 
 
 ROWS: dict[str, RowSpec] = {}
@@ -82,11 +85,11 @@ def spec_for(method: str) -> RowSpec:
     return ROWS[method]
 
 
-def work_keys(train) -> list[str]:
+def work_keys(root: str | Path, metas: list[dict]) -> list[str]:
     """Each training row's content key: sha256 of its image file's sha256 and its caption."""
-    root = Path(train.folder.root)
+    root = Path(root)
     return [hashlib.sha256(f"{file_sha256(root / m['file_name'])}\n{m['text']}".encode()).hexdigest()
-            for m in train.folder.metas]
+            for m in metas]
 
 
 def key_seed(key: str) -> int:
@@ -148,8 +151,11 @@ class RowStore:
         except (OSError, ValueError):
             raise DatarightsError(f"{p} is not a datarights store manifest (damaged, or of another version)") from None
 
-    def _open(self) -> None:
-        """Read the manifest and check every file against its checksum; damaged shards are left out."""
+    def _open(self, trusted: frozenset[str] = frozenset()) -> None:
+        """Read the manifest and check every file against its checksum; damaged shards are left out.
+
+        `trusted`: ids of files this process has just checked or written (after an update), whose
+        checksums are not computed again."""
         self.shards: list[Shard] = []
         self.entries: dict[str, dict] = {}
         self.dropped: list[str] = []
@@ -159,7 +165,7 @@ class RowStore:
             raise DatarightsError(f"store {self.root} is a file, not a folder")
         man = self._manifest()
         if man is None:
-            if self.root.exists() and any(p.name != ".lock" for p in self.root.iterdir()):
+            if self.root.exists() and any(p.name != ".locks" for p in self.root.iterdir()):
                 raise DatarightsError(f"store folder {self.root} is not empty and holds no store: give a new or an empty folder")
             self.where = {}
             return
@@ -172,7 +178,7 @@ class RowStore:
         for entry in man["shards"]:
             try:
                 files = {part: rows_dir / f"{entry['id']}.{part}.npy" for part in ("rows", "keys", "counts")}
-                if any(file_sha256(files[p]) != entry["sha256"][p] for p in files):
+                if entry["id"] not in trusted and any(file_sha256(files[p]) != entry["sha256"][p] for p in files):
                     raise ValueError("checksum")
                 rows = np.load(files["rows"], mmap_mode="r")
                 keys = [k.decode() for k in np.load(files["keys"]).tolist()]
@@ -187,7 +193,7 @@ class RowStore:
         if man["gram"] is not None:
             try:
                 g = rows_dir / f"{man['gram']['id']}.gram.npy"
-                if file_sha256(g) != man["gram"]["sha256"]:
+                if man["gram"]["id"] not in trusted and file_sha256(g) != man["gram"]["sha256"]:
                     raise ValueError("checksum")
                 self.gram = np.load(g)
             except (OSError, ValueError, KeyError, TypeError):
@@ -234,7 +240,8 @@ class RowStore:
                                   ("counts", np.asarray(counts, dtype=np.int64)))}
         return {"id": sid, "rows": len(keys), "sha256": sums}
 
-    def _commit(self, entries: list[dict], gram: np.ndarray | None) -> None:
+    def _commit(self, entries: list[dict], gram: np.ndarray | None) -> frozenset[str]:
+        """Write the Gram matrix and replace the manifest; returns the ids now named (all checked)."""
         gram_entry = None
         if gram is not None and entries:
             gid = uuid.uuid4().hex[:16]
@@ -247,6 +254,7 @@ class RowStore:
             if p.name.split(".")[0] not in keep:
                 with contextlib.suppress(OSError):
                     p.unlink()
+        return frozenset(keep)
 
     def update(self, add: dict[str, tuple[np.ndarray, int]], delete: set[str], recount: dict[str, int]) -> None:
         """Apply one change: new rows (key -> (row, count)), keys to delete, keys whose count changes.
@@ -293,8 +301,7 @@ class RowStore:
                 for s in range(0, len(counts), 4096):
                     g = self._gram_of(rows[s:s + 4096], counts[s:s + 4096])
                     gram = g if gram is None else gram + g
-        self._commit(entries, gram)
-        self._open()                                   # re-read (and check) what was written
+        self._open(trusted=self._commit(entries, gram))   # re-read what was written (checked as it was written)
 
     # ------------------------------------------------------------------ scoring
     def scores(self, v: np.ndarray, keys: list[str]) -> np.ndarray:
@@ -310,16 +317,6 @@ class RowStore:
                 out[s:s + 8192] = np.asarray(sh.rows[s:s + 8192], dtype=np.float32) @ v
             per_shard.append(out)
         return np.array([per_shard[s][i] for s, i in (self.where[k] for k in keys)])
-
-
-@contextlib.contextmanager
-def locked(root: Path) -> Iterator[None]:
-    """One writer at a time (released by the OS if its holder dies)."""
-    from filelock import FileLock
-
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".lock")):
-        yield
 
 
 def store_meta(model, method: str, cfg) -> dict:
@@ -354,11 +351,7 @@ class FolderRows:
 
     @functools.cached_property
     def keys(self) -> list[str]:
-        return work_keys(self)
-
-    @property
-    def folder(self):                      # what work_keys reads: .root and .metas
-        return self
+        return work_keys(self.root, self.metas)
 
     @property
     def files(self) -> list[str]:
@@ -369,16 +362,9 @@ class FolderRows:
         return [m.get("owner", "unknown") for m in self.metas]
 
     def images_of(self, rows: list[int]) -> torch.Tensor:
-        from PIL import Image
+        from ..world.generate import read_image
 
-        from ..files import open_rgb
-
-        out = []
-        for i in rows:
-            rgb, _ = open_rgb(self.root / self.metas[i]["file_name"])
-            if rgb.size != (self.resolution, self.resolution):
-                rgb = rgb.resize((self.resolution, self.resolution), Image.BICUBIC)
-            out.append(np.asarray(rgb, dtype=np.float32) / 255.0)
+        out = [read_image(self.root / self.metas[i]["file_name"], self.resolution) for i in rows]
         return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())
 
     def load(self, model, rows: list[int]):
@@ -414,7 +400,7 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
         first.setdefault(k, i)
     streamed = isinstance(train, FolderRows)
     make = featurize or (lambda t, idx, seeds: spec.featurize(model, t, cfg, idx, seeds))
-    with locked(root):
+    with build_lock(root, "store"):          # one writer at a time (released by the OS if its holder dies)
         store = RowStore(root, store_meta(model, method, cfg), dtype)
         rep = SyncReport(dropped_shards=list(store.dropped), gram_rebuilt=store.gram_damaged)
         have = store.counts()
@@ -449,9 +435,9 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
 def _batch_size(model, method: str, cfg) -> int:
     from .. import runtime
 
-    if getattr(cfg, "timesteps", None) and hasattr(cfg, "proj_dim"):   # the TRAK family
-        from .trak import _batch
-        return _batch(model, cfg)
+    spec = spec_for(method)
+    if spec.batch is not None:
+        return spec.batch(model, cfg)
     return 512 if model.vae is None else max(1, runtime.rows_that_fit(model, backward=False))
 
 

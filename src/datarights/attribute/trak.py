@@ -116,10 +116,11 @@ def _kernel(phi: torch.Tensor, lam: float) -> torch.Tensor:
     return torch.linalg.solve(gram, phi.T).T.float()
 
 
-def _train_draws(model, x0, cfg, offset):
+def _train_draws(model, x0, cfg, offset=0, indices=None):
+    """Row i's draws from stream (seed, offset + i), or (seed, indices[i]) (the store's content seeds)."""
     ts = spaced_timesteps(cfg.timesteps, model.num_train_timesteps)
     return draws(len(x0), cfg.timesteps, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed, model.device,
-                 offset=offset, timesteps=ts)
+                 offset=offset, timesteps=ts, indices=indices)
 
 
 def _batch(model, cfg: TRAKConfig) -> int:
@@ -165,12 +166,10 @@ def store_rows(output: str) -> RowSpec:
     """The store's rows of trak/dtrak: phi_i at draws seeded by the work's content key (not its row number)."""
     def featurize(model, train, cfg: TRAKConfig, idx, seeds):
         x0 = train.x0[idx]
-        d = draws(len(idx), cfg.timesteps, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed, model.device,
-                  timesteps=spaced_timesteps(cfg.timesteps, model.num_train_timesteps), indices=seeds)
-        return Projector(model, cfg)(model, x0, train.cond(idx), d, output)
+        return Projector(model, cfg)(model, x0, train.cond(idx), _train_draws(model, x0, cfg, indices=seeds), output)
 
     return RowSpec(featurize, lambda model, train, query, cfg: query_feature(model, query, cfg, output),
-                   kernel=True, lam=lambda cfg: cfg.lam)
+                   kernel=True, lam=lambda cfg: cfg.lam, batch=_batch)
 
 
 @torch.no_grad()

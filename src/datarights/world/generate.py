@@ -403,6 +403,14 @@ def metadata_rows(root: Path) -> list[tuple[str, dict, Path]]:
     return rows
 
 
+def read_image(path: Path, resolution: int | None = None) -> np.ndarray:
+    """One image as RGB [H, W, 3] float32 in [0, 1], resized (bicubic) to `resolution` when given."""
+    rgb, _ = open_rgb(path)
+    if resolution is not None and rgb.size != (resolution, resolution):
+        rgb = rgb.resize((resolution, resolution), Image.BICUBIC)
+    return np.asarray(rgb, dtype=np.float32) / 255.0
+
+
 def read_imagefolder(path: str | Path, resolution: int | None = None) -> ImageFolder:
     """Read and validate an imagefolder; every problem is a one-line DatarightsError.
 
@@ -413,10 +421,7 @@ def read_imagefolder(path: str | Path, resolution: int | None = None) -> ImageFo
     root = Path(path)
     metas, images = [], []
     for _, meta, img_path in metadata_rows(root):
-        rgb, _ = open_rgb(img_path)
-        if resolution is not None and rgb.size != (resolution, resolution):
-            rgb = rgb.resize((resolution, resolution), Image.BICUBIC)
-        images.append(np.asarray(rgb, dtype=np.float32) / 255.0)
+        images.append(read_image(img_path, resolution))
         metas.append(meta)
     if not metas:
         raise DatarightsError(f"{root / 'metadata.jsonl'} lists no images")
