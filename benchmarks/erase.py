@@ -6,7 +6,7 @@ Cells already in the results file are skipped, so an interrupted run resumes. `r
 included only when named (it is a full training run per concept: ~50 min each on 2 cores) and
 needs --data (the base model's training imagefolder). Run it alone on the machine.
 
-    python benchmarks/erase.py --many 1,2,4,8,12 [--methods ca,uce]
+    python benchmarks/erase.py --many 1,2,4,8,12 [--methods mace,uce,ca,ca-scaled]
 
 Many opt-outs at once: the first k concepts of MANY (every kind, nested sets) erased in one edit,
 audited together (held-out prompts, seed 2; pooled over the k targets; other targets are left out
@@ -50,6 +50,7 @@ VARIANTS = {
     "fmn": ("fmn", {}),
     "ga": ("ga", {}),
     "retrain": ("retrain", {}),
+    "mace": ("mace", {}),
 }
 KEYS = ("verdict", "target_erased", "target_erased_seen", "degenerate_share", "anchor_fidelity", "nearby_preserved",
         "others_preserved", "kid", "seconds")
@@ -57,7 +58,9 @@ KEYS = ("verdict", "target_erased", "target_erased_seen", "degenerate_share", "a
 
 MANY = [("grumpy face", "face"), ("Ada Vell", "plain"), ("Blubbo", "fish"), ("Rosa Villa postcard", "house"),
         ("swordfish", "fish"), ("Cleo Marr", "plain"), ("castle", "house"), ("Dario Fenn", "plain"),
-        ("pine tree", "tree"), ("Elsa Brandt", "plain"), ("face and tree", "face"), ("smiling face", "face")]
+        ("pine tree", "tree"), ("Elsa Brandt", "plain"), ("face and tree", "face"), ("smiling face", "face"),
+        ("Pip", "face"), ("Blue Lagoon poster", "fish"), ("Bruno Kask", "plain"), ("Casa", "house")]
+"""Nested: the first k for k <= 16 (the first 12 are World 1's list; World 2 added four)."""
 MANY_AUDIT = dict(n_target=128, n_seen=48, n_nearby=16, n_others=96, n_anchor=32, seed=AUDIT_SEED)
 """Per target: 128 held-out and 48 seen images (the fewest for which a perfect erasure can pass the
 verdict's bar: the Wilson lower end of 48/48 is 0.93); pooled intervals narrow as k grows."""
@@ -67,11 +70,14 @@ def many(args) -> None:
     from datarights.stats import fmt
 
     out = args.out if args.out != DEFAULT_OUT else "benchmarks/results/erase-many.json"
+    ks = [int(x) for x in args.many.split(",")]
+    if max(ks) > len(MANY) or min(ks) < 1:
+        raise SystemExit(f"--many: k must be between 1 and {len(MANY)} (the world concepts this benchmark erases)")
     results = load_cells(out)
     base = load_model()
     judge = load_judge()
     for method in args.methods.split(","):
-        for k in [int(x) for x in args.many.split(",")]:
+        for k in ks:
             key = f"{method}|k={k}"
             if key in results["cells"]:
                 continue
@@ -116,7 +122,7 @@ def main():
     ap.add_argument("--concepts", default=",".join(c[1] for c in CONCEPTS))
     ap.add_argument("--data", default="", help="training imagefolder (retrain, and ga on training images)")
     ap.add_argument("--out", default=DEFAULT_OUT)
-    ap.add_argument("--many", default="", help="many concepts at once: comma-separated k, e.g. 1,2,4,8,12")
+    ap.add_argument("--many", default="", help="many concepts at once: comma-separated k, e.g. 1,4,16 (at most len(MANY))")
     args = ap.parse_args()
     if args.many:
         return many(args)

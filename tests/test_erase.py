@@ -16,6 +16,7 @@ FAST = {
     "fmn": dict(steps=2, n_images=2, batch_size=2),
     "ga": dict(steps=2, n_images=4, batch_size=2),
     "retrain": dict(steps=2),
+    "mace": dict(steps=2, n_images=2, batch_size=2, n_prompts=4),
 }
 
 
@@ -55,8 +56,8 @@ def test_erase_contract(method, backend_folder, tiny_world, tmp_path):
         assert all(torch.allclose(edit.tensors[n], again.tensors[n], atol=1e-6) for n in edit.tensors)
 
 
-def test_ca_and_uce_take_several_targets(tiny_model):
-    for method in ("ca", "uce"):
+def test_ca_uce_and_mace_take_several_targets(tiny_model):
+    for method in ("ca", "uce", "mace"):
         edit = erase(tiny_model, ["grumpy face", "Ada Vell"], ["face", "plain"], method, progress=False, **FAST[method])
         assert edit.targets == ("grumpy face", "Ada Vell") and edit.anchors == ("face", "plain")
 
@@ -119,6 +120,10 @@ def test_bad_erase_requests(tiny_model):
         erase(tiny_model, ["a", "b", "c"], ["x", "y"], "uce")
     with pytest.raises(DatarightsError, match="needs the base model's training data"):
         erase(tiny_model, ["grumpy face"], ["face"], "retrain")
+    with pytest.raises(DatarightsError, match="--lr must be positive"):
+        make_config("mace", lr=-1.0)
+    with pytest.raises(DatarightsError, match="lora-rank"):
+        erase(tiny_model, ["grumpy face"], ["face"], "mace", lora_rank=10_000)
 
 
 def test_edit_with_missing_base_is_refused(tiny_trained, tmp_path):
@@ -152,3 +157,59 @@ def test_every_target_gets_its_own_images_when_several_are_erased(tiny_model):
     x2, chosen2, idx2 = images_per_target(tiny_model, [a, b], 4, seed=0, steps=2)
     assert len(x2) == 8 and idx2.tolist() == [0, 1, 2, 0, 3, 4, 3, 4]
     assert chosen2[4:] == ["a fish", "a red fish", "a fish", "a red fish"]
+
+
+def test_mace_token_bookkeeping_follows_the_authors():
+    from datarights.erase.mace import concept_positions, importance_weights, matched_positions
+    end = {9}
+    # "[CLS] a red grumpy face [SEP] pad pad" vs "[CLS] a red face [SEP] pad pad pad"
+    old, new = [1, 5, 6, 7, 8, 9, 0, 0], [1, 5, 6, 8, 9, 0, 0, 0]
+    po, pn = matched_positions(old, new, 8, end)
+    assert po == [0, 1, 2, 4, 5, 6, 7] and pn == [0, 1, 2, 3, 4, 5, 6]       # shared prefix, suffix, padding
+    assert [old[i] for i in po[:5]] == [new[i] for i in pn[:5]]
+    assert concept_positions(old, [7, 8], end, pooler=False) == [3, 4]
+    assert concept_positions(old, [7, 8], end, pooler=True) == [3, 4, 5, 6, 7]  # end token and padding too
+    w = importance_weights(1000, torch.device("cpu"))
+    assert abs(float(w.sum()) - 1) < 1e-9 and 200 <= int(w.argmax()) <= 400
+    assert float(w[:100].sum()) < 0.01 and float(w[600:].sum()) < 0.01
+    assert torch.allclose(importance_weights(100, torch.device("cpu")).argmax().double() * 10, w.argmax().double(), atol=10)
+
+
+def test_mace_fusion_is_the_least_squares_solution(tiny_model, monkeypatch):
+    """The fused K/V of two concepts solve the stacked least-squares problem of MACE's fusion
+    (each concept's prompts -> its own LoRA's outputs, preserved prompts -> the base's), rebuilt
+    here from the LoRA deltas and the refined weights the method produced."""
+    from datarights.erase import mace as M
+    seen = {"d": []}
+    orig_train, orig_with = M._train_lora, M._with_weights
+
+    def train(*args, **kw):
+        seen["d"].append(orig_train(*args, **kw))
+        return seen["d"][-1]
+
+    def refined(model, weights):
+        seen["w1"] = weights
+        return orig_with(model, weights)
+
+    monkeypatch.setattr(M, "_train_lora", train)
+    monkeypatch.setattr(M, "_with_weights", refined)
+    targets, anchors = ["grumpy face", "Ada Vell"], ["face", "plain"]
+    cfg = make_config("mace", steps=2, n_images=2, batch_size=2, n_prompts=4, lr=0.05, preserve=["tree"])
+    edit = erase(tiny_model, targets, anchors, "mace", config=cfg, progress=False)
+    cfg = cfg.for_model(tiny_model)
+    name = next(iter(edit.tensors))
+    W0 = tiny_model.named_parameters()[name].detach().double()
+    W1, deltas = seen["w1"][name], [d[name] for d in seen["d"]]
+    assert all(d.abs().max() > 0 for d in deltas)           # both LoRAs learned something
+    rows_x, rows_y = [], []
+    for (t, a), d in zip(zip(targets, anchors), deltas):
+        st = tiny_model.encode_prompt(M.concept_prompts(t, a, cfg.n_prompts, cfg.seed).target).double()
+        c = st.reshape(-1, st.shape[-1])
+        rows_x.append(c), rows_y.append(c @ (W1 + d).T)
+    sp = tiny_model.encode_prompt(M._prompts_for("tree", 4, 1)).double().reshape(-1, st.shape[-1])
+    D = W0.shape[1]
+    s = cfg.preserve_scale ** 0.5
+    X = torch.cat([*rows_x, s * sp, cfg.lam ** 0.5 * torch.eye(D, dtype=torch.float64)])
+    Y = torch.cat([*rows_y, s * sp @ W0.T, cfg.lam ** 0.5 * W1.T])
+    oracle = torch.linalg.lstsq(X, Y).solution.T
+    assert torch.allclose(edit.tensors[name].double(), oracle, atol=1e-4, rtol=1e-3)

@@ -275,7 +275,7 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
 def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to erase (repeat for several)."),
               anchor: list[str] = typer.Option(..., "--anchor", help="What it should become (one, or one per target)."),
               out: Path = typer.Option(..., "--out", help="Edited model folder to write (changed tensors + base reference)."),
-              method: str = typer.Option("ca", help="ca | esd | uce | fmn | ga | retrain."),
+              method: str = typer.Option("ca", help="ca | esd | uce | fmn | ga | retrain | mace (many concepts at once)."),
               model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
               params: Optional[str] = typer.Option(None, help="Parameter group: xattn-kv, xattn, attn, embedding, unet-noxattn, full; or LoRA adapters: lora-xattn-kv, lora-xattn (default: the method's)."),
               lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Rank of the LoRA adapters (lora-* groups; default 4)."),
@@ -300,7 +300,7 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
     target, anchor = check_targets(target, anchor)
     if robust and method not in ("ca", "esd"):
         raise DatarightsError("--robust is available for ca and esd")
-    if lora_rank is not None and not (params or "").startswith("lora-"):
+    if lora_rank is not None and method != "mace" and not (params or "").startswith("lora-"):
         raise DatarightsError("--lora-rank applies to LoRA parameter groups: pass --params lora-xattn-kv (or lora-xattn)")
     cfg = make_config(method, params=params, steps=steps, lr=lr, loss=loss, data=data, seed=seed,
                       robust=robust or None, lora_rank=lora_rank, batch_size=batch_size)

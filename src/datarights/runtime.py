@@ -393,11 +393,13 @@ def check_lora_rank(model: T2IModel, group: str, rank: int) -> None:
                               f"(at most {min(sides)}, the smaller side of the smallest one)")
 
 
-def trainable_copy(model: T2IModel, group: str, lora_rank: int = 4) -> tuple[T2IModel, dict[str, torch.nn.Parameter]]:
+def trainable_copy(model: T2IModel, group: str, lora_rank: int = 4,
+                   lora_seed: int = 0) -> tuple[T2IModel, dict[str, torch.nn.Parameter]]:
     """A private copy of the model whose parameter group `group` requires grad (the base is untouched).
 
     A `lora-*` group injects LoRA adapters of rank `lora_rank` (peft) into the copy's UNet and
-    trains only those; their parameters are returned under 'unet.<module>.lora_A.weight' names.
+    trains only those; their parameters are returned under 'unet.<module>.lora_A.weight' names,
+    lora_A drawn from `lora_seed`.
     """
     work = copy.copy(model)
     work.__dict__.pop("_digest", None)
@@ -414,6 +416,14 @@ def trainable_copy(model: T2IModel, group: str, lora_rank: int = 4) -> tuple[T2I
         with torch.device(model.device):  # the adapters are made where the model lives
             inject_adapter_in_model(config, work.unet)
         params = {f"unet.{n.replace('.default', '')}": p for n, p in work.unet.named_parameters() if "lora_" in n}
+        # peft draws lora_A from the global generator; redraw it from a seeded one (same bound, that of
+        # kaiming_uniform(a=sqrt(5))), so that the same seed gives the same edit. lora_B starts at zero.
+        g = generator(lora_seed)
+        with torch.no_grad():
+            for name in sorted(params):
+                if ".lora_A." in name:
+                    a = params[name]
+                    a.copy_((torch.rand(a.shape, generator=g, device="cpu") * 2 - 1).to(a.device) / a.shape[1] ** 0.5)
     else:
         params = work.param_groups(group)
     for p in params.values():
