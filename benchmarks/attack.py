@@ -1,6 +1,6 @@
 """Attacks on erasure: erase methods (and the base model) x attacks -> attack success rate.
 
-    python benchmarks/attack.py [--methods base,ca,esd,uce,fmn,ca-robust,esd-robust] [--attacks udatk,ti,paraphrase,p4d]
+    python benchmarks/attack.py [--methods base,ca,esd,uce,fmn,ca-robust,esd-robust,stereo,mace] [--attacks udatk,ti,paraphrase,p4d]
 
 For two object instances and two styles (one of each is the defaults' tuning set, the other held
 out): erase with each method (defaults; `-robust` = `--robust`), audit the edit against the base
@@ -38,6 +38,8 @@ VARIANTS = {
     "fmn": ("fmn", {}),
     "ca-robust": ("ca", {"robust": True}),
     "esd-robust": ("esd", {"robust": True}),
+    "stereo": ("stereo", {}),
+    "mace": ("mace", {}),
 }
 
 

@@ -17,6 +17,8 @@ FAST = {
     "ga": dict(steps=2, n_images=4, batch_size=2),
     "retrain": dict(steps=2),
     "mace": dict(steps=2, n_images=2, batch_size=2, n_prompts=4),
+    "stereo": dict(rounds=1, n_adversarial=1, ste_steps=1, reo_steps=2, inversion_steps=1, n_images=2, batch_size=2,
+                   rollout_steps=2, n_prompts=4),
 }
 
 
@@ -124,6 +126,11 @@ def test_bad_erase_requests(tiny_model):
         make_config("mace", lr=-1.0)
     with pytest.raises(DatarightsError, match="lora-rank"):
         erase(tiny_model, ["grumpy face"], ["face"], "mace", lora_rank=10_000)
+    for bad in (dict(rounds=0), dict(inversion_steps=0), dict(n_adversarial=0)):
+        with pytest.raises(DatarightsError, match="inversion budget"):
+            make_config("stereo", **bad)
+    with pytest.raises(DatarightsError, match="more than the 2 tokens"):
+        make_config("stereo", rounds=2, n_adversarial=3)
 
 
 def test_edit_with_missing_base_is_refused(tiny_trained, tmp_path):

@@ -275,7 +275,7 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
 def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to erase (repeat for several)."),
               anchor: list[str] = typer.Option(..., "--anchor", help="What it should become (one, or one per target)."),
               out: Path = typer.Option(..., "--out", help="Edited model folder to write (changed tensors + base reference)."),
-              method: str = typer.Option("ca", help="ca | esd | uce | fmn | ga | retrain | mace (many concepts at once)."),
+              method: str = typer.Option("ca", help="ca | esd | uce | fmn | ga | retrain | mace (many concepts at once) | stereo (resists textual inversion)."),
               model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
               params: Optional[str] = typer.Option(None, help="Parameter group: xattn-kv, xattn, attn, embedding, unet-noxattn, full; or LoRA adapters: lora-xattn-kv, lora-xattn (default: the method's)."),
               lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Rank of the LoRA adapters (lora-* groups; default 4)."),

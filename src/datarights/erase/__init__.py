@@ -1,7 +1,7 @@
 """Erase (opt-out): remove a concept from a model while nearby concepts stay intact.
 
 One module per method, each a config dataclass plus a function registered by name:
-`ca` (Concept Ablation), `esd`, `uce`, `fmn`, `ga`, `retrain`, `mace` (many concepts at once). Every method returns a frozen
+`ca` (Concept Ablation), `esd`, `uce`, `fmn`, `ga`, `retrain`, `mace` (many concepts at once), `stereo` (erasure that resists inversion). Every method returns a frozen
 `Edit` (the changed tensors + the base's identity) that can be applied, saved and loaded.
 """
 
@@ -11,7 +11,7 @@ from ..errors import DatarightsError
 from ..models import Edit, T2IModel, load_edited
 from ..registry import build_config
 from ..runtime import LORA_TARGETS, check_lora_rank
-from . import ca, esd, fmn, ga, mace, retrain, uce  # noqa: F401  (registers the methods)
+from . import ca, esd, fmn, ga, mace, retrain, stereo, uce  # noqa: F401  (registers the methods)
 from .base import METHODS, concept_prompts
 
 

@@ -1,0 +1,204 @@
+"""STEREO (Srivatsan et al., CVPR 2025): search thoroughly enough, then robustly erase once.
+
+1. **Search Thoroughly Enough (STE).** `rounds` rounds of erase-then-attack on one model that keeps
+   its edits: erase the current concept with ESD's objective (a partial rollout of the model being
+   trained under the concept, then eps(x_t, c) -> eps_ref(x_t, c) - (g - 1)[eps_ref(x_t, c) -
+   eps_ref(x_t, empty)], the reference being the model at the round's start; g = 2 is erasing
+   towards the unconditional prediction), then invert the concept on the erased model (textual
+   inversion: one new token embedding v_r fitted to images of the concept under captions with v_r
+   in place of the concept's words). The next round erases v_r. Each v_r is an adversarial prompt
+   that brought the concept back from a model that had already forgotten every earlier one.
+2. **Robustly Erase Once (REO).** From the *base* model, erase the target and the first
+   `n_adversarial` tokens together with the anchor-compositional objective: for a sampled erase
+   concept e (stratified over them) and anchor prompt a,
+       eps(x_t, c_e) -> eps(empty) + (s - 1)(eps(a) - eps(empty)) - (s + 1) mean_n (eps(n) - eps(empty)),
+   every eps on the right from the frozen base, n over all erase concepts (the authors' APG form,
+   which with eta 1 and no momentum or threshold is this sum). The anchor keeps the edit pointing
+   at something (a face, a plain painting) rather than at noise.
+
+The images for the inversions are the base model's own generations of the concept from the erase's
+prompt half, with seeds (ADVERSARY_SEED onward) that no audit or evaluation attack uses, so what the
+search saw is disjoint from what measures it. Defaults (STEREOConfig.DEFAULTS). Stable Diffusion:
+the authors' train.py (koushiksrivats/robust-concept-erasing): 4 rounds, 200 iterations per erase,
+STE lr 5e-6, REO lr 2e-5, negative guidance 2, compositional scale 2, concept inversion 3000 steps at
+lr 5e-3, 4 adversarial tokens, batch 1, rollouts of 50 DDIM steps at guidance 3. The world model: ESD's
+world settings (cross-attention, lr 1e-4, batch 8, rollouts of 20 steps) and the TI attack's
+inversion (80 steps, lr 0.05), 100 steps per STE round, 150 REO steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .. import runtime
+from ..errors import DatarightsError
+from ..models import Edit, T2IModel
+from ..registry import ModelDefaults, check_fields
+from .base import TrainOptions, concept_prompts, finish_edit, images_per_target, register
+from .robust import ADVERSARY_SEED
+
+
+@dataclass
+class STEREOConfig(TrainOptions, ModelDefaults):
+    """Settings of STEREO (None: the model's default, see DEFAULTS and the module docstring)."""
+
+    rounds: int = 4
+    """Erase-then-invert rounds of the search (the authors' n_iterations)."""
+    n_adversarial: int = 4
+    """Adversarial tokens from the search that the final erase also removes."""
+    ste_steps: int | None = None
+    """Erase steps in each search round (world 100; SD 200)."""
+    ste_lr: float | None = None
+    """Learning rate of the search's erases (world 1e-4; SD 5e-6)."""
+    reo_steps: int | None = None
+    """Steps of the final erase (world 150; SD 200)."""
+    reo_lr: float | None = None
+    """Learning rate of the final erase (world 1e-4; SD 2e-5)."""
+    negative_guidance: float = 2.0
+    """g of the search's ESD target (2: the unconditional prediction)."""
+    compositional_scale: float = 2.0
+    """s of the final erase's compositional target."""
+    inversion_steps: int | None = None
+    """Textual-inversion steps of each search round (world 80; SD 3000)."""
+    inversion_lr: float | None = None
+    """Textual-inversion learning rate (world 0.05; SD 5e-3)."""
+    n_images: int | None = None
+    """Base-model images of the target for the inversions (world 16; SD 8)."""
+    batch_size: int | None = None
+    """Rollouts (and inversion images) per step (world 8; SD 1)."""
+    rollout_steps: int | None = None
+    """DDIM steps of a full rollout; each step stops at a random one (world 20; SD 50)."""
+    guidance: float | None = None
+    """Guidance of the rollouts (world: the model's; SD 3.0)."""
+    n_prompts: int = 48
+    """Target prompts built from templates (the erase's half)."""
+    seed: int = 0
+    """Seed."""
+
+    DEFAULTS: ClassVar[dict] = {
+        "world": dict(params="xattn", ste_steps=100, ste_lr=1e-4, reo_steps=150, reo_lr=1e-4, inversion_steps=80,
+                      inversion_lr=0.05, n_images=16, batch_size=8, rollout_steps=20),
+        "sd": dict(params="xattn", ste_steps=200, ste_lr=5e-6, reo_steps=200, reo_lr=2e-5, inversion_steps=3000,
+                   inversion_lr=5e-3, n_images=8, batch_size=1, rollout_steps=50, guidance=3.0),
+    }
+
+    def __post_init__(self):
+        self.check_params(("xattn", "xattn-kv", "unet-noxattn", "full"), "stereo")
+        if self.rounds < 1 or self.n_adversarial < 1 or (self.inversion_steps is not None and self.inversion_steps < 1):
+            raise DatarightsError("stereo needs an inversion budget: --rounds, --n-adversarial and "
+                                  "--inversion-steps must be at least 1")
+        if self.n_adversarial > self.rounds:
+            raise DatarightsError(f"--n-adversarial {self.n_adversarial} is more than the {self.rounds} tokens "
+                                  "the search finds (one per round)")
+        check_fields(self, at_least_one=("ste_steps", "reo_steps", "n_images", "batch_size", "rollout_steps",
+                                         "n_prompts"),
+                     positive=("ste_lr", "reo_lr", "inversion_lr", "negative_guidance", "compositional_scale"))
+
+
+def _frozen(model: T2IModel) -> T2IModel:
+    """A frozen snapshot of the model's current weights (the reference of a search round)."""
+    ref = copy.copy(model)
+    ref.__dict__.pop("_digest", None)
+    ref.unet = copy.deepcopy(model.unet).requires_grad_(False)
+    return ref
+
+
+def _rollout(model: T2IModel, cond: torch.Tensor, cfg: STEREOConfig, g: torch.Generator):
+    """A partial rollout of `model` under cond, stopped at a random DDIM step: (x_t, t)."""
+    stop = int(runtime.randint(cfg.rollout_steps, (1,), g, "cpu"))
+    noise = runtime.randn((len(cond), *model.latent_shape), g, model.device)
+    w = model.default_guidance if cfg.guidance is None else cfg.guidance
+    with torch.no_grad():
+        x = model.sample_states(cond, steps=cfg.rollout_steps, guidance=w, noise=noise, stop_at=stop)
+    return x, model.ddim(cfg.rollout_steps).timesteps[stop]
+
+
+@register("stereo", STEREOConfig)
+def stereo(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOConfig, progress=True) -> Edit:
+    from ..attack.base import fit_embeddings, states_with_placeholder
+    from ..attack.ti import _with_placeholder
+
+    t0 = time.time()
+    cfg = cfg.for_model(model)
+    dev = model.device
+    sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed) for t, a in zip(targets, anchors)]
+    with torch.no_grad():
+        empty = model.encode_prompt([""])
+        target_states = [model.encode_prompt(s.target) for s in sets]
+        anchor_states = [model.encode_prompt(s.anchor) for s in sets]
+    # the inversions' images: the base model's own, from seeds no audit or evaluation attack uses
+    x0, chosen, _ = images_per_target(model, [s.target for s in sets], cfg.n_images, cfg.seed + ADVERSARY_SEED)
+    images = model.from_model_space(x0)
+    mse = torch.nn.functional.mse_loss
+
+    # 1. Search Thoroughly Enough: one model that keeps its erasures, attacked after each
+    work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
+    adversarial: list[list[torch.Tensor]] = [[] for _ in targets]      # per target: the states of each v_r
+    for r in range(cfg.rounds):
+        ref = _frozen(work)
+        conds = [target_states[i] if r == 0 else adversarial[i][-1] for i in range(len(targets))]
+        micro, accumulate = runtime.micro_batches(model, cfg.batch_size)
+
+        def ste_loss(step: int, g: torch.Generator, conds=conds, ref=ref) -> torch.Tensor:
+            i = step % len(conds)
+            c = conds[i][runtime.randint(len(conds[i]), (micro,), g, dev)]
+            x, t = _rollout(work, c, cfg, g)
+            with torch.no_grad():
+                ec, eu = ref.predict_noise(torch.cat([x, x]), t, torch.cat([c, empty.expand_as(c)])).chunk(2)
+                goal = ec - (cfg.negative_guidance - 1) * (ec - eu)
+            return mse(work.predict_noise(x, t, c), goal)
+
+        runtime.optimise(work, params, ste_loss, cfg.ste_steps, cfg.ste_lr, runtime.seed_of(cfg.seed, r),
+                         f"erase[stereo] search {r + 1}/{cfg.rounds}", progress, accumulate=accumulate)
+        attacked = _frozen(work)
+        for i, (target, anchor) in enumerate(zip(targets, anchors)):
+            rows = [j for j in range(len(chosen)) if j // cfg.n_images == i]
+            captions = [_with_placeholder(chosen[j], target) for j in rows]
+            start = model.tokenizer(anchor, add_special_tokens=False).input_ids[0]
+            v = torch.nn.Parameter(model.token_embedding().weight[start].detach().clone())
+            g = runtime.generator(cfg.seed + ADVERSARY_SEED, r, i)
+            v = fit_embeddings(attacked, images[rows], v,
+                               lambda step, b, captions=captions, v=v: states_with_placeholder(
+                                   attacked, [captions[k] for k in b.tolist()], v),
+                               cfg.inversion_steps, cfg.inversion_lr, min(cfg.batch_size, len(rows)), g)
+            prompts = [_with_placeholder(p, target) for p in sets[i].target]
+            with torch.no_grad():
+                adversarial[i].append(states_with_placeholder(model, prompts, v))
+    del work, params, ref, attacked
+
+    # 2. Robustly Erase Once, from the base: the targets and their first adversarial tokens
+    erase_sets = [[target_states[i], *adversarial[i][:cfg.n_adversarial]] for i in range(len(targets))]
+    work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
+    micro, accumulate = runtime.micro_batches(model, cfg.batch_size)
+    s = cfg.compositional_scale
+    n_concepts = len(erase_sets[0])
+
+    def reo_loss(step: int, g: torch.Generator) -> torch.Tensor:
+        i = step % len(targets)
+        e = (step // len(targets)) % n_concepts                          # stratified over the erase concepts
+        rows = runtime.randint(len(target_states[i]), (micro,), g, dev)
+        c = erase_sets[i][e][rows]
+        x, t = _rollout(work, c, cfg, g)
+        with torch.no_grad():
+            negs = [states[rows] for states in erase_sets[i]]
+            a = anchor_states[i][rows]
+            batch = torch.cat([empty.expand_as(c), a, *negs])
+            preds = model.predict_noise(torch.cat([x] * (2 + len(negs))), t, batch).chunk(2 + len(negs))
+            eu, ea = preds[0], preds[1]
+            neg = torch.stack([p - eu for p in preds[2:]]).mean(0)
+            goal = eu + (s - 1) * (ea - eu) - (s + 1) * neg
+        return mse(work.predict_noise(x, t, c), goal)
+
+    runtime.optimise(work, params, reo_loss, cfg.reo_steps, cfg.reo_lr, runtime.seed_of(cfg.seed, cfg.rounds),
+                     "erase[stereo] erase once", progress, accumulate=accumulate)
+    return finish_edit(model, params, "stereo", targets, anchors, cfg, t0,
+                       extra={"adversarial_tokens": cfg.n_adversarial, "search_rounds": cfg.rounds,
+                              "inversion_images": "base model's generations, seeds from ADVERSARY_SEED"})
+
+
+__all__ = ["STEREOConfig", "stereo"]
