@@ -163,8 +163,8 @@ def stereo(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOC
             v = torch.nn.Parameter(model.token_embedding().weight[start].detach().clone())
             g = runtime.generator(cfg.seed + ADVERSARY_SEED, r, i)
             v = fit_embeddings(attacked, images[rows], v,
-                               lambda step, b, captions=captions, v=v: states_with_placeholder(
-                                   attacked, [captions[k] for k in b.tolist()], v),
+                               lambda step, b, captions=captions, v=v, m=attacked: states_with_placeholder(
+                                   m, [captions[k] for k in b.tolist()], v),
                                cfg.inversion_steps, cfg.inversion_lr, min(cfg.batch_size, len(rows)), g)
             prompts = [_with_placeholder(p, target) for p in sets[i].target]
             with torch.no_grad():
