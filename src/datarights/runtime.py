@@ -393,6 +393,14 @@ def check_lora_rank(model: T2IModel, group: str, rank: int) -> None:
                               f"(at most {min(sides)}, the smaller side of the smallest one)")
 
 
+def unet_copy(model: T2IModel) -> T2IModel:
+    """A copy of the model with its own UNet (the text encoder and VAE shared, the weights hash dropped)."""
+    work = copy.copy(model)
+    work.__dict__.pop("_digest", None)
+    work.unet = copy.deepcopy(model.unet)
+    return work
+
+
 def trainable_copy(model: T2IModel, group: str, lora_rank: int = 4,
                    lora_seed: int = 0) -> tuple[T2IModel, dict[str, torch.nn.Parameter]]:
     """A private copy of the model whose parameter group `group` requires grad (the base is untouched).
@@ -401,9 +409,7 @@ def trainable_copy(model: T2IModel, group: str, lora_rank: int = 4,
     trains only those; their parameters are returned under 'unet.<module>.lora_A.weight' names,
     lora_A drawn from `lora_seed`.
     """
-    work = copy.copy(model)
-    work.__dict__.pop("_digest", None)
-    work.unet = copy.deepcopy(model.unet)
+    work = unet_copy(model)
     if group == "embedding":
         work.text_encoder = copy.deepcopy(model.text_encoder)
     work.eval()

@@ -130,6 +130,18 @@ def images_per_target(model: T2IModel, prompt_sets: list[list[str]], n: int, see
     return x0, chosen, torch.tensor(idx, device=model.device)
 
 
+def partial_rollout(model: T2IModel, cond: torch.Tensor, steps: int, guidance: float | None,
+                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """ESD's training rollout: `model` sampled under cond from fresh noise, stopped at a random one of
+    `steps` DDIM steps; returns (x_t, t). Draws from g, in order: the stop, then the noise."""
+    stop = int(runtime.randint(steps, (1,), g, "cpu"))
+    noise = runtime.randn((len(cond), *model.latent_shape), g, model.device)
+    w = model.default_guidance if guidance is None else guidance
+    with torch.no_grad():
+        x = model.sample_states(cond, steps=steps, guidance=w, noise=noise, stop_at=stop)
+    return x, model.ddim(steps).timesteps[stop]
+
+
 def config_dict(cfg) -> dict:
     return asdict(cfg)
 

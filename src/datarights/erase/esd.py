@@ -24,7 +24,7 @@ import torch
 from .. import runtime
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
-from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, register
+from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, partial_rollout, register
 from .robust import ROBUST_DEFAULTS, Adversary, RobustOptions
 
 
@@ -76,12 +76,8 @@ def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig,
         idx = runtime.randint(len(prompts), (micro,), g, model.device)
         cond = enc(idx)
         unc = empty.expand_as(cond)
-        sched = model.ddim(cfg.rollout_steps)
-        stop = int(runtime.randint(cfg.rollout_steps, (1,), g, "cpu"))
-        noise = runtime.randn((micro, *model.latent_shape), g, model.device)
-        with torch.no_grad():  # partial rollout of the frozen model under c, stopped at a random step
-            x = model.sample_states(cond, steps=cfg.rollout_steps, guidance=w, noise=noise, stop_at=stop)
-            t = sched.timesteps[stop]
+        x, t = partial_rollout(model, cond, cfg.rollout_steps, w, g)  # of the frozen model under c
+        with torch.no_grad():
             e = model.predict_noise(torch.cat([x, x]), t, torch.cat([unc, cond]))
             eu, ec = e.chunk(2)
             goal = eu - cfg.eta * (ec - eu)

@@ -227,11 +227,7 @@ def mace(model: T2IModel, targets: list[str], anchors: list[str], cfg: MACEConfi
 
 def _with_weights(model: T2IModel, weights: dict[str, torch.Tensor]) -> T2IModel:
     """A copy of the model with these parameters replaced (the base is untouched)."""
-    import copy
-
-    work = copy.copy(model)
-    work.__dict__.pop("_digest", None)
-    work.unet = copy.deepcopy(model.unet)
+    work = runtime.unet_copy(model)
     params = work.named_parameters()
     with torch.no_grad():
         for n, w in weights.items():

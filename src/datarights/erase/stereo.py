@@ -28,7 +28,6 @@ inversion (80 steps, lr 0.05), 100 steps per STE round, 150 REO steps.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -39,7 +38,7 @@ from .. import runtime
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
-from .base import TrainOptions, concept_prompts, finish_edit, images_per_target, register
+from .base import TrainOptions, concept_prompts, finish_edit, images_per_target, partial_rollout, register
 from .robust import ADVERSARY_SEED
 
 
@@ -102,20 +101,13 @@ class STEREOConfig(TrainOptions, ModelDefaults):
 
 def _frozen(model: T2IModel) -> T2IModel:
     """A frozen snapshot of the model's current weights (the reference of a search round)."""
-    ref = copy.copy(model)
-    ref.__dict__.pop("_digest", None)
-    ref.unet = copy.deepcopy(model.unet).requires_grad_(False)
+    ref = runtime.unet_copy(model)
+    ref.unet.requires_grad_(False)
     return ref
 
 
 def _rollout(model: T2IModel, cond: torch.Tensor, cfg: STEREOConfig, g: torch.Generator):
-    """A partial rollout of `model` under cond, stopped at a random DDIM step: (x_t, t)."""
-    stop = int(runtime.randint(cfg.rollout_steps, (1,), g, "cpu"))
-    noise = runtime.randn((len(cond), *model.latent_shape), g, model.device)
-    w = model.default_guidance if cfg.guidance is None else cfg.guidance
-    with torch.no_grad():
-        x = model.sample_states(cond, steps=cfg.rollout_steps, guidance=w, noise=noise, stop_at=stop)
-    return x, model.ddim(cfg.rollout_steps).timesteps[stop]
+    return partial_rollout(model, cond, cfg.rollout_steps, cfg.guidance, g)
 
 
 @register("stereo", STEREOConfig)
