@@ -483,6 +483,23 @@ def part_custom(args) -> dict:
     return {"machine": _machine(), **res}
 
 
+def part_local(args) -> dict:
+    """Local attribution on the shipped model's compositions (issue 24): for each half of a generated
+    composition the judge reads whole, the share of the half's part among each method's top 10 of the
+    training images that show one of the two parts, with the region and without it (report queries;
+    tune queries apart), with the HTML report of the best method."""
+    from datarights.attribute import load_training_set
+    from datarights.evaluate import LocalEvalConfig, local_eval
+    from datarights.judge import load_judge
+    from datarights.models import load_model
+
+    model = load_model()
+    cfg = LocalEvalConfig(**({"methods": args.methods} if args.methods else {}), queries=args.queries or 16)
+    res = local_eval(cfg, model, load_training_set(model, _world()), load_judge(), args.run or "runs/local",
+                     cache=_bench_cache(), report=args.report)
+    return {"machine": _machine(), **res}
+
+
 def part_counterfactual(args) -> dict:
     from datarights.evaluate import CounterfactualConfig, counterfactual
     extra = {"methods": args.methods} if args.methods else {}
@@ -596,6 +613,92 @@ def part_ann(args) -> dict:
             "wheel_bytes": wheels, "rows": rows}
 
 
+def part_ann_million(args) -> dict:
+    """The store's index at 10^6 rows (issue 22's bar: recall@10 >= 0.95, <= 10 ms a query): usearch HNSW with
+    the store's settings (connectivity 16, construction beam 128) over 10^6 default-world renders (ten worlds
+    of 100,000, seeds 100-109), as the world encoder's 128-d features and as 256-d vectors (the renders'
+    centred unit pixels through a fixed Gaussian projection, seed 0, renormalised); 256 queries (renders of
+    seed 7), one at a time, at search beams 64, 128 and 256 (the store's); recall against exact search (a
+    returned row counts when it scores at least the exact 10th score: duplicated renders tie); then
+    1% of the rows deleted in place and added back (the opt-out and the append)."""
+    import tempfile
+
+    import numpy as np
+    from usearch.index import Index
+
+    from datarights.attribute.feature import FeatureConfig, embed
+    from datarights.attribute.pixel import _unit
+    from datarights.attribute.store import INDEX_SEARCH_BEAM
+    from datarights.stats import mean_ci
+    from datarights.world.generate import WorldConfig, make_world
+
+    n, chunk = args.million, 100_000
+    cfg = FeatureConfig().for_model(None)
+    proj = torch.randn(768, 256, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 16.0
+
+    def vectors(images):
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        feat = embed(x, cfg).numpy().astype(np.float32)
+        pix = torch.nn.functional.normalize(_unit(x) @ proj, dim=1).float().numpy()
+        return feat, pix
+
+    t0 = time.time()
+    parts = [vectors(make_world(WorldConfig(n_images=min(chunk, n - s), seed=100 + s // chunk))[0])
+             for s in range(0, n, chunk)]
+    kinds = {"feature (128-d)": np.concatenate([p[0] for p in parts]),
+             "pixel projection (256-d)": np.concatenate([p[1] for p in parts])}
+    del parts
+    qf, qp = vectors(make_world(WorldConfig(n_images=2000, seed=7))[0][::8][:256])
+    queries = {"feature (128-d)": qf, "pixel projection (256-d)": qp}
+    make_s = time.time() - t0
+    print(f"ann-million: {n} vectors of each kind in {make_s:.0f} s", file=sys.stderr, flush=True)
+    rows = []
+    for kind, X in kinds.items():
+        q = queries[kind]
+        lat, exact = [], []
+        for v in q:
+            t = time.perf_counter()
+            sc = X @ v
+            top = np.argpartition(-sc, 10)[:10]
+            lat.append(time.perf_counter() - t)
+            exact.append((sc, float(sc[top].min())))   # duplicated renders tie: any row at the 10th score counts
+        rows.append({"kind": kind, "n": len(X), "dim": X.shape[1], "search": "exact (numpy)",
+                     "p50_ms": 1e3 * float(np.median(lat)), "p99_ms": 1e3 * float(np.quantile(lat, 0.99)),
+                     "recall_at_10": 1.0})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        t = time.time()
+        idx = Index(ndim=X.shape[1], metric="ip", dtype="f32", connectivity=16, expansion_add=128)
+        idx.add(np.arange(len(X), dtype=np.uint64), X)
+        build_s = time.time() - t
+        with tempfile.TemporaryDirectory() as tmp:
+            idx.save(f"{tmp}/i.usearch")
+            nbytes = Path(f"{tmp}/i.usearch").stat().st_size
+        for beam in sorted({64, 128, INDEX_SEARCH_BEAM}):
+            idx.expansion_search = beam
+            lat, hits = [], []
+            for v, want in zip(q, exact):
+                t = time.perf_counter()
+                got = idx.search(v, 10).keys
+                lat.append(time.perf_counter() - t)
+                hits.append(float(np.sum(want[0][got.astype(np.int64)] >= want[1] - 1e-6)) / 10)
+            rows.append({"kind": kind, "n": len(X), "dim": X.shape[1], "search": f"usearch HNSW f32, beam {beam}",
+                         "build_s": build_s, "index_bytes": nbytes, "p50_ms": 1e3 * float(np.median(lat)),
+                         "p99_ms": 1e3 * float(np.quantile(lat, 0.99)), "recall_at_10": float(np.mean(hits)),
+                         "recall_at_10_ci": mean_ci(hits, bounds=(0, 1))["ci"]})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        gone = np.arange(0, len(X), 100, dtype=np.uint64)            # 1% opted out, then appended again
+        t = time.time()
+        idx.remove(gone)
+        delete_s = time.time() - t
+        back = sum(bool(set(idx.search(v, 10).keys.tolist()) & set(gone.tolist())) for v in q)
+        t = time.time()
+        idx.add(gone, X[gone.astype(np.int64)])
+        append_s = time.time() - t
+        rows[-1].update(delete_1pct_s=delete_s, deleted_found_after_remove=int(back), append_1pct_s=append_s)
+        del idx
+    return {"machine": _machine(), "make_and_embed_s": make_s, "queries": 256, "rows": rows}
+
+
 PART_DEFAULTS = {
     "counterfactual": {"world_images": 1000, "train_steps": 1500, "unet_channels": None},
     "lds": {"world_images": 600, "train_steps": 800, "unet_channels": [16, 32, 48], "subsets": 32},
@@ -610,8 +713,10 @@ PART_DEFAULTS = {
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "abu-variants", "abu-fast", "abu-linearity",
-                                     "owners", "leaveout", "ship", "custom", "counterfactual", "lds", "ann"])
+                                     "owners", "leaveout", "ship", "custom", "counterfactual", "lds", "ann", "local"])
     ap.add_argument("--sizes", type=int, nargs="*", default=None, help="ann: training-set sizes (default 5000 20000 100000)")
+    ap.add_argument("--million", type=int, default=None,
+                    help="ann: measure the store's index at this many rows instead (10^6 for the figures)")
     ap.add_argument("--wheel-sizes", type=int, nargs=2, default=None, help="ann: bytes of the usearch and faiss-cpu wheels")
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--rerank", type=int, nargs="*", default=None, help="abu-fast: two-stage top M (default 100 500)")
@@ -642,6 +747,7 @@ def main():
     ap.add_argument("--unit", default="image", choices=["image", "owner"], help="lds: subsets of images or of owners")
     ap.add_argument("--batch-size", type=int, default=64, help="batch of the retraining recipes")
     ap.add_argument("--run", default=None, help="run folder (resumable; default runs/<part>)")
+    ap.add_argument("--report", default=None, help="local: HTML report folder (each half lit beside its top images)")
     ap.add_argument("--reuse", nargs="*", default=None,
                     help="owners: earlier run folders whose scores of the same queries and method configs are reused")
     args = ap.parse_args()
@@ -653,12 +759,14 @@ def main():
           "abu-variants": part_abu_variants, "abu-fast": part_abu_fast, "abu-linearity": part_abu_linearity, "owners": part_owners,
           "leaveout": part_leaveout,
           "ship": part_ship, "custom": part_custom,
-          "counterfactual": part_counterfactual, "lds": part_lds, "ann": part_ann}[args.part]
+          "counterfactual": part_counterfactual, "lds": part_lds, "local": part_local,
+          "ann": part_ann_million if args.million else part_ann}[args.part]
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.unit}" if args.part == "lds" and args.unit == "owner" else ""
     suffix += "-uncoupled" if args.part in ("counterfactual", "lds") and args.uncoupled else ""
     suffix += "-plain" if args.part == "custom" and args.exemplar_captions == "plain" else ""
+    suffix += "-million" if args.part == "ann" and args.million else ""
     write_json(RESULTS / f"attribute-{args.part}{suffix}.json", res)
     print(json.dumps(res, default=str))
 

@@ -13,6 +13,8 @@ FAST = {
     "trak": dict(proj_dim=16, timesteps=2, batch_size=16),
     "dtrak": dict(proj_dim=16, timesteps=2, batch_size=16),
     "jtrak": dict(proj_dim=16, timesteps=3, batch_size=16),
+    "ekfac": dict(proj_dim=16, timesteps=2, batch_size=16, fisher_draws=1),
+    "kfac": dict(proj_dim=16, timesteps=2, batch_size=16, fisher_draws=1),
     "feature": {},
     "pixel": {},
     "caption": {},
@@ -234,3 +236,206 @@ def test_the_realness_bank_is_rendered_once_per_judge_and_read_back_the_same(mon
     b = scorer.fit_realness(judge)
     assert torch.equal(a.feat_bank, b.feat_bank) and torch.equal(a.pix_bank, b.pix_bank)
     assert (a.feat_threshold, a.pix_threshold) == (b.feat_threshold, b.pix_threshold)
+
+
+# ---------------------------------------------------------------- influence functions (kfac, ekfac)
+def _layer_grads(model, train, cfg, rows):
+    """Per-sample loss gradients of each tracked layer at TRAK's training draws: {name: [len(rows), out, in]}."""
+    from datarights.attribute.trak import _train_draws
+    mods = linear_modules(model, cfg.params)
+    idx = torch.tensor(rows)
+    x0 = train.x0[idx]
+    g = per_sample_grads(model, mods, x0, train.cond(idx), _train_draws(model, x0, cfg, indices=rows), "loss")
+    out, start = {}, 0
+    for n, m in mods.items():
+        out[n] = g[:, start:start + m.weight.numel()].view(len(rows), *m.weight.shape).double()
+        start += m.weight.numel()
+    return out
+
+
+def test_the_kronecker_preconditioner_is_the_dense_damped_inverse():
+    """The oracle: the curvature built as a dense matrix, (Q_A (x) Q_S) diag(vec Lambda) (Q_A (x) Q_S)^T
+    + lambda I, and solved with torch.linalg.solve."""
+    from datarights.attribute import ekfac
+    g = torch.Generator().manual_seed(0)
+    QA = torch.linalg.qr(torch.randn(7, 7, generator=g, dtype=torch.float64))[0]
+    QS = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))[0]
+    lam = torch.rand(5, 7, generator=g, dtype=torch.float64) ** 3
+    grad = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    U = torch.kron(QA, QS)                      # vec() stacks columns: vec(Q_S X Q_A^T) = (Q_A (x) Q_S) vec(X)
+    G = U @ torch.diag(lam.T.flatten()) @ U.T + 0.1 * lam.mean() * torch.eye(35, dtype=torch.float64)
+    want = torch.linalg.solve(G, grad.T.flatten())
+    got = ekfac.precondition(grad, {"QA": QA, "QS": QS, "lam": lam}, 0.1)
+    assert torch.allclose(got.T.flatten(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_influence_scores_are_the_preconditioned_gradient_products(train_set):
+    """Without a projection, the scores must be sum over layers of g_i . precondition(g_q) with each layer's
+    own factors (the preconditioner is checked against the dense inverse above)."""
+    from datarights.attribute import ekfac, resolved
+    from datarights.attribute.trak import _train_draws
+    model, train = train_set
+    for method in ("ekfac", "kfac"):
+        cfg = resolved(make_config(method, projection="none", timesteps=2, batch_size=16, fisher_draws=1), model)
+        state = METHODS[method].prepare(model, train, cfg, progress=False)
+        q = Query(train.images[3], train.folder.texts[3])
+        got = METHODS[method].score(model, train, state, q, cfg).double()
+        mods = linear_modules(model, cfg.params)
+        x0 = model.to_model_space(q.image[None].float())
+        gq = per_sample_grads(model, mods, x0, model.encode_prompt([q.prompt]), _train_draws(model, x0, cfg, 10**9),
+                              "loss")[0].double()
+        gi = _layer_grads(model, train, cfg, list(range(len(train))))
+        want, start = torch.zeros(len(train), dtype=torch.float64), 0
+        for i, (n, m) in enumerate(mods.items()):
+            QA, QS, lam = (state[f"{p}.{i}"].double() for p in ("QA", "QS", "lam"))
+            size = m.weight.numel()
+            pre = ekfac.precondition(gq[start:start + size].view_as(m.weight), {"QA": QA, "QS": QS, "lam": lam},
+                                     cfg.damping)
+            want += gi[n].flatten(1) @ pre.flatten()
+            start += size
+        assert torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max())), method
+
+
+def test_ekfac_eigenvalues_are_the_pseudo_gradients_second_moments_and_kfac_the_products(train_set):
+    """EK-FAC's Lambda is E[(Q_S^T D Q_A)^2] over the per-draw pseudo-gradients D (recomputed here with
+    autograd, one draw at a time, not the hooks); K-FAC's is l_S l_A^T from the same factors."""
+    from datarights.attribute import ekfac, resolved
+    from datarights.runtime import draws, generator
+    model, train = train_set
+    cfg = resolved(make_config("ekfac", timesteps=2, batch_size=16, fisher_draws=1), model)
+    facs = ekfac.fit_factors(model, train, cfg, progress=False)
+    kf = ekfac.fit_factors(model, train, resolved(make_config("kfac", timesteps=2, batch_size=16, fisher_draws=1),
+                                                  model), progress=False)
+    mods = linear_modules(model, cfg.params)
+    bs = max(1, 16 * cfg.timesteps // cfg.fisher_draws // 2)
+    second = {n: 0 for n in mods}
+    for s in range(0, len(train), bs):
+        idx = torch.arange(s, min(s + bs, len(train)))
+        x0 = train.x0[idx]
+        d = draws(len(idx), 1, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed + 31, model.device, offset=s)
+        g = generator(cfg.seed + 37, s)
+        z = torch.randn((len(idx), *x0.shape[1:]), generator=g)
+        for r in range(len(idx)):                     # each draw's own autograd gradient
+            for m in mods.values():
+                m.weight.requires_grad_(True)
+            with torch.enable_grad():
+                out = model.predict_noise(model.add_noise(x0[r:r + 1], d.noise[r], d.t[r]), d.t[r],
+                                          train.cond(idx[r:r + 1]))
+                loss = (out * z[r]).sum() * (2.0 / out[0].numel()) ** 0.5
+                grads = torch.autograd.grad(loss, [m.weight for m in mods.values()])
+            for m in mods.values():
+                m.weight.requires_grad_(False)
+            for (n, _), D in zip(mods.items(), grads):
+                second[n] = second[n] + (facs[n]["QS"].double().T @ D.double() @ facs[n]["QA"].double()) ** 2
+    for n in mods:
+        lam = second[n] / len(train)
+        assert torch.allclose(facs[n]["lam"].double(), lam, rtol=1e-3, atol=1e-6 * float(lam.max())), n
+        assert torch.equal(kf[n]["QA"], facs[n]["QA"]) and torch.equal(kf[n]["QS"], facs[n]["QS"])
+        assert not torch.allclose(kf[n]["lam"], facs[n]["lam"])       # the correction changes them
+
+
+def test_influence_damping_is_a_query_setting_and_its_limit_is_the_layer_scaled_gradient_product(train_set, tmp_path):
+    """One artifact serves every damping; at a huge damping, (G + lambda_l I)^-1 -> I / lambda_l per layer,
+    so the scores become sum_l g_q,l . g_i,l / (damping x mean Lambda_l)."""
+    from datarights.attribute.trak import _train_draws
+    model, train = train_set
+    q = Query(train.images[2], train.folder.texts[2])
+    common = dict(timesteps=2, batch_size=16, fisher_draws=1, projection="none")
+    a = attribute(model, train, q, "ekfac", make_config("ekfac", **common), cache=tmp_path, progress=False)
+    b = attribute(model, train, q, "ekfac", make_config("ekfac", damping=1e8, **common), cache=tmp_path, progress=False)
+    assert b.prepare_seconds == 0.0
+    from datarights.attribute import prepare, resolved
+    cfg = resolved(make_config("ekfac", damping=1e8, **common), model)
+    state, _, _ = prepare(model, train, "ekfac", cfg, cache=tmp_path, progress=False)
+    mods = linear_modules(model, cfg.params)
+    x0 = model.to_model_space(q.image[None].float())
+    gq = per_sample_grads(model, mods, x0, model.encode_prompt([q.prompt]), _train_draws(model, x0, cfg, 10**9),
+                          "loss")[0].double()
+    gi = _layer_grads(model, train, cfg, list(range(len(train))))
+    want, start = torch.zeros(len(train), dtype=torch.float64), 0
+    for i, (n, m) in enumerate(mods.items()):
+        size = m.weight.numel()
+        want += gi[n].flatten(1) @ gq[start:start + size] / (1e8 * state[f"lam.{i}"].double().mean())
+        start += size
+    assert torch.allclose(b.scores.double(), want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
+    assert not torch.allclose(a.scores.double() / a.scores.abs().max(), want / want.abs().max(), atol=1e-2)
+
+
+def test_influence_configs_refuse_bad_settings():
+    for kw, msg in [(dict(damping=0), "--damping must be positive"), (dict(damping=-1), "--damping must be positive"),
+                    (dict(fisher_draws=0), "--fisher-draws must be at least 1"),
+                    (dict(projection="pca"), "projection must be one of")]:
+        for method in ("ekfac", "kfac"):
+            with pytest.raises(DatarightsError, match=msg):
+                make_config(method, **kw)
+
+
+# ---------------------------------------------------------------- local attribution (a region of the query)
+def test_a_region_loss_is_the_mean_over_its_positions(train_set):
+    from datarights.runtime import region_weight
+    model, train = train_set
+    x0, cond = train.x0[:3], train.cond(torch.arange(3))
+    d = draws(3, 2, tuple(x0.shape[1:]), model.num_train_timesteps, 0, model.device)
+    region = torch.zeros(model.resolution, model.resolution)
+    region[2:9, 0:5] = 1.0
+    w = region_weight(model, region)
+    got = per_sample_loss(model, x0, cond, d, "loss", w)
+    # by hand: each draw's squared error averaged over the region's positions and the channels
+    n, k = d.t.shape
+    x = x0[:, None].expand(n, k, *x0.shape[1:]).reshape(n * k, *x0.shape[1:])
+    t, noise = d.t.reshape(-1), d.noise.reshape(n * k, *x0.shape[1:])
+    c = cond[:, None].expand(n, k, *cond.shape[1:]).reshape(n * k, *cond.shape[1:])
+    err = (model.predict_noise(model.add_noise(x, noise, t), t, c) - noise) ** 2
+    want = err[:, :, 2:9, 0:5].flatten(1).mean(1).view(n, k).mean(1)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    everywhere = region_weight(model, torch.ones(model.resolution, model.resolution))
+    assert torch.allclose(per_sample_loss(model, x0, cond, d, "loss", everywhere), per_sample_loss(model, x0, cond, d),
+                          rtol=1e-5, atol=1e-7)
+
+
+def test_a_latent_region_weighs_each_vae_patch_by_its_share_inside():
+    from types import SimpleNamespace
+
+    from datarights.runtime import region_weight
+    model = SimpleNamespace(vae=object(), latent_shape=(4, 2, 2), resolution=16, device=torch.device("cpu"))
+    region = torch.zeros(16, 16)
+    region[0:8, 0:4] = 1.0                           # half of the top-left 8 x 8 patch
+    w = region_weight(model, region)
+    assert w.shape == (1, 1, 2, 2) and torch.allclose(w[0, 0], torch.tensor([[0.5, 0.0], [0.0, 0.0]]))
+
+
+def test_region_attribution_is_honoured_or_refused(train_set, tmp_path):
+    from datarights.attribute import LOCAL
+    model, train = train_set
+    region = torch.zeros(model.resolution, model.resolution)
+    region[:, : model.resolution // 2] = 1.0
+    whole = Query(train.images[4], train.folder.texts[4])
+    left = Query(train.images[4], train.folder.texts[4], region)
+    for method in sorted(LOCAL):
+        a = attribute(model, train, whole, method, make_config(method, **FAST[method]), cache=tmp_path, progress=False)
+        b = attribute(model, train, left, method, make_config(method, **FAST[method]), cache=tmp_path, progress=False)
+        assert torch.isfinite(b.scores).all() and not torch.allclose(a.scores, b.scores), method
+    # pixel: the region's pixels against the same pixels of every training image
+    r = attribute(model, train, left, "pixel", cache=None, progress=False)
+    half = train.images[:, :, :, : model.resolution // 2].flatten(1).double()
+    q = train.images[4][:, :, : model.resolution // 2].flatten().double()
+    half, q = half - half.mean(1, keepdim=True), q - q.mean()
+    want = (half @ q) / (half.norm(dim=1) * q.norm())
+    assert torch.allclose(r.scores.double(), want, atol=1e-5)
+    # feature: the region's crop, centred on its mean colour, embedded
+    from datarights.attribute.feature import FeatureConfig, embed, region_crop
+    crop = region_crop(train.images[4], region)
+    h = model.resolution // 2
+    assert torch.equal(crop[:, :, h // 2: h // 2 + h], train.images[4][:, :, :h])
+    got = attribute(model, train, left, "feature", cache=None, progress=False).scores
+    cfg = FeatureConfig().for_model(model)
+    assert torch.allclose(got, embed(train.images, cfg) @ embed(crop[None], cfg)[0], atol=1e-5)
+    for method, why in [("caption", "reads only the prompt"), ("jtrak", "sampling journey")]:
+        with pytest.raises(DatarightsError, match=f"{method} cannot attribute a region: .*{why}"):
+            attribute(model, train, left, method, cache=tmp_path, progress=False)
+    with pytest.raises(DatarightsError, match="the store does not keep"):
+        attribute(model, train, left, "pixel", store=tmp_path / "s", progress=False)
+    with pytest.raises(DatarightsError, match="the region is empty"):
+        Query(train.images[4], "a face", torch.zeros(model.resolution, model.resolution))
+    with pytest.raises(DatarightsError, match="must be the same size"):
+        Query(train.images[4], "a face", torch.ones(3, 3))

@@ -187,7 +187,10 @@ def test_store_and_attribute_store_commands(monkeypatch, capsys, tmp_path, tiny_
                          "--method", "pixel", "--store", tmp_path / "s", "--json")
     assert code == 0, err
     assert "store: 0 rows added, 0 deleted" in err and len(json.loads(out)["top"]) == 10
+    code, out, err = run(monkeypatch, capsys, "store", tmp_path / "s", "--method", "pixel", "--index", *common, "--json")
+    assert code == 0 and json.loads(out)["index"] == "built", err
     for args, message in [
+        (["store", tmp_path / "t", "--method", "trak", "--index", *common], "scores go through its kernel"),
         (["store", tmp_path / "t", "--method", "abu", *common], "keeps no per-image rows"),
         (["store", tmp_path / "t", "--method", "pixel", "--dtype", "int8", *common], "--dtype must be one of"),
         (["store", tiny_world / "rows", "--method", "pixel", *common], "lies inside the input"),
@@ -297,3 +300,118 @@ def _small_shards(init):
     def wrapped(self, root, meta, dtype="float32", shard_rows=4096):
         init(self, root, meta, dtype, shard_rows=8)         # commit every 8 rows (one batch is 16)
     return wrapped
+
+
+# ---------------------------------------------------------------- the approximate index (feature, pixel)
+def test_an_index_query_scores_the_true_top_and_gives_the_exact_owner_shares(world, tmp_path):
+    model, train = world
+    for method in ("feature", "pixel"):
+        exact = attribute(model, train, query(train, 7), method, store=tmp_path / method, progress=False)
+        _, rep = S.sync(model, train, method, cfg_of(model, method), tmp_path / method, progress=False, index=True)
+        assert rep.index == "built" and "index built" in rep.line()
+        # below the size threshold the store still scores every row exactly
+        assert "approximate" not in attribute(model, train, query(train, 7), method, store=tmp_path / method,
+                                              progress=False).extra
+        few = attribute(model, train, query(train, 7), method, store=tmp_path / method, progress=False,
+                        index_min_rows=0, candidates=12)
+        ap = few.extra["approximate"]
+        assert ap["candidates"] == 12 and ap["rows"] == len(train) and len(few.scores) == ap["rows_scored"] >= 12
+        # the candidates are the exact top (a tiny index searches exhaustively), scored exactly
+        assert [t["index"] for t in few.top(10)] == [t["index"] for t in exact.top(10)], method
+        assert torch.allclose(few.scores, exact.scores[few.rows], atol=1e-5)
+        # shares standardised with the exact centre: each owner's share differs from the exact one by at
+        # most the bounded tail mass; with every row a candidate they are the exact shares
+        full = dict((o["owner"], o["share"]) for o in exact.owner_shares())
+        bound = ap["tail_share_bound"]
+        assert 0 < bound < 1
+        for o in few.owner_shares():
+            assert abs(o["share"] * (1 - bound) - full[o["owner"]]) <= bound + 1e-6, (method, o)
+        all_rows = attribute(model, train, query(train, 7), method, store=tmp_path / method, progress=False,
+                             index_min_rows=0, candidates=len(train))
+        assert all_rows.extra["approximate"]["tail_share_bound"] == 0.0
+        got = {o["owner"]: o["share"] for o in all_rows.owner_shares()}
+        assert all(abs(got[o] - full[o]) < 1e-4 for o in full), method
+
+
+def test_the_index_follows_appends_and_opt_outs_and_a_damaged_one_is_rebuilt(world, tmp_path):
+    model, train = world
+    cfg = cfg_of(model, "pixel")
+    a, b = subset(model, train, list(range(0, 40))), subset(model, train, list(range(10, len(train))))
+    S.sync(model, a, "pixel", cfg, tmp_path / "s", progress=False, index=True)
+    store, rep = S.sync(model, b, "pixel", cfg, tmp_path / "s", progress=False)      # works come and go
+    assert rep.index == "kept" and rep.added > 0 and rep.deleted > 0
+    gone = set(a.keys) - set(b.keys)
+    q = S.spec_for("pixel").query(model, b, query(b), cfg).numpy()
+    found = store.search(q, len(store))
+    assert sorted(found) == sorted(set(b.keys)) and not gone & set(found)
+    assert store.index_entry["rows"] == len(store)
+    # the same index as a rebuild on b: the same top 10
+    fresh, _ = S.sync(model, b, "pixel", cfg, tmp_path / "fresh", progress=False, index=True)
+    assert fresh.search(q, 10) == store.search(q, 10)
+    # a damaged index is never searched, and the next sync rebuilds it
+    p = store.index_path()
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    opened = S.RowStore(tmp_path / "s", S.store_meta(model, "pixel", cfg))
+    assert opened.index_damaged and not opened.has_index
+    with pytest.raises(DatarightsError, match="no usable index"):
+        opened.search(q, 10)
+    r = attribute(model, b, query(b), "pixel", store=tmp_path / "s", progress=False, index_min_rows=0)
+    assert "index rebuilt (damaged)" in r.extra["store"] and "approximate" in r.extra
+    store, rep = S.sync(model, b, "pixel", cfg, tmp_path / "s", progress=False, index=False)
+    assert rep.index == "dropped" and store.index_entry is None
+    assert not list((tmp_path / "s" / "rows").glob("*.usearch"))
+
+
+def test_an_index_is_refused_for_kernel_rows_and_without_usearch(world, tmp_path, monkeypatch):
+    import builtins
+
+    model, train = world
+    with pytest.raises(DatarightsError, match="scores go through its kernel"):
+        S.sync(model, train, "trak", cfg_of(model), tmp_path / "t", progress=False, index=True)
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith("usearch") else real(name, *a, **k))
+    with pytest.raises(DatarightsError, match=r"pip install 'datarights\[ann\]'"):
+        S.sync(model, train, "pixel", cfg_of(model, "pixel"), tmp_path / "p", progress=False, index=True)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "p").exists()
+
+
+def test_attribute_region_and_mask_options(monkeypatch, capsys, tmp_path, tiny_world, tiny_trained):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from .test_cli import run
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "q.png")      # resized to the model's 16 x 16
+    m = np.zeros((32, 32), dtype=np.uint8)
+    m[:, :16] = 255
+    Image.fromarray(m).save(tmp_path / "left.png")
+    common = ["--model", tiny_trained, "--data", tiny_world, "--method", "pixel", "--prompt", "a red face"]
+    code, out, err = run(monkeypatch, capsys, "attribute", tmp_path / "q.png", *common, "--region", "0,0,16,32",
+                         "--json", "--report", tmp_path / "rep")
+    assert code == 0, err
+    box = json.loads(out)
+    assert box["region"] == [0, 0, 16, 32] and "dimmed" in (tmp_path / "rep" / "index.html").read_text()
+    code, out, err = run(monkeypatch, capsys, "attribute", tmp_path / "q.png", *common, "--mask", tmp_path / "left.png",
+                         "--json")
+    assert code == 0, err
+    assert [t["index"] for t in json.loads(out)["top"]] == [t["index"] for t in box["top"]]
+    Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(tmp_path / "grey.png")
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "black.png")
+    for extra, message in [
+        (["--region", "0,0,40,8"], "lies outside the 32x32 image"),
+        (["--region", "4,4,4,9"], "has no area"),
+        (["--region", "1,2,3"], "four whole pixel numbers"),
+        (["--mask", tmp_path / "small.png"], "the region mask is 8x8 but the image is 32x32"),
+        (["--mask", tmp_path / "grey.png"], "black and white only"),
+        (["--mask", tmp_path / "black.png"], "marks no region"),
+        (["--mask", tmp_path / "left.png", "--region", "0,0,4,4"], "not both"),
+        (["--region", "0,0,4,4", "--method", "caption"], "caption cannot attribute a region"),
+        (["--region", "0,0,4,4", "--store", tmp_path / "s"], "the store does not keep"),
+    ]:
+        code, _, err = run(monkeypatch, capsys, "attribute", tmp_path / "q.png", *common, *extra)
+        assert code == 2 and message in err, (extra, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()

@@ -464,6 +464,7 @@ def store_cmd(store: Path = typer.Argument(..., help="The store folder (made if 
               workers: Optional[int] = typer.Option(None, "--workers", help="Compute the rows as Ray tasks on this many workers (a local Ray unless --ray-address; needs the ray extra)."),
               ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--workers: a running Ray cluster's address instead of a local Ray."),
               gpus: bool = typer.Option(False, "--gpus", help="--workers: one GPU per task (the cluster must have GPUs)."),
+              index: Optional[bool] = typer.Option(None, "--index/--no-index", help="Keep (or drop) an approximate nearest-neighbour index of the rows (feature, pixel; needs the ann extra): from a million works on, `attribute --store` scores only its top candidates. Default: keep what the store has."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
               device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Sync an attribution store with a training set: compute the rows of new works, delete those that left."""
@@ -487,23 +488,26 @@ def store_cmd(store: Path = typer.Argument(..., help="The store folder (made if 
         from .attribute.workers import ray_featurize
         featurize, shutdown = ray_featurize(m, method, cfg, workers, ray_address, gpus)
     try:
-        st, rep = sync(m, train, method, cfg, store, dtype, featurize=featurize)
+        st, rep = sync(m, train, method, cfg, store, dtype, featurize=featurize, index=index)
     finally:
         shutdown()
     out = {"store": str(store), "method": method, "works": len(st), "training_rows": len(train), "dtype": dtype,
            "added": rep.added, "deleted": rep.deleted, "recounted": rep.recounted, "kept": rep.kept,
-           "damaged_shards": len(rep.dropped_shards), "gram_rebuilt": rep.gram_rebuilt, "seconds": round(rep.seconds, 2)}
+           "damaged_shards": len(rep.dropped_shards), "gram_rebuilt": rep.gram_rebuilt, "index": rep.index or None,
+           "seconds": round(rep.seconds, 2)}
     _emit(out, as_json, text=rep.line())
 
 
 @app.command("attribute")
 def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) to attribute."),
                   prompt: str = typer.Option(..., "--prompt", help="The prompt that generated it."),
-                  method: str = typer.Option("abu", help="abu | abu-fast (abu to first order, ~1 s a query) | trak | dtrak | jtrak | feature | pixel | caption (the text-only baseline)."),
+                  method: str = typer.Option("abu", help="abu | abu-fast (abu to first order, ~1 s a query) | trak | dtrak | jtrak | ekfac | kfac (influence functions) | feature | pixel | caption (the text-only baseline)."),
                   model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                   data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder; default: the default world (for the shipped model)."),
                   top: int = typer.Option(10, "--top", help="How many training images to list."),
                   rerank: Optional[int] = typer.Option(None, "--rerank", help="abu-fast: re-score its top M training images exactly, as abu does (two-stage)."),
+                  region: Optional[str] = typer.Option(None, "--region", help="Attribute only this region of the image: x0,y0,x1,y1 in its pixels (x1, y1 exclusive); for the methods that can localise (trak, dtrak, ekfac, kfac, abu, abu-fast, pixel, feature)."),
+                  mask: Optional[Path] = typer.Option(None, "--mask", help="Attribute only the region a black-and-white image of the same size marks in white."),
                   temperature: Optional[float] = typer.Option(None, "--temperature", help="Owner-share softmax temperature on standardised scores (default: the method's calibrated value)."),
                   cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache folder (default ~/.cache/datarights)."),
                   store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
@@ -531,8 +535,13 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
     _check_report(report, overwrite, image, model, data, cache)
     if store is not None:
         _check_store(store, method, store_dtype, image, model, data, cache, report)
+    if region is not None or mask is not None:
+        from .attribute import check_local
+        check_local(method, store)
     m = load_model(model, device, precision)
-    query = Query(load_query(image, m.resolution), prompt)
+    from .attribute import load_region
+    weights = load_region(image, m.resolution, region, mask)      # checked before the image's resize warning
+    query = Query(load_query(image, m.resolution), prompt, weights)
     if store is not None:              # the store reads each work's file once (for its key), no more
         from .attribute.store import FolderRows
         train = FolderRows.open(_training_data(data, m), m.resolution)
@@ -549,13 +558,20 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
     if store is not None:
         typer.echo(result.extra["store"], err=True)
     out = result.to_json(top)
+    if region is not None:
+        out["region"] = [int(v) for v in region.split(",")]
+    elif mask is not None:
+        out["region"] = "mask"
     if report is not None:
-        from .report import grid, write_report
+        from .report import dim_outside, grid, write_report
         items = result.top(top)
         idx = [it["index"] for it in items]
         imgs = train.images_of(idx) if store is not None else train.images[idx]
+        shown = query.image[None] if query.region is None else dim_outside(query.image, query.region)[None]
         write_report(report, f"datarights attribute ({method})", [
-            {"title": "Query", "text": prompt, "grids": [grid("generated image", query.image[None], [prompt])]},
+            {"title": "Query", "text": prompt, "grids": [grid("generated image" + (", the region attributed lit, the "
+                                                              "rest dimmed" if query.region is not None else ""),
+                                                              shown, [prompt])]},
             {"title": f"Top {top} training images", "grids": [grid("most influential first", imgs,
                 [f"{it['owner']} ({it['score']:.3g})" for it in items])]},
             {"title": "Owner shares", "bars": [{"label": o["owner"], "value": o["share"]} for o in out["owners"][:15]]},
@@ -648,6 +664,40 @@ def eval_owners_cmd(methods: str = typer.Option("caption,pixel,feature,trak,dtra
           text="\n".join(f"{r['method']:>12}  share of the source owner {fmt(r['share'], r['share_ci'], 3)}"
                          + (f"  lift over caption {fmt(r['lift_over_caption'], r['lift_over_caption_ci_owners'], 3)}"
                             " (by owner)" if "lift_over_caption" in r else "") for r in rows))
+
+
+@eval_app.command("local")
+def eval_local_cmd(methods: str = typer.Option("pixel,feature,trak,dtrak,ekfac,abu-fast", help="Comma-separated methods that can attribute a region."),
+                   queries: int = typer.Option(16, help="Report queries: generated compositions the judge reads whole."),
+                   tune_queries: int = typer.Option(8, "--tune-queries", help="Queries of other seeds, reported apart."),
+                   top: int = typer.Option(10, "--top", help="Top training images read per half (of those showing one part)."),
+                   model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
+                   data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder (default: the default world)."),
+                   run: Path = typer.Option(Path("runs/local"), "--run", help="Run folder (resumable)."),
+                   report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (each half lit beside its top images) to this folder."),
+                   seed: int = typer.Option(0, help="Seed."),
+                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+                   device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
+    """Local attribution on compositions: does each half's ranking find that half's part (vs the whole image, random)?"""
+    _check_device(device, precision)
+    from .attribute import load_training_set
+    from .evaluate import LocalEvalConfig, local_eval
+    from .files import check_disjoint, open_run_folder
+    from .judge import load_judge
+    from .models import load_model
+
+    cfg = LocalEvalConfig(methods=[m for m in methods.split(",") if m], queries=queries, tune_queries=tune_queries,
+                          top_k=top, seed=seed)
+    check_disjoint(run, [data, model])
+    open_run_folder(run)
+    m = load_model(model, device, precision)
+    if m.kind != "world":
+        raise DatarightsError("the local evaluation reads compositions with the world judge: world models only")
+    res = local_eval(cfg, m, load_training_set(m, _training_data(data, m)), load_judge(), run, report=report)
+    rows = res["summary"]["report"]
+    _emit({"summary": res["summary"], "run": str(run)}, as_json,
+          text="\n".join(f"{r['method']:>10}  part share with the region {fmt(r['part'], r['part_ci'], 3)}, "
+                         f"without {fmt(r['whole'], r['whole_ci'], 3)}, random {r['random']:.3f}" for r in rows))
 
 
 @eval_app.command("leaveout")

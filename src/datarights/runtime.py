@@ -177,21 +177,38 @@ def draws(n: int, k: int, shape: tuple, num_train_timesteps: int, seed: int, dev
     return Draws(torch.stack(ts).to(device), torch.stack(ns).to(device))
 
 
-def per_sample_loss(model: T2IModel, x0: torch.Tensor, cond: torch.Tensor, d: Draws, output: str = "loss") -> torch.Tensor:
+def per_sample_loss(model: T2IModel, x0: torch.Tensor, cond: torch.Tensor, d: Draws, output: str = "loss",
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample scalar averaged over its K draws: the diffusion loss ('loss') or ||eps_theta||^2 ('norm', D-TRAK).
 
-    x0 [N, C, H, W] (model space), cond [N, L, D]; returns [N].
+    x0 [N, C, H, W] (model space), cond [N, L, D]; returns [N]. `weight` [1 or N, 1, H, W] (>= 0): the
+    scalar is the weighted mean over model-space positions instead (a region's loss; `region_weight`).
     """
     n, k = d.t.shape
     x = x0[:, None].expand(n, k, *x0.shape[1:]).reshape(n * k, *x0.shape[1:])       # [N*K, C, H, W]
     noise = d.noise.reshape(n * k, *x0.shape[1:])
     t = d.t.reshape(n * k)
     c = cond[:, None].expand(n, k, *cond.shape[1:]).reshape(n * k, *cond.shape[1:])   # [N*K, L, D]
-    if output == "loss":
-        val = diffusion_loss(model, x, c, t=t, noise=noise, reduction="none")
+    pred = model.predict_noise(model.add_noise(x, noise, t), t, c)
+    err = (pred - noise) ** 2 if output == "loss" else pred ** 2
+    if weight is None:
+        val = err.flatten(1).mean(1)
     else:
-        val = (model.predict_noise(model.add_noise(x, noise, t), t, c) ** 2).flatten(1).mean(1)
+        w = weight.to(err)
+        w = w[:, None].expand(w.shape[0], k, *w.shape[1:]).reshape(-1, *w.shape[1:]) if len(w) == n and n > 1 else w
+        val = (err * w).flatten(1).sum(1) / (w.flatten(1).sum(1) * err.shape[1])
     return val.view(n, k).mean(1)
+
+
+def region_weight(model: T2IModel, region: torch.Tensor | None) -> torch.Tensor | None:
+    """A region of the image (weights [H, W] in [0, 1], image pixels) as model-space weights [1, 1, h, w]:
+    the same grid for a pixel model; for a latent model each latent position weighs the share of its
+    VAE patch inside the region (the VAE's spatial correspondence: one latent pixel per patch)."""
+    if region is None:
+        return None
+    h, w = model.latent_shape[1:] if model.vae is not None else (model.resolution, model.resolution)
+    r = region.float().to(model.device)[None, None]
+    return r if r.shape[-2:] == (h, w) else torch.nn.functional.adaptive_avg_pool2d(r, (h, w))
 
 
 class LinearGrads:
@@ -244,11 +261,12 @@ def linear_modules(model: T2IModel, group: str) -> dict[str, torch.nn.Linear]:
 
 
 def per_sample_grads(model: T2IModel, modules: dict[str, torch.nn.Linear], x0: torch.Tensor, cond: torch.Tensor,
-                     d: Draws, output: str = "loss", per_draw: bool = False) -> torch.Tensor:
+                     d: Draws, output: str = "loss", per_draw: bool = False,
+                     weight: torch.Tensor | None = None) -> torch.Tensor:
     """Gradients of each sample's scalar (averaged over its K draws) w.r.t. the modules' weights: [N, P].
 
     per_draw: one gradient per draw instead ([N * K, P], row i * K + j = sample i's draw j, each the
-    gradient of that draw's own scalar).
+    gradient of that draw's own scalar). `weight`: a region's model-space weights (per_sample_loss).
     """
     k = d.t.shape[1]
     for m in modules.values():
@@ -256,7 +274,7 @@ def per_sample_grads(model: T2IModel, modules: dict[str, torch.nn.Linear], x0: t
     rec = LinearGrads(modules, group_size=1 if per_draw else k)
     try:
         with torch.enable_grad():
-            vals = per_sample_loss(model, x0, cond, d, output)
+            vals = per_sample_loss(model, x0, cond, d, output, weight)
             (vals.sum() * (k if per_draw else 1)).backward()
         return rec.flat()
     finally:

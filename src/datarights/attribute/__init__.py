@@ -2,7 +2,8 @@
 
 One module per method, each a config dataclass plus a `prepare` (per-training-set work, cached on
 disk by a content hash of model, data and config) and a `score` (per query): `abu`, `trak`,
-`dtrak`, `jtrak`, `feature`, `pixel`, and the text-only baseline `caption`.
+`dtrak`, `jtrak`, `ekfac`/`kfac` (influence functions), `feature`, `pixel`, and the text-only
+baseline `caption`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,26 @@ from ..errors import DatarightsError
 from ..models import T2IModel
 from ..registry import build_config
 from ..world import ImageFolder
-from . import abu, abu_fast, caption, feature, pixel, trak  # noqa: F401  (registers the methods)
-from .base import (METHODS, Attribution, Query, TrainingSet, fit_temperature, load_training_set, owner_shares,
+from . import abu, abu_fast, caption, ekfac, feature, pixel, trak  # noqa: F401  (registers the methods)
+from .base import (LOCAL, METHODS, Attribution, Query, TrainingSet, fit_temperature, load_training_set, owner_shares,
                    share_temperature)
 from .cache import artifact_key, build_lock, cache_root, load_artifact, save_artifact
+
+
+NOT_LOCAL = {"caption": "it reads only the prompt's words, never the image",
+             "jtrak": "it attributes the whole image's sampling journey, step by step"}
+"""Why a method cannot attribute a region of an image."""
+
+
+def check_local(method: str, store=None) -> None:
+    """A one-line error unless `method` can attribute a region (of a query, with or without a store)."""
+    if method not in LOCAL:
+        why = NOT_LOCAL.get(method, "it has no region form")
+        raise DatarightsError(f"{method} cannot attribute a region: {why}; use one of {', '.join(sorted(LOCAL))}")
+    if store is not None and method == "pixel":
+        raise DatarightsError("a pixel region is compared with the same pixels of every training image, which the "
+                              "store does not keep: attribute the region without a store")
+    # feature: the region's crop is embedded and compared with the stored rows as any query is
 
 
 def make_config(method: str, **options):
@@ -100,7 +117,8 @@ def prepare(model: T2IModel, train: TrainingSet, method: str, cfg, cache: str | 
 
 def attribute(model: T2IModel, train: TrainingSet, query: Query, method: str = "abu", cfg=None,
               cache: str | Path | None = None, progress=True, temperature: float | None = None,
-              store: str | Path | None = None, store_dtype: str = "float32") -> Attribution:
+              store: str | Path | None = None, store_dtype: str = "float32", candidates: int | None = None,
+              index_min_rows: int | None = None) -> Attribution:
     """Score every training image's influence on the query; higher = more influential.
 
     Owner shares use `temperature`; by default the method's value calibrated on the world model
@@ -111,17 +129,32 @@ def attribute(model: T2IModel, train: TrainingSet, query: Query, method: str = "
     synced with `train` first (only new works are computed, works that left are deleted), instead
     of one cached artifact; for the methods with rows (trak, dtrak, feature, pixel). With a store,
     `train` may be a `store.FolderRows` (the training folder read batch by batch, never whole).
+    A store that keeps an index (`store.sync(..., index=True)`) and holds at least `index_min_rows`
+    works (default `store.INDEX_MIN_ROWS`) scores only the index's top `candidates` (default
+    `store.INDEX_CANDIDATES`) exactly: the result lists those, its owner shares are theirs
+    (standardised with the exact mean and spread of every score), and `approximate` says how much
+    share mass the rest can hold at most.
     """
     cfg = resolved(cfg if cfg is not None else make_config(method), model)
+    if query.region is not None:
+        check_local(method, store)
     if store is None and not isinstance(train, TrainingSet):
         raise DatarightsError("a training folder read row by row needs a store (store=...)")
+    subset, center = None, None
     if store is not None:
-        from .store import store_scores, sync
+        from . import store as S
 
-        rows, rep = sync(model, train, method, cfg, store, store_dtype, progress)
+        rows, rep = S.sync(model, train, method, cfg, store, store_dtype, progress)
         prep_s = rep.seconds
         t0 = time.time()
-        scores, extra = store_scores(model, train, rows, query, method, cfg), {"store": rep.line()}
+        extra = {"store": rep.line()}
+        if rows.has_index and len(rows) >= (S.INDEX_MIN_ROWS if index_min_rows is None else index_min_rows):
+            got = S.approximate_scores(model, train, rows, query, method, cfg, candidates or S.INDEX_CANDIDATES)
+            scores, subset, center = got["scores"], got["rows"], got["center"]
+            extra["approximate"] = {"candidates": got["candidates"], "rows_scored": len(subset),
+                                    "rows": len(train)}
+        else:
+            scores = S.store_scores(model, train, rows, query, method, cfg)
     else:
         state, prep_s, _ = prepare(model, train, method, cfg, cache, progress)
         t0 = time.time()
@@ -131,8 +164,15 @@ def attribute(model: T2IModel, train: TrainingSet, query: Query, method: str = "
         temperature, calibrated = share_temperature(method, model)
     else:
         calibrated = True
-    return Attribution(method, scores.detach().float().cpu(), train.files, train.owners, time.time() - t0, prep_s,
-                       temperature, extra, calibrated=calibrated, config=asdict(cfg))
+    files, owners = train.files, train.owners
+    if subset is not None:
+        from .store import tail_share_bound
+
+        files, owners = [files[i] for i in subset], [owners[i] for i in subset]
+        extra["approximate"]["tail_share_bound"] = tail_share_bound(scores, center, temperature,
+                                                                    len(train) - len(subset))
+    return Attribution(method, scores.detach().float().cpu(), files, owners, time.time() - t0, prep_s,
+                       temperature, extra, calibrated=calibrated, config=asdict(cfg), rows=subset, center=center)
 
 
 def calibrate(model: T2IModel, train: TrainingSet, method: str, calibration: str | Path | ImageFolder, cfg=None,
@@ -158,6 +198,50 @@ def calibrate(model: T2IModel, train: TrainingSet, method: str, calibration: str
     return {"method": method, "temperature": t, "cross_entropy": ce, "queries": len(rows)}
 
 
+def load_region(image: str | Path, resolution: int, box: str | None = None, mask: str | Path | None = None,
+                label: str | None = None) -> torch.Tensor | None:
+    """A region of the query image as weights [resolution, resolution] in [0, 1] (None: neither given).
+
+    `box` "x0,y0,x1,y1" in the image's own pixels (x1, y1 exclusive), or `mask` a black-and-white image
+    of the image's size (white = the region). The region is resized as the image is (area average)."""
+    import numpy as np
+    from PIL import Image
+
+    from ..files import open_rgb
+
+    if box is None and mask is None:
+        return None
+    if box is not None and mask is not None:
+        raise DatarightsError("give a region as a box or as a mask, not both")
+    rgb, _ = open_rgb(image, "query image", label)
+    w, h = rgb.size
+    if box is not None:
+        try:
+            x0, y0, x1, y1 = (int(v) for v in str(box).split(","))
+        except ValueError:
+            raise DatarightsError(f"a region is four whole pixel numbers x0,y0,x1,y1, got {str(box)[:40]!r}") from None
+        if x1 <= x0 or y1 <= y0:
+            raise DatarightsError(f"the region {x0},{y0},{x1},{y1} has no area (x1 must exceed x0 and y1 exceed y0)")
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            raise DatarightsError(f"the region {x0},{y0},{x1},{y1} lies outside the {w}x{h} image")
+        m = np.zeros((h, w), dtype=np.float32)
+        m[y0:y1, x0:x1] = 1.0
+    else:
+        im, _ = open_rgb(mask, "region mask")
+        if im.size != (w, h):
+            raise DatarightsError(f"the region mask is {im.size[0]}x{im.size[1]} but the image is {w}x{h}: "
+                                  "they must be the same size")
+        a = np.asarray(im, dtype=np.uint8)
+        if not (np.all(a == a[..., :1]) and np.isin(a, (0, 255)).all()):
+            raise DatarightsError("the region mask must be black and white only (0 outside the region, 255 inside)")
+        m = (a[..., 0] == 255).astype(np.float32)
+        if not m.any():
+            raise DatarightsError("the region mask is all black: it marks no region")
+    if (h, w) != (resolution, resolution):
+        m = np.asarray(Image.fromarray(m, mode="F").resize((resolution, resolution), Image.BOX), dtype=np.float32)
+    return torch.from_numpy(np.clip(m, 0.0, 1.0))
+
+
 def load_query(path: str | Path, resolution: int) -> torch.Tensor:
     """Read a query image; RGBA/greyscale are converted to RGB and other sizes resized (with a warning)."""
     import sys
@@ -177,5 +261,5 @@ def load_query(path: str | Path, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-__all__ = ["METHODS", "Attribution", "Query", "TrainingSet", "attribute", "calibrate", "default_world", "fit_temperature",
+__all__ = ["LOCAL", "METHODS", "Attribution", "Query", "check_local", "load_region", "TrainingSet", "attribute", "calibrate", "default_world", "fit_temperature",
            "load_query", "load_training_set", "make_config", "owner_shares", "prepare"]

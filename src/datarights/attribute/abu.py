@@ -145,14 +145,16 @@ def preconditioner(fisher: torch.Tensor, cfg: AbUConfig) -> torch.Tensor:
     return 1.0 / (fisher + cfg.damping * fisher.mean())
 
 
-def query_gradient(model, mods, x0: torch.Tensor, cond: torch.Tensor, n_draws: int, seed: int) -> torch.Tensor:
-    """The query's loss gradient averaged over n_draws (t, eps) draws, in chunks that fit the device: [P]."""
+def query_gradient(model, mods, x0: torch.Tensor, cond: torch.Tensor, n_draws: int, seed: int,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The query's loss gradient averaged over n_draws (t, eps) draws, in chunks that fit the device: [P].
+    `weight`: the loss of a region only (Query.weight)."""
     d = draws(1, n_draws, tuple(x0.shape[1:]), model.num_train_timesteps, seed, "cpu")
     chunk = max(1, runtime.rows_that_fit(model, backward=True))
     total = None
     for s in range(0, n_draws, chunk):
         part = runtime.Draws(d.t[:, s:s + chunk].to(model.device), d.noise[:, s:s + chunk].to(model.device))
-        g = per_sample_grads(model, mods, x0, cond, part)[0] * part.t.shape[1]
+        g = per_sample_grads(model, mods, x0, cond, part, weight=weight)[0] * part.t.shape[1]
         total = g if total is None else total + g
     return total / n_draws
 
@@ -175,7 +177,7 @@ def unlearned(model, train, state, query, cfg: AbUConfig, first_gradient: torch.
     n = len(train)
     for step in range(cfg.steps):
         g = first_gradient.to(work.device) if step == 0 and first_gradient is not None else \
-            query_gradient(work, mods, x0, cond, cfg.query_draws, cfg.seed + 2 + step)  # [P]
+            query_gradient(work, mods, x0, cond, cfg.query_draws, cfg.seed + 2 + step, query.weight(work))  # [P]
         delta = cfg.lr * precond * g / n
         with torch.no_grad():
             off = 0
@@ -191,4 +193,4 @@ def score(model, train, state, query, cfg: AbUConfig) -> torch.Tensor:
     return training_losses(work, train, cfg).cpu() - state["losses"].cpu()
 
 
-register("abu", AbUConfig, prepare, score)
+register("abu", AbUConfig, prepare, score, local=True)

@@ -96,7 +96,7 @@ def prepare(model, train, cfg: AbUFastConfig, progress=True) -> dict:
 def score(model, train, state, query, cfg: AbUFastConfig):
     mods = modules(model, cfg)
     x0, cond = query_inputs(model, query)
-    g = query_gradient(model, mods, x0, cond, cfg.query_draws, cfg.seed + 2)         # abu's first step's draws
+    g = query_gradient(model, mods, x0, cond, cfg.query_draws, cfg.seed + 2, query.weight(model))  # abu's first step's draws
     scale = preconditioner(state["fisher"].to(g.device), cfg).sqrt()
     phi_q = _projection(model, cfg)((g * scale)[None])[0].cpu()
     scores = (cfg.lr / len(train)) * (state["phi"] @ phi_q)
@@ -110,4 +110,4 @@ def score(model, train, state, query, cfg: AbUFastConfig):
     return scores, {"reranked": len(top)}
 
 
-register("abu-fast", AbUFastConfig, prepare, score)
+register("abu-fast", AbUFastConfig, prepare, score, local=True)

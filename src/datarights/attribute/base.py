@@ -75,10 +75,24 @@ class Query:
 
     image: torch.Tensor
     prompt: str
+    region: torch.Tensor | None = None
+    """Local attribution: weights [H, W] in [0, 1] over the image's pixels (1 inside the region); the
+    methods in LOCAL restrict the query's loss, gradient or pixels to it."""
 
     def __post_init__(self):
         if not self.prompt or not self.prompt.strip():
             raise DatarightsError("a prompt is required: attribution scores the image under the prompt that made it")
+        if self.region is not None:
+            if tuple(self.region.shape) != tuple(self.image.shape[-2:]):
+                raise DatarightsError(f"the region is {tuple(self.region.shape)} but the image is "
+                                      f"{tuple(self.image.shape[-2:])}: they must be the same size")
+            if not float(self.region.sum()) > 0:
+                raise DatarightsError("the region is empty: it must cover at least one pixel")
+
+    def weight(self, model: T2IModel) -> torch.Tensor | None:
+        """The region as model-space weights [1, 1, h, w] (None: the whole image)."""
+        from ..runtime import region_weight
+        return region_weight(model, self.region)
 
 
 @dataclass
@@ -90,11 +104,16 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+LOCAL: set[str] = set()
+"""Methods that attribute a region of the query (Query.region): its loss, gradient or pixels restricted to it."""
 
 
-def register(name: str, config_cls: type, prepare: Callable, score: Callable) -> None:
-    """Register an attribution method by name; a duplicate name is a programming error."""
+def register(name: str, config_cls: type, prepare: Callable, score: Callable, local: bool = False) -> None:
+    """Register an attribution method by name; a duplicate name is a programming error. `local`: its
+    score honours Query.region."""
     register_method(METHODS, name, Method(name, config_cls, prepare, score), "attribution method")
+    if local:
+        LOCAL.add(name)
 
 
 # Share calibration: p_i = softmax(z_i / T) over the training set, z the scores standardised to zero
@@ -137,10 +156,15 @@ def fit_temperature(scores: list[torch.Tensor], owners: list[str], targets: list
     return float(grid[i]), curve[i]
 
 
-def owner_shares(scores: torch.Tensor, owners: list[str], temperature: float = DEFAULT_TEMPERATURE) -> list[dict]:
-    """Owner shares that sum to 1: softmax over standardised scores, summed per owner, largest first."""
+def owner_shares(scores: torch.Tensor, owners: list[str], temperature: float = DEFAULT_TEMPERATURE,
+                 center: tuple[float, float] | None = None) -> list[dict]:
+    """Owner shares that sum to 1: softmax over standardised scores, summed per owner, largest first.
+
+    `center`: (mean, standard deviation) to standardise with, when `scores` are only some of the
+    training set's (an index's candidates); default: these scores' own."""
     s = scores.double()
-    z = (s - s.mean()) / (s.std() + 1e-12)
+    mean, std = (s.mean(), s.std()) if center is None else center
+    z = (s - mean) / (std + 1e-12)
     p = torch.softmax(z / temperature, 0).numpy()
     acc: dict[str, float] = {}
     for o, v in zip(owners, p):
@@ -165,14 +189,19 @@ class Attribution:
     """False when the owner-share temperature is a default, not fitted for this model."""
     config: dict = field(default_factory=dict)
     """The method's settings as run (model defaults filled in)."""
+    rows: list[int] | None = None
+    """Training positions of the scored rows when only some were scored (an index's candidates; `files`
+    and `owners` are theirs); None: every row, in order."""
+    center: tuple[float, float] | None = None
+    """With `rows`: (mean, standard deviation) of all the training set's scores, for the owner shares."""
 
     def top(self, k: int = 10) -> list[dict]:
         order = ranking(self.scores)[:k]
-        return [{"file": self.files[i], "owner": self.owners[i], "score": float(self.scores[i]), "index": int(i)}
-                for i in order.tolist()]
+        return [{"file": self.files[i], "owner": self.owners[i], "score": float(self.scores[i]),
+                 "index": int(i if self.rows is None else self.rows[i])} for i in order.tolist()]
 
     def owner_shares(self) -> list[dict]:
-        return owner_shares(self.scores, self.owners, self.temperature)
+        return owner_shares(self.scores, self.owners, self.temperature, self.center)
 
     def to_json(self, k: int = 10) -> dict:
         return {"top": self.top(k), "owners": self.owner_shares(), "method": self.method,

@@ -93,11 +93,31 @@ def prepare(model, train, cfg, progress=True) -> dict:
     return {"features": embed(train.images, cfg)}
 
 
+def region_crop(image: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """The region's bounding box cut out of the image [3, H, W] and centred on a canvas of the image's size,
+    filled with the crop's mean colour (scaled down only if the box is larger): what a region search
+    embeds, as image retrieval crops a region of interest."""
+    ys, xs = torch.nonzero(region > 0.5, as_tuple=True)
+    crop = image[:, int(ys.min()):int(ys.max()) + 1, int(xs.min()):int(xs.max()) + 1]
+    H, W = image.shape[-2:]
+    out = crop.mean((1, 2), keepdim=True).expand(3, H, W).clone()
+    h, w = crop.shape[-2:]
+    y0, x0 = (H - h) // 2, (W - w) // 2
+    out[:, y0:y0 + h, x0:x0 + w] = crop
+    return out
+
+
+def query_vector(query, cfg) -> torch.Tensor:
+    """The query's feature [d]: of the whole image, or of its region's crop."""
+    image = query.image if query.region is None else region_crop(query.image, query.region)
+    return embed(image[None], cfg)[0]
+
+
 def score(model, train, state, query, cfg) -> torch.Tensor:
-    return state["features"] @ embed(query.image[None], cfg)[0]
+    return state["features"] @ query_vector(query, cfg)
 
 
-register("feature", FeatureConfig, prepare, score)
+register("feature", FeatureConfig, prepare, score, local=True)
 register_rows("feature", RowSpec(lambda model, train, cfg, idx, seeds: embed(train.images[idx.cpu()], cfg),
-                                 lambda model, train, query, cfg: embed(query.image[None], cfg)[0],
+                                 lambda model, train, query, cfg: query_vector(query, cfg),
                                  model_free=True))

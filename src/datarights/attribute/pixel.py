@@ -1,4 +1,5 @@
-"""Pixel-space similarity: Pearson correlation between the query's pixels and each training image's."""
+"""Pixel-space similarity: Pearson correlation between the query's pixels and each training image's
+(with a region: between the region's pixels and the same pixels of each training image)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,13 @@ def prepare(model, train, cfg, progress=True) -> dict:
 
 
 def score(model, train, state, query, cfg) -> torch.Tensor:
+    if query.region is not None:      # the region's pixels, where they are, against the same pixels of every image
+        inside = query.region > 0.5
+        return _unit(train.images[:, :, inside]).float() @ _unit(query.image[None][:, :, inside]).float()[0]
     return state["vectors"] @ _unit(query.image[None]).float()[0]
 
 
-register("pixel", PixelConfig, prepare, score)
+register("pixel", PixelConfig, prepare, score, local=True)
 register_rows("pixel", RowSpec(lambda model, train, cfg, idx, seeds: _unit(train.images[idx.cpu()]).float(),
                                lambda model, train, query, cfg: _unit(query.image[None]).float()[0],
                                model_free=True))

@@ -16,12 +16,24 @@ For the TRAK family the kernel is kept as the k x k Gram matrix G = Phi^T W Phi 
 updated by rank-B updates when B rows come or go (never an N x k rebuild), and a query scores
 s = Phi (G + lam mean(diag G) I)^-1 phi_q: the same estimator as the in-memory A phi_q.
 
+For `feature` and `pixel` rows the store can also keep an **approximate nearest-neighbour index**
+(usearch HNSW, `pip install 'datarights[ann]'`; chosen by `benchmarks/attribute.py ann`): asked for
+once (`sync(..., index=True)`, `datarights store --index`), it is then moved with every update
+(new rows added, deleted works removed in place, never rebuilt for an opt-out). From
+`INDEX_MIN_ROWS` rows on, a query scores only the index's top candidates exactly
+(`approximate_scores`): owner shares are the softmax of their standardised scores, standardised
+with the *exact* mean and spread of all scores (from the kept sums Σ w r and the Gram matrix), and
+the share mass the candidates leave out is bounded (every other row scores at most the last
+candidate's score, up to the index's recall), so the approximation says how far it can be off.
+
 Layout: `store.json` (the manifest: what the rows were made with, each file's sha256) and
-`rows/<id>.{rows,keys,counts}.npy` shards, plus `rows/<id>.gram.npy`. Files are written once
+`rows/<id>.{rows,keys,counts}.npy` shards, plus `rows/<id>.gram.npy`, `rows/<id>.sum.npy` (Σ w r
+and Σ w) and, with an index, `rows/<id>.index.usearch`. Files are written once
 under new names and the manifest is replaced in one rename, so a crash leaves the store as it was;
 files no manifest names are swept. Every file is checked against its checksum when the store is
 opened: a truncated or corrupt shard is dropped (its works are recomputed by the next sync, and
-scoring refuses a store with missing rows), and a damaged Gram matrix is recomputed from the rows.
+scoring refuses a store with missing rows), a damaged Gram matrix or sum is recomputed from the
+rows, and a damaged index is never searched (exact scoring) and is rebuilt by the next sync.
 Rows are memory-mapped for scoring, so a query reads them shard by shard, never all at once.
 """
 
@@ -31,6 +43,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import uuid
 from collections import Counter
@@ -48,6 +61,22 @@ from .cache import build_lock
 STORE_VERSION = 1
 MANIFEST = "store.json"
 DTYPES = ("float32", "float16")
+INDEX_MIN_ROWS = 1_000_000
+"""From this many rows on, a store with an index scores a query's candidates only. Below it every row
+is scored exactly: 2.8 ms a query at 100,000 128-d rows on 2 cores (BENCHMARKS.md, `ann`)."""
+INDEX_CANDIDATES = 1000
+"""Candidates an approximate query scores exactly (at least `--top`)."""
+INDEX_SEARCH_BEAM = 256
+"""HNSW search beam (usearch `expansion_search`): recall@10 >= 0.95 at 10^6 rows (BENCHMARKS.md, `ann --million`)."""
+
+
+def usearch_index():
+    """usearch's Index class, or a one-line error saying how to install it."""
+    try:
+        from usearch.index import Index
+    except ImportError:
+        raise DatarightsError("the approximate index needs usearch: pip install 'datarights[ann]'") from None
+    return Index
 
 
 @dataclass
@@ -113,6 +142,8 @@ class SyncReport:
     kept: int = 0
     dropped_shards: list[str] = field(default_factory=list)
     gram_rebuilt: bool = False
+    index: str = ""
+    """What happened to the index: "" (none kept), "kept", "built", "rebuilt (damaged)" or "dropped"."""
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -123,6 +154,8 @@ class SyncReport:
             s += f"; {len(self.dropped_shards)} damaged shard(s) dropped and recomputed"
         if self.gram_rebuilt:
             s += "; Gram matrix recomputed"
+        if self.index and self.index != "kept":
+            s += f"; index {self.index}"
         return s
 
 
@@ -160,7 +193,11 @@ class RowStore:
         self.entries: dict[str, dict] = {}
         self.dropped: list[str] = []
         self.gram: np.ndarray | None = None
+        self.sum: np.ndarray | None = None    # [k + 1]: sum of count x row, then the sum of counts
         self.gram_damaged = False
+        self.index_entry: dict | None = None
+        self.index_damaged = False
+        self._index = None
         if self.root.exists() and not self.root.is_dir():
             raise DatarightsError(f"store {self.root} is a file, not a folder")
         man = self._manifest()
@@ -196,13 +233,31 @@ class RowStore:
                 if man["gram"]["id"] not in trusted and file_sha256(g) != man["gram"]["sha256"]:
                     raise ValueError("checksum")
                 self.gram = np.load(g)
+                sm = rows_dir / f"{man['gram']['id']}.sum.npy"   # a store made before the sums: made by the next sync
+                if man["gram"]["id"] not in trusted and file_sha256(sm) != man["gram"]["sum_sha256"]:
+                    raise ValueError("checksum")
+                self.sum = np.load(sm)
             except (OSError, ValueError, KeyError, TypeError):
                 self.gram_damaged = True
         elif man["shards"]:
             self.gram_damaged = True
+        if man.get("index") is not None:
+            self.index_entry = man["index"]
+            p = self.index_path()
+            if man["index"]["id"] not in trusted and (not p.exists() or file_sha256(p) != man["index"]["sha256"]):
+                self.index_damaged = True
         if self.dropped:
             self.gram_damaged = True   # it holds rows that can no longer be read, so cannot be subtracted
+            self.index_damaged = self.index_entry is not None
         self.where = {k: (s, i) for s, sh in enumerate(self.shards) for i, k in enumerate(sh.keys)}
+
+    def index_path(self) -> Path:
+        return self.root / "rows" / f"{self.index_entry['id']}.index.usearch"
+
+    @property
+    def has_index(self) -> bool:
+        """Whether a usable index is kept (asked for, and not damaged)."""
+        return self.index_entry is not None and not self.index_damaged
 
     @property
     def k(self) -> int | None:
@@ -219,9 +274,11 @@ class RowStore:
         return np.asarray(self.shards[s].rows[i])
 
     @staticmethod
-    def _gram_of(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _gram_of(rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sum of w r r^T [k, k], [sum of w r, sum of w] [k + 1]) of some rows."""
         r = np.asarray(rows, dtype=np.float64)
-        return (r * np.asarray(weights, dtype=np.float64)[:, None]).T @ r
+        w = np.asarray(weights, dtype=np.float64)
+        return (r * w[:, None]).T @ r, np.append(w @ r, w.sum())
 
     # ------------------------------------------------------------------ writing
     def _save(self, name: str, arr: np.ndarray) -> str:
@@ -240,38 +297,46 @@ class RowStore:
                                   ("counts", np.asarray(counts, dtype=np.int64)))}
         return {"id": sid, "rows": len(keys), "sha256": sums}
 
-    def _commit(self, entries: list[dict], gram: np.ndarray | None) -> frozenset[str]:
-        """Write the Gram matrix and replace the manifest; returns the ids now named (all checked)."""
+    def _commit(self, entries: list[dict], gram: tuple | None, index: dict | None) -> frozenset[str]:
+        """Write the Gram matrix and sums, replace the manifest; returns the ids now named (all checked)."""
         gram_entry = None
         if gram is not None and entries:
             gid = uuid.uuid4().hex[:16]
-            gram_entry = {"id": gid, "sha256": self._save(f"{gid}.gram.npy", np.asarray(gram, dtype=np.float64))}
+            gram_entry = {"id": gid, "sha256": self._save(f"{gid}.gram.npy", np.asarray(gram[0], dtype=np.float64)),
+                          "sum_sha256": self._save(f"{gid}.sum.npy", np.asarray(gram[1], dtype=np.float64))}
         write_json(self.root / MANIFEST, {"version": STORE_VERSION, "meta": self.meta, "dtype": self.dtype,
                                           "rows": sum(e["rows"] for e in entries), "shards": entries,
-                                          "gram": gram_entry})
-        keep = {e["id"] for e in entries} | ({gram_entry["id"]} if gram_entry else set())
-        for p in (self.root / "rows").glob("*.npy"):   # files of earlier manifests and of interrupted writes
+                                          "gram": gram_entry, "index": index})
+        keep = ({e["id"] for e in entries} | ({gram_entry["id"]} if gram_entry else set())
+                | ({index["id"]} if index else set()))
+        for p in (self.root / "rows").glob("*.*"):   # files of earlier manifests and of interrupted writes
             if p.name.split(".")[0] not in keep:
                 with contextlib.suppress(OSError):
                     p.unlink()
         return frozenset(keep)
 
-    def update(self, add: dict[str, tuple[np.ndarray, int]], delete: set[str], recount: dict[str, int]) -> None:
+    def update(self, add: dict[str, tuple[np.ndarray, int]], delete: set[str], recount: dict[str, int],
+               index: bool | None = None) -> None:
         """Apply one change: new rows (key -> (row, count)), keys to delete, keys whose count changes.
 
         Shards that lose rows are rewritten without them; new rows go into new shards; the Gram
-        matrix moves by the rank updates of exactly those rows (recomputed from every row instead when
-        it was damaged). Nothing the store shows changes until the manifest is replaced.
+        matrix and sums move by the rank updates of exactly those rows (recomputed from every row
+        instead when they were damaged); the index, if kept, gets the new rows and loses the deleted
+        ones (built from every row when asked for, or when it was damaged). `index`: True asks for
+        one, False drops it, None keeps what the store has. Nothing the store shows changes until
+        the manifest is replaced.
         """
         (self.root / "rows").mkdir(parents=True, exist_ok=True)
         incremental = not self.gram_damaged
-        gram = self.gram.copy() if incremental and self.gram is not None else None
+        gram = (self.gram.copy(), self.sum.copy()) if incremental and self.gram is not None else None
+        keep_index = self.index_entry is not None if index is None else index
+        moved = self._index_moves(delete) if keep_index and self.has_index else None
 
         def bump(rows: np.ndarray, weights: np.ndarray) -> None:
             nonlocal gram
             if incremental and len(weights):
                 g = self._gram_of(rows, weights)
-                gram = g if gram is None else gram + g
+                gram = g if gram is None else (gram[0] + g[0], gram[1] + g[1])
 
         entries = []
         for sh in self.shards:
@@ -293,15 +358,66 @@ class RowStore:
             counts = np.array([add[k][1] for k in part])
             bump(rows, counts)                         # from the rows as stored (float16 rounding included)
             entries.append(self._write_shard(rows, part, counts))
+            if moved is not None:
+                moved.add(np.array([key_seed(k) for k in part], dtype=np.uint64), rows.astype(np.float32))
         if not incremental:                            # from every row as written
             gram = None
-            for e in entries:
-                rows = np.load(self.root / "rows" / f"{e['id']}.rows.npy", mmap_mode="r")
-                counts = np.load(self.root / "rows" / f"{e['id']}.counts.npy")
-                for s in range(0, len(counts), 4096):
-                    g = self._gram_of(rows[s:s + 4096], counts[s:s + 4096])
-                    gram = g if gram is None else gram + g
-        self._open(trusted=self._commit(entries, gram))   # re-read what was written (checked as it was written)
+            for rows, counts, _ in self._entry_rows(entries):
+                g = self._gram_of(rows, counts)
+                gram = g if gram is None else (gram[0] + g[0], gram[1] + g[1])
+        index_entry = None
+        if keep_index and entries:
+            if moved is None:                          # asked for now, or damaged: from every row as written
+                moved = self._new_index(self.k or len(next(iter(add.values()))[0]))
+                for rows, _, keys in self._entry_rows(entries):
+                    moved.add(np.array([key_seed(k) for k in keys], dtype=np.uint64), np.asarray(rows, np.float32))
+            iid = uuid.uuid4().hex[:16]
+            p = self.root / "rows" / f"{iid}.index.usearch"
+            moved.save(str(p))
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+            index_entry = {"id": iid, "sha256": file_sha256(p), "rows": len(moved), "library": "usearch HNSW"}
+        self._index = None
+        self._open(trusted=self._commit(entries, gram, index_entry))   # re-read what was written (checked as written)
+
+    def _entry_rows(self, entries: list[dict], block: int = 4096):
+        """(rows, counts, keys) of the shards `entries` name, in blocks (memory-mapped rows)."""
+        for e in entries:
+            rows = np.load(self.root / "rows" / f"{e['id']}.rows.npy", mmap_mode="r")
+            counts = np.load(self.root / "rows" / f"{e['id']}.counts.npy")
+            keys = [k.decode() for k in np.load(self.root / "rows" / f"{e['id']}.keys.npy").tolist()]
+            for s in range(0, len(counts), block):
+                yield rows[s:s + block], counts[s:s + block], keys[s:s + block]
+
+    def _new_index(self, k: int):
+        if spec_for(self.meta["method"]).kernel:
+            raise DatarightsError(f"an index serves feature and pixel rows; {self.meta['method']} scores go through "
+                                  "its kernel, so every row is scored")
+        Index = usearch_index()
+        # HNSW settings of the ann benchmark: connectivity 16, construction beam 128
+        return Index(ndim=k, metric="ip", dtype="f32", connectivity=16, expansion_add=128,
+                     expansion_search=INDEX_SEARCH_BEAM)
+
+    def _index_moves(self, delete: set[str]):
+        """The kept index, loaded to be changed, less the deleted works' labels."""
+        idx = self._new_index(self.k)
+        idx.load(str(self.index_path()))
+        gone = [key_seed(k) for k in delete if k in self.where]
+        if gone:
+            idx.remove(np.array(gone, dtype=np.uint64))
+        return idx
+
+    def search(self, v: np.ndarray, m: int) -> list[str]:
+        """The keys of (about) the m rows with the largest rows . v, from the index."""
+        if not self.has_index:
+            raise DatarightsError(f"store {self.root} keeps no usable index: run `datarights store --index` on it")
+        if self._index is None:
+            self._index = self._new_index(self.k)
+            self._index.view(str(self.index_path()))   # memory-mapped, read-only
+            self._index.expansion_search = max(INDEX_SEARCH_BEAM, m)
+            self._label_key = {key_seed(k): k for k in self.where}
+        found = self._index.search(np.asarray(v, dtype=np.float32), m)
+        return [self._label_key[int(lab)] for lab in found.keys]
 
     # ------------------------------------------------------------------ scoring
     def scores(self, v: np.ndarray, keys: list[str]) -> np.ndarray:
@@ -376,7 +492,8 @@ class FolderRows:
 
 
 def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32", progress=True,
-         keys: list[str] | None = None, featurize: Callable | None = None) -> tuple[RowStore, SyncReport]:
+         keys: list[str] | None = None, featurize: Callable | None = None,
+         index: bool | None = None) -> tuple[RowStore, SyncReport]:
     """Bring the store at `root` to exactly this training set: compute the rows it lacks (in batches),
     delete those of works that left, recount duplicated works. `cfg` is the resolved config.
 
@@ -384,7 +501,8 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
     when its rows are computed, so the set is never in memory whole). New rows are committed every
     `shard_rows`, so an interrupted sync keeps what it made and the next one resumes from there.
     `featurize(train, idx, seeds)` replaces the method's own (e.g. one that farms each batch out to
-    workers); it must return the same rows.
+    workers); it must return the same rows. `index`: True keeps an approximate index of the rows
+    (feature, pixel; built now if absent), False drops it, None keeps what the store has.
     """
     import time
 
@@ -392,6 +510,11 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
 
     t0 = time.time()
     spec = spec_for(method)
+    if index:
+        if spec.kernel:
+            raise DatarightsError(f"an index serves feature and pixel rows; {method} scores go through its kernel, "
+                                  "so every row is scored")
+        usearch_index()                      # says how to install it before any work
     root = Path(root)
     keys = train.keys if keys is None else keys
     want = Counter(keys)
@@ -408,8 +531,12 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
         recount = {k: want[k] for k in have if k in want and want[k] != have[k]}
         missing = [k for k in want if k not in have]
         rep.deleted, rep.recounted, rep.kept = len(delete), len(recount), len(have) - len(delete)
-        if delete or recount or store.dropped or store.gram_damaged:
-            store.update({}, delete, recount)
+        had = store.index_entry is not None
+        wants = had if index is None else index
+        rep.index = ("" if not wants and not had else "dropped" if not wants else "built" if not had
+                     else "rebuilt (damaged)" if store.index_damaged else "kept")
+        if delete or recount or store.dropped or store.gram_damaged or rep.index in ("built", "rebuilt (damaged)", "dropped"):
+            store.update({}, delete, recount, index=wants)
         bs = _batch_size(model, method, cfg)
         bar = runtime.progress_bar(progress and bool(missing), len(missing), f"{method} store rows")
         add: dict = {}
@@ -423,7 +550,7 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
             rows = make(t, idx, [key_seed(k) for k in part]).detach().float().cpu().numpy()
             add.update((k, (r, want[k])) for k, r in zip(part, rows))
             if len(add) >= store.shard_rows or s + bs >= len(missing):
-                store.update(add, set(), {})
+                store.update(add, set(), {}, index=wants)
                 rep.added += len(add)
                 add = {}
             bar.update(len(part))
@@ -451,3 +578,38 @@ def store_scores(model, train, store: RowStore, query, method: str, cfg, keys: l
         reg = g + spec.lam(cfg) * np.diagonal(g).mean() * np.eye(len(g))
         q = np.linalg.solve(reg, q)
     return torch.from_numpy(store.scores(q, keys)).float()
+
+
+def approximate_scores(model, train, store: RowStore, query, method: str, cfg, candidates: int,
+                       keys: list[str] | None = None) -> dict:
+    """Scores of the index's top `candidates` works only, with what owner shares need of the rest.
+
+    Returns rows (training positions of every copy of a candidate work), their exact scores, and
+    center = (mean, standard deviation) of *all* N scores, exact from the kept sums and Gram matrix:
+    with W = sum of counts, mu = sum(w r) / W and q the query vector, mean = mu . q and
+    var = (q^T G q / W - mean^2) W / (W - 1) (the in-memory path's unbiased spread over its N rows).
+    """
+    spec = spec_for(method)
+    keys = train.keys if keys is None else keys
+    q = spec.query(model, train, query, cfg).detach().double().cpu().numpy()
+    found = set(store.search(q, candidates))
+    rows = [i for i, k in enumerate(keys) if k in found]
+    scores = np.array([float(np.asarray(store.row(keys[i]), dtype=np.float64) @ q) for i in rows])
+    w = store.sum[-1]
+    mean = float(store.sum[:-1] @ q / w)
+    var = max(float(q @ store.gram @ q / w - mean ** 2) * w / max(w - 1, 1), 0.0)
+    return {"rows": rows, "scores": torch.from_numpy(scores).float(), "center": (mean, math.sqrt(var)),
+            "candidates": len(found)}
+
+
+def tail_share_bound(scores: torch.Tensor, center: tuple[float, float], temperature: float, others: int) -> float:
+    """An upper bound on the owner-share mass of the `others` rows an approximate query did not score.
+
+    Each of them scores at most the lowest candidate's score (were the index's top exact), so each
+    weighs at most exp(z_min / T) in the softmax, against the candidates' sum of exp(z / T)."""
+    if others <= 0 or not len(scores):
+        return 0.0
+    z = (scores.double() - center[0]) / (center[1] + 1e-12) / temperature
+    log_tail = math.log(others) + float(z.min())
+    log_cand = float(torch.logsumexp(z, 0))
+    return 1.0 / (1.0 + math.exp(log_cand - log_tail))

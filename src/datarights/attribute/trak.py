@@ -97,8 +97,8 @@ class Projector:
         make = projection if self.dense else sketch
         self.P = make(p, cfg.proj_dim, cfg.seed, model.device)
 
-    def __call__(self, model, x0, cond, d: Draws, output: str, per_draw: bool = False) -> torch.Tensor:
-        return self.project(per_sample_grads(model, self.mods, x0, cond, d, output, per_draw=per_draw))
+    def __call__(self, model, x0, cond, d: Draws, output: str, per_draw: bool = False, weight=None) -> torch.Tensor:
+        return self.project(per_sample_grads(model, self.mods, x0, cond, d, output, per_draw=per_draw, weight=weight))
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
         """[B, p] -> [B, k] (a sketch overwrites g)."""
@@ -150,10 +150,11 @@ def make_prepare(output: str, journey: bool = False):
 
 
 def query_feature(model, query, cfg: TRAKConfig, output: str) -> torch.Tensor:
-    """phi_q = P^T grad f(query) [k], at the query's own draws."""
+    """phi_q = P^T grad f(query) [k], at the query's own draws (f of the query's region, if it has one)."""
     x0 = model.to_model_space(query.image[None].float())
     cond = model.encode_prompt([query.prompt])
-    return Projector(model, cfg)(model, x0, cond, _train_draws(model, x0, cfg, 10**9), output)[0]
+    return Projector(model, cfg)(model, x0, cond, _train_draws(model, x0, cfg, 10**9), output,
+                                 weight=query.weight(model))[0]
 
 
 def make_score(output: str):
@@ -207,8 +208,8 @@ def jtrak_score(model, train, state, query, cfg: TRAKConfig) -> torch.Tensor:
     return per_step.sum(0), {"journey": journey_top}
 
 
-register("trak", TRAKConfig, make_prepare("loss"), make_score("loss"))
-register("dtrak", TRAKConfig, make_prepare("norm"), make_score("norm"))
+register("trak", TRAKConfig, make_prepare("loss"), make_score("loss"), local=True)
+register("dtrak", TRAKConfig, make_prepare("norm"), make_score("norm"), local=True)
 register("jtrak", TRAKConfig, make_prepare("loss", journey=True), jtrak_score)
 register_rows("trak", store_rows("loss"))
 register_rows("dtrak", store_rows("norm"))

@@ -55,6 +55,11 @@ def image_uri(image: torch.Tensor, scale: int = 1) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def dim_outside(image: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """The image [3, H, W] with everything outside the region (weights [H, W]) dimmed: a local query's view."""
+    return image * (0.3 + 0.7 * region.to(image)[None].clamp(0, 1))
+
+
 def grid(caption: str, images: torch.Tensor, labels: list[str], classes: list[str] | None = None) -> dict:
     """A report grid: one cell per image with its label (and an optional css class: ok / bad)."""
     classes = classes or [""] * len(labels)
