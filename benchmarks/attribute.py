@@ -189,6 +189,161 @@ def part_dattri(args) -> dict:
     return out
 
 
+def _influence_ours(n: int, queries: int, factor_seed: int) -> dict:
+    """Our EK-FAC (datarights.attribute.ekfac) on the first n default-world images, unprojected, one draw a
+    row; the factors' Monte Carlo draws from `factor_seed` (the gradients' from seed 0 always)."""
+    from dataclasses import replace
+
+    from datarights.attribute import Query, load_training_set, make_config
+    from datarights.attribute import ekfac
+    from datarights.models import load_model
+    from datarights.runtime import linear_modules
+    from datarights.world import read_imagefolder
+
+    model = load_model()
+    folder = read_imagefolder(_world())
+    folder.images, folder.metas = folder.images[:n], folder.metas[:n]
+    train = load_training_set(model, folder)
+    cfg = make_config("ekfac", projection="none", fisher_draws=1, timesteps=1).for_model(model)
+    t0 = time.perf_counter()
+    factors = ekfac.fit_factors(model, train, replace(cfg, seed=factor_seed), progress=False)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state = ekfac.prepare(model, train, cfg, progress=False)
+    prep_s = time.perf_counter() - t0
+    for i, name in enumerate(linear_modules(model, cfg.params)):       # the factors of factor_seed's draws
+        state.update({f"{p}.{i}": factors[name][p] for p in ("QA", "QS", "lam")})
+    qs = _influence_queries(model, queries)
+    t0 = time.perf_counter()
+    scores = [ekfac.score(model, train, state, Query(img, prompt), cfg).tolist() for img, prompt in qs]
+    return {"fit_factors_s": fit_s, "prepare_s": prep_s, "score_s": time.perf_counter() - t0, "scores": scores}
+
+
+def _influence_queries(model, queries: int) -> list:
+    prompts = ["a red grumpy face in Ada Vell style", "a photo of a fish", "a tree and a house", "a picture of a house",
+               "a green swordfish", "a face and a tree", "a blue tree in Cleo Marr style", "a photo of a face"]
+    prompts = (prompts * (queries // len(prompts) + 1))[:queries]
+    images = model.sample(prompts, seed=11, steps=25)
+    return list(zip(images, prompts))
+
+
+def _influence_kronfluence(n: int, queries: int) -> dict:
+    """kronfluence 1.0.1's EK-FAC on the same model, images, layers, per-sample losses and draws: the
+    training loss of a row at one timestep (the middle of the schedule) and row-seeded noise (our
+    featurization's draws with timesteps=1: kronfluence takes a module's batch rows for its examples, so
+    an example cannot average several draws in one forward), its Fisher with a sampled output
+    (eps_theta . z), the measurement the query's loss at the query draw. Factors from one uniform (t, eps)
+    draw per image, as ours (fisher_draws=1)."""
+    import tempfile
+
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+
+    from datarights.attribute import load_training_set, make_config
+    from datarights.attribute.trak import _train_draws
+    from datarights.models import load_model
+    from datarights.runtime import draws
+    from datarights.world import read_imagefolder
+
+    model = load_model()
+    folder = read_imagefolder(_world())
+    folder.images, folder.metas = folder.images[:n], folder.metas[:n]
+    train = load_training_set(model, folder)
+    cfg = make_config("ekfac", timesteps=1).for_model(model)
+    unet, sched = model.unet, model.scheduler
+    d = _train_draws(model, train.x0, cfg)                                   # [n, 1] draws, row-seeded
+    f = draws(n, 1, tuple(train.x0.shape[1:]), model.num_train_timesteps, cfg.seed + 31, model.device)
+    cond = train.cond(torch.arange(n))
+    qs = _influence_queries(model, queries)
+    qx0 = torch.cat([model.to_model_space(img[None]) for img, _ in qs])
+    qc = model.encode_prompt([p for _, p in qs])
+    qd = [_train_draws(model, qx0[i:i + 1], cfg, 10**9) for i in range(len(qs))]
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, x0, c, t, noise):
+            self.x0, self.c, self.t, self.noise = x0, c, t, noise
+
+        def __len__(self):
+            return len(self.x0)
+
+        def __getitem__(self, i):
+            return self.x0[i], self.c[i], self.t[i], self.noise[i]
+
+    def mse(model_, batch, target_z=False):
+        x0, c, t, noise = batch                                         # [B, C, H, W], [B, L, D], [B, K], [B, K, ...]
+        b, k = t.shape
+        x = x0[:, None].expand(b, k, *x0.shape[1:]).reshape(b * k, *x0.shape[1:])
+        tt, nn_ = t.reshape(-1), noise.reshape(b * k, *x0.shape[1:])
+        cc = c[:, None].expand(b, k, *c.shape[1:]).reshape(b * k, *c.shape[1:])
+        out = model_(sched.add_noise(x, nn_, tt), tt, encoder_hidden_states=cc).sample
+        if target_z:                                                    # the sampled-output Fisher (GGN, one sample)
+            return (out * torch.randn_like(out)).sum() * (2.0 / out[0].numel()) ** 0.5
+        return ((out - nn_) ** 2).flatten(1).mean(1).view(b, k).mean(1).sum()
+
+    layers = [n_.removeprefix("unet.").removesuffix(".weight") for n_ in model.param_groups("xattn-kv")]
+
+    class DiffusionTask(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            return mse(model, batch, target_z=sample)
+
+        def compute_measurement(self, batch, model):
+            return mse(model, batch)
+
+        def get_influence_tracked_modules(self):
+            return layers
+
+    task = DiffusionTask()
+    unet = prepare_model(unet, task)
+    with tempfile.TemporaryDirectory() as tmp:
+        analyzer = Analyzer("bench", unet, task, cpu=True, disable_tqdm=True, output_dir=tmp)
+        t0 = time.perf_counter()
+        analyzer.fit_all_factors("ekfac", Rows(train.x0, cond, f.t, f.noise), per_device_batch_size=64,
+                                 factor_args=FactorArguments(strategy="ekfac"))
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = analyzer.compute_pairwise_scores(
+            "s", "ekfac", Rows(qx0, qc, torch.cat([q.t for q in qd]), torch.cat([q.noise for q in qd])),
+            Rows(train.x0, cond, d.t, d.noise), per_device_query_batch_size=len(qs), per_device_train_batch_size=32,
+            score_args=ScoreArguments(damping_factor=None))
+        score_s = time.perf_counter() - t0
+        got = analyzer.load_pairwise_scores("s") if got is None else got
+        scores = got["all_modules"].tolist()                           # [queries, n]
+    return {"fit_factors_s": fit_s, "score_s": score_s, "scores": scores}
+
+
+def part_kronfluence(args) -> dict:
+    """Our EK-FAC against kronfluence's on the world UNet (issue 24): factor cost, scoring cost, peak memory
+    (each side in its own process) and agreement of the influence scores (Spearman per query), beside the
+    agreement of ours with ours under other Monte Carlo draws of the factors (the noise floor)."""
+    import numpy as np
+
+    from datarights.stats import spearman
+
+    out = {"machine": _machine(), "n": args.n, "queries": args.queries or 8}
+    scores = {}
+    for side, call in (("ours", f"_influence_ours({args.n},{out['queries']},0)"),
+                       ("ours, other factor draws", f"_influence_ours({args.n},{out['queries']},1)"),
+                       ("kronfluence", f"_influence_kronfluence({args.n},{out['queries']})")):
+        code = (f"import json,resource,sys; sys.path.insert(0,'benchmarks'); import attribute as b; "
+                f"r=b.{call}; "
+                f"r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if proc.returncode != 0:
+            out[side] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+            print(side, proc.stderr[-3000:], file=sys.stderr, flush=True)
+            continue
+        out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+        scores[side] = np.array(out[side].pop("scores"))
+        print(side, out[side], file=sys.stderr, flush=True)
+    pairs = [("ours", "kronfluence"), ("ours", "ours, other factor draws")]
+    for a, b in pairs:
+        if a in scores and b in scores:
+            rho = [spearman(x, y) for x, y in zip(scores[a], scores[b])]
+            out[f"spearman {a} vs {b}"] = {"median": float(np.median(rho)), "per_query": rho}
+    return out
+
+
 def part_abu_reference(args) -> dict:
     """Our query (training losses before unlearning cached, bf16 passes) vs the official recipe's
     (both loss passes recomputed per query, fp32), on the same unlearned model and draws."""
@@ -484,9 +639,9 @@ def part_custom(args) -> dict:
 
 
 def part_local(args) -> dict:
-    """Local attribution on the shipped model's compositions (issue 24): for each half of a generated
-    composition the judge reads whole, the share of the half's part among each method's top 10 of the
-    training images that show one of the two parts, with the region and without it (report queries;
+    """Local attribution on the shipped model's compositions (issue 24): for each part of a generated
+    composition the judge reads whole, the share of that part among each method's top 10 of the
+    training images that show one of the two parts, with the part's box as the region and without it (report queries;
     tune queries apart), with the HTML report of the best method."""
     from datarights.attribute import load_training_set
     from datarights.evaluate import LocalEvalConfig, local_eval
@@ -713,7 +868,8 @@ PART_DEFAULTS = {
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "abu-variants", "abu-fast", "abu-linearity",
-                                     "owners", "leaveout", "ship", "custom", "counterfactual", "lds", "ann", "local"])
+                                     "owners", "leaveout", "ship", "custom", "counterfactual", "lds", "ann", "local",
+                                     "kronfluence"])
     ap.add_argument("--sizes", type=int, nargs="*", default=None, help="ann: training-set sizes (default 5000 20000 100000)")
     ap.add_argument("--million", type=int, default=None,
                     help="ann: measure the store's index at this many rows instead (10^6 for the figures)")
@@ -759,7 +915,7 @@ def main():
           "abu-variants": part_abu_variants, "abu-fast": part_abu_fast, "abu-linearity": part_abu_linearity, "owners": part_owners,
           "leaveout": part_leaveout,
           "ship": part_ship, "custom": part_custom,
-          "counterfactual": part_counterfactual, "lds": part_lds, "local": part_local,
+          "counterfactual": part_counterfactual, "lds": part_lds, "local": part_local, "kronfluence": part_kronfluence,
           "ann": part_ann_million if args.million else part_ann}[args.part]
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)

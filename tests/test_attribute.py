@@ -425,8 +425,14 @@ def test_region_attribution_is_honoured_or_refused(train_set, tmp_path):
     # feature: the region's crop, centred on its mean colour, embedded
     from datarights.attribute.feature import FeatureConfig, embed, region_crop
     crop = region_crop(train.images[4], region)
-    h = model.resolution // 2
+    h = model.resolution // 2                    # the left half, padded to a square: the image's size already
     assert torch.equal(crop[:, :, h // 2: h // 2 + h], train.images[4][:, :, :h])
+    box = torch.zeros_like(region)
+    box[2:6, 3:7] = 1.0                          # a 4 x 4 box is scaled up to the image's size
+    small = region_crop(train.images[4], box)
+    want = torch.nn.functional.interpolate(train.images[4][None, :, 2:6, 3:7], size=region.shape, mode="bilinear",
+                                           align_corners=False)[0]
+    assert torch.allclose(small, want.clamp(0, 1), atol=1e-6)
     got = attribute(model, train, left, "feature", cache=None, progress=False).scores
     cfg = FeatureConfig().for_model(model)
     assert torch.allclose(got, embed(train.images, cfg) @ embed(crop[None], cfg)[0], atol=1e-5)

@@ -253,6 +253,10 @@ def test_part_shares_tell_the_oracle_from_the_swapped_oracle():
         "part": 1.0, "colour": 2 / 3, "top": faces, "random_part": 3 / 7, "random_colour": 2 / 7}
     assert part_shares(swapped, shown, parts, 0, "red", 3)["part"] == 0.0
     assert part_shares(np.array([7, 8] + trees + faces), shown, parts, 1, "green", 4)["part"] == 1.0
+    from datarights.evaluate.local import part_box
+    left, right = part_box(16, "left"), part_box(16, "right")
+    assert left.sum() == right.sum() == 64 and not (left * right).any()            # 8 x 8 squares, one part each
+    assert left[4:12, 0:8].all() and right[4:12, 8:16].all()
     # the composition that shows the tree on its left counts as a tree, in its left colour
     assert shown[6] == {"tree": "red", "house": "blue"}
     assert part_shares(np.array([6, 3]), shown, parts, 1, "red", 1)["colour"] == 1.0

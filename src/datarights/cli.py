@@ -670,15 +670,15 @@ def eval_owners_cmd(methods: str = typer.Option("caption,pixel,feature,trak,dtra
 def eval_local_cmd(methods: str = typer.Option("pixel,feature,trak,dtrak,ekfac,abu-fast", help="Comma-separated methods that can attribute a region."),
                    queries: int = typer.Option(16, help="Report queries: generated compositions the judge reads whole."),
                    tune_queries: int = typer.Option(8, "--tune-queries", help="Queries of other seeds, reported apart."),
-                   top: int = typer.Option(10, "--top", help="Top training images read per half (of those showing one part)."),
+                   top: int = typer.Option(10, "--top", help="Top training images read per part (of those showing one of the two parts)."),
                    model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                    data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder (default: the default world)."),
                    run: Path = typer.Option(Path("runs/local"), "--run", help="Run folder (resumable)."),
-                   report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (each half lit beside its top images) to this folder."),
+                   report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (each part lit beside its top images) to this folder."),
                    seed: int = typer.Option(0, help="Seed."),
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                    device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
-    """Local attribution on compositions: does each half's ranking find that half's part (vs the whole image, random)?"""
+    """Local attribution on compositions: does the ranking for each part's region find that part (vs the whole image, random)?"""
     _check_device(device, precision)
     from .attribute import load_training_set
     from .evaluate import LocalEvalConfig, local_eval

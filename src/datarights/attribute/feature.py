@@ -94,17 +94,18 @@ def prepare(model, train, cfg, progress=True) -> dict:
 
 
 def region_crop(image: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """The region's bounding box cut out of the image [3, H, W] and centred on a canvas of the image's size,
-    filled with the crop's mean colour (scaled down only if the box is larger): what a region search
-    embeds, as image retrieval crops a region of interest."""
+    """What a region search embeds, as image retrieval crops a region of interest: the region's bounding
+    box cut out of the image [3, H, W], padded to a square with its mean colour, resized to H x W."""
     ys, xs = torch.nonzero(region > 0.5, as_tuple=True)
     crop = image[:, int(ys.min()):int(ys.max()) + 1, int(xs.min()):int(xs.max()) + 1]
-    H, W = image.shape[-2:]
-    out = crop.mean((1, 2), keepdim=True).expand(3, H, W).clone()
     h, w = crop.shape[-2:]
-    y0, x0 = (H - h) // 2, (W - w) // 2
-    out[:, y0:y0 + h, x0:x0 + w] = crop
-    return out
+    side = max(h, w)
+    square = crop.mean((1, 2), keepdim=True).expand(3, side, side).clone()
+    square[:, (side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = crop
+    if square.shape[-2:] == image.shape[-2:]:
+        return square
+    return torch.nn.functional.interpolate(square[None], size=tuple(image.shape[-2:]), mode="bilinear",
+                                           align_corners=False)[0].clamp(0, 1)
 
 
 def query_vector(query, cfg) -> torch.Tensor:
