@@ -150,6 +150,18 @@ def _featurize_dattri(n: int, proj_dim: int) -> dict:
     return {"img_per_s": n / dt, "seconds": dt, "scores": scores.tolist()}
 
 
+def _in_subprocess(call: str) -> tuple[dict | None, str]:
+    """Run `attribute.<call>` in a fresh process (so that its peak memory, max RSS, is its own): (its JSON
+    result with peak_rss_mb, or None; its standard error)."""
+    code = (f"import json,resource,sys; sys.path.insert(0,'benchmarks'); import attribute as b; "
+            f"r=b.{call}; "
+            f"r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
 def part_dattri(args) -> dict:
     """Each side runs in its own process so that peak memory (max RSS) is its own.
 
@@ -163,14 +175,11 @@ def part_dattri(args) -> dict:
     for side, call in (("ours", f"_featurize_ours({args.n},{args.proj_dim})"),
                        ("ours-dense", f"_featurize_ours({args.n},{args.proj_dim},'dense')"),
                        ("dattri", f"_featurize_dattri({args.n},{args.proj_dim})")):
-        code = (f"import json,resource,sys; sys.path.insert(0,'benchmarks'); import attribute as b; "
-                f"r=b.{call}; "
-                f"r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if proc.returncode != 0:
-            out[side] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+        res, err = _in_subprocess(call)
+        if res is None:
+            out[side] = {"error": err.strip().splitlines()[-1] if err.strip() else "failed"}
             continue
-        out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[side] = res
         scores[side] = np.array(out[side].pop("scores"))
         if "phi" in out[side]:  # the same features scored with dattri's ridge: (Phi^T Phi + 0.01 I)^-1
             phi, phi_q = np.array(out[side].pop("phi"), dtype=np.float64), np.array(out[side].pop("phi_q"), dtype=np.float64)
@@ -325,15 +334,12 @@ def part_kronfluence(args) -> dict:
     for side, call in (("ours", f"_influence_ours({args.n},{out['queries']},0)"),
                        ("ours, other factor draws", f"_influence_ours({args.n},{out['queries']},1)"),
                        ("kronfluence", f"_influence_kronfluence({args.n},{out['queries']})")):
-        code = (f"import json,resource,sys; sys.path.insert(0,'benchmarks'); import attribute as b; "
-                f"r=b.{call}; "
-                f"r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if proc.returncode != 0:
-            out[side] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-            print(side, proc.stderr[-3000:], file=sys.stderr, flush=True)
+        res, err = _in_subprocess(call)
+        if res is None:
+            out[side] = {"error": err.strip().splitlines()[-1] if err.strip() else "failed"}
+            print(side, err[-3000:], file=sys.stderr, flush=True)
             continue
-        out[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[side] = res
         scores[side] = np.array(out[side].pop("scores"))
         print(side, out[side], file=sys.stderr, flush=True)
     pairs = [("ours", "kronfluence"), ("ours", "ours, other factor draws")]

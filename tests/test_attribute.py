@@ -239,6 +239,14 @@ def test_the_realness_bank_is_rendered_once_per_judge_and_read_back_the_same(mon
 
 
 # ---------------------------------------------------------------- influence functions (kfac, ekfac)
+def _query_grad(model, cfg, q):
+    """The query's flat loss gradient [P] at TRAK's query draws (what the influence methods precondition)."""
+    from datarights.attribute.trak import _train_draws
+    x0 = model.to_model_space(q.image[None].float())
+    return per_sample_grads(model, linear_modules(model, cfg.params), x0, model.encode_prompt([q.prompt]),
+                            _train_draws(model, x0, cfg, 10**9), "loss")[0].double()
+
+
 def _layer_grads(model, train, cfg, rows):
     """Per-sample loss gradients of each tracked layer at TRAK's training draws: {name: [len(rows), out, in]}."""
     from datarights.attribute.trak import _train_draws
@@ -273,7 +281,6 @@ def test_influence_scores_are_the_preconditioned_gradient_products(train_set):
     """Without a projection, the scores must be sum over layers of g_i . precondition(g_q) with each layer's
     own factors (the preconditioner is checked against the dense inverse above)."""
     from datarights.attribute import ekfac, resolved
-    from datarights.attribute.trak import _train_draws
     model, train = train_set
     for method in ("ekfac", "kfac"):
         cfg = resolved(make_config(method, projection="none", timesteps=2, batch_size=16, fisher_draws=1), model)
@@ -281,9 +288,7 @@ def test_influence_scores_are_the_preconditioned_gradient_products(train_set):
         q = Query(train.images[3], train.folder.texts[3])
         got = METHODS[method].score(model, train, state, q, cfg).double()
         mods = linear_modules(model, cfg.params)
-        x0 = model.to_model_space(q.image[None].float())
-        gq = per_sample_grads(model, mods, x0, model.encode_prompt([q.prompt]), _train_draws(model, x0, cfg, 10**9),
-                              "loss")[0].double()
+        gq = _query_grad(model, cfg, q)
         gi = _layer_grads(model, train, cfg, list(range(len(train))))
         want, start = torch.zeros(len(train), dtype=torch.float64), 0
         for i, (n, m) in enumerate(mods.items()):
@@ -337,7 +342,6 @@ def test_ekfac_eigenvalues_are_the_pseudo_gradients_second_moments_and_kfac_the_
 def test_influence_damping_is_a_query_setting_and_its_limit_is_the_layer_scaled_gradient_product(train_set, tmp_path):
     """One artifact serves every damping; at a huge damping, (G + lambda_l I)^-1 -> I / lambda_l per layer,
     so the scores become sum_l g_q,l . g_i,l / (damping x mean Lambda_l)."""
-    from datarights.attribute.trak import _train_draws
     model, train = train_set
     q = Query(train.images[2], train.folder.texts[2])
     common = dict(timesteps=2, batch_size=16, fisher_draws=1, projection="none")
@@ -348,9 +352,7 @@ def test_influence_damping_is_a_query_setting_and_its_limit_is_the_layer_scaled_
     cfg = resolved(make_config("ekfac", damping=1e8, **common), model)
     state, _, _ = prepare(model, train, "ekfac", cfg, cache=tmp_path, progress=False)
     mods = linear_modules(model, cfg.params)
-    x0 = model.to_model_space(q.image[None].float())
-    gq = per_sample_grads(model, mods, x0, model.encode_prompt([q.prompt]), _train_draws(model, x0, cfg, 10**9),
-                          "loss")[0].double()
+    gq = _query_grad(model, cfg, q)
     gi = _layer_grads(model, train, cfg, list(range(len(train))))
     want, start = torch.zeros(len(train), dtype=torch.float64), 0
     for i, (n, m) in enumerate(mods.items()):
@@ -445,3 +447,19 @@ def test_region_attribution_is_honoured_or_refused(train_set, tmp_path):
         Query(train.images[4], "a face", torch.zeros(model.resolution, model.resolution))
     with pytest.raises(DatarightsError, match="must be the same size"):
         Query(train.images[4], "a face", torch.ones(3, 3))
+
+
+def test_a_region_attributes_through_the_vae_on_a_latent_model(tiny_world, tiny_sd_trained, tmp_path):
+    from datarights.models import load_model
+    model = load_model(tiny_sd_trained, "cpu")
+    train = load_training_set(model, tiny_world)
+    region = torch.zeros(model.resolution, model.resolution)
+    region[:, : model.resolution // 2] = 1.0
+    w = Query(train.images[4], "a face", region).weight(model)
+    assert w.shape[-2:] == model.latent_shape[1:] and torch.isclose(w.mean(), torch.tensor(0.5))
+    for method in ("dtrak", "ekfac"):
+        cfg = make_config(method, **FAST[method])
+        whole = attribute(model, train, Query(train.images[4], "a face"), method, cfg, cache=tmp_path, progress=False)
+        left = attribute(model, train, Query(train.images[4], "a face", region), method, cfg, cache=tmp_path,
+                         progress=False)
+        assert torch.isfinite(left.scores).all() and not torch.allclose(whole.scores, left.scores), method

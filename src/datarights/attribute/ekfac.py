@@ -149,21 +149,27 @@ def fit_factors(model, train, cfg: EKFACConfig, progress=True) -> dict[str, dict
             yield idx, x0, train.cond(idx), d, runtime.generator(cfg.seed + 37, s)    # z: the same in both passes
 
     rows = len(train) * cfg.fisher_draws
-    fac = _Factors(mods)
     bar = runtime.progress_bar(progress, len(train) * (2 if cfg.correct else 1), "ekfac factors" if cfg.correct
                                else "kfac factors")
-    try:
-        with torch.enable_grad():
+
+    def sampled_passes(hooks, after=lambda: None):
+        """One forward/backward of the sampled loss per batch, the weights tracked, `hooks` recording."""
+        try:
+            with torch.enable_grad():
+                for m in mods.values():
+                    m.weight.requires_grad_(True)
+                for idx, x0, cond, d, g in batches():
+                    _sampled_loss(model, x0, cond, d, g).backward()
+                    after()
+                    bar.update(len(idx))
+        finally:
+            hooks.close()
             for m in mods.values():
-                m.weight.requires_grad_(True)
-            for idx, x0, cond, d, g in batches():
-                _sampled_loss(model, x0, cond, d, g).backward()
-                bar.update(len(idx))
-    finally:
-        fac.close()
-        for m in mods.values():
-            m.weight.requires_grad_(False)
-            m.weight.grad = None
+                m.weight.requires_grad_(False)
+                m.weight.grad = None
+
+    fac = _Factors(mods)
+    sampled_passes(fac)
     out = {}
     for n in mods:
         A = fac.A[n] / (rows * fac.tokens[n])                                            # E[sum_t a a^T] / T
@@ -174,21 +180,13 @@ def fit_factors(model, train, cfg: EKFACConfig, progress=True) -> dict[str, dict
     if cfg.correct:                                     # Lambda = E[(Q_S^T D Q_A)^2] over the same draws
         corr = {n: torch.zeros_like(out[n]["lam"], dtype=torch.float64) for n in mods}
         rec = LinearGrads(mods, group_size=1)                                           # one D per draw
-        try:
-            with torch.enable_grad():
-                for m in mods.values():
-                    m.weight.requires_grad_(True)
-                for idx, x0, cond, d, g in batches():
-                    _sampled_loss(model, x0, cond, d, g).backward()
-                    for n in mods:
-                        rot = out[n]["QS"].T.double() @ rec.grads[n].double() @ out[n]["QA"].double()   # [R, out, in]
-                        corr[n] += (rot ** 2).sum(0)
-                    bar.update(len(idx))
-        finally:
-            rec.close()
-            for m in mods.values():
-                m.weight.requires_grad_(False)
-                m.weight.grad = None
+
+        def accumulate():
+            for n in mods:
+                rot = out[n]["QS"].T.double() @ rec.grads[n].double() @ out[n]["QA"].double()   # [R, out, in]
+                corr[n] += (rot ** 2).sum(0)
+
+        sampled_passes(rec, accumulate)
         for n in mods:
             out[n]["lam"] = (corr[n] / rows).float()
     bar.close()
