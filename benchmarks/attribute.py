@@ -909,6 +909,9 @@ def main():
     ap.add_argument("--unit", default="image", choices=["image", "owner"], help="lds: subsets of images or of owners")
     ap.add_argument("--batch-size", type=int, default=64, help="batch of the retraining recipes")
     ap.add_argument("--run", default=None, help="run folder (resumable; default runs/<part>)")
+    ap.add_argument("--out", default=None,
+                    help="results file name under benchmarks/results (default attribute-<part>.json); e.g. a run of "
+                         "some methods only, whose figures join the full table's")
     ap.add_argument("--report", default=None, help="local: HTML report folder (each half lit beside its top images)")
     ap.add_argument("--reuse", nargs="*", default=None,
                     help="owners: earlier run folders whose scores of the same queries and method configs are reused")
@@ -929,7 +932,7 @@ def main():
     suffix += "-uncoupled" if args.part in ("counterfactual", "lds") and args.uncoupled else ""
     suffix += "-plain" if args.part == "custom" and args.exemplar_captions == "plain" else ""
     suffix += "-million" if args.part == "ann" and args.million else ""
-    write_json(RESULTS / f"attribute-{args.part}{suffix}.json", res)
+    write_json(RESULTS / (args.out or f"attribute-{args.part}{suffix}.json"), res)
     print(json.dumps(res, default=str))
 
 

@@ -122,11 +122,14 @@ def register(name: str, config_cls: type, prepare: Callable, score: Callable, lo
 # the judge reads from the pixels: the 32 tune queries of `python benchmarks/attribute.py owners`
 # (generic prompts, other templates and seeds than its report queries); BENCHMARKS.md has the figures.
 TEMPERATURE: dict[str, float] = {"abu": 1.4420, "abu-fast": 0.9527, "trak": 0.6745, "dtrak": 1.0209, "jtrak": 0.8891,
-                                  "feature": 0.1045, "pixel": 0.1119, "caption": 0.7744}
+                                  "feature": 0.1045, "pixel": 0.1119, "caption": 0.7744, "ekfac": 5.0000,
+                                  "kfac": 2.1826}
 """Fitted on the World 2 shipped model's 32 tune queries of the owner evaluation (`python
 benchmarks/attribute.py owners`, `temperatures` in attribute-owners.json), each method at its
 default config (`abu` with its damping of 100 x mean F); the queries' source owners read by the
-judge shipped on 2026-12-04."""
+judge shipped on 2026-12-04. `ekfac` and `kfac` were fitted on the same tune queries on 2026-12-05
+(`--out attribute-owners-ekfac.json`): ekfac's is the grid's largest, 5.0, so its shares are close to
+uniform, which is what its rankings support (no owner signal on World 2; BENCHMARKS.md)."""
 DEFAULT_TEMPERATURE = 0.25
 """Uncalibrated temperature: methods without a calibrated value, and every model but the world model."""
 
