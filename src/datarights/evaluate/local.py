@@ -248,10 +248,11 @@ def write_local_report(out: str | Path, results: dict, images: dict, metas: dict
                                                                       train.images[cell["top"]]]),
                               ["query"] + [f"{train.owners[i]}: {train.folder.texts[i]}"[:48] for i in cell["top"]]))
         sections.append({"title": m["prompt"], "grids": grids})
-    table = {"header": ["method", "with the region", "without it", "in the judge-read colour, with the region",
-                        "random"],
+    table = {"header": ["method", "part share, with the region", "without it (0.5 by construction)",
+                        "in the judge-read colour, with the region", "colour, without it", "colour, random"],
              "rows": [[r["method"], f"{r['part']:.2f} [{r['part_ci'][0]:.2f}, {r['part_ci'][1]:.2f}]",
-                       f"{r['whole']:.2f}", f"{r['colour']:.2f}", f"{r['random']:.2f}"] for r in summary]}
+                       f"{r['whole']:.2f}", f"{r['colour']:.2f} [{r['colour_ci'][0]:.2f}, {r['colour_ci'][1]:.2f}]",
+                       f"{r['whole_colour']:.2f}", f"{r['random_colour']:.2f}"] for r in summary]}
     sections.insert(0, {"title": f"Share of the region's part among each method's top {cfg.top_k} (report queries)",
                         "table": table})
     return write_report(out, "datarights: local attribution on compositions", sections, results["summary"],
