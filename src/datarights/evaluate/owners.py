@@ -57,8 +57,8 @@ PARTIAL_AFTER_SECONDS = 5.0
 class OwnerEvalConfig:
     """An owner-level evaluation run."""
 
-    methods: list = field(default_factory=lambda: ["caption", "pixel", "feature", "trak", "dtrak", "jtrak", "abu-fast",
-                                                   "abu"])
+    methods: list = field(default_factory=lambda: ["caption", "pixel", "feature", "trak", "dtrak", "jtrak", "kfac",
+                                                   "ekfac", "abu-fast", "abu"])
     """Attribution methods, scored in this order (cheap first; the trivial baselines are always added)."""
     queries: int = 64
     """Report queries (generic prompts; the 'report' half of the templates)."""
