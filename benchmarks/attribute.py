@@ -350,6 +350,225 @@ def part_kronfluence(args) -> dict:
     return out
 
 
+SCALE_STORE = ("trak", "dtrak", "feature", "pixel")
+
+
+def _scale_world(n: int) -> Path:
+    """The default-world recipe at n images (seed 0; `datarights world make --n n`), made once in the bench cache."""
+    from datarights.attribute.cache import build_lock
+    from datarights.world import WorldConfig, make_world_folder
+
+    root = _bench_cache()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / f"world-n{n}"
+    with build_lock(root, folder.name):
+        if not (folder / "metadata.jsonl").exists():
+            make_world_folder(folder, WorldConfig(n_images=n, seed=0), overwrite=True)
+    return folder
+
+
+def _scale_one(method: str, n: int, queries: int = 5) -> dict:
+    """One method at one size, in its own process: one-time cost (a fresh store's sync, streamed, for the store
+    methods; prepare for the others), per-query latency (median of `queries`), peak memory (the caller adds it)."""
+    import shutil
+    import tempfile
+
+    from datarights.attribute import Query, attribute, load_training_set, make_config, prepare, resolved
+    from datarights.attribute.store import FolderRows
+    from datarights.models import load_model
+
+    model = load_model()
+    folder = _scale_world(n)
+    cfg = resolved(make_config(method), model)
+    qs = [_query(model, seed=s) for s in range(queries)]
+    tmp = Path(tempfile.mkdtemp(prefix="scale-", dir=_bench_cache()))
+    try:
+        if method in SCALE_STORE:
+            train = FolderRows.open(folder, model.resolution)
+            t0 = time.perf_counter()
+            keys = train.keys                                   # each work's content key: one read of every file
+            hash_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            attribute(model, train, qs[0], method, cfg, store=tmp / "store", progress=False)
+            one_time = time.perf_counter() - t0
+            lat, wall = [], []
+            for q in qs:
+                t0 = time.perf_counter()
+                r = attribute(model, train, q, method, cfg, store=tmp / "store", progress=False)
+                wall.append(time.perf_counter() - t0)
+                lat.append(r.seconds)
+            return {"one_time_s": one_time, "keys_s": hash_s, "query_s": sorted(lat)[len(lat) // 2],
+                    "query_with_sync_check_s": sorted(wall)[len(wall) // 2], "works": len(set(keys))}
+        t0 = time.perf_counter()
+        train = load_training_set(model, folder)
+        load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prepare(model, train, method, cfg, cache=tmp, progress=False)
+        one_time = time.perf_counter() - t0
+        lat = sorted(attribute(model, train, q, method, cfg, cache=tmp, progress=False).seconds for q in qs)
+        return {"one_time_s": one_time, "load_s": load_s, "query_s": lat[len(lat) // 2]}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _scale_churn(method: str, n: int, add: int = 100) -> dict:
+    """A store of n works gains `add` new works (the next rows of an (n + add)-image world), then loses one
+    owner's works: each sync's time against a from-scratch build of the same works, and its scores against
+    that build's (the bar: an append costs <= 5% of a build, and its scores equal the build's)."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from datarights.attribute import make_config, resolved
+    from datarights.attribute.store import FolderRows, store_scores, sync
+    from datarights.models import load_model
+
+    model = load_model()
+    folder = _scale_world(n + add)
+    full = FolderRows.open(folder, model.resolution)
+    cfg = resolved(make_config(method), model)
+    q = _query(model)
+
+    def rows(keep):
+        return FolderRows(full.root, [full.metas[i] for i in keep], full.resolution)
+
+    first, both = rows(range(n)), rows(range(n + add))
+    owner = max(set(both.owners), key=both.owners.count)
+    gone = rows([i for i in range(n + add) if both.owners[i] != owner])
+    tmp = Path(tempfile.mkdtemp(prefix="churn-", dir=_bench_cache()))
+    try:
+        out = {}
+        t0 = time.perf_counter()
+        sync(model, first, method, cfg, tmp / "inc", progress=False)
+        out["build_n_s"] = time.perf_counter() - t0
+        for name, target in (("append", both), ("opt_out", gone)):
+            t0 = time.perf_counter()
+            inc, rep = sync(model, target, method, cfg, tmp / "inc", progress=False)
+            out[f"{name}_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            fresh, _ = sync(model, target, method, cfg, tmp / name, progress=False)
+            out[f"{name}_rebuild_s"] = time.perf_counter() - t0
+            a = store_scores(model, target, inc, q, method, cfg).numpy()
+            b = store_scores(model, target, fresh, q, method, cfg).numpy()
+            out[f"{name}_max_rel_diff"] = float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+            out[f"{name}_rows"] = {"added": rep.added, "deleted": rep.deleted}
+            out[f"{name}_share_of_rebuild"] = out[f"{name}_s"] / out[f"{name}_rebuild_s"]
+        out["opted_out_owner_works"] = n + add - len(gone)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fwd_bwd_rows_per_s(rows: int = 480, reps: int = 3) -> float:
+    """This machine's forward+backward limit for the shipped UNet: rows per second of one batch of `rows`
+    noised images through the UNet with the K/V weights' gradients (what the TRAK-family featurization does)."""
+    from datarights.models import load_model
+    from datarights.runtime import linear_modules
+
+    model = load_model()
+    mods = linear_modules(model, "xattn-kv")
+    x = torch.randn(rows, *model.latent_shape) if model.vae is not None else torch.randn(rows, 3, model.resolution,
+                                                                                            model.resolution)
+    cond = model.encode_prompt(["a photo of a fish"]).expand(rows, -1, -1)
+    t = torch.randint(0, model.num_train_timesteps, (rows,))
+    for m in mods.values():
+        m.weight.requires_grad_(True)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        model.predict_noise(x, t, cond).square().mean().backward()
+        best = min(best, time.perf_counter() - t0)
+    return rows / best
+
+
+def _plot(path: Path, series: dict, title: str, ylabel: str) -> None:
+    """A log-log line chart (PIL only): series {name: [(x, y), ...]}."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    W, H, L, B, T, R = 720, 420, 70, 50, 40, 150
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    pts = [p for v in series.values() for p in v if p[1] > 0]
+    if not pts:
+        return
+    lx = [math.log10(p[0]) for p in pts]
+    ly = [math.log10(p[1]) for p in pts]
+    x0, x1 = min(lx) - 0.1, max(lx) + 0.1
+    y0, y1 = math.floor(min(ly)), math.ceil(max(ly))
+    y1 = y1 if y1 > y0 else y0 + 1
+
+    def at(x, y):
+        return (L + (math.log10(x) - x0) / (x1 - x0) * (W - L - R), H - B - (math.log10(y) - y0) / (y1 - y0) * (H - B - T))
+
+    d.rectangle([L, T, W - R, H - B], outline="black")
+    for e in range(int(y0), int(y1) + 1):
+        y = at(10 ** x0, 10 ** e)[1]
+        d.line([L, y, W - R, y], fill="#ddd")
+        d.text((8, y - 6), f"1e{e}", fill="black")
+    for x in sorted({p[0] for p in pts}):
+        px = at(x, 10 ** y0)[0]
+        d.line([px, T, px, H - B], fill="#eee")
+        d.text((px - 14, H - B + 6), f"{x:,}", fill="black")
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    for i, (name, v) in enumerate(series.items()):
+        c = colours[i % len(colours)]
+        xy = [at(x, y) for x, y in sorted(v) if y > 0]
+        if len(xy) > 1:
+            d.line(xy, fill=c, width=2)
+        for px, py in xy:
+            d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
+        d.text((W - R + 10, T + 16 * i), name, fill=c)
+    d.text((L, 12), title, fill="black")
+    d.text((L, H - 20), "training images (log)", fill="black")
+    d.text((W - R + 10, H - B - 14), ylabel, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def part_scale(args) -> dict:
+    """Attribution at scale (issue 22, item 6): for every size in --sizes (default-world recipe, seed 0), each
+    method's one-time cost, per-query latency and peak memory (each (method, size) in its own process); the
+    featurization rate as a share of this machine's forward+backward limit; a store's append (100 works) and
+    opt-out (its largest owner) against a from-scratch build at --churn-n; PNG plots into docs/."""
+    sizes = sorted(args.sizes or [2000, 5000, 20000, 100000])   # the default preset needs ~1,300 images at least
+    methods = args.methods or ["pixel", "feature", "dtrak", "trak", "abu-fast"]
+    prev = RESULTS / (args.out or "attribute-scale.json")
+    out = json.loads(prev.read_text()) if prev.exists() else {"cells": {}}
+    out["machine"] = _machine()
+    out["fwd_bwd_rows_per_s"] = _fwd_bwd_rows_per_s()
+    for n in sizes:
+        for method in methods:
+            key = f"{method}|{n}"
+            if key in out["cells"]:
+                continue
+            res, err = _in_subprocess(f"_scale_one({method!r},{n})")
+            out["cells"][key] = res if res is not None else {"error": err.strip().splitlines()[-1] if err.strip() else "failed"}
+            if res is not None and method in ("trak", "dtrak"):
+                rows = n * 10                                   # 10 timesteps a work
+                res["featurization_share_of_limit"] = rows / res["one_time_s"] / out["fwd_bwd_rows_per_s"]
+            print(key, out["cells"][key], file=sys.stderr, flush=True)
+            write_json(prev, out)
+    for method in [m for m in methods if m in SCALE_STORE and args.churn_n]:
+        key = f"churn|{method}|{args.churn_n}"
+        if key not in out["cells"]:
+            res, err = _in_subprocess(f"_scale_churn({method!r},{args.churn_n})")
+            out["cells"][key] = res if res is not None else {"error": err.strip().splitlines()[-1] if err.strip() else "failed"}
+            print(key, out["cells"][key], file=sys.stderr, flush=True)
+            write_json(prev, out)
+    ok = {k: v for k, v in out["cells"].items() if "|" in k and not k.startswith("churn") and "error" not in v}
+    for field, label, name in (("one_time_s", "seconds", "one-time"), ("query_s", "seconds", "per-query"),
+                               ("peak_rss_mb", "MB", "peak-memory")):
+        series = {}
+        for k, v in ok.items():
+            m, n = k.split("|")
+            series.setdefault(m, []).append((int(n), v[field]))
+        _plot(Path("docs") / f"scale-{name}.png", series, f"{name} ({label}) by training-set size, 2 CPU cores", label)
+    return out
+
+
 def part_abu_reference(args) -> dict:
     """Our query (training losses before unlearning cached, bf16 passes) vs the official recipe's
     (both loss passes recomputed per query, fp32), on the same unlearned model and draws."""
@@ -875,8 +1094,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "abu-variants", "abu-fast", "abu-linearity",
                                      "owners", "leaveout", "ship", "custom", "counterfactual", "lds", "ann", "local",
-                                     "kronfluence"])
-    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="ann: training-set sizes (default 5000 20000 100000)")
+                                     "kronfluence", "scale"])
+    ap.add_argument("--sizes", type=int, nargs="*", default=None,
+                    help="ann: training-set sizes (default 5000 20000 100000); scale: default 2000 5000 20000 100000")
+    ap.add_argument("--churn-n", type=int, default=5000, help="scale: the store size an append and an opt-out are timed at (0: none)")
     ap.add_argument("--million", type=int, default=None,
                     help="ann: measure the store's index at this many rows instead (10^6 for the figures)")
     ap.add_argument("--wheel-sizes", type=int, nargs=2, default=None, help="ann: bytes of the usearch and faiss-cpu wheels")
@@ -925,6 +1146,7 @@ def main():
           "leaveout": part_leaveout,
           "ship": part_ship, "custom": part_custom,
           "counterfactual": part_counterfactual, "lds": part_lds, "local": part_local, "kronfluence": part_kronfluence,
+          "scale": part_scale,
           "ann": part_ann_million if args.million else part_ann}[args.part]
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
