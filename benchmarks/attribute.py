@@ -373,7 +373,7 @@ def _scale_one(method: str, n: int, queries: int = 5) -> dict:
     import shutil
     import tempfile
 
-    from datarights.attribute import Query, attribute, load_training_set, make_config, prepare, resolved
+    from datarights.attribute import attribute, load_training_set, make_config, prepare, resolved
     from datarights.attribute.store import FolderRows
     from datarights.models import load_model
 
