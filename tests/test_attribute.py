@@ -435,14 +435,30 @@ def test_region_attribution_is_honoured_or_refused(train_set, tmp_path):
     want = torch.nn.functional.interpolate(train.images[4][None, :, 2:6, 3:7], size=region.shape, mode="bilinear",
                                            align_corners=False)[0]
     assert torch.allclose(small, want.clamp(0, 1), atol=1e-6)
+    cfg = FeatureConfig(region_stride=0).for_model(model)
+    got = attribute(model, train, left, "feature", cfg, cache=None, progress=False).scores
+    whole = embed(train.images, cfg) @ embed(crop[None], cfg)[0]
+    assert torch.allclose(got, whole, atol=1e-5)
+    # by default each image also offers its windows of the region's size (a half: 3 of them across) and
+    # scores by its best match: the oracle cuts each window out as a region of its own
+    from datarights.attribute.feature import windows
+    res, h = model.resolution, model.resolution // 2
+    assert windows((res, res), res, h, 0.5) == [(0, res, 0, h), (0, res, h // 2, h // 2 + h), (0, res, h, res)]
+    assert windows((10, 10), 4, 4, 0.5)[-1] == (6, 10, 6, 10)           # the last one flush with the edge
+    best = whole.clone()
+    for y0, y1, x0, x1 in windows((res, res), res, h, 0.5):
+        box = torch.zeros_like(region)
+        box[y0:y1, x0:x1] = 1.0
+        cut = torch.stack([region_crop(im, box) for im in train.images])
+        best = torch.maximum(best, embed(cut, cfg) @ embed(crop[None], cfg)[0])
     got = attribute(model, train, left, "feature", cache=None, progress=False).scores
-    cfg = FeatureConfig().for_model(model)
-    assert torch.allclose(got, embed(train.images, cfg) @ embed(crop[None], cfg)[0], atol=1e-5)
+    assert torch.allclose(got, best, atol=1e-5) and not torch.allclose(got, whole, atol=1e-3)
     for method, why in [("caption", "reads only the prompt"), ("jtrak", "sampling journey")]:
         with pytest.raises(DatarightsError, match=f"{method} cannot attribute a region: .*{why}"):
             attribute(model, train, left, method, cache=tmp_path, progress=False)
-    with pytest.raises(DatarightsError, match="the store does not keep"):
-        attribute(model, train, left, "pixel", store=tmp_path / "s", progress=False)
+    for method in ("pixel", "feature"):
+        with pytest.raises(DatarightsError, match="the store does not keep"):
+            attribute(model, train, left, method, store=tmp_path / "s", progress=False)
     with pytest.raises(DatarightsError, match="the region is empty"):
         Query(train.images[4], "a face", torch.zeros(model.resolution, model.resolution))
     with pytest.raises(DatarightsError, match="must be the same size"):

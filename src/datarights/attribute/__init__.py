@@ -37,7 +37,9 @@ def check_local(method: str, store=None) -> None:
     if store is not None and method == "pixel":
         raise DatarightsError("a pixel region is compared with the same pixels of every training image, which the "
                               "store does not keep: attribute the region without a store")
-    # feature: the region's crop is embedded and compared with the stored rows as any query is
+    if store is not None and method == "feature":
+        raise DatarightsError("a feature region is matched against windows of every training image, which the "
+                              "store does not keep: attribute the region without a store")
 
 
 def make_config(method: str, **options):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -29,6 +30,13 @@ class FeatureConfig:
     encoder_weights: str | None = None
     """Content hash of the encoder's weights, filled in when it runs (so cached features of another
     encoder are never reused)."""
+    region_stride: float = 0.5
+    """A region query's crop is matched against windows of the region's size slid over every training
+    image (step: this share of the window's side) and against the whole image; an image scores by
+    its best match (regional retrieval: a part is found where a training image shows it, alone or
+    beside another). 0: against the whole image only."""
+
+    QUERY_ONLY: ClassVar[tuple] = ("region_stride",)
 
     def for_model(self, model) -> "FeatureConfig":
         from dataclasses import replace
@@ -93,19 +101,61 @@ def prepare(model, train, cfg, progress=True) -> dict:
     return {"features": embed(train.images, cfg)}
 
 
+def _box(region: torch.Tensor) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the region's bounding box, end exclusive."""
+    ys, xs = torch.nonzero(region > 0.5, as_tuple=True)
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def crop_boxes(images: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    """A box cut out of every image [N, 3, H, W], padded to a square with each crop's mean colour and
+    resized to H x W (bilinear): what a region search embeds."""
+    crop = images[:, :, y0:y1, x0:x1]
+    h, w = crop.shape[-2:]
+    side = max(h, w)
+    square = crop.mean((2, 3), keepdim=True).expand(-1, -1, side, side).clone()
+    square[:, :, (side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = crop
+    if square.shape[-2:] == images.shape[-2:]:
+        return square
+    return torch.nn.functional.interpolate(square, size=tuple(images.shape[-2:]), mode="bilinear",
+                                           align_corners=False).clamp(0, 1)
+
+
 def region_crop(image: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """What a region search embeds, as image retrieval crops a region of interest: the region's bounding
     box cut out of the image [3, H, W], padded to a square with its mean colour, resized to H x W."""
-    ys, xs = torch.nonzero(region > 0.5, as_tuple=True)
-    crop = image[:, int(ys.min()):int(ys.max()) + 1, int(xs.min()):int(xs.max()) + 1]
-    h, w = crop.shape[-2:]
-    side = max(h, w)
-    square = crop.mean((1, 2), keepdim=True).expand(3, side, side).clone()
-    square[:, (side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = crop
-    if square.shape[-2:] == image.shape[-2:]:
-        return square
-    return torch.nn.functional.interpolate(square[None], size=tuple(image.shape[-2:]), mode="bilinear",
-                                           align_corners=False)[0].clamp(0, 1)
+    return crop_boxes(image[None], *_box(region))[0]
+
+
+def windows(size: tuple[int, int], h: int, w: int, stride: float) -> list[tuple[int, int, int, int]]:
+    """Boxes of h x w slid over an image of `size` in steps of `stride` times their side, the last one
+    flush with the far edge."""
+    def starts(n, k):
+        step = max(1, round(k * stride))
+        s = list(range(0, n - k + 1, step))
+        return s if s[-1] == n - k else s + [n - k]
+    return [(y, y + h, x, x + w) for y in starts(size[0], h) for x in starts(size[1], w)]
+
+
+_WINDOWS: dict = {}
+"""Window features of the last training sets searched by a region of some size (at most 2 kept):
+a training set's windows are embedded once per region size, not once per query."""
+
+
+def window_features(train, cfg, h: int, w: int) -> torch.Tensor:
+    """[n_windows, N, d]: every training image's windows of h x w, embedded."""
+    key = (train.hash, cfg.encoder, _weights_hash(cfg.encoder), h, w, cfg.region_stride)
+    if key not in _WINDOWS:
+        if len(_WINDOWS) >= 2:
+            _WINDOWS.pop(next(iter(_WINDOWS)))
+        boxes = windows(tuple(train.images.shape[-2:]), h, w, cfg.region_stride)
+        feats = torch.empty(len(boxes), len(train.images), 0)
+        for i in range(0, len(train.images), 512):
+            batch = train.images[i:i + 512].float()
+            f = torch.stack([embed(crop_boxes(batch, *b), cfg) for b in boxes])
+            feats = f if i == 0 else torch.cat([feats, f], 1)
+        _WINDOWS[key] = feats
+    return _WINDOWS[key]
 
 
 def query_vector(query, cfg) -> torch.Tensor:
@@ -115,7 +165,12 @@ def query_vector(query, cfg) -> torch.Tensor:
 
 
 def score(model, train, state, query, cfg) -> torch.Tensor:
-    return state["features"] @ query_vector(query, cfg)
+    q = query_vector(query, cfg)
+    whole = state["features"] @ q
+    if query.region is None or cfg.region_stride <= 0:
+        return whole
+    y0, y1, x0, x1 = _box(query.region)
+    return torch.maximum(whole, (window_features(train, cfg, y1 - y0, x1 - x0) @ q).amax(0))
 
 
 register("feature", FeatureConfig, prepare, score, local=True)
