@@ -150,12 +150,26 @@ def _featurize_dattri(n: int, proj_dim: int) -> dict:
     return {"img_per_s": n / dt, "seconds": dt, "scores": scores.tolist()}
 
 
+def _vm_hwm_mb() -> float:
+    """This process's peak resident memory in MB (VmHWM, Linux; ru_maxrss elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _in_subprocess(call: str) -> tuple[dict | None, str]:
-    """Run `attribute.<call>` in a fresh process (so that its peak memory, max RSS, is its own): (its JSON
-    result with peak_rss_mb, or None; its standard error)."""
-    code = (f"import json,resource,sys; sys.path.insert(0,'benchmarks'); import attribute as b; "
+    """Run `attribute.<call>` in a fresh process (so that its peak memory is its own): (its JSON result with
+    peak_rss_mb, or None; its standard error). The peak is the child's VmHWM, its address space's own
+    high-water mark: getrusage's ru_maxrss would carry the parent's resident size at the fork across
+    the exec."""
+    code = (f"import json,sys; sys.path.insert(0,'benchmarks'); import attribute as b; "
             f"r=b.{call}; "
-            f"r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))")
+            f"r['peak_rss_mb']=b._vm_hwm_mb(); print(json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         return None, proc.stderr

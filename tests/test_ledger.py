@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from datarights.errors import DatarightsError
@@ -208,6 +209,32 @@ def test_attribute_log_and_statement(ledger, tiny_world, tmp_path):
     assert ledger.earnings(top) == [{"period": "2026-11", "currency": "USD", "cents": st["total_cents"]}]
     with pytest.raises(DatarightsError, match="period"):
         ledger.statement(top, "2026-13")
+
+
+def test_paid_generations_keep_their_rows_in_a_store_beside_the_ledger(ledger, tiny_world, tiny_trained, monkeypatch):
+    """A method with per-work rows attributes from a store of the model's training set, made on the first
+    paid generation and only synced after: the shares are the in-memory path's."""
+    from datarights.attribute import Query, attribute, load_training_set
+    from datarights.attribute import store as S
+    from datarights.models import load_model
+
+    m = _metas(tiny_world)[3]
+    first = ledger.attribute_log(tiny_world / m["file_name"], m["text"], "0.37", "pixel", client_key="a")
+    made = list((ledger.root / "stores").glob("*/*/store.json"))     # pixel rows are the dataset's, not the model's
+    assert [p.parent.name for p in made] == ["pixel"] and made[0].parent.parent.name.startswith("dataset-")
+    model = load_model(tiny_trained)
+    train = load_training_set(model, tiny_world)
+    x = torch.from_numpy(np.asarray(Image.open(tiny_world / m["file_name"]).convert("RGB").resize(
+        (model.resolution, model.resolution)), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    want = {o["owner"]: o["share"] for o in attribute(model, train, Query(x, m["text"]), "pixel", progress=False)
+            .owner_shares()}
+    got = {o["owner"]: o["share"] for o in first["shares"]}
+    assert set(got) <= set(want) and all(abs(got[o] - want[o]) < 1e-5 for o in got)
+    spec = S.ROWS["pixel"]
+    monkeypatch.setattr(S, "ROWS", {**S.ROWS, "pixel": S.RowSpec(lambda *a: pytest.fail("rows recomputed"),
+                                                                 spec.query, model_free=True)})
+    again = ledger.attribute_log(tiny_world / m["file_name"], m["text"], "0.37", "pixel", client_key="b")
+    assert again["shares"] == first["shares"] and not again["replayed"]
 
 
 def test_migrations_create_exactly_the_models_schema(tmp_path):

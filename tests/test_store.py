@@ -269,6 +269,15 @@ def test_a_streamed_folder_makes_the_in_memory_rows_reading_one_batch_at_a_time(
     assert torch.allclose(r.scores, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max())) and sum(read) == len(mem)
     with pytest.raises(DatarightsError, match="needs a store"):
         attribute(model, rows, query(train), "trak", cfg, progress=False)
+    # a model-free method reads the pixels only: no text states, no model-space encoding
+    import datarights.attribute.base as B
+    monkeypatch.setattr(B, "load_training_set", lambda *a: pytest.fail("pixel rows loaded the model's inputs"))
+    for method in ("pixel", "feature"):
+        mcfg = resolved(make_config(method), model)
+        mem, _ = S.sync(model, train, method, mcfg, tmp_path / f"mem-{method}", progress=False)
+        streamed, _ = S.sync(model, rows, method, mcfg, tmp_path / f"stream-{method}", progress=False)
+        for k in train.keys[:8]:
+            np.testing.assert_allclose(streamed.row(k), mem.row(k), atol=1e-6)
 
 
 def test_an_interrupted_sync_keeps_its_committed_rows_and_resumes(world, tmp_path, monkeypatch):

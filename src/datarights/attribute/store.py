@@ -483,12 +483,17 @@ class FolderRows:
         out = [read_image(self.root / self.metas[i]["file_name"], self.resolution) for i in rows]
         return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())
 
-    def load(self, model, rows: list[int]):
+    def load(self, model, rows: list[int], pixels_only: bool = False):
+        """Those rows as a TrainingSet. `pixels_only`: for a model-free method (pixel, feature), which reads
+        the pixels only: no model-space encoding (a VAE pass on a latent model) and no text states."""
         from ..world import ImageFolder
-        from .base import load_training_set
+        from .base import TrainingSet, load_training_set
 
-        return load_training_set(model, ImageFolder(self.root, self.images_of(rows).numpy(),
-                                                    [self.metas[i] for i in rows]))
+        folder = ImageFolder(self.root, self.images_of(rows).numpy(), [self.metas[i] for i in rows])
+        if pixels_only:
+            return TrainingSet(folder, torch.empty(0, device=model.device), torch.empty(0, device=model.device),
+                               torch.empty(0, dtype=torch.long, device=model.device), "")
+        return load_training_set(model, folder)
 
 
 def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32", progress=True,
@@ -544,7 +549,7 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
             part = missing[s:s + bs]
             rows_of = [first[k] for k in part]
             if streamed:
-                t, idx = train.load(model, rows_of), torch.arange(len(part), device=model.device)
+                t, idx = train.load(model, rows_of, spec.model_free), torch.arange(len(part), device=model.device)
             else:
                 t, idx = train, torch.tensor(rows_of, device=model.device)
             rows = make(t, idx, [key_seed(k) for k in part]).detach().float().cpu().numpy()

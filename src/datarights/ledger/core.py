@@ -98,6 +98,18 @@ class Ledger:
         return out
 
     # ------------------------------------------------------------------ paths
+    def store_of(self, model_id: int, dataset: str, method: str) -> Path:
+        """Where paid generations keep a method's per-work rows (`attribute.store`), synced with the
+        training set on every paid generation so that only rows that changed are computed. Rows that
+        depend on the weights (trak, dtrak) are the model's; rows of the images alone (pixel, feature)
+        are the dataset's, shared by every version and every model trained on it: a new version or
+        an opt-out's edited model costs only the works that came or went."""
+        from ..attribute.store import spec_for
+
+        if spec_for(method).model_free:
+            return self.root / "stores" / f"dataset-{hashlib.sha256(dataset.encode()).hexdigest()[:16]}" / method
+        return self.root / "stores" / f"model-{int(model_id)}" / method
+
     def stored(self, path: str | Path) -> str:
         """How the ledger records a folder: relative to the ledger file's folder when it lies inside
         it (so a ledger moves together with its edited models), else absolute."""
@@ -733,17 +745,28 @@ class Ledger:
             ds = s.get(Dataset, m.dataset_id) if m.dataset_id else None
             if ds is None:
                 raise DatarightsError(f"model {m.id} has no registered training set to attribute to")
-            model_path, source = m.path, ds.source
+            model_path, source, dataset = m.path, ds.source, ds.name
         import numpy as np
         import torch
 
+        from ..attribute import store as S
+
         cache = (model_path, source)
         if self._attribution is None or self._attribution[0] != cache:   # a server attributes many generations
-            model = self.load(model_path)
-            self._attribution = (cache, model, load_training_set(model, read_imagefolder(source, resolution=model.resolution)))
-        _, model, train = self._attribution
+            self._attribution = (cache, self.load(model_path), {})
+        _, model, sets = self._attribution
+        where = {}
+        if method in S.ROWS:      # per-work rows kept beside the ledger's models, the training folder streamed
+            if "rows" not in sets:
+                sets["rows"] = S.FolderRows.open(source, model.resolution)
+            train, where = sets["rows"], {"store": self.store_of(m.id, dataset, method)}
+        else:
+            if "train" not in sets:
+                sets["train"] = load_training_set(model, read_imagefolder(source, resolution=model.resolution))
+            train = sets["train"]
         x = torch.from_numpy(np.asarray(rgb.resize((model.resolution, model.resolution)), dtype=np.float32) / 255.0)
-        r = attribute(model, train, Query(x.permute(2, 0, 1), prompt), method, make_config(method), progress=False)
+        r = attribute(model, train, Query(x.permute(2, 0, 1), prompt), method, make_config(method), progress=False,
+                      **where)
         shares = r.owner_shares()
         split = money.split_cents(cents, {x["owner"]: x["share"] for x in shares}) if cents else {}
         try:
