@@ -36,6 +36,8 @@ SLOW = {
     "test_evaluate.py::test_counterfactual_harness_finds_a_planted_owner_and_not_a_shuffled_one",
     "test_evaluate.py::test_lds_harness_finds_a_planted_owner_and_not_another_one",
     "test_judge.py::test_training_on_blends_stops_the_style_head_naming_a_third_artist",
+    # the shipped model's paid generation from its shipped state (loads the 5,000-image default world, 22 s)
+    "test_shipped.py::test_paid_generations_of_the_shipped_model_use_its_shipped_state",
     # ... and the PostgreSQL runs of the heaviest erase-audit-certify workflows (their SQLite runs stay,
     # and so does every lighter test on PostgreSQL: the store's semantics are checked on both backends).
     "test_web.py::test_the_admin_processes_in_the_background_and_the_owner_follows[postgresql]",

@@ -103,7 +103,8 @@ class Ledger:
         training set on every paid generation so that only rows that changed are computed. Rows that
         depend on the weights (trak, dtrak) are the model's; rows of the images alone (pixel, feature)
         are the dataset's, shared by every version and every model trained on it: a new version or
-        an opt-out's edited model costs only the works that came or went."""
+        an opt-out's edited model costs only the works that came or went. (The shipped model on its own
+        world needs no store: its state ships with the package.)"""
         from ..attribute.store import spec_for
 
         if spec_for(method).model_free:
@@ -755,15 +756,25 @@ class Ledger:
         if self._attribution is None or self._attribution[0] != cache:   # a server attributes many generations
             self._attribution = (cache, self.load(model_path), {})
         _, model, sets = self._attribution
+        def in_memory():
+            if "train" not in sets:
+                sets["train"] = load_training_set(model, read_imagefolder(source, resolution=model.resolution))
+            return sets["train"]
+
+        if method in S.ROWS and model_path == "default" and ("shipped", method) not in sets:
+            # the shipped model's state for its own world ships with the package: no rows to compute
+            from ..attribute import SHIPPED, resolved, state_key
+            from ..attribute.cache import load_artifact
+            key = state_key(model, in_memory(), method, resolved(make_config(method), model))
+            sets["shipped", method] = load_artifact(SHIPPED, method, key) is not None
         where = {}
-        if method in S.ROWS:      # per-work rows kept beside the ledger's models, the training folder streamed
+        if method in S.ROWS and not sets.get(("shipped", method)):
+            # per-work rows kept beside the ledger's models, the training folder streamed
             if "rows" not in sets:
                 sets["rows"] = S.FolderRows.open(source, model.resolution)
             train, where = sets["rows"], {"store": self.store_of(m.id, dataset, method)}
         else:
-            if "train" not in sets:
-                sets["train"] = load_training_set(model, read_imagefolder(source, resolution=model.resolution))
-            train = sets["train"]
+            train = in_memory()
         x = torch.from_numpy(np.asarray(rgb.resize((model.resolution, model.resolution)), dtype=np.float32) / 255.0)
         r = attribute(model, train, Query(x.permute(2, 0, 1), prompt), method, make_config(method), progress=False,
                       **where)
