@@ -36,8 +36,13 @@ SLOW = {
     "test_evaluate.py::test_counterfactual_harness_finds_a_planted_owner_and_not_a_shuffled_one",
     "test_evaluate.py::test_lds_harness_finds_a_planted_owner_and_not_another_one",
     "test_judge.py::test_training_on_blends_stops_the_style_head_naming_a_third_artist",
-    # the shipped model's paid generation from its shipped state (loads the 5,000-image default world, 22 s)
+    # the shipped model's paid generation from its shipped state and its shipped artifacts (each loads the
+    # 5,000-image default world, 9-22 s), the leave-out harness end to end and the demo's skipped service
+    # step (9 s each): the default stage stays under 5 minutes on 2 cores
     "test_shipped.py::test_paid_generations_of_the_shipped_model_use_its_shipped_state",
+    "test_shipped.py::test_shipped_attribution_artifacts_are_found",
+    "test_provenance.py::test_leaveout_fine_tunes_every_model_from_a_warm_start_that_never_saw_the_runs_owners",
+    "test_demo.py::test_service_step_is_skipped_for_a_model_not_trained_on_the_default_world",
     # ... and the PostgreSQL runs of the heaviest erase-audit-certify workflows (their SQLite runs stay,
     # and so does every lighter test on PostgreSQL: the store's semantics are checked on both backends).
     "test_web.py::test_the_admin_processes_in_the_background_and_the_owner_follows[postgresql]",
