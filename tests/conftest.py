@@ -38,11 +38,14 @@ SLOW = {
     "test_judge.py::test_training_on_blends_stops_the_style_head_naming_a_third_artist",
     # the shipped model's paid generation from its shipped state and its shipped artifacts (each loads the
     # 5,000-image default world, 9-22 s), the leave-out harness end to end and the demo's skipped service
-    # step (9 s each): the default stage stays under 5 minutes on 2 cores
+    # step (9 s each), the owner evaluation end to end and `evaluate lds` through the CLI (10 s, 6 s;
+    # their harnesses are checked in the default stage): the default stage stays near 5 minutes on 2 cores
     "test_shipped.py::test_paid_generations_of_the_shipped_model_use_its_shipped_state",
     "test_shipped.py::test_shipped_attribution_artifacts_are_found",
     "test_provenance.py::test_leaveout_fine_tunes_every_model_from_a_warm_start_that_never_saw_the_runs_owners",
     "test_demo.py::test_service_step_is_skipped_for_a_model_not_trained_on_the_default_world",
+    "test_provenance.py::test_owner_evaluation_end_to_end_with_copies",
+    "test_cli.py::test_evaluate_lds_prints_intervals",
     # ... and the PostgreSQL runs of the heaviest erase-audit-certify workflows (their SQLite runs stay,
     # and so does every lighter test on PostgreSQL: the store's semantics are checked on both backends).
     "test_web.py::test_the_admin_processes_in_the_background_and_the_owner_follows[postgresql]",
