@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from datarights.errors import DatarightsError
@@ -214,7 +213,7 @@ def test_attribute_log_and_statement(ledger, tiny_world, tmp_path):
 def test_paid_generations_keep_their_rows_in_a_store_beside_the_ledger(ledger, tiny_world, tiny_trained, monkeypatch):
     """A method with per-work rows attributes from a store of the model's training set, made on the first
     paid generation and only synced after: the shares are the in-memory path's."""
-    from datarights.attribute import Query, attribute, load_training_set
+    from datarights.attribute import Query, attribute, load_query, load_training_set
     from datarights.attribute import store as S
     from datarights.models import load_model
 
@@ -224,8 +223,7 @@ def test_paid_generations_keep_their_rows_in_a_store_beside_the_ledger(ledger, t
     assert [p.parent.name for p in made] == ["pixel"] and made[0].parent.parent.name.startswith("dataset-")
     model = load_model(tiny_trained)
     train = load_training_set(model, tiny_world)
-    x = torch.from_numpy(np.asarray(Image.open(tiny_world / m["file_name"]).convert("RGB").resize(
-        (model.resolution, model.resolution)), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = load_query(tiny_world / m["file_name"], model.resolution)
     want = {o["owner"]: o["share"] for o in attribute(model, train, Query(x, m["text"]), "pixel", progress=False)
             .owner_shares()}
     got = {o["owner"]: o["share"] for o in first["shares"]}

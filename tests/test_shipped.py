@@ -2,10 +2,7 @@
 
 import json
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from datarights.judge import accuracy, load_judge, render_labelled
 from datarights.models import DEFAULT_MODEL, load_model
@@ -51,7 +48,7 @@ def test_shipped_attribution_artifacts_are_found(tmp_path, monkeypatch):
 def test_paid_generations_of_the_shipped_model_use_its_shipped_state(tmp_path, monkeypatch):
     """The ledger keeps stores for the methods with rows, but the shipped model on its own world pays from
     the shipped dtrak state: no store, no rows computed, the in-memory path's shares."""
-    from datarights.attribute import Query, attribute, default_world, load_training_set
+    from datarights.attribute import Query, attribute, default_world, load_query, load_training_set
     from datarights.attribute import store as S
     from datarights.ledger import Ledger
     monkeypatch.setenv("DATARIGHTS_CACHE", str(tmp_path / "cache"))
@@ -63,8 +60,7 @@ def test_paid_generations_of_the_shipped_model_use_its_shipped_state(tmp_path, m
     ev = led.attribute_log(world / meta["file_name"], "a photo of a fish", "0.10", "dtrak")
     assert not (led.root / "stores").exists()
     model = load_model()
-    x = torch.from_numpy(np.asarray(Image.open(world / meta["file_name"]).convert("RGB").resize(
-        (model.resolution, model.resolution)), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = load_query(world / meta["file_name"], model.resolution)
     want = {o["owner"]: o["share"] for o in attribute(model, load_training_set(model, world),
                                                       Query(x, "a photo of a fish"), "dtrak", progress=False)
             .owner_shares()}

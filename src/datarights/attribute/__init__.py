@@ -27,6 +27,8 @@ from .cache import artifact_key, build_lock, cache_root, load_artifact, save_art
 NOT_LOCAL = {"caption": "it reads only the prompt's words, never the image",
              "jtrak": "it attributes the whole image's sampling journey, step by step"}
 """Why a method cannot attribute a region of an image."""
+NOT_STORED_LOCAL = {"pixel": "compared with the same pixels", "feature": "matched against windows"}
+"""What a region is compared with, for the methods whose region form reads more than a store keeps."""
 
 
 def check_local(method: str, store=None) -> None:
@@ -34,11 +36,8 @@ def check_local(method: str, store=None) -> None:
     if method not in LOCAL:
         why = NOT_LOCAL.get(method, "it has no region form")
         raise DatarightsError(f"{method} cannot attribute a region: {why}; use one of {', '.join(sorted(LOCAL))}")
-    if store is not None and method == "pixel":
-        raise DatarightsError("a pixel region is compared with the same pixels of every training image, which the "
-                              "store does not keep: attribute the region without a store")
-    if store is not None and method == "feature":
-        raise DatarightsError("a feature region is matched against windows of every training image, which the "
+    if store is not None and method in NOT_STORED_LOCAL:
+        raise DatarightsError(f"a {method} region is {NOT_STORED_LOCAL[method]} of every training image, which the "
                               "store does not keep: attribute the region without a store")
 
 

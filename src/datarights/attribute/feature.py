@@ -148,13 +148,10 @@ def window_features(train, cfg, h: int, w: int) -> torch.Tensor:
     if key not in _WINDOWS:
         if len(_WINDOWS) >= 2:
             _WINDOWS.pop(next(iter(_WINDOWS)))
-        boxes = windows(tuple(train.images.shape[-2:]), h, w, cfg.region_stride)
-        feats = torch.empty(len(boxes), len(train.images), 0)
-        for i in range(0, len(train.images), 512):
-            batch = train.images[i:i + 512].float()
-            f = torch.stack([embed(crop_boxes(batch, *b), cfg) for b in boxes])
-            feats = f if i == 0 else torch.cat([feats, f], 1)
-        _WINDOWS[key] = feats
+        images = train.images
+        boxes = windows(tuple(images.shape[-2:]), h, w, cfg.region_stride)
+        _WINDOWS[key] = torch.cat([torch.stack([embed(crop_boxes(images[i:i + 512].float(), *b), cfg) for b in boxes])
+                                   for i in range(0, len(images), 512)], 1)   # crops made 512 images at a time
     return _WINDOWS[key]
 
 
