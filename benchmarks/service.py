@@ -22,6 +22,9 @@ Writes benchmarks/results/service.json. Run it alone on the machine.
    each payment method in turn: per-generation latency from the image file to the committed payout
    rows (p50, p99), paid generations per second, and the one-time cost of the first one (the method's
    per-training-set work, when it is not shipped). Writes benchmarks/results/service-paid.json.
+   With `--store`, a copy of the shipped model is registered as a model folder of its own, so that its
+   rows go through a store beside the ledger (as for every model whose state does not ship with the
+   package); writes benchmarks/results/service-paid-store.json.
 
     python benchmarks/service.py --accumulate [--style "Cleo Marr"]
 
@@ -139,11 +142,13 @@ def main():
     ap.add_argument("--style", default="Cleo Marr", help="The artist whose style is the second opt-out (phase 4).")
     ap.add_argument("--paid", type=int, default=0, help="Only phase 5: this many paid generations per method.")
     ap.add_argument("--methods", default="dtrak,abu-fast", help="Phase 5: payment methods, comma-separated.")
+    ap.add_argument("--store", action="store_true",
+                    help="Phase 5: register a copy of the shipped model, so that rows go through a store.")
     args = ap.parse_args()
     if args.accumulate:
         return accumulate(args.style)
     if args.paid:
-        return paid(args.paid, args.methods.split(","))
+        return paid(args.paid, args.methods.split(","), args.store)
     import httpx
 
     from datarights.attribute import default_world
@@ -244,6 +249,14 @@ def main():
     write_json(OUT, res)
 
 
+ERASED_KEYS = ("target_erased", "target_erased_ci", "target_erased_seen", "target_erased_seen_ci")
+"""The verdict needs both: held-out prompts and the erase's own (seen) prompts."""
+
+
+def _erased(t: dict) -> dict:
+    return {"target": t["target"], "verdict": t["verdict"], **{k: t.get(k) for k in ERASED_KEYS}}
+
+
 def accumulate(style: str):
     from datarights.attribute import default_world
     from datarights.files import write_json
@@ -263,11 +276,8 @@ def accumulate(style: str):
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} threads", "seconds": round(time.time() - t0, 1),
            "jobs": [{"id": j["id"], "seconds": j["audit"]["seconds"], "erased_from": j["model_id"],
                      "edited_model": j["edited_model_id"],
-                     "targets": [{"target": t["target"], "verdict": t["verdict"],
-                                  "target_erased": t["target_erased"], "target_erased_ci": t["target_erased_ci"]}
-                                 for t in j["audit"]["targets"]],
-                     "reaudits": [{"target": t["target"], "verdict": t["verdict"], "target_erased": t["target_erased"],
-                                   "target_erased_ci": t["target_erased_ci"]} for t in j["audit"]["reaudits"]]}
+                     "targets": [_erased(t) for t in j["audit"]["targets"]],
+                     "reaudits": [_erased(t) for t in j["audit"]["reaudits"]]}
                     for j in jobs]}
     current = next(m for m in led.models() if m["current"])
     res["current_model"] = current["id"]
@@ -278,15 +288,14 @@ def accumulate(style: str):
         doc = led.certificate(last["id"])["document"]
         res["final"].append({"concept": r["concept"], "certificate": last["id"], "kind": last["kind"],
                              "about_model": last["model_id"], "current": last["current"], "verdict": last["verdict"],
-                             "target_erased": doc["audit"]["target_erased"],
-                             "target_erased_ci": doc["audit"]["target_erased_ci"],
+                             **{k: doc["audit"].get(k) for k in ERASED_KEYS},
                              "attacks": {k: {"asr": v["asr"], "asr_ci": v["asr_ci"], "asr_plain": v["asr_plain"]}
                                          for k, v in doc["attacks"].items()}})
     print(json.dumps(res, indent=1))
     write_json(Path(f"benchmarks/results/service-accumulate-{slug}.json"), res)
 
 
-def paid(n: int, methods: list[str]) -> None:
+def paid(n: int, methods: list[str], via_store: bool = False) -> None:
     """Phase 5: `n` paid generations recorded with each method (see the module docstring)."""
     import tempfile
 
@@ -306,10 +315,14 @@ def paid(n: int, methods: list[str]) -> None:
         from PIL import Image
         files = [save_png(Image.fromarray((img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()),
                           Path(tmp) / f"g{i:03d}.png") for i, img in enumerate(images)]
+        copy = None
+        if via_store:           # a model folder of its own: the shipped state does not apply, rows go to a store
+            from datarights.models import export_model
+            copy = export_model(model, Path(tmp) / "shipped-copy")
         for method in methods:
             db = Path(tmp) / f"{method}.db"
             led = Ledger(db, create=True)
-            led.import_dataset(default_world())
+            led.import_dataset(default_world(), model=copy)
             t0 = time.perf_counter()
             led.attribute_log(files[0], prompts[0], "1.00", method=method, client_key="warm-up")
             first = time.perf_counter() - t0
@@ -327,7 +340,8 @@ def paid(n: int, methods: list[str]) -> None:
                                       "per_second": n / wall, "retry_replayed": again["replayed"]}
             print(json.dumps({method: res["methods"][method]}), flush=True)
             led.store.engine.dispose()
-    write_json(Path("benchmarks/results/service-paid.json"), res)
+    res["through_store"] = via_store
+    write_json(Path("benchmarks/results/service-paid-store.json" if via_store else "benchmarks/results/service-paid.json"), res)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,17 @@ def test_exact_binomial_and_rate_ratio_intervals():
     assert rate_ratio(0, 0) is None and rate_ratio(4, 0)[1] == float("inf")
     lo, hi = rate_ratio(20, 20)
     assert lo < 1 < hi
+
+
+def test_a_ratio_resample_with_a_zero_denominator_is_left_out_without_a_warning():
+    import warnings
+
+    from datarights.stats import bootstrap, ratio_stat
+
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = np.array([0.0, 0.0, 0.0, 2.0])     # most resamples that miss the last unit divide by zero
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lo, hi = bootstrap(ratio_stat(a, b), 4)
+    assert np.isnan(ratio_stat(a, b)(np.array([0, 1])))
+    assert 0.4 <= lo <= hi <= 10.0

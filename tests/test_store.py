@@ -117,6 +117,37 @@ def test_a_damaged_file_is_detected_and_rebuilt_never_used(world, tmp_path, dama
     assert torch.allclose(before, after, rtol=1e-4, atol=1e-5 * float(before.abs().max()))
 
 
+def test_a_service_hashes_settled_files_once_and_still_sees_a_later_change(world, tmp_path, monkeypatch):
+    import os
+    import time
+
+    model, train = world
+    cfg = cfg_of(model)
+    store, _ = S.sync(model, train, "trak", cfg, tmp_path / "s", progress=False)
+    before = S.store_scores(model, train, store, query(train), "trak", cfg)
+    files = list((tmp_path / "s" / "rows").glob("*.npy"))
+    old = time.time() - 60
+    for f in files:                          # settled: written a minute ago
+        os.utime(f, (old, old))
+    hashed = []
+    real = S.file_sha256
+    monkeypatch.setattr(S, "file_sha256", lambda p: hashed.append(p) or real(p))
+    meta = S.store_meta(model, "trak", cfg)
+    S.RowStore(tmp_path / "s", meta)
+    assert len(hashed) == len(files)
+    opened = S.RowStore(tmp_path / "s", meta)          # the next query's open: nothing hashed again
+    assert len(hashed) == len(files) and not opened.gram_damaged
+    assert torch.allclose(S.store_scores(model, train, opened, query(train), "trak", cfg), before)
+    assert (opened.gram_id, S.spec_for("trak").lam(cfg)) in S._KERNELS
+    # a shard changed in place, same size, is hashed again and dropped
+    path = tmp_path / "s" / "rows" / f"{opened._manifest()['shards'][0]['id']}.rows.npy"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    damaged = S.RowStore(tmp_path / "s", meta)
+    assert damaged.dropped and damaged.gram_damaged
+
+
 def test_an_interrupted_update_leaves_the_store_as_it_was(world, tmp_path, monkeypatch):
     model, train = world
     cfg = cfg_of(model)

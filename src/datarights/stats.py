@@ -116,12 +116,17 @@ def ratio_of_means(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0
     model on the same prompt and seed), with a paired bootstrap interval."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     value = a.mean() / b.mean() if b.size and b.mean() > 0 else float("nan")
+    stat = ratio_stat(a, b)
+    return {"value": float(value), "n": int(a.size), "ci": as_list(bootstrap(stat, a.size, reps, seed))}
 
+
+def ratio_stat(a: np.ndarray, b: np.ndarray) -> Callable[[np.ndarray], float]:
+    """The bootstrap statistic mean(a[idx]) / mean(b[idx]) of paired units: nan (left out by
+    `bootstrap`) for a resample whose mean of b is not positive, never a division by zero."""
     def stat(idx):
         d = b[idx].mean()
-        return a[idx].mean() / d if d > 0 else float("nan")
-
-    return {"value": float(value), "n": int(a.size), "ci": as_list(bootstrap(stat, a.size, reps, seed))}
+        return float(a[idx].mean() / d) if d > 0 else float("nan")
+    return stat
 
 
 def mean_ci(x: Sequence[float], reps: int = 2000, seed: int = 0, groups: Sequence | None = None,

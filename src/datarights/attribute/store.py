@@ -69,6 +69,35 @@ INDEX_CANDIDATES = 1000
 INDEX_SEARCH_BEAM = 256
 """HNSW search beam (usearch `expansion_search`): recall@10 >= 0.95 at 10^6 rows (BENCHMARKS.md, `ann --million`)."""
 
+_CHECKED: dict[str, tuple[tuple[int, int, int], str]] = {}
+"""sha256 of the store files this process has hashed, by path, with the (size, mtime_ns, inode) they
+had then. Store files are written once under new names, so a service that opens its store for every
+query hashes each file once: a file that still has the same size, mtime and inode is not hashed
+again. Only files whose mtime was at least `_SETTLED_NS` old when hashed are remembered, so a file
+rewritten afterwards always shows a newer mtime, even where the clock ticks coarsely (as git's
+"racy clean" index entries)."""
+_SETTLED_NS = 2_000_000_000
+_KERNELS: dict[tuple[str, float], np.ndarray] = {}
+"""(G + lam mean(diag G) I)^-1 of the Gram matrices this process has scored with, by (Gram file id,
+lam): ids are fresh for every Gram matrix written, so an entry never outlives its matrix."""
+
+
+def _sha(path: Path) -> str:
+    """file_sha256(path), remembered for a settled file (see `_CHECKED`)."""
+    import time
+
+    st = path.stat()
+    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+    got = _CHECKED.get(str(path))
+    if got is not None and got[0] == sig:
+        return got[1]
+    sha = file_sha256(path)
+    if time.time_ns() - st.st_mtime_ns >= _SETTLED_NS:
+        if len(_CHECKED) >= 65536:
+            _CHECKED.clear()
+        _CHECKED[str(path)] = (sig, sha)
+    return sha
+
 
 def usearch_index():
     """usearch's Index class, or a one-line error saying how to install it."""
@@ -193,6 +222,7 @@ class RowStore:
         self.entries: dict[str, dict] = {}
         self.dropped: list[str] = []
         self.gram: np.ndarray | None = None
+        self.gram_id: str | None = None
         self.sum: np.ndarray | None = None    # [k + 1]: sum of count x row, then the sum of counts
         self.gram_damaged = False
         self.index_entry: dict | None = None
@@ -215,7 +245,7 @@ class RowStore:
         for entry in man["shards"]:
             try:
                 files = {part: rows_dir / f"{entry['id']}.{part}.npy" for part in ("rows", "keys", "counts")}
-                if entry["id"] not in trusted and any(file_sha256(files[p]) != entry["sha256"][p] for p in files):
+                if entry["id"] not in trusted and any(_sha(files[p]) != entry["sha256"][p] for p in files):
                     raise ValueError("checksum")
                 rows = np.load(files["rows"], mmap_mode="r")
                 keys = [k.decode() for k in np.load(files["keys"]).tolist()]
@@ -230,13 +260,14 @@ class RowStore:
         if man["gram"] is not None:
             try:
                 g = rows_dir / f"{man['gram']['id']}.gram.npy"
-                if man["gram"]["id"] not in trusted and file_sha256(g) != man["gram"]["sha256"]:
+                if man["gram"]["id"] not in trusted and _sha(g) != man["gram"]["sha256"]:
                     raise ValueError("checksum")
                 self.gram = np.load(g)
                 sm = rows_dir / f"{man['gram']['id']}.sum.npy"   # a store made before the sums: made by the next sync
-                if man["gram"]["id"] not in trusted and file_sha256(sm) != man["gram"]["sum_sha256"]:
+                if man["gram"]["id"] not in trusted and _sha(sm) != man["gram"]["sum_sha256"]:
                     raise ValueError("checksum")
                 self.sum = np.load(sm)
+                self.gram_id = man["gram"]["id"]
             except (OSError, ValueError, KeyError, TypeError):
                 self.gram_damaged = True
         elif man["shards"]:
@@ -244,7 +275,7 @@ class RowStore:
         if man.get("index") is not None:
             self.index_entry = man["index"]
             p = self.index_path()
-            if man["index"]["id"] not in trusted and (not p.exists() or file_sha256(p) != man["index"]["sha256"]):
+            if man["index"]["id"] not in trusted and (not p.exists() or _sha(p) != man["index"]["sha256"]):
                 self.index_damaged = True
         if self.dropped:
             self.gram_damaged = True   # it holds rows that can no longer be read, so cannot be subtracted
@@ -420,6 +451,19 @@ class RowStore:
         return [self._label_key[int(lab)] for lab in found.keys]
 
     # ------------------------------------------------------------------ scoring
+    def solve(self, q: np.ndarray, lam: float) -> np.ndarray:
+        """(G + lam mean(diag G) I)^-1 q, the inverse made once per Gram matrix and lam in this process."""
+        key = (self.gram_id, float(lam))
+        inv = _KERNELS.get(key) if self.gram_id is not None else None
+        if inv is None:
+            g = self.gram
+            inv = np.linalg.inv(g + lam * np.diagonal(g).mean() * np.eye(len(g)))
+            if self.gram_id is not None:
+                if len(_KERNELS) >= 2:
+                    _KERNELS.clear()
+                _KERNELS[key] = inv
+        return inv @ q
+
     def scores(self, v: np.ndarray, keys: list[str]) -> np.ndarray:
         """rows . v for each key, in the order given (shard by shard over the memory-mapped rows)."""
         missing = sum(k not in self.where for k in keys)
@@ -579,9 +623,7 @@ def store_scores(model, train, store: RowStore, query, method: str, cfg, keys: l
     keys = train.keys if keys is None else keys
     q = spec.query(model, train, query, cfg).detach().double().cpu().numpy()
     if spec.kernel:
-        g = store.gram
-        reg = g + spec.lam(cfg) * np.diagonal(g).mean() * np.eye(len(g))
-        q = np.linalg.solve(reg, q)
+        q = store.solve(q, spec.lam(cfg))
     return torch.from_numpy(store.scores(q, keys)).float()
 
 

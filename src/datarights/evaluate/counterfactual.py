@@ -198,14 +198,14 @@ def _paired(mine: dict[int, list[dict]], theirs: dict[int, list[dict]], metric: 
     loss rise (it can be negative), else the ratio (None where the second mean is not positive).
     The last item is the same interval resampling concepts instead of queries (`concept_of`: query
     -> the concept it draws on), since several queries of one concept are not independent."""
-    from ..stats import as_list, bootstrap
+    from ..stats import as_list, bootstrap, ratio_stat
 
     x = np.array([np.mean([c.get(metric, np.nan) for c in mine[q]]) for q in common])
     y = np.array([np.mean([c.get(metric, np.nan) for c in theirs[q]]) for q in common])
     if metric == "loss_rise":
         stat = lambda j: float((x[j] - y[j]).mean())  # noqa: E731
     elif y.mean() > 0:
-        stat = lambda j: float(x[j].mean() / y[j].mean())  # noqa: E731
+        stat = ratio_stat(x, y)
     else:
         return x, y, None, None, None
     groups = [concept_of[q] for q in common] if concept_of else None

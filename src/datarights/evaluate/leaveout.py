@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import DatarightsError
 from ..files import write_json
-from ..stats import bootstrap, mean_ci, rate_ratio, ratio_of_means, rounded, wilson
+from ..stats import bootstrap, mean_ci, rate_ratio, ratio_of_means, ratio_stat, rounded, wilson
 from ..world.vocab import CATEGORY_OF, CREDIT, Vocabulary
 from .provenance import generic_prompts, read_sources, reproduction
 from .runs import check_methods, check_queries, check_warm_start, open_run, run_world, warm_start, world_and_base
@@ -346,7 +346,7 @@ def summarize_counterfactual(cells: dict[str, dict]) -> list[dict]:
             ref = np.array([ref_qs[q]["mse"] for q in common])
             if ref_name == name or len(common) < 2 or ref.mean() <= 0:
                 continue
-            ratio = lambda j, mse=mse, ref=ref: mse[j].mean() / ref[j].mean()  # noqa: E731
+            ratio = ratio_stat(mse, ref)
             row[f"mse_vs_{ref_name}"] = round(float(mse.mean() / ref.mean()), 4)
             row[f"mse_vs_{ref_name}_ci"] = rounded(bootstrap(ratio, len(common)))
             row[f"mse_vs_{ref_name}_ci_owners"] = rounded(bootstrap(ratio, len(common),
