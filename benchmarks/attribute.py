@@ -364,7 +364,7 @@ def part_kronfluence(args) -> dict:
     return out
 
 
-SCALE_STORE = ("trak", "dtrak", "feature", "pixel")
+SCALE_STORE = ("trak", "dtrak", "ekfac", "kfac", "abu-fast", "feature", "pixel")
 
 
 def _scale_world(n: int) -> Path:
@@ -437,6 +437,7 @@ def _scale_churn(method: str, n: int, add: int = 100) -> dict:
     from datarights.attribute import make_config, resolved
     from datarights.attribute.store import FolderRows, store_scores, sync
     from datarights.models import load_model
+    from datarights.stats import spearman
 
     model = load_model()
     folder = _scale_world(n + add)
@@ -466,7 +467,11 @@ def _scale_churn(method: str, n: int, add: int = 100) -> dict:
             a = store_scores(model, target, inc, q, method, cfg).numpy()
             b = store_scores(model, target, fresh, q, method, cfg).numpy()
             out[f"{name}_max_rel_diff"] = float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+            out[f"{name}_spearman"] = spearman(a, b)
+            out[f"{name}_top10_overlap"] = len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10
             out[f"{name}_rows"] = {"added": rep.added, "deleted": rep.deleted}
+            if rep.fit:                                         # ekfac, kfac: the curvature kept or refitted
+                out[f"{name}_curvature"] = rep.fit
             out[f"{name}_share_of_rebuild"] = out[f"{name}_s"] / out[f"{name}_rebuild_s"]
         out["opted_out_owner_works"] = n + add - len(gone)
         return out
@@ -553,7 +558,7 @@ def part_scale(args) -> dict:
     out = json.loads(prev.read_text()) if prev.exists() else {"cells": {}}
     out["machine"] = _machine()
     out["fwd_bwd_rows_per_s"] = _fwd_bwd_rows_per_s()
-    for n in sizes:
+    for n in [] if args.churn_only else sizes:
         for method in methods:
             key = f"{method}|{n}"
             if key in out["cells"]:
@@ -833,10 +838,10 @@ def part_leaveout(args) -> dict:
                          generations=args.generations or 512, owners=args.owners or [],
                          unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     run = args.run or "runs/leaveout"
-    res = leaveout(cfg, run)
-    if args.methods != []:
+    if args.methods != []:  # first, so that its figures are in when a long run is stopped; it trains the models it needs
         cf = OwnerCounterfactualConfig(**({"methods": args.methods} if args.methods else {}))
-        res = owner_counterfactual(cf, cfg, run, cache=_bench_cache())
+        owner_counterfactual(cf, cfg, run, cache=_bench_cache())
+    res = leaveout(cfg, run)  # reads the counterfactual's cells back from the run folder
     return {"machine": _machine(), **res}
 
 
@@ -1112,6 +1117,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="*", default=None,
                     help="ann: training-set sizes (default 5000 20000 100000); scale: default 2000 5000 20000 100000")
     ap.add_argument("--churn-n", type=int, default=5000, help="scale: the store size an append and an opt-out are timed at (0: none)")
+    ap.add_argument("--churn-only", action="store_true", help="scale: only the append and opt-out at --churn-n")
     ap.add_argument("--million", type=int, default=None,
                     help="ann: measure the store's index at this many rows instead (10^6 for the figures)")
     ap.add_argument("--wheel-sizes", type=int, nargs=2, default=None, help="ann: bytes of the usearch and faiss-cpu wheels")

@@ -65,7 +65,8 @@ def test_store_grows_and_shrinks_like_a_rebuild(world, tmp_path, monkeypatch):
     ka, kb = set(a.keys), set(b.keys)
     assert sum(made) == rep.added == len(kb - ka) and rep.deleted == len(ka - kb) > 0 and rep.kept == len(ka & kb)
     fresh, _ = S.sync(model, b, "trak", cfg, tmp_path / "fresh", progress=False)
-    np.testing.assert_allclose(inc.gram, fresh.gram, rtol=1e-9, atol=1e-9 * np.abs(fresh.gram).max())
+    # rows of one work made in batches of other sizes agree to float rounding (which depends on the thread count)
+    np.testing.assert_allclose(inc.gram, fresh.gram, rtol=1e-4, atol=1e-5 * np.abs(fresh.gram).max())
     s_inc = S.store_scores(model, b, inc, query(b), "trak", cfg)
     s_fresh = S.store_scores(model, b, fresh, query(b), "trak", cfg)
     assert torch.allclose(s_inc, s_fresh, rtol=1e-4, atol=1e-5 * float(s_fresh.abs().max()))
@@ -220,6 +221,9 @@ def test_store_and_attribute_store_commands(monkeypatch, capsys, tmp_path, tiny_
     assert "store: 0 rows added, 0 deleted" in err and len(json.loads(out)["top"]) == 10
     code, out, err = run(monkeypatch, capsys, "store", tmp_path / "s", "--method", "pixel", "--index", *common, "--json")
     assert code == 0 and json.loads(out)["index"] == "built", err
+    for extra, did in (([], "fitted"), ([], "kept (0 of"), (["--refit"], "refitted")):
+        code, out, err = run(monkeypatch, capsys, "store", tmp_path / "k", "--method", "ekfac", *extra, *common, "--json")
+        assert code == 0 and json.loads(out)["curvature"].startswith(did), err
     for args, message in [
         (["store", tmp_path / "t", "--method", "trak", "--index", *common], "scores go through its kernel"),
         (["store", tmp_path / "t", "--method", "abu", *common], "keeps no per-image rows"),
@@ -455,3 +459,110 @@ def test_attribute_region_and_mask_options(monkeypatch, capsys, tmp_path, tiny_w
         assert code == 2 and message in err, (extra, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+EK = dict(proj_dim=16, timesteps=2, batch_size=8, fisher_draws=2)
+
+
+def test_ekfac_store_gives_the_in_memory_scores_when_its_draws_are_the_in_memory_ones(world, tmp_path, monkeypatch):
+    """The store's rows and curvature factors are the in-memory ones but for their draws (seeded by the work's
+    content, not its row number): with the content seeds mapped to row numbers, both paths are one estimator."""
+    from datarights.attribute import METHODS
+
+    model, train = world
+    rows = [i for i in range(len(train)) if train.keys[i] not in train.keys[:i]]   # one row per work
+    train = subset(model, train, rows)
+    monkeypatch.setattr(S, "key_seed", {k: i for i, k in enumerate(train.keys)}.__getitem__)
+    for method in ("ekfac", "kfac"):
+        cfg = cfg_of(model, method, **EK)
+        store, rep = S.sync(model, train, method, cfg, tmp_path / method, progress=False)
+        assert rep.fit == "fitted" and set(store.fitted) == {f"{p}.{i}" for i in range(len(store.fitted) // 3)
+                                                              for p in ("QA", "QS", "lam")}
+        state = METHODS[method].prepare(model, train, cfg, progress=False)
+        ref = METHODS[method].score(model, train, state, query(train), cfg)
+        got = S.store_scores(model, train, store, query(train), method, cfg)
+        assert torch.allclose(got, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max())), method
+        r = attribute(model, train, query(train), method, cfg, store=tmp_path / method, progress=False)
+        assert torch.allclose(r.scores, got) and "curvature kept (0 of" in r.extra["store"]
+
+
+def test_ekfac_store_keeps_its_factors_through_small_changes_and_refits_past_the_share(world, tmp_path, monkeypatch):
+    model, train = world
+    cfg = cfg_of(model, "ekfac", **EK)
+    spec = S.ROWS["ekfac"]
+    fits = []
+    real = spec.fit
+    monkeypatch.setattr(spec, "fit", lambda *a: fits.append(a[2]) or real(*a))
+    n = len(set(train.keys))
+    small = max(1, int(S.REFIT_SHARE * n))            # works that may change before a refit
+    base = list(range(len(train) - small))
+    S.sync(model, subset(model, train, base), "ekfac", cfg, tmp_path / "s", progress=False)
+    works = len(set(subset(model, train, base).keys))
+    monkeypatch.setattr(S, "REFIT_SHARE", (small + 0.5) / works)   # `small` changes are within the share
+    full = subset(model, train, list(range(len(train))))
+    store, rep = S.sync(model, full, "ekfac", cfg, tmp_path / "s", progress=False)
+    changed = store._manifest()["fit"]["changed"]
+    assert len(fits) == 1 and rep.fit == f"kept ({changed} of {works} works changed since)" and 0 < rep.added <= changed
+    kept = S.store_scores(model, full, store, query(full), "ekfac", cfg)
+    # one change more than the share allows: the factors are refitted over the whole set, as a fresh store's
+    monkeypatch.setattr(S, "REFIT_SHARE", (changed + 0.5) / works)
+    _, rep = S.sync(model, subset(model, train, list(range(1, len(train)))), "ekfac", cfg, tmp_path / "s",
+                    progress=False)
+    assert rep.fit == "refitted" and len(fits) == 2 and fits[-1] == len(train) - 1
+    store, rep = S.sync(model, full, "ekfac", cfg, tmp_path / "s", progress=False, refit=True)
+    assert rep.fit == "refitted" and len(fits) == 3
+    fresh, _ = S.sync(model, full, "ekfac", cfg, tmp_path / "fresh", progress=False)
+    a = S.store_scores(model, full, store, query(full), "ekfac", cfg)
+    b = S.store_scores(model, full, fresh, query(full), "ekfac", cfg)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    assert spearman(kept.numpy(), b.numpy()) > 0.5          # the kept factors rank close to the refit's
+    # only the files the manifest names are on disk
+    man = store._manifest()
+    named = {e["id"] for e in man["shards"]} | {man["gram"]["id"], man["fit"]["id"]}
+    assert {p.name.split(".")[0] for p in (tmp_path / "s" / "rows").iterdir()} == named
+
+
+def test_a_damaged_curvature_fit_is_refitted_never_used(world, tmp_path):
+    model, train = world
+    cfg = cfg_of(model, "ekfac", **EK)
+    store, _ = S.sync(model, train, "ekfac", cfg, tmp_path / "s", progress=False)
+    before = S.store_scores(model, train, store, query(train), "ekfac", cfg)
+    path = tmp_path / "s" / "rows" / f"{store._manifest()['fit']['id']}.fit.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    opened = S.RowStore(tmp_path / "s", S.store_meta(model, "ekfac", cfg))
+    assert opened.fit_damaged and opened.fitted is None and len(opened) == len(store)
+    with pytest.raises(DatarightsError, match="no usable curvature fit"):
+        S.store_scores(model, train, opened, query(train), "ekfac", cfg)
+    again, rep = S.sync(model, train, "ekfac", cfg, tmp_path / "s", progress=False)
+    assert rep.fit == "refitted (damaged)" and rep.added == 0
+    after = S.store_scores(model, train, again, query(train), "ekfac", cfg)
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-5 * float(before.abs().max()))
+
+
+def test_abu_fast_store_sketches_the_in_memory_first_order_score_and_refuses_what_it_cannot_keep(world, tmp_path,
+                                                                                                 monkeypatch):
+    """The store keeps unwhitened projected gradients and puts all of the Fisher preconditioner on the query's
+    side: its Fisher is the in-memory one (draws mapped to the in-memory ones), and its scores sketch the same
+    inner product g_i^T F~^-1 g_q as the in-memory path's."""
+    from datarights.attribute.abu import fisher_diagonal
+
+    model, train = world
+    rows = [i for i in range(len(train)) if train.keys[i] not in train.keys[:i]]
+    train = subset(model, train, rows)
+    monkeypatch.setattr(S, "key_seed", {k: i for i, k in enumerate(train.keys)}.__getitem__)
+    common = dict(query_draws=8, eval_timesteps=2, fisher_draws=1, batch_size=16, proj_dim=2048)
+    cfg = cfg_of(model, "abu-fast", **common)
+    ref = attribute(model, train, query(train), "abu-fast", cfg, cache=tmp_path / "c", progress=False).scores
+    got = attribute(model, train, query(train), "abu-fast", cfg, store=tmp_path / "s", progress=False)
+    assert "curvature fitted" in got.extra["store"]
+    store = S.RowStore(tmp_path / "s", S.store_meta(model, "abu-fast", cfg))
+    fisher = fisher_diagonal(model, train, cfg, progress=False).numpy()
+    np.testing.assert_allclose(store.fitted["fisher"], fisher, rtol=1e-5, atol=1e-6 * float(fisher.max()))
+    assert spearman(got.scores.numpy(), ref.numpy()) > 0.9
+    for kw, message in (({"rerank": 5}, "re-scoring"), ({"projection": "none"}, "choose a projection")):
+        with pytest.raises(DatarightsError, match=message):
+            attribute(model, train, query(train), "abu-fast", cfg_of(model, "abu-fast", **{**common, **kw}),
+                      store=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()

@@ -442,7 +442,7 @@ def _training_data(data: Optional[Path], model) -> Path:
 
 
 STORE_HELP = ("Keep the method's per-image rows in this store folder, synced with the training set first: only "
-              "works it lacks are computed, works that left it are deleted (trak, dtrak, feature, pixel).")
+              "works it lacks are computed, works that left it are deleted (trak, dtrak, ekfac, kfac, abu-fast, feature, pixel).")
 
 
 def _check_store(store: Path, method: str, dtype: str, *inputs, dtype_flag: str = "--store-dtype") -> None:
@@ -457,13 +457,14 @@ def _check_store(store: Path, method: str, dtype: str, *inputs, dtype_flag: str 
 
 @app.command("store")
 def store_cmd(store: Path = typer.Argument(..., help="The store folder (made if absent)."),
-              method: str = typer.Option("dtrak", help="trak | dtrak | feature | pixel: the method whose rows it keeps."),
+              method: str = typer.Option("dtrak", help="trak | dtrak | ekfac | kfac | abu-fast | feature | pixel: the method whose rows it keeps."),
               model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
               data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder; default: the default world (for the shipped model)."),
               dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 rows."),
               workers: Optional[int] = typer.Option(None, "--workers", help="Compute the rows as Ray tasks on this many workers (a local Ray unless --ray-address; needs the ray extra)."),
               ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--workers: a running Ray cluster's address instead of a local Ray."),
               gpus: bool = typer.Option(False, "--gpus", help="--workers: one GPU per task (the cluster must have GPUs)."),
+              refit: bool = typer.Option(False, "--refit", help="ekfac, kfac, abu-fast: refit the curvature (K-FAC factors, Fisher) over the whole training set now (a sync refits it by itself once more than 5% of the works changed since the fit)."),
               index: Optional[bool] = typer.Option(None, "--index/--no-index", help="Keep (or drop) an approximate nearest-neighbour index of the rows (feature, pixel; needs the ann extra): from a million works on, `attribute --store` scores only its top candidates. Default: keep what the store has."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
               device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
@@ -488,12 +489,13 @@ def store_cmd(store: Path = typer.Argument(..., help="The store folder (made if 
         from .attribute.workers import ray_featurize
         featurize, shutdown = ray_featurize(m, method, cfg, workers, ray_address, gpus)
     try:
-        st, rep = sync(m, train, method, cfg, store, dtype, featurize=featurize, index=index)
+        st, rep = sync(m, train, method, cfg, store, dtype, featurize=featurize, index=index, refit=refit)
     finally:
         shutdown()
     out = {"store": str(store), "method": method, "works": len(st), "training_rows": len(train), "dtype": dtype,
            "added": rep.added, "deleted": rep.deleted, "recounted": rep.recounted, "kept": rep.kept,
            "damaged_shards": len(rep.dropped_shards), "gram_rebuilt": rep.gram_rebuilt, "index": rep.index or None,
+           "curvature": rep.fit or None,
            "seconds": round(rep.seconds, 2)}
     _emit(out, as_json, text=rep.line())
 

@@ -128,8 +128,9 @@ def attribute(model: T2IModel, train: TrainingSet, query: Query, method: str = "
 
     `store`: keep the per-training-set state as per-work rows in this folder (`attribute.store`),
     synced with `train` first (only new works are computed, works that left are deleted), instead
-    of one cached artifact; for the methods with rows (trak, dtrak, feature, pixel). With a store,
-    `train` may be a `store.FolderRows` (the training folder read batch by batch, never whole).
+    of one cached artifact; for the methods with rows (trak, dtrak, ekfac, kfac, abu-fast, feature,
+    pixel). With a store, `train` may be a `store.FolderRows` (the training folder read batch by
+    batch, never whole).
     A store that keeps an index (`store.sync(..., index=True)`) and holds at least `index_min_rows`
     works (default `store.INDEX_MIN_ROWS`) scores only the index's top `candidates` (default
     `store.INDEX_CANDIDATES`) exactly: the result lists those, its owner shares are theirs

@@ -117,22 +117,36 @@ def modules(model, cfg: AbUConfig) -> dict:
     return mods
 
 
-def fisher_diagonal(model, train, cfg: AbUConfig, progress=True) -> torch.Tensor:
-    """F: the mean squared per-sample gradient over the training set (cfg.fisher_draws draws each): [P], on the CPU."""
+def fisher_draws_of(model, x0: torch.Tensor, cfg: AbUConfig, offset: int = 0, indices=None):
+    """The Fisher's draws of a batch: row i's from stream (seed + 1, offset + i), or (seed + 1, indices[i])."""
+    return draws(len(x0), cfg.fisher_draws, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed + 1,
+                 model.device, offset=offset, indices=indices)
+
+
+def fisher_diagonal(model, train, cfg: AbUConfig, progress=True, batches=None, size: int | None = None) -> torch.Tensor:
+    """F: the mean squared per-sample gradient over the training set (cfg.fisher_draws draws each): [P], on the CPU.
+
+    `batches()` yields (x0, cond, draws) over the `size` training rows (the store's streamed set); by
+    default `train` in order."""
     mods = modules(model, cfg)
     fisher = None
-    bar = runtime.progress_bar(progress, len(train), "abu fisher")
     bs = images_per_batch(model, cfg, cfg.fisher_draws, backward=True)
-    for s in range(0, len(train), bs):
-        idx = torch.arange(s, min(s + bs, len(train)), device=model.device)
-        d = draws(len(idx), cfg.fisher_draws, tuple(train.x0.shape[1:]), model.num_train_timesteps, cfg.seed + 1,
-                  model.device, offset=s)
-        g = per_sample_grads(model, mods, train.x0[idx], train.cond(idx), d)           # [B, P]
+    if batches is None:
+        size = len(train)
+
+        def batches():
+            for s in range(0, len(train), bs):
+                idx = torch.arange(s, min(s + bs, len(train)), device=model.device)
+                yield train.x0[idx], train.cond(idx), fisher_draws_of(model, train.x0[idx], cfg, offset=s)
+
+    bar = runtime.progress_bar(progress, size, "abu fisher")
+    for x0, cond, d in batches():
+        g = per_sample_grads(model, mods, x0, cond, d)                                   # [B, P]
         sq = (g.double() ** 2).sum(0)
         fisher = sq if fisher is None else fisher + sq
-        bar.update(len(idx))
+        bar.update(len(x0))
     bar.close()
-    return (fisher / len(train)).float().cpu()
+    return (fisher / size).float().cpu()
 
 
 def prepare(model, train, cfg: AbUConfig, progress=True) -> dict:

@@ -35,9 +35,10 @@ import torch
 from .. import runtime
 from ..errors import DatarightsError
 from ..runtime import per_sample_grads
-from .abu import AbUConfig, images_per_batch, eval_draws, fisher_diagonal, modules, preconditioner, query_gradient, \
-    query_inputs, training_losses, unlearned
+from .abu import AbUConfig, images_per_batch, eval_draws, fisher_diagonal, fisher_draws_of, modules, preconditioner, \
+    query_gradient, query_inputs, training_losses, unlearned
 from .base import register
+from .store import RowSpec, register_rows
 from .trak import PROJECTIONS, Projector
 
 
@@ -110,4 +111,44 @@ def score(model, train, state, query, cfg: AbUFastConfig):
     return scores, {"reranked": len(top)}
 
 
+# ------------------------------------------------------------------ the store's rows
+# A store keeps rows that never depend on the whole set: phi_i = S g_i, the *unwhitened* gradients, and
+# the Fisher beside them as its whole-set fit (refitted once enough works changed: store.REFIT_SHARE);
+# the query carries all of the preconditioner, phi_q = S F~^-1 g_q. Then phi_i . phi_q estimates the
+# same g_i^T F~^-1 g_q as the in-memory path's (S F~^-1/2 g_i) . (S F~^-1/2 g_q), equal to it without a
+# projection, and an appended work needs its own gradient only.
+
+def _row_featurize(model, train, cfg: AbUFastConfig, idx, seeds) -> torch.Tensor:
+    g = per_sample_grads(model, modules(model, cfg), train.x0[idx], train.cond(idx),
+                         eval_draws(model, train, cfg, torch.tensor(seeds, dtype=torch.long)))
+    return _projection(model, cfg)(g)
+
+
+def _row_fit(model, batches, size: int, cfg: AbUFastConfig, progress: bool) -> dict:
+    def mine():
+        for t, idx, seeds in batches(images_per_batch(model, cfg, cfg.fisher_draws, backward=True)):
+            x0 = t.x0[idx]
+            yield x0, t.cond(idx), fisher_draws_of(model, x0, cfg, indices=seeds)
+
+    return {"fisher": fisher_diagonal(model, None, cfg, progress, batches=mine, size=size).numpy()}
+
+
+def _row_query(model, train, query, cfg: AbUFastConfig, fitted: dict) -> torch.Tensor:
+    mods = modules(model, cfg)
+    x0, cond = query_inputs(model, query)
+    g = query_gradient(model, mods, x0, cond, cfg.query_draws, cfg.seed + 2, query.weight(model))
+    precond = preconditioner(torch.from_numpy(fitted["fisher"]).to(g.device), cfg)
+    return (cfg.lr / len(train)) * _projection(model, cfg)((g * precond)[None])[0]
+
+
+def _row_check(cfg: AbUFastConfig) -> None:
+    if cfg.projection == "none":
+        raise DatarightsError("a store keeps projected rows (it sums their outer products): choose a projection")
+    if cfg.rerank:
+        raise DatarightsError("abu-fast's two-stage re-scoring (rerank) reads every training image's loss in "
+                              "memory, which a store does not keep: drop the re-scoring or the store")
+
+
 register("abu-fast", AbUFastConfig, prepare, score, local=True)
+register_rows("abu-fast", RowSpec(_row_featurize, _row_query, batch=lambda model, cfg: images_per_batch(
+    model, cfg, cfg.eval_timesteps, backward=True), fit=_row_fit, check=_row_check))

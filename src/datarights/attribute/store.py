@@ -1,8 +1,11 @@
 """The training-set store: per-work rows that grow and shrink with the training set.
 
-A method whose per-training-set state is one row per training image (`trak`, `dtrak`: projected
-gradients; `feature`: image features; `pixel`: normalised pixels) can keep that state in a store
-folder instead of one cached artifact. Rows are keyed by the **work's content** (sha256 of the
+A method whose per-training-set state is one row per training image (`trak`, `dtrak`, `ekfac`,
+`kfac`, `abu-fast`: projected gradients; `feature`: image features; `pixel`: normalised pixels) can
+keep that state in a store folder instead of one cached artifact. The influence functions and
+`abu-fast` also need a curvature of the whole set (K-FAC factors, AbU's diagonal Fisher), applied on
+the query's side: the store keeps it beside the rows and refits it only once the works that came,
+left or changed since the fit exceed `REFIT_SHARE` of them. Rows are keyed by the **work's content** (sha256 of the
 image file's bytes, which is the ledger's `Work.sha256`, and of its caption), so:
 
 - syncing the store with a training set computes only the rows it lacks, and drops the rows of
@@ -28,8 +31,8 @@ candidate's score, up to the index's recall), so the approximation says how far 
 
 Layout: `store.json` (the manifest: what the rows were made with, each file's sha256) and
 `rows/<id>.{rows,keys,counts}.npy` shards, plus `rows/<id>.gram.npy`, `rows/<id>.sum.npy` (Σ w r
-and Σ w) and, with an index, `rows/<id>.index.usearch`. Files are written once
-under new names and the manifest is replaced in one rename, so a crash leaves the store as it was;
+and Σ w), with an index `rows/<id>.index.usearch`, and with a whole-set fit `rows/<id>.fit.npz`.
+Files are written once under new names and the manifest is replaced in one rename, so a crash leaves the store as it was;
 files no manifest names are swept. Every file is checked against its checksum when the store is
 opened: a truncated or corrupt shard is dropped (its works are recomputed by the next sync, and
 scoring refuses a store with missing rows), a damaged Gram matrix or sum is recomputed from the
@@ -68,6 +71,14 @@ INDEX_CANDIDATES = 1000
 """Candidates an approximate query scores exactly (at least `--top`)."""
 INDEX_SEARCH_BEAM = 256
 """HNSW search beam (usearch `expansion_search`): recall@10 >= 0.95 at 10^6 rows (BENCHMARKS.md, `ann --million`)."""
+
+REFIT_SHARE = 0.05
+"""A store's whole-set fit (`RowSpec.fit`: the influence functions' curvature factors, abu-fast's
+Fisher) is refitted by a sync once the works added, deleted or recounted since the fit exceed this share of the works it was
+fitted on; until then the kept fit serves, so that appending or opting out a few works costs their rows
+only. The curvature is an average over the training set, which a few percent of works move little;
+`benchmarks/attribute.py scale --churn-only` records the scores with a kept fit against a rebuild's
+after an append (`append_spearman`, `append_max_rel_diff`). A sync with `refit=True` refits at once."""
 
 _CHECKED: dict[str, tuple[tuple[int, int, int], str]] = {}
 """sha256 of the store files this process has hashed, by path, with the (size, mtime_ns, inode) they
@@ -125,6 +136,14 @@ class RowSpec:
     model's weights: every model of one resolution shares the store (an edited model needs no new rows)."""
     batch: Callable | None = None
     """(model, cfg) -> training images per featurization batch; None: 512 (world), what fits (SD)."""
+    fit: Callable | None = None
+    """(model, batches, size, cfg, progress) -> {name: array}: state fitted over the whole training set
+    that the query side needs (`ekfac`'s curvature factors, `abu-fast`'s Fisher); `batches(b)` yields
+    (train, idx, seeds) over every row of the set, b rows at a time. With it, `query` takes the fitted state as a fifth argument.
+    Kept in the store and refitted only when the works added, deleted or recounted since the fit exceed
+    `REFIT_SHARE` of the works it was fitted on (see there)."""
+    check: Callable | None = None
+    """(cfg) -> None: raises a DatarightsError for a config whose scores a store cannot give."""
 
 
 ROWS: dict[str, RowSpec] = {}
@@ -173,6 +192,9 @@ class SyncReport:
     gram_rebuilt: bool = False
     index: str = ""
     """What happened to the index: "" (none kept), "kept", "built", "rebuilt (damaged)" or "dropped"."""
+    fit: str = ""
+    """What happened to the whole-set fit (`RowSpec.fit`): "" (the method has none), "fitted", "refitted",
+    "refitted (damaged)" or "kept (N of M works changed since)"."""
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -185,6 +207,8 @@ class SyncReport:
             s += "; Gram matrix recomputed"
         if self.index and self.index != "kept":
             s += f"; index {self.index}"
+        if self.fit:
+            s += f"; curvature {self.fit}"
         return s
 
 
@@ -227,6 +251,9 @@ class RowStore:
         self.gram_damaged = False
         self.index_entry: dict | None = None
         self.index_damaged = False
+        self.fit_entry: dict | None = None
+        self.fitted: dict[str, np.ndarray] | None = None
+        self.fit_damaged = False
         self._index = None
         if self.root.exists() and not self.root.is_dir():
             raise DatarightsError(f"store {self.root} is a file, not a folder")
@@ -277,6 +304,16 @@ class RowStore:
             p = self.index_path()
             if man["index"]["id"] not in trusted and (not p.exists() or _sha(p) != man["index"]["sha256"]):
                 self.index_damaged = True
+        if man.get("fit") is not None:
+            self.fit_entry = man["fit"]
+            try:
+                p = rows_dir / f"{man['fit']['id']}.fit.npz"
+                if man["fit"]["id"] not in trusted and _sha(p) != man["fit"]["sha256"]:
+                    raise ValueError("checksum")
+                with np.load(p) as z:
+                    self.fitted = {k: z[k] for k in z.files}
+            except (OSError, ValueError, KeyError, EOFError):
+                self.fit_damaged = True
         if self.dropped:
             self.gram_damaged = True   # it holds rows that can no longer be read, so cannot be subtracted
             self.index_damaged = self.index_entry is not None
@@ -328,7 +365,8 @@ class RowStore:
                                   ("counts", np.asarray(counts, dtype=np.int64)))}
         return {"id": sid, "rows": len(keys), "sha256": sums}
 
-    def _commit(self, entries: list[dict], gram: tuple | None, index: dict | None) -> frozenset[str]:
+    def _commit(self, entries: list[dict], gram: tuple | None, index: dict | None, fit: dict | None = None
+                ) -> frozenset[str]:
         """Write the Gram matrix and sums, replace the manifest; returns the ids now named (all checked)."""
         gram_entry = None
         if gram is not None and entries:
@@ -337,9 +375,9 @@ class RowStore:
                           "sum_sha256": self._save(f"{gid}.sum.npy", np.asarray(gram[1], dtype=np.float64))}
         write_json(self.root / MANIFEST, {"version": STORE_VERSION, "meta": self.meta, "dtype": self.dtype,
                                           "rows": sum(e["rows"] for e in entries), "shards": entries,
-                                          "gram": gram_entry, "index": index})
+                                          "gram": gram_entry, "index": index, "fit": fit})
         keep = ({e["id"] for e in entries} | ({gram_entry["id"]} if gram_entry else set())
-                | ({index["id"]} if index else set()))
+                | ({index["id"]} if index else set()) | ({fit["id"]} if fit else set()))
         for p in (self.root / "rows").glob("*.*"):   # files of earlier manifests and of interrupted writes
             if p.name.split(".")[0] not in keep:
                 with contextlib.suppress(OSError):
@@ -409,7 +447,26 @@ class RowStore:
                 os.fsync(f.fileno())
             index_entry = {"id": iid, "sha256": file_sha256(p), "rows": len(moved), "library": "usearch HNSW"}
         self._index = None
-        self._open(trusted=self._commit(entries, gram, index_entry))   # re-read what was written (checked as written)
+        fit = self.fit_entry if not self.fit_damaged else None
+        if fit is not None:                            # the works that changed since the fit
+            gone = sum(k in self.where for k in delete)
+            fit = {**fit, "changed": int(fit["changed"]) + len(add) + gone + len(recount)}
+        self._open(trusted=self._commit(entries, gram, index_entry, fit))   # re-read what was written (checked)
+
+    def set_fit(self, arrays: dict[str, np.ndarray], works: int) -> None:
+        """Keep a new whole-set fit (`RowSpec.fit`) made over `works` works; nothing else changes."""
+        (self.root / "rows").mkdir(parents=True, exist_ok=True)
+        fid = uuid.uuid4().hex[:16]
+        p = self.root / "rows" / f"{fid}.fit.npz"
+        with open(p, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        entry = {"id": fid, "sha256": file_sha256(p), "works": int(works), "changed": 0}
+        gram = (self.gram, self.sum) if self.gram is not None and not self.gram_damaged else None
+        entries = [self.entries[sh.id] for sh in self.shards]
+        self._index = None
+        self._open(trusted=self._commit(entries, gram, self.index_entry, entry))
 
     def _entry_rows(self, entries: list[dict], block: int = 4096):
         """(rows, counts, keys) of the shards `entries` name, in blocks (memory-mapped rows)."""
@@ -542,7 +599,7 @@ class FolderRows:
 
 def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32", progress=True,
          keys: list[str] | None = None, featurize: Callable | None = None,
-         index: bool | None = None) -> tuple[RowStore, SyncReport]:
+         index: bool | None = None, refit: bool = False) -> tuple[RowStore, SyncReport]:
     """Bring the store at `root` to exactly this training set: compute the rows it lacks (in batches),
     delete those of works that left, recount duplicated works. `cfg` is the resolved config.
 
@@ -552,6 +609,9 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
     `featurize(train, idx, seeds)` replaces the method's own (e.g. one that farms each batch out to
     workers); it must return the same rows. `index`: True keeps an approximate index of the rows
     (feature, pixel; built now if absent), False drops it, None keeps what the store has.
+    A method with a whole-set fit (`RowSpec.fit`: `ekfac`, `kfac`, `abu-fast`) fits it over every row
+    of `train` when the store has none, when it is damaged, when more than `REFIT_SHARE` of its works changed
+    since, or with `refit`; otherwise the kept fit serves.
     """
     import time
 
@@ -559,6 +619,8 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
 
     t0 = time.time()
     spec = spec_for(method)
+    if spec.check is not None:
+        spec.check(cfg)
     if index:
         if spec.kernel:
             raise DatarightsError(f"an index serves feature and pixel rows; {method} scores go through its kernel, "
@@ -604,8 +666,34 @@ def sync(model, train, method: str, cfg, root: str | Path, dtype: str = "float32
                 add = {}
             bar.update(len(part))
         bar.close()
+        if spec.fit is not None:
+            _sync_fit(model, train, keys, spec, cfg, store, rep, refit, progress)
         rep.seconds = time.time() - t0
         return store, rep
+
+
+def _sync_fit(model, train, keys: list[str], spec: RowSpec, cfg, store: RowStore, rep: SyncReport, refit: bool,
+              progress: bool) -> None:
+    """Refit the store's whole-set state if it is missing, damaged or stale (see `sync`), else keep it."""
+    e = store.fit_entry
+    usable = e is not None and not store.fit_damaged and store.fitted is not None
+    if usable and not refit and e["changed"] <= REFIT_SHARE * e["works"]:
+        rep.fit = f"kept ({e['changed']} of {e['works']} works changed since)"
+        return
+    rep.fit = "fitted" if e is None else "refitted" if usable else "refitted (damaged)"
+    streamed = isinstance(train, FolderRows)
+
+    def batches(b: int):
+        for s in range(0, len(keys), b):
+            rows_of = list(range(s, min(s + b, len(keys))))
+            seeds = [key_seed(keys[i]) for i in rows_of]
+            if streamed:
+                yield train.load(model, rows_of), torch.arange(len(rows_of), device=model.device), seeds
+            else:
+                yield train, torch.tensor(rows_of, device=model.device), seeds
+
+    arrays = spec.fit(model, batches, len(keys), cfg, progress)
+    store.set_fit(arrays, len(set(keys)))
 
 
 def _batch_size(model, method: str, cfg) -> int:
@@ -621,10 +709,18 @@ def store_scores(model, train, store: RowStore, query, method: str, cfg, keys: l
     """The method's scores of every training row, from the store's rows ([N], the training set's order)."""
     spec = spec_for(method)
     keys = train.keys if keys is None else keys
-    q = spec.query(model, train, query, cfg).detach().double().cpu().numpy()
+    q = _query_vector(model, train, store, query, spec, cfg)
     if spec.kernel:
         q = store.solve(q, spec.lam(cfg))
     return torch.from_numpy(store.scores(q, keys)).float()
+
+
+def _query_vector(model, train, store: RowStore, query, spec: RowSpec, cfg) -> np.ndarray:
+    if spec.fit is None:
+        return spec.query(model, train, query, cfg).detach().double().cpu().numpy()
+    if store.fitted is None:
+        raise DatarightsError(f"store {store.root} keeps no usable curvature fit: sync it first")
+    return spec.query(model, train, query, cfg, store.fitted).detach().double().cpu().numpy()
 
 
 def approximate_scores(model, train, store: RowStore, query, method: str, cfg, candidates: int,
@@ -638,7 +734,7 @@ def approximate_scores(model, train, store: RowStore, query, method: str, cfg, c
     """
     spec = spec_for(method)
     keys = train.keys if keys is None else keys
-    q = spec.query(model, train, query, cfg).detach().double().cpu().numpy()
+    q = _query_vector(model, train, store, query, spec, cfg)
     found = set(store.search(q, candidates))
     rows = [i for i, k in enumerate(keys) if k in found]
     scores = np.array([float(np.asarray(store.row(keys[i]), dtype=np.float64) @ q) for i in rows])

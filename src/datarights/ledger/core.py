@@ -101,9 +101,9 @@ class Ledger:
     def store_of(self, model_id: int, dataset: str, method: str) -> Path:
         """Where paid generations keep a method's per-work rows (`attribute.store`), synced with the
         training set on every paid generation so that only rows that changed are computed. Rows that
-        depend on the weights (trak, dtrak) are the model's; rows of the images alone (pixel, feature)
-        are the dataset's, shared by every version and every model trained on it: a new version or
-        an opt-out's edited model costs only the works that came or went. (The shipped model on its own
+        depend on the weights (trak, dtrak, ekfac, kfac, abu-fast) are the model's; rows of the images
+        alone (pixel, feature) are the dataset's, shared by every version and every model trained on it:
+        a new version or an opt-out's edited model costs only the works that came or went. (The shipped model on its own
         world needs no store: its state ships with the package.)"""
         from ..attribute.store import spec_for
 
