@@ -35,6 +35,7 @@ from ..errors import DatarightsError
 from ..registry import ModelDefaults, check_fields
 from ..runtime import draws, linear_modules, per_sample_grads, per_sample_loss, spaced_timesteps
 from .base import register
+from .store import set_batches
 
 
 @dataclass
@@ -117,36 +118,24 @@ def modules(model, cfg: AbUConfig) -> dict:
     return mods
 
 
-def fisher_draws_of(model, x0: torch.Tensor, cfg: AbUConfig, offset: int = 0, indices=None):
-    """The Fisher's draws of a batch: row i's from stream (seed + 1, offset + i), or (seed + 1, indices[i])."""
-    return draws(len(x0), cfg.fisher_draws, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed + 1,
-                 model.device, offset=offset, indices=indices)
-
-
-def fisher_diagonal(model, train, cfg: AbUConfig, progress=True, batches=None, size: int | None = None) -> torch.Tensor:
+def fisher_diagonal(model, train, cfg: AbUConfig, progress=True, seeds: list[int] | None = None) -> torch.Tensor:
     """F: the mean squared per-sample gradient over the training set (cfg.fisher_draws draws each): [P], on the CPU.
 
-    `batches()` yields (x0, cond, draws) over the `size` training rows (the store's streamed set); by
-    default `train` in order."""
+    Row i's draws come from stream (seed + 1, seeds[i]) (default: its row number); `train` may be a
+    store's streamed FolderRows (`store.set_batches`)."""
     mods = modules(model, cfg)
     fisher = None
-    bs = images_per_batch(model, cfg, cfg.fisher_draws, backward=True)
-    if batches is None:
-        size = len(train)
-
-        def batches():
-            for s in range(0, len(train), bs):
-                idx = torch.arange(s, min(s + bs, len(train)), device=model.device)
-                yield train.x0[idx], train.cond(idx), fisher_draws_of(model, train.x0[idx], cfg, offset=s)
-
-    bar = runtime.progress_bar(progress, size, "abu fisher")
-    for x0, cond, d in batches():
-        g = per_sample_grads(model, mods, x0, cond, d)                                   # [B, P]
+    bar = runtime.progress_bar(progress, len(train), "abu fisher")
+    for t, idx, part in set_batches(model, train, images_per_batch(model, cfg, cfg.fisher_draws, backward=True), seeds):
+        x0 = t.x0[idx]
+        d = draws(len(idx), cfg.fisher_draws, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed + 1,
+                  model.device, indices=part)
+        g = per_sample_grads(model, mods, x0, t.cond(idx), d)                             # [B, P]
         sq = (g.double() ** 2).sum(0)
         fisher = sq if fisher is None else fisher + sq
-        bar.update(len(x0))
+        bar.update(len(idx))
     bar.close()
-    return (fisher / size).float().cpu()
+    return (fisher / len(train)).float().cpu()
 
 
 def prepare(model, train, cfg: AbUConfig, progress=True) -> dict:

@@ -35,8 +35,8 @@ import torch
 from .. import runtime
 from ..errors import DatarightsError
 from ..runtime import per_sample_grads
-from .abu import AbUConfig, images_per_batch, eval_draws, fisher_diagonal, fisher_draws_of, modules, preconditioner, \
-    query_gradient, query_inputs, training_losses, unlearned
+from .abu import AbUConfig, images_per_batch, eval_draws, fisher_diagonal, modules, preconditioner, query_gradient, \
+    query_inputs, training_losses, unlearned
 from .base import register
 from .store import RowSpec, register_rows
 from .trak import PROJECTIONS, Projector
@@ -124,13 +124,8 @@ def _row_featurize(model, train, cfg: AbUFastConfig, idx, seeds) -> torch.Tensor
     return _projection(model, cfg)(g)
 
 
-def _row_fit(model, batches, size: int, cfg: AbUFastConfig, progress: bool) -> dict:
-    def mine():
-        for t, idx, seeds in batches(images_per_batch(model, cfg, cfg.fisher_draws, backward=True)):
-            x0 = t.x0[idx]
-            yield x0, t.cond(idx), fisher_draws_of(model, x0, cfg, indices=seeds)
-
-    return {"fisher": fisher_diagonal(model, None, cfg, progress, batches=mine, size=size).numpy()}
+def _row_fit(model, train, seeds: list[int], cfg: AbUFastConfig, progress: bool) -> dict:
+    return {"fisher": fisher_diagonal(model, train, cfg, progress, seeds).numpy()}
 
 
 def _row_query(model, train, query, cfg: AbUFastConfig, fitted: dict) -> torch.Tensor:

@@ -49,7 +49,7 @@ from ..errors import DatarightsError
 from ..registry import ModelDefaults, check_fields
 from ..runtime import LinearGrads, draws, linear_modules, per_sample_grads
 from .base import register
-from .store import RowSpec, register_rows
+from .store import RowSpec, register_rows, set_batches
 from .trak import PROJECTIONS, Projector, _batch, _train_draws
 
 
@@ -139,36 +139,25 @@ def factor_batch(model, cfg: EKFACConfig) -> int:
     return max(1, _batch(model, cfg) * cfg.timesteps // max(cfg.fisher_draws, 1) // 2)
 
 
-def factor_draws(model, x0: torch.Tensor, cfg: EKFACConfig, offset: int = 0, indices=None):
-    """The factor passes' (t, eps) draws of a batch (rows from stream offset + i, or indices[i]) and its z
-    generator (the same in both passes)."""
-    d = draws(len(x0), cfg.fisher_draws, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed + 31,
-              model.device, offset=offset, indices=indices)
-    return d, runtime.generator(cfg.seed + 37, offset if indices is None else int(indices[0]))
-
-
-def fit_factors(model, train, cfg: EKFACConfig, progress=True, batches=None, size: int | None = None
+def fit_factors(model, train, cfg: EKFACConfig, progress=True, seeds: list[int] | None = None
                 ) -> dict[str, dict[str, torch.Tensor]]:
     """Per layer: Q_A, Q_S and the eigenvalues Lambda [out, in] (corrected for EK-FAC); see the module docstring.
 
-    `batches()` (called once per pass) yields (x0, cond, draws, z generator) over the `size` training rows
-    (the store's streamed set); by default `train` in order, in batches of `factor_batch`."""
+    Row i's draws come from stream seeds[i] (default: its row number); `train` may be a store's
+    streamed FolderRows (`store.set_batches`)."""
     mods = linear_modules(model, cfg.params)
     if not mods:
         raise DatarightsError(f"influence functions need a group of linear layers; {cfg.params!r} has none")
-    bs = factor_batch(model, cfg)
 
-    if batches is None:
-        size = len(train)
+    def batches():
+        for t, idx, part in set_batches(model, train, factor_batch(model, cfg), seeds):
+            x0 = t.x0[idx]
+            d = draws(len(idx), cfg.fisher_draws, tuple(x0.shape[1:]), model.num_train_timesteps, cfg.seed + 31,
+                      model.device, indices=part)
+            yield x0, t.cond(idx), d, runtime.generator(cfg.seed + 37, part[0])     # z: the same in both passes
 
-        def batches():
-            for s in range(0, len(train), bs):
-                idx = torch.arange(s, min(s + bs, len(train)), device=model.device)
-                x0 = train.x0[idx]
-                yield (x0, train.cond(idx), *factor_draws(model, x0, cfg, offset=s))
-
-    rows = size * cfg.fisher_draws
-    bar = runtime.progress_bar(progress, size * (2 if cfg.correct else 1), "ekfac factors" if cfg.correct
+    rows = len(train) * cfg.fisher_draws
+    bar = runtime.progress_bar(progress, len(train) * (2 if cfg.correct else 1), "ekfac factors" if cfg.correct
                                else "kfac factors")
 
     def sampled_passes(hooks, after=lambda: None):
@@ -222,17 +211,21 @@ def _projection(model, cfg: EKFACConfig):
     return (lambda g: g) if cfg.projection == "none" else Projector(model, cfg).project
 
 
+def _rows(model, train, cfg: EKFACConfig, idx, seeds) -> torch.Tensor:
+    """phi_i = P g_i of some training rows, row i's draws from stream seeds[i] (the store's rows too)."""
+    x0 = train.x0[idx]
+    g = per_sample_grads(model, linear_modules(model, cfg.params), x0, train.cond(idx),
+                         _train_draws(model, x0, cfg, indices=seeds), "loss")
+    return _projection(model, cfg)(g)
+
+
 def prepare(model, train, cfg: EKFACConfig, progress=True) -> dict:
     factors = fit_factors(model, train, cfg, progress)
-    mods, project = linear_modules(model, cfg.params), _projection(model, cfg)
-    bs = _batch(model, cfg)
+    mods = linear_modules(model, cfg.params)
     phis = []
     bar = runtime.progress_bar(progress, len(train), "influence gradients")
-    for s in range(0, len(train), bs):
-        idx = torch.arange(s, min(s + bs, len(train)), device=model.device)
-        x0 = train.x0[idx]
-        g = per_sample_grads(model, mods, x0, train.cond(idx), _train_draws(model, x0, cfg, s), "loss")
-        phis.append(project(g).cpu())
+    for t, idx, seeds in set_batches(model, train, _batch(model, cfg)):
+        phis.append(_rows(model, t, cfg, idx, seeds).cpu())
         bar.update(len(idx))
     bar.close()
     state = {"phi": torch.cat(phis)}                                                     # [N, k]
@@ -261,22 +254,9 @@ def score(model, train, state, query, cfg: EKFACConfig) -> torch.Tensor:
     return state["phi"] @ preconditioned_query(model, query, state, cfg).cpu()
 
 
-def _row_featurize(model, train, cfg: EKFACConfig, idx, seeds) -> torch.Tensor:
-    """The store's rows: P g_i at draws seeded by the work's content key (not its row number)."""
-    x0 = train.x0[idx]
-    g = per_sample_grads(model, linear_modules(model, cfg.params), x0, train.cond(idx),
-                         _train_draws(model, x0, cfg, indices=seeds), "loss")
-    return _projection(model, cfg)(g)
-
-
-def _row_fit(model, batches, size: int, cfg: EKFACConfig, progress: bool) -> dict:
-    """The factors over every row of the store's training set, as arrays (the draws seeded by content keys)."""
-    def mine():
-        for t, idx, seeds in batches(factor_batch(model, cfg)):
-            x0 = t.x0[idx]
-            yield (x0, t.cond(idx), *factor_draws(model, x0, cfg, indices=seeds))
-
-    factors = fit_factors(model, None, cfg, progress, batches=mine, size=size)
+def _row_fit(model, train, seeds: list[int], cfg: EKFACConfig, progress: bool) -> dict:
+    """The store's factors over every row of its training set, as arrays (draws seeded by content keys)."""
+    factors = fit_factors(model, train, cfg, progress, seeds)
     return {f"{part}.{i}": factors[n][part].cpu().numpy() for i, n in enumerate(factors) for part in ("QA", "QS", "lam")}
 
 
@@ -284,12 +264,12 @@ def _row_query(model, train, query, cfg: EKFACConfig, fitted: dict) -> torch.Ten
     return preconditioned_query(model, query, {k: torch.from_numpy(v) for k, v in fitted.items()}, cfg)
 
 
-register("ekfac", EKFACConfig, prepare, score, local=True)
-register("kfac", KFACConfig, prepare, score, local=True)
 def _row_check(cfg: EKFACConfig) -> None:
     if cfg.projection == "none":
         raise DatarightsError("a store keeps projected rows (it sums their outer products): choose a projection")
 
 
+register("ekfac", EKFACConfig, prepare, score, local=True)
+register("kfac", KFACConfig, prepare, score, local=True)
 for _name in ("ekfac", "kfac"):
-    register_rows(_name, RowSpec(_row_featurize, _row_query, batch=_batch, fit=_row_fit, check=_row_check))
+    register_rows(_name, RowSpec(_rows, _row_query, batch=_batch, fit=_row_fit, check=_row_check))

@@ -137,9 +137,9 @@ class RowSpec:
     batch: Callable | None = None
     """(model, cfg) -> training images per featurization batch; None: 512 (world), what fits (SD)."""
     fit: Callable | None = None
-    """(model, batches, size, cfg, progress) -> {name: array}: state fitted over the whole training set
-    that the query side needs (`ekfac`'s curvature factors, `abu-fast`'s Fisher); `batches(b)` yields
-    (train, idx, seeds) over every row of the set, b rows at a time. With it, `query` takes the fitted state as a fifth argument.
+    """(model, train, seeds, cfg, progress) -> {name: array}: state fitted over the whole training set
+    that the query side needs (`ekfac`'s curvature factors, `abu-fast`'s Fisher), row i's draws seeded
+    by seeds[i] (read with `set_batches`). With it, `query` takes the fitted state as a fifth argument.
     Kept in the store and refitted only when the works added, deleted or recounted since the fit exceed
     `REFIT_SHARE` of the works it was fitted on (see there)."""
     check: Callable | None = None
@@ -247,6 +247,7 @@ class RowStore:
         self.dropped: list[str] = []
         self.gram: np.ndarray | None = None
         self.gram_id: str | None = None
+        self.gram_entry: dict | None = None   # the manifest's entry of a Gram matrix that checked out
         self.sum: np.ndarray | None = None    # [k + 1]: sum of count x row, then the sum of counts
         self.gram_damaged = False
         self.index_entry: dict | None = None
@@ -295,6 +296,7 @@ class RowStore:
                     raise ValueError("checksum")
                 self.sum = np.load(sm)
                 self.gram_id = man["gram"]["id"]
+                self.gram_entry = man["gram"]
             except (OSError, ValueError, KeyError, TypeError):
                 self.gram_damaged = True
         elif man["shards"]:
@@ -365,10 +367,10 @@ class RowStore:
                                   ("counts", np.asarray(counts, dtype=np.int64)))}
         return {"id": sid, "rows": len(keys), "sha256": sums}
 
-    def _commit(self, entries: list[dict], gram: tuple | None, index: dict | None, fit: dict | None = None
-                ) -> frozenset[str]:
-        """Write the Gram matrix and sums, replace the manifest; returns the ids now named (all checked)."""
-        gram_entry = None
+    def _commit(self, entries: list[dict], gram: tuple | None, index: dict | None, fit: dict | None = None,
+                gram_entry: dict | None = None) -> frozenset[str]:
+        """Write the Gram matrix and sums (or keep the files of `gram_entry`), replace the manifest;
+        returns the ids now named (all checked)."""
         if gram is not None and entries:
             gid = uuid.uuid4().hex[:16]
             gram_entry = {"id": gid, "sha256": self._save(f"{gid}.gram.npy", np.asarray(gram[0], dtype=np.float64)),
@@ -463,10 +465,10 @@ class RowStore:
             f.flush()
             os.fsync(f.fileno())
         entry = {"id": fid, "sha256": file_sha256(p), "works": int(works), "changed": 0}
-        gram = (self.gram, self.sum) if self.gram is not None and not self.gram_damaged else None
         entries = [self.entries[sh.id] for sh in self.shards]
         self._index = None
-        self._open(trusted=self._commit(entries, gram, self.index_entry, entry))
+        self._open(trusted=self._commit(entries, None, self.index_entry, entry,
+                                        gram_entry=None if self.gram_damaged else self.gram_entry))
 
     def _entry_rows(self, entries: list[dict], block: int = 4096):
         """(rows, counts, keys) of the shards `entries` name, in blocks (memory-mapped rows)."""
@@ -681,19 +683,20 @@ def _sync_fit(model, train, keys: list[str], spec: RowSpec, cfg, store: RowStore
         rep.fit = f"kept ({e['changed']} of {e['works']} works changed since)"
         return
     rep.fit = "fitted" if e is None else "refitted" if usable else "refitted (damaged)"
-    streamed = isinstance(train, FolderRows)
+    store.set_fit(spec.fit(model, train, [key_seed(k) for k in keys], cfg, progress), len(set(keys)))
 
-    def batches(b: int):
-        for s in range(0, len(keys), b):
-            rows_of = list(range(s, min(s + b, len(keys))))
-            seeds = [key_seed(keys[i]) for i in rows_of]
-            if streamed:
-                yield train.load(model, rows_of), torch.arange(len(rows_of), device=model.device), seeds
-            else:
-                yield train, torch.tensor(rows_of, device=model.device), seeds
 
-    arrays = spec.fit(model, batches, len(keys), cfg, progress)
-    store.set_fit(arrays, len(set(keys)))
+def set_batches(model, train, b: int, seeds: list[int] | None = None):
+    """Every row of a training set, b at a time: (a TrainingSet, row indices into it, the rows' draw
+    seeds). `train` in memory, or a FolderRows whose batch is read when it is reached; seeds default
+    to the row numbers (the in-memory path's draws), else the store's content seeds."""
+    for s in range(0, len(train), b):
+        rows = list(range(s, min(s + b, len(train))))
+        part = rows if seeds is None else [seeds[i] for i in rows]
+        if isinstance(train, FolderRows):
+            yield train.load(model, rows), torch.arange(len(rows), device=model.device), part
+        else:
+            yield train, torch.tensor(rows, device=model.device), part
 
 
 def _batch_size(model, method: str, cfg) -> int:
