@@ -877,7 +877,8 @@ def part_ship(args) -> dict:
 
 def part_custom(args) -> dict:
     from datarights.evaluate import CustomConfig, custom_eval
-    cfg = CustomConfig(concepts=args.concepts, pool=args.pool, exemplar_captions=args.exemplar_captions)
+    cfg = CustomConfig(concepts=args.concepts, pool=args.pool, exemplar_captions=args.exemplar_captions,
+                       **({"methods": args.methods} if args.methods else {}))
     res = custom_eval(cfg, _world(), out=args.run or f"runs/custom-{args.exemplar_captions}")
     return {"machine": _machine(), **res}
 
