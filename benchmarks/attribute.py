@@ -557,7 +557,8 @@ def part_scale(args) -> dict:
     prev = RESULTS / (args.out or "attribute-scale.json")
     out = json.loads(prev.read_text()) if prev.exists() else {"cells": {}}
     out["machine"] = _machine()
-    out["fwd_bwd_rows_per_s"] = _fwd_bwd_rows_per_s()
+    if not args.churn_only:       # the featurization shares are read against the limit measured in the same run
+        out["fwd_bwd_rows_per_s"] = _fwd_bwd_rows_per_s()
     for n in [] if args.churn_only else sizes:
         for method in methods:
             key = f"{method}|{n}"

@@ -13,6 +13,13 @@ audited together (held-out prompts, seed 2; pooled over the k targets; other tar
 of each target's nearby and other prompts): how target_erased, nearby_preserved and
 others_preserved move as k grows, so the service can choose between one edit per opt-out and a
 batched edit. Results: benchmarks/results/erase-many.json.
+
+    python benchmarks/erase.py --tune-stereo
+
+STEREO's final erase tuned on the two tuning concepts only: its search (the expensive stage) runs once
+per concept, then each variant of STEREO_VARIANTS erases once from it and is audited with the tuning
+seed (1) and attacked by textual inversion (seed 7; the attack benchmark reports seed 0). Results:
+benchmarks/results/erase-stereo-tune.json.
 """
 
 from __future__ import annotations
@@ -113,6 +120,57 @@ def many(args) -> None:
     print("\n".join(lines))
 
 
+STEREO_VARIANTS = {  # the final erase's settings (the search's are the defaults); "default" is STEREOConfig's
+    "default": {},
+    "reo 300": {"reo_steps": 300},
+    "lr 3e-4": {"reo_lr": 3e-4},
+    "reo 300, lr 3e-4": {"reo_steps": 300, "reo_lr": 3e-4},
+    "s 3": {"compositional_scale": 3.0},
+}
+TUNE_SEED, TUNE_ATTACK_SEED = 1, 7
+
+
+def tune_stereo(args) -> None:
+    from dataclasses import replace
+
+    from datarights.attack import attack
+    from datarights.erase import make_config
+    from datarights.erase.stereo import SEARCH_FIELDS, erase_once, search
+
+    out = args.out if args.out != DEFAULT_OUT else "benchmarks/results/erase-stereo-tune.json"
+    results = load_cells(out)
+    base = load_model()
+    judge = load_judge()
+    for kind, target, anchor, subset in CONCEPTS:
+        if subset != "tuning":
+            continue
+        found, base_images = None, {}
+        for name, opts in STEREO_VARIANTS.items():
+            key = f"{name}|{target}"
+            if key in results["cells"]:
+                continue
+            cfg = replace(make_config("stereo"), **opts)
+            assert all(getattr(cfg, f) == getattr(make_config("stereo"), f) for f in SEARCH_FIELDS), name
+            t0 = time.time()
+            if found is None:
+                found = search(base, [target], [anchor], cfg, progress=False)
+                search_s = time.time() - t0
+            t1 = time.time()
+            edit = erase_once(base, [target], [anchor], found, cfg, progress=False)
+            model = edit.apply(base)
+            erase_s = time.time() - t1
+            r = public(audit(model, base, target, anchor, AuditConfig(seed=TUNE_SEED), judge=judge, progress=False,
+                             log=lambda s: None, cache=base_images))
+            ti = attack(model, target, "ti", judge=judge, seed=TUNE_ATTACK_SEED, base=base).to_json()
+            cell = {"variant": name, "options": opts, "kind": kind, "target": target, "search_s": round(search_s, 1),
+                    "erase_once_s": round(erase_s, 1), **{k: r.get(k) for k in KEYS if k != "seconds"},
+                    **{f"{k}_ci": r.get(f"{k}_ci") for k in ("target_erased", "nearby_preserved", "others_preserved")},
+                    "ti_asr": ti["asr"], "ti_asr_ci": ti["asr_ci"], "ti_plain": ti["asr_plain"]}
+            results["cells"][key] = cell
+            print(json.dumps(cell), flush=True)
+            save_cells(out, results)
+
+
 DEFAULT_OUT = "benchmarks/results/erase-v2.json"
 
 
@@ -123,9 +181,12 @@ def main():
     ap.add_argument("--data", default="", help="training imagefolder (retrain, and ga on training images)")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--many", default="", help="many concepts at once: comma-separated k, e.g. 1,4,16 (at most len(MANY))")
+    ap.add_argument("--tune-stereo", action="store_true", help="STEREO's final erase tuned on the tuning concepts")
     args = ap.parse_args()
     if args.many:
         return many(args)
+    if args.tune_stereo:
+        return tune_stereo(args)
     results = load_cells(args.out)
     base = load_model()
     judge = load_judge()

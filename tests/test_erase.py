@@ -58,6 +58,22 @@ def test_erase_contract(method, backend_folder, tiny_world, tmp_path):
         assert all(torch.allclose(edit.tensors[n], again.tensors[n], atol=1e-6) for n in edit.tensors)
 
 
+def test_stereo_search_then_erase_once_is_stereo(tiny_model):
+    """The two stages called apart (a tuning run searches once, then tries several final erases) give
+    the registered method's edit, and a final erase that wants more tokens than were found is refused."""
+    from datarights.erase.stereo import erase_once, search
+
+    cfg = make_config("stereo", **dict(FAST["stereo"], rounds=2, n_adversarial=2))
+    whole = erase(tiny_model, ["grumpy face"], ["face"], "stereo", progress=False, **dict(FAST["stereo"], rounds=2,
+                                                                                           n_adversarial=2))
+    found = search(tiny_model, ["grumpy face"], ["face"], cfg, progress=False)
+    assert len(found) == 1 and len(found[0]) == 2
+    apart = erase_once(tiny_model, ["grumpy face"], ["face"], found, cfg, progress=False)
+    assert all(torch.allclose(whole.tensors[n], apart.tensors[n], atol=1e-6) for n in whole.tensors)
+    with pytest.raises(DatarightsError, match="fewer than"):
+        erase_once(tiny_model, ["grumpy face"], ["face"], [found[0][:1]], cfg, progress=False)
+
+
 def test_ca_uce_and_mace_take_several_targets(tiny_model):
     for method in ("ca", "uce", "mace"):
         edit = erase(tiny_model, ["grumpy face", "Ada Vell"], ["face", "plain"], method, progress=False, **FAST[method])

@@ -110,19 +110,37 @@ def _rollout(model: T2IModel, cond: torch.Tensor, cfg: STEREOConfig, g: torch.Ge
     return partial_rollout(model, cond, cfg.rollout_steps, cfg.guidance, g)
 
 
+SEARCH_FIELDS = ("rounds", "ste_steps", "ste_lr", "negative_guidance", "inversion_steps", "inversion_lr", "n_images",
+                 "batch_size", "rollout_steps", "guidance", "n_prompts", "seed", "params", "lora_rank")
+"""The settings the search depends on: two configs equal on these find the same tokens, so a tuning run
+can search once and try several final erases (`search`, then `erase_once`)."""
+
+
 @register("stereo", STEREOConfig)
 def stereo(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOConfig, progress=True) -> Edit:
+    t0 = time.time()
+    cfg = cfg.for_model(model)
+    adversarial = search(model, targets, anchors, cfg, progress)
+    return erase_once(model, targets, anchors, adversarial, cfg, progress, t0)
+
+
+def _states(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOConfig):
+    sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed) for t, a in zip(targets, anchors)]
+    with torch.no_grad():
+        return (sets, model.encode_prompt([""]), [model.encode_prompt(s.target) for s in sets],
+                [model.encode_prompt(s.anchor) for s in sets])
+
+
+def search(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOConfig,
+           progress=True) -> list[list[torch.Tensor]]:
+    """Stage 1 (STE): per target, the text states of the erase prompts with each round's adversarial
+    token in place of the concept's words, in the order the rounds found them."""
     from ..attack.base import fit_embeddings, states_with_placeholder
     from ..attack.ti import _with_placeholder
 
-    t0 = time.time()
     cfg = cfg.for_model(model)
     dev = model.device
-    sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed) for t, a in zip(targets, anchors)]
-    with torch.no_grad():
-        empty = model.encode_prompt([""])
-        target_states = [model.encode_prompt(s.target) for s in sets]
-        anchor_states = [model.encode_prompt(s.anchor) for s in sets]
+    sets, empty, target_states, _ = _states(model, targets, anchors, cfg)
     # the inversions' images: the base model's own, from seeds no audit or evaluation attack uses
     x0, chosen, _ = images_per_target(model, [s.target for s in sets], cfg.n_images, cfg.seed + ADVERSARY_SEED)
     images = model.from_model_space(x0)
@@ -161,9 +179,20 @@ def stereo(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOC
             prompts = [_with_placeholder(p, target) for p in sets[i].target]
             with torch.no_grad():
                 adversarial[i].append(states_with_placeholder(model, prompts, v))
-    del work, params, ref, attacked
+    return adversarial
 
-    # 2. Robustly Erase Once, from the base: the targets and their first adversarial tokens
+
+def erase_once(model: T2IModel, targets: list[str], anchors: list[str], adversarial: list[list[torch.Tensor]],
+               cfg: STEREOConfig, progress=True, t0: float | None = None) -> Edit:
+    """Stage 2 (REO), from the base model: the targets and their first `n_adversarial` tokens of the
+    search, erased together towards the anchor with the compositional target."""
+    t0 = time.time() if t0 is None else t0
+    cfg = cfg.for_model(model)
+    dev = model.device
+    if len(adversarial) != len(targets) or any(len(a) < cfg.n_adversarial for a in adversarial):
+        raise DatarightsError(f"the search found fewer than --n-adversarial {cfg.n_adversarial} tokens per target")
+    _, empty, target_states, anchor_states = _states(model, targets, anchors, cfg)
+    mse = torch.nn.functional.mse_loss
     erase_sets = [[target_states[i], *adversarial[i][:cfg.n_adversarial]] for i in range(len(targets))]
     work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
     micro, accumulate = runtime.micro_batches(model, cfg.batch_size)
@@ -193,4 +222,4 @@ def stereo(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOC
                               "inversion_images": "base model's generations, seeds from ADVERSARY_SEED"})
 
 
-__all__ = ["STEREOConfig", "stereo"]
+__all__ = ["SEARCH_FIELDS", "STEREOConfig", "erase_once", "search", "stereo"]
