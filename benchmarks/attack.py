@@ -3,7 +3,7 @@
     python benchmarks/attack.py [--methods base,ca,esd,uce,fmn,ca-robust,esd-robust,stereo,mace] [--attacks udatk,ti,paraphrase,p4d]
 
 For two object instances and two styles (one of each is the defaults' tuning set, the other held
-out): erase with each method (defaults; `-robust` = `--robust`), audit the edit against the base
+out; `--concepts` adds erase.py's other held-out kinds: Blubbo, Rosa Villa postcard, face and tree): erase with each method (defaults; `-robust` = `--robust`), audit the edit against the base
 (held-out prompts, seed 2), then run every attack on the edited model; ASR = share of the attack's
 generated images that the judge labels with the target (Wilson interval), beside the plain
 held-out prompt's rate on the same model and noise (the trivial baseline; `gain` = the difference).
@@ -29,7 +29,11 @@ from datarights.models import load_model
 from datarights.quality import public
 
 CONCEPTS = [("object instance", "grumpy face", "face"), ("style", "Ada Vell", "plain"),     # the defaults' tuning set
-            ("object instance", "swordfish", "fish"), ("style", "Cleo Marr", "plain")]     # held out
+            ("object instance", "swordfish", "fish"), ("style", "Cleo Marr", "plain"),     # held out
+            ("character", "Blubbo", "fish"), ("memorized image", "Rosa Villa postcard", "house"),
+            ("composition", "face and tree", "face")]      # held out too: erase.py's five, for --concepts
+GRID = ("grumpy face", "Ada Vell", "swordfish", "Cleo Marr")
+"""The grid's default concepts (its reported cells); --concepts may name any of CONCEPTS."""
 VARIANTS = {
     "base": None,
     "ca": ("ca", {}),
@@ -47,10 +51,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default=",".join(VARIANTS))
     ap.add_argument("--attacks", default="udatk,ti,paraphrase,p4d")
-    ap.add_argument("--concepts", default=",".join(c[1] for c in CONCEPTS))
+    ap.add_argument("--concepts", default=",".join(GRID), help="comma-separated, among: " + ", ".join(c[1] for c in CONCEPTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/attack-v2.json")
     args = ap.parse_args()
+    unknown = set(args.concepts.split(",")) - {c[1] for c in CONCEPTS}
+    if unknown:
+        raise SystemExit(f"--concepts: unknown {', '.join(sorted(unknown))}; choose among {', '.join(c[1] for c in CONCEPTS)}")
     results = load_cells(args.out)
     base = load_model()
     judge = load_judge()

@@ -58,6 +58,7 @@ VARIANTS = {
     "ga": ("ga", {}),
     "retrain": ("retrain", {}),
     "mace": ("mace", {}),
+    "stereo": ("stereo", {}),
 }
 KEYS = ("verdict", "target_erased", "target_erased_seen", "degenerate_share", "anchor_fidelity", "nearby_preserved",
         "others_preserved", "kid", "seconds")
@@ -121,11 +122,21 @@ def many(args) -> None:
 
 
 STEREO_VARIANTS = {  # the final erase's settings (the search's are the defaults); "default" is STEREOConfig's
-    "default": {},
-    "reo 300": {"reo_steps": 300},
-    "lr 3e-4": {"reo_lr": 3e-4},
-    "reo 300, lr 3e-4": {"reo_steps": 300, "reo_lr": 3e-4},
+    "default": {"compositional_scale": 2.0},        # the default until this tuning (world: now s = 5)
+    "reo 300": {"reo_steps": 300, "compositional_scale": 2.0},
+    "lr 3e-4": {"reo_lr": 3e-4, "compositional_scale": 2.0},
+    # the first three on grumpy face: stronger final erases erase it but break its neighbours and other
+    # prompts (nearby 0.48 / 0.22, others 0.38 / 0.35); already at the default others fell to 0.64. So:
+    # fewer of the search's tokens in the final erase (4 of 5 of its steps erase a found token), and
+    # a weaker anchor-compositional push
+    "adv 1": {"n_adversarial": 1, "compositional_scale": 2.0},
+    "adv 1, reo 300": {"n_adversarial": 1, "reo_steps": 300, "compositional_scale": 2.0},
+    # "adv 1" erases but still breaks the nearby faces (0.57): the target's own term does it. The target
+    # is eps(empty) + (s - 1)(eps(anchor) - eps(empty)) - (s + 1) mean(eps(erased) - eps(empty)): at s = 2
+    # it pushes away from "face" itself (anchor +1, erased -3); a larger s weighs the two more evenly,
+    # towards eps(empty) + s (eps(anchor) - eps(erased)), the anchor-for-target swap that CA makes
     "s 3": {"compositional_scale": 3.0},
+    "s 5": {"compositional_scale": 5.0},
 }
 TUNE_SEED, TUNE_ATTACK_SEED = 1, 7
 

@@ -23,7 +23,12 @@ the authors' train.py (koushiksrivats/robust-concept-erasing): 4 rounds, 200 ite
 STE lr 5e-6, REO lr 2e-5, negative guidance 2, compositional scale 2, concept inversion 3000 steps at
 lr 5e-3, 4 adversarial tokens, batch 1, rollouts of 50 DDIM steps at guidance 3. The world model: ESD's
 world settings (cross-attention, lr 1e-4, batch 8, rollouts of 20 steps) and the TI attack's
-inversion (80 steps, lr 0.05), 100 steps per STE round, 150 REO steps.
+inversion (80 steps, lr 0.05), 100 steps per STE round, 150 REO steps, and s = 5: chosen on the
+tuning concept *grumpy face* (audit seed 1; `python benchmarks/erase.py --tune-stereo`), where the
+authors' s = 2 pushes away from the anchor itself (its terms weigh +1 and -3 at s = 2) and either
+leaves the target (150 steps: 0.80 erased) or, trained harder, breaks its neighbours (nearby
+0.22-0.57, other prompts 0.35-0.64); s = 5 weighs them +4 and -6, closer to CA's swap of the anchor
+for the target: 0.98 erased, nearby 1.02, other prompts 0.90, anchor fidelity 0.92.
 """
 
 from __future__ import annotations
@@ -60,8 +65,8 @@ class STEREOConfig(TrainOptions, ModelDefaults):
     """Learning rate of the final erase (world 1e-4; SD 2e-5)."""
     negative_guidance: float = 2.0
     """g of the search's ESD target (2: the unconditional prediction)."""
-    compositional_scale: float = 2.0
-    """s of the final erase's compositional target."""
+    compositional_scale: float | None = None
+    """s of the final erase's compositional target (world 5; SD 2, the authors')."""
     inversion_steps: int | None = None
     """Textual-inversion steps of each search round (world 80; SD 3000)."""
     inversion_lr: float | None = None
@@ -81,9 +86,9 @@ class STEREOConfig(TrainOptions, ModelDefaults):
 
     DEFAULTS: ClassVar[dict] = {
         "world": dict(params="xattn", ste_steps=100, ste_lr=1e-4, reo_steps=150, reo_lr=1e-4, inversion_steps=80,
-                      inversion_lr=0.05, n_images=16, batch_size=8, rollout_steps=20),
+                      inversion_lr=0.05, n_images=16, batch_size=8, rollout_steps=20, compositional_scale=5.0),
         "sd": dict(params="xattn", ste_steps=200, ste_lr=5e-6, reo_steps=200, reo_lr=2e-5, inversion_steps=3000,
-                   inversion_lr=5e-3, n_images=8, batch_size=1, rollout_steps=50, guidance=3.0),
+                   inversion_lr=5e-3, n_images=8, batch_size=1, rollout_steps=50, guidance=3.0, compositional_scale=2.0),
     }
 
     def __post_init__(self):
