@@ -158,6 +158,8 @@ def tune_stereo(args) -> None:
         found, base_images = None, {}
         for name, opts in STEREO_VARIANTS.items():
             key = f"{name}|{target}"
+            if args.variants and name not in args.variants.split(","):
+                continue
             if key in results["cells"]:
                 continue
             cfg = replace(make_config("stereo"), **opts)
@@ -193,6 +195,7 @@ def main():
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--many", default="", help="many concepts at once: comma-separated k, e.g. 1,4,16 (at most len(MANY))")
     ap.add_argument("--tune-stereo", action="store_true", help="STEREO's final erase tuned on the tuning concepts")
+    ap.add_argument("--variants", default="", help="--tune-stereo: comma-separated names of STEREO_VARIANTS (default all)")
     args = ap.parse_args()
     if args.many:
         return many(args)

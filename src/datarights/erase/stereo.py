@@ -28,7 +28,8 @@ tuning concept *grumpy face* (audit seed 1; `python benchmarks/erase.py --tune-s
 authors' s = 2 pushes away from the anchor itself (its terms weigh +1 and -3 at s = 2) and either
 leaves the target (150 steps: 0.80 erased) or, trained harder, breaks its neighbours (nearby
 0.22-0.57, other prompts 0.35-0.64); s = 5 weighs them +4 and -6, closer to CA's swap of the anchor
-for the target: 0.98 erased, nearby 1.02, other prompts 0.90, anchor fidelity 0.92.
+for the target: 0.98 erased, nearby 1.02, other prompts 0.90, anchor fidelity 0.92. On the style
+*Ada Vell* (the other tuning concept) s = 2, 3 and 5 give the same within their intervals.
 """
 
 from __future__ import annotations
