@@ -470,7 +470,7 @@ def _scale_churn(method: str, n: int, add: int = 100) -> dict:
             out[f"{name}_spearman"] = spearman(a, b)
             out[f"{name}_top10_overlap"] = len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10
             out[f"{name}_rows"] = {"added": rep.added, "deleted": rep.deleted}
-            if rep.fit:                                         # ekfac, kfac: the curvature kept or refitted
+            if rep.fit:                                 # ekfac, kfac, abu-fast: the curvature kept or refitted
                 out[f"{name}_curvature"] = rep.fit
             out[f"{name}_share_of_rebuild"] = out[f"{name}_s"] / out[f"{name}_rebuild_s"]
         out["opted_out_owner_works"] = n + add - len(gone)

@@ -152,18 +152,21 @@ def tune_stereo(args) -> None:
     results = load_cells(out)
     base = load_model()
     judge = load_judge()
+    default = make_config("stereo")
+    names = args.variants.split(",") if args.variants else list(STEREO_VARIANTS)
+    if set(names) - set(STEREO_VARIANTS):
+        raise SystemExit(f"--variants: choose among {', '.join(STEREO_VARIANTS)}")
     for kind, target, anchor, subset in CONCEPTS:
         if subset != "tuning":
             continue
         found, base_images = None, {}
-        for name, opts in STEREO_VARIANTS.items():
+        for name in names:
             key = f"{name}|{target}"
-            if args.variants and name not in args.variants.split(","):
-                continue
             if key in results["cells"]:
                 continue
-            cfg = replace(make_config("stereo"), **opts)
-            assert all(getattr(cfg, f) == getattr(make_config("stereo"), f) for f in SEARCH_FIELDS), name
+            opts = STEREO_VARIANTS[name]
+            cfg = replace(default, **opts)
+            assert all(getattr(cfg, f) == getattr(default, f) for f in SEARCH_FIELDS), name
             t0 = time.time()
             if found is None:
                 found = search(base, [target], [anchor], cfg, progress=False)

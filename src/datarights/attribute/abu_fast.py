@@ -38,7 +38,7 @@ from ..runtime import per_sample_grads
 from .abu import AbUConfig, images_per_batch, eval_draws, fisher_diagonal, modules, preconditioner, query_gradient, \
     query_inputs, training_losses, unlearned
 from .base import register
-from .store import RowSpec, register_rows
+from .store import RowSpec, register_rows, require_projection
 from .trak import PROJECTIONS, Projector
 
 
@@ -137,8 +137,7 @@ def _row_query(model, train, query, cfg: AbUFastConfig, fitted: dict) -> torch.T
 
 
 def _row_check(cfg: AbUFastConfig) -> None:
-    if cfg.projection == "none":
-        raise DatarightsError("a store keeps projected rows (it sums their outer products): choose a projection")
+    require_projection(cfg)
     if cfg.rerank:
         raise DatarightsError("abu-fast's two-stage re-scoring (rerank) reads every training image's loss in "
                               "memory, which a store does not keep: drop the re-scoring or the store")

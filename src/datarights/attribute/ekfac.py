@@ -49,7 +49,7 @@ from ..errors import DatarightsError
 from ..registry import ModelDefaults, check_fields
 from ..runtime import LinearGrads, draws, linear_modules, per_sample_grads
 from .base import register
-from .store import RowSpec, register_rows, set_batches
+from .store import RowSpec, register_rows, require_projection, set_batches
 from .trak import PROJECTIONS, Projector, _batch, _train_draws
 
 
@@ -264,12 +264,7 @@ def _row_query(model, train, query, cfg: EKFACConfig, fitted: dict) -> torch.Ten
     return preconditioned_query(model, query, {k: torch.from_numpy(v) for k, v in fitted.items()}, cfg)
 
 
-def _row_check(cfg: EKFACConfig) -> None:
-    if cfg.projection == "none":
-        raise DatarightsError("a store keeps projected rows (it sums their outer products): choose a projection")
-
-
 register("ekfac", EKFACConfig, prepare, score, local=True)
 register("kfac", KFACConfig, prepare, score, local=True)
 for _name in ("ekfac", "kfac"):
-    register_rows(_name, RowSpec(_rows, _row_query, batch=_batch, fit=_row_fit, check=_row_check))
+    register_rows(_name, RowSpec(_rows, _row_query, batch=_batch, fit=_row_fit, check=require_projection))

@@ -149,6 +149,13 @@ class RowSpec:
 ROWS: dict[str, RowSpec] = {}
 
 
+def require_projection(cfg) -> None:
+    """A `RowSpec.check` for the methods whose rows are projected gradients: a store sums their outer
+    products, so it refuses the unprojected config."""
+    if cfg.projection == "none":
+        raise DatarightsError("a store keeps projected rows (it sums their outer products): choose a projection")
+
+
 def register_rows(name: str, spec: RowSpec) -> None:
     if name in ROWS:
         raise ValueError(f"rows of {name!r} registered twice")
