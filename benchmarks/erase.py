@@ -6,13 +6,15 @@ Cells already in the results file are skipped, so an interrupted run resumes. `r
 included only when named (it is a full training run per concept: ~50 min each on 2 cores) and
 needs --data (the base model's training imagefolder). Run it alone on the machine.
 
-    python benchmarks/erase.py --many 1,2,4,8,12 [--methods mace,uce,ca,ca-scaled]
+    python benchmarks/erase.py --many 1,2,4,8,12 [--methods mace,uce,ca,ca-scaled] [--world large]
 
 Many opt-outs at once: the first k concepts of MANY (every kind, nested sets) erased in one edit,
 audited together (held-out prompts, seed 2; pooled over the k targets; other targets are left out
 of each target's nearby and other prompts): how target_erased, nearby_preserved and
 others_preserved move as k grows, so the service can choose between one edit per opt-out and a
-batched edit. Results: benchmarks/results/erase-many.json.
+batched edit. Results: benchmarks/results/erase-many.json. `--world large`: the large world's model,
+judge and drawn concepts (benchmarks/large_world.py makes and checks them; k up to 100), results in
+benchmarks/results/erase-many-large.json.
 
     python benchmarks/erase.py --tune-stereo
 
@@ -77,19 +79,25 @@ verdict's bar: the Wilson lower end of 48/48 is 0.93); pooled intervals narrow a
 def many(args) -> None:
     from datarights.stats import fmt
 
-    out = args.out if args.out != DEFAULT_OUT else "benchmarks/results/erase-many.json"
+    if args.world == "large":  # the large world's model and judge (benchmarks/large_world.py), its drawn concepts
+        from large_world import drawn_concepts, judge_path, model_path
+        pairs = drawn_concepts()
+        base, judge = load_model(model_path()), load_judge(judge_path())
+        default_out = "benchmarks/results/erase-many-large.json"
+    else:
+        pairs, base, judge = MANY, load_model(), load_judge()
+        default_out = "benchmarks/results/erase-many.json"
+    out = args.out if args.out != DEFAULT_OUT else default_out
     ks = [int(x) for x in args.many.split(",")]
-    if max(ks) > len(MANY) or min(ks) < 1:
-        raise SystemExit(f"--many: k must be between 1 and {len(MANY)} (the world concepts this benchmark erases)")
+    if max(ks) > len(pairs) or min(ks) < 1:
+        raise SystemExit(f"--many: k must be between 1 and {len(pairs)} (the {args.world} world's concepts this benchmark erases)")
     results = load_cells(out)
-    base = load_model()
-    judge = load_judge()
     for method in args.methods.split(","):
         for k in ks:
             key = f"{method}|k={k}"
             if key in results["cells"]:
                 continue
-            targets, anchors = [t for t, _ in MANY[:k]], [a for _, a in MANY[:k]]
+            targets, anchors = [t for t, _ in pairs[:k]], [a for _, a in pairs[:k]]
             if method.endswith("-scaled"):  # the method's default steps for each concept: steps x k
                 name = method.removesuffix("-scaled")
                 from datarights.erase import steps_per_concept
@@ -197,6 +205,8 @@ def main():
     ap.add_argument("--data", default="", help="training imagefolder (retrain, and ga on training images)")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--many", default="", help="many concepts at once: comma-separated k, e.g. 1,4,16 (at most len(MANY))")
+    ap.add_argument("--world", default="default", choices=["default", "large"],
+                    help="--many: the shipped model (16 concepts) or the large world's (benchmarks/large_world.py)")
     ap.add_argument("--tune-stereo", action="store_true", help="STEREO's final erase tuned on the tuning concepts")
     ap.add_argument("--variants", default="", help="--tune-stereo: comma-separated names of STEREO_VARIANTS (default all)")
     args = ap.parse_args()

@@ -5,6 +5,8 @@ from datarights.attack import METHODS, attack
 from datarights.attack.base import nearest_tokens, states_with_soft_tokens, target_images
 from datarights.errors import DatarightsError
 
+from .test_erase import FAST as ERASE_FAST
+
 FAST = {"udatk": dict(steps=2, n_images=2, batch_size=2, budget=2, restarts=1, probes=1),
         "ti": dict(steps=2, n_images=2, batch_size=2, budget=2),
         "paraphrase": dict(neighbours=2, budget=2, probes=2),
@@ -36,6 +38,25 @@ def test_attack_contract(method, backend_folder):
     assert out["attempts"] == 2 and 0 <= out["asr"] <= 1 and out["method"] == method
     assert isinstance(out["prompts"], list) and all(isinstance(x, str) for x in out["prompts"])
     assert r.images.shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("erase_method", sorted(ERASE_FAST))
+def test_p4d_runs_against_every_erase_method(erase_method, backend_folder, tiny_world, monkeypatch):
+    """P4D against the edit of every erase method, on the tiny world model and the tiny SD folder: the
+    edited model is attacked and the base (the model before the erasure) is matched."""
+    import datarights.attack.p4d as P
+    from datarights.erase import erase
+    from datarights.models import load_model
+
+    base = load_model(backend_folder, "cpu")
+    opts = dict(ERASE_FAST[erase_method], **({"data": str(tiny_world)} if erase_method == "retrain" else {}))
+    target, anchor = ("Ada Vell", "plain") if erase_method == "retrain" else ("grumpy face", "face")
+    edited = erase(base, [target], [anchor], erase_method, progress=False, **opts).apply(base)
+    calls = []  # the base's images unsafe, the edited model's plain prompt safe: every prompt is ideal
+    monkeypatch.setattr(P, "judge_attempts", lambda imgs, t, j=None: calls.append(1) or ([len(calls) == 1] * len(imgs)))
+    r = attack(edited, target, "p4d", base=base, **FAST["p4d"]).to_json()
+    assert r["method"] == "p4d" and r["ideal"] == 2 and r["attempts"] == 2 and 0 <= r["asr"] <= 1
+    assert len(r["asr_ci"]) == 2 and set(r["broken_by_variant"]) == {"n", "k"}
 
 
 def test_rendered_target_images_show_the_target():

@@ -75,6 +75,27 @@ def test_audit_json_and_held_out_prompts(tiny_trained, monkeypatch, capsys, tmp_
     assert held and seen and not held & seen
 
 
+def test_audit_reads_with_a_world_judge_that_knows_the_models_world(tiny_trained, monkeypatch, capsys, tmp_path):
+    """`--judge` takes a world judge folder (from `train-judge`) as well as a CLIP folder, and an audit
+    whose judge cannot read the model's world (a `large` model, the shipped judge) is refused in one line."""
+    import shutil
+
+    from datarights.judge import DEFAULT_JUDGE
+    from datarights.world import WorldConfig
+
+    shutil.copytree(DEFAULT_JUDGE, tmp_path / "judge")
+    erase(load_model(tiny_trained, "cpu"), ["grumpy face"], ["face"], "uce", progress=False).save(tmp_path / "e")
+    code, out, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "e", "--target", "grumpy face",
+                         "--anchor", "face", "--n-target", "35", "--n-seen", "0", "--json", "--device", "cpu",
+                         "--judge", tmp_path / "judge")
+    assert code == 0, err
+    assert json.loads(out)["judge"] == "world judge"
+    base = load_model(tiny_trained, "cpu")
+    base.meta = {**base.meta, "world": WorldConfig(preset="large").to_json()}
+    with pytest.raises(DatarightsError, match="cannot read that world"):
+        audit(base, base, "grumpy face", "face", AuditConfig(n_target=35, n_seen=0), progress=False)
+
+
 def test_kid_is_unbiased_for_identical_and_separates_shifted():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g)

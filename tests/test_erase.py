@@ -125,6 +125,45 @@ def test_prompt_sets_swap_only_the_concept():
         assert "grumpy face" in t and "grumpy" not in a and t.replace("grumpy face", "face").replace("an ", "a ") == a.replace("an ", "a ")
 
 
+def test_a_model_erases_and_is_attacked_in_its_own_worlds_words(tiny_model, tmp_path):
+    """A model trained on a bigger world (`large`) records it: erase methods and attacks build their
+    prompts and images from that world's vocabulary, edits and exports keep it, and a judge that
+    cannot read that world is refused in one line."""
+    from datarights.attack import attack
+    from datarights.attack.base import target_images
+    from datarights.erase.base import prompts_showing
+    from datarights.erase.uce import _prompts_for
+    from datarights.models import export_model
+    from datarights.world import WorldConfig, vocabulary_of
+    from datarights.world import vocab as V
+
+    assert vocabulary_of(tiny_model) is V.DEFAULT                     # records no world: the default world's
+    tiny_model.meta = {**tiny_model.meta, "world": WorldConfig(preset="large").to_json()}
+    vocab = vocabulary_of(tiny_model)
+    assert len(vocab.erasable()) >= 100
+    style = next(s for s in vocab.styles if s not in V.STYLES)        # a style only the large world has
+    character = next(c for c in vocab.characters if c not in V.CHARACTERS)
+    assert V.find_concept(style) is None and V.find_concept(character) is None
+    ps = concept_prompts(style, "plain", 8, vocab=vocab)
+    assert ps.kind == "styles" and all(f"in {style} style" in p for p in ps.target)
+    assert all(f"in {style} style" in p for p in _prompts_for(style, 4, 0, vocab=vocab))
+    assert concept_prompts(style, "plain", 8).kind == "unknown"         # the default world does not know it
+    assert prompts_showing(character, 4, vocab=vocab)[0].endswith(character)
+    images, texts = target_images(character, 2, 0, vocab)
+    assert images.shape[0] == 2 and all(character in t or "fish" in t or "face" in t or "house" in t or "tree" in t
+                                        for t in texts)
+    with pytest.raises(DatarightsError, match="not in the world's vocabulary"):
+        target_images(character, 2, 0)
+    # the default world's prompts do not move
+    assert concept_prompts("Ada Vell", "plain", 8).target == concept_prompts("Ada Vell", "plain", 8, vocab=V.DEFAULT).target
+    edit = erase(tiny_model, [style], ["plain"], "uce", progress=False)
+    edited = edit.apply(tiny_model)
+    assert vocabulary_of(edited) is vocab
+    assert vocabulary_of(load_model(export_model(edited, tmp_path / "exported"), "cpu")) is vocab
+    with pytest.raises(DatarightsError, match="cannot read that world"):
+        attack(edited, style, "ti", budget=1)
+
+
 def test_bad_erase_requests(tiny_model):
     with pytest.raises(DatarightsError, match="same"):
         erase(tiny_model, ["face"], ["Face"], "ca")

@@ -19,7 +19,7 @@ from .errors import DatarightsError
 from .models import T2IModel
 from .stats import MIN_QUERIES, meets, rate, ratio_of_means, rounded
 from .judge import label_check, shows  # noqa: F401  (the judge decides what an image shows)
-from .world import vocab as V
+from .world import vocabulary_of
 
 def kid(f1: torch.Tensor, f2: torch.Tensor, n_subsets: int = 20, subset_size: int = 50, seed: int = 0) -> tuple[float, float]:
     """Kernel inception distance (unbiased MMD^2, cubic kernel (x.y/d + 1)^3), mean and std over subsets.
@@ -156,21 +156,26 @@ def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: l
     if len(anchors) == 1:
         anchors = anchors * len(targets)
     t0 = time.time()
+    vocab = vocabulary_of(base)  # the world the base was trained on: its prompts, nearby concepts and others
+    if scorer.name == "world judge":
+        scorer.judge.masks(vocab)  # a judge that cannot read this world (a `large` model, the default judge) is refused
     per_target, raw, grids = [], [], []
     for ti, (target, anchor) in enumerate(zip(targets, anchors)):
         scorer.check(target)
-        found = V.find_concept(target)
+        found = vocab.find_concept(target)
         # an erased concept cannot be asked to survive: other targets are neither nearby nor "other" prompts
         nearby = [c for c in (list(cfg.nearby) or (list(found[1].get("nearby", [])) if found else []))
                   if c not in targets]
         for c in nearby:
             scorer.check(c)
-        held = concept_prompts(target, anchor, cfg.n_target, cfg.seed, split="eval")
+        held = concept_prompts(target, anchor, cfg.n_target, cfg.seed, split="eval", vocab=vocab)
         t_prompts, a_prompts = _cycle(held.target, cfg.n_target), _cycle(held.anchor, cfg.n_anchor)
-        s_prompts = _cycle(concept_prompts(target, anchor, cfg.n_seen, cfg.seed, split="train").target, cfg.n_seen)
-        n_prompts = [p for c in nearby for p in _cycle(prompts_showing(c, cfg.n_nearby, cfg.seed, split="eval"), cfg.n_nearby)]
+        s_prompts = _cycle(concept_prompts(target, anchor, cfg.n_seen, cfg.seed, split="train", vocab=vocab).target,
+                           cfg.n_seen)
+        n_prompts = [p for c in nearby
+                     for p in _cycle(prompts_showing(c, cfg.n_nearby, cfg.seed, split="eval", vocab=vocab), cfg.n_nearby)]
         n_concepts = [c for c in nearby for _ in range(cfg.n_nearby)]
-        o_prompts, o_asked = scorer.other_prompts(cfg.n_others, cfg.seed + ti, targets)
+        o_prompts, o_asked = scorer.other_prompts(cfg.n_others, cfg.seed + ti, targets, vocab)
         shared = t_prompts + s_prompts + n_prompts + o_prompts
         log(f"audit: generating {len(shared)} images from the edited model and {len(shared) + len(a_prompts)} "
             f"from the base ({target!r})")

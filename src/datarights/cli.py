@@ -47,6 +47,16 @@ def _check_guidance(guidance: float | None) -> None:
         raise DatarightsError(f"--guidance must be a finite number, got {guidance}")
 
 
+def _is_world_judge(folder: Path) -> bool:
+    """A folder written by `train-judge` (its config.json names the world's sizes), not a CLIP folder."""
+    import json
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "sizes" in cfg and "world_version" in cfg
+
+
 def _check_report(report: Optional[Path], overwrite: bool, *inputs) -> None:
     """A --report folder is checked before any work, so a long run never ends in a refused write."""
     if report is not None:
@@ -232,6 +242,7 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
                    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
                    provenance: bool = typer.Option(False, "--provenance", help="Also generate from generic prompts and report how the model reproduces its owners' traces (signatures, styles, characters, scenes) against their training frequencies."),
                    data: Optional[Path] = typer.Option(None, "--data", help="--provenance: the model's training world (default: the default world)."),
+                   judge: Optional[Path] = typer.Option(None, "--judge", help="A world judge from `train-judge` (a `large` world's model needs one); default: the shipped judge."),
                    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
                    device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Generate from world-grammar prompts and let the judge score whether each image shows its prompt."""
@@ -246,14 +257,20 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
     m = load_model(model, device, precision)
     if m.kind != "world":
         raise DatarightsError("eval-model scores with the world judge, which reads world-model images only")
+    world_judge = None
+    if judge is not None:
+        from .judge import load_judge
+        if not _is_world_judge(judge):
+            raise DatarightsError(f"judge folder {judge} is not a world judge (make one with `datarights train-judge`)")
+        world_judge = load_judge(judge)
     bar = _progress(n, "eval-model")
-    result = eval_model(m, n=n, seed=seed, steps=steps, guidance=guidance, progress=bar.update)
+    result = eval_model(m, world_judge, n=n, seed=seed, steps=steps, guidance=guidance, progress=bar.update)
     bar.close()
     if provenance:
         from .evaluate.provenance import reproduction
         from .judge import load_judge
         bar = _progress(2 * n, "provenance")
-        rep = reproduction(m, load_judge(), _training_data(data, m), n=2 * n, seed=seed, steps=steps,
+        rep = reproduction(m, world_judge or load_judge(), _training_data(data, m), n=2 * n, seed=seed, steps=steps,
                            progress=bar.update)
         bar.close()
         result["provenance"] = public(rep)
@@ -295,7 +312,7 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
     from .models import base_chain, base_ref
     from .files import check_output
     from .models import load_model
-    from .world import vocab as V
+    from .world import vocabulary_of
 
     target, anchor = check_targets(target, anchor)
     if robust and method not in ("ca", "esd"):
@@ -309,7 +326,7 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
     check_output(out, "edited-model", [*base_chain(base_ref(m)), data], overwrite)
     if m.kind == "world":
         for t in target:
-            if V.find_concept(t) is None:
+            if vocabulary_of(m).find_concept(t) is None:
                 typer.echo(f"warning: {t!r} is not in the world's vocabulary; the world judge cannot score its erasure", err=True)
     edit = erase(m, target, anchor, method, config=cfg)
     edit.save(out, overwrite=overwrite)
@@ -339,6 +356,7 @@ def attack_cmd(model: Path = typer.Option(..., "--model", help="(Edited) model f
                base: Optional[Path] = typer.Option(None, "--base", help="p4d: the model before the erasure; default: the edited model's base."),
                budget: int = typer.Option(16, help="Generated images (attempts); p4d: held-out prompts tried."),
                seed: int = typer.Option(0, help="Seed."),
+               judge: Optional[Path] = typer.Option(None, "--judge", help="A world judge from `train-judge` (a `large` world's model needs one); default: the shipped world judge."),
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Try to bring an erased concept back; the attack success rate is judged by the world judge."""
@@ -361,7 +379,13 @@ def attack_cmd(model: Path = typer.Option(..., "--model", help="(Edited) model f
         if ref is None:
             raise DatarightsError(f"{model} is not an edited model: give the model before the erasure with --base")
         before = load_model(DEFAULT_MODEL if ref == "default" else Path(ref), device, precision)
-    result = attack(edited, target, method, cfg, base=before)
+    world_judge = None
+    if judge is not None:
+        from .judge import load_judge
+        if not _is_world_judge(judge):
+            raise DatarightsError(f"judge folder {judge} is not a world judge (attacks are judged by one; make it with `datarights train-judge`)")
+        world_judge = load_judge(judge)
+    result = attack(edited, target, method, cfg, base=before, judge=world_judge)
     _emit(result.to_json(), as_json)
 
 
@@ -373,7 +397,7 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
               nearby: list[str] = typer.Option([], "--nearby", help="Nearby concepts that must survive (default: from world info)."),
               n_target: int = typer.Option(384, "--n-target", help="Images from held-out target prompts (384: a 95% interval of at most +-0.05)."),
               n_seen: int = typer.Option(96, "--n-seen", help="Images from the target prompts the erase trained on (reported apart; 0 skips)."),
-              judge: Optional[Path] = typer.Option(None, "--judge", help="A local CLIP folder to judge with (any model); default: the world judge."),
+              judge: Optional[Path] = typer.Option(None, "--judge", help="A local CLIP folder to judge with (any model), or a world judge from `train-judge` (a `large` world's model needs one); default: the shipped world judge."),
               seed: int = typer.Option(1, help="Seed of prompts and noise."),
               attacks: Optional[str] = typer.Option(None, "--attacks", help="Also attack the edited and base models: comma-separated udatk,ti,paraphrase,p4d (p4d matches the base model)."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -389,11 +413,16 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
     cfg = AuditConfig(n_target=n_target, n_seen=n_seen, seed=seed, nearby=list(nearby))
     check_verdict_reachable(cfg)
     _check_report(report, overwrite, model, base)
-    scorer = None
-    if judge is not None:
+    scorer, world_judge = None, None
+    if judge is not None and _is_world_judge(judge):
+        from .judge import load_judge
+        from .judge.scorer import WorldScorer
+        world_judge = load_judge(judge)
+        scorer = WorldScorer(world_judge)
+    elif judge is not None:
         from .judge.scorer import ClipScorer
         if attacks:
-            raise DatarightsError("--attacks are judged by the world judge; they cannot be combined with --judge yet")
+            raise DatarightsError("--attacks are judged by a world judge; they cannot be combined with a CLIP --judge yet")
         scorer = ClipScorer(judge)
     edited = load_model(model, device, precision)
     if base is None:
@@ -414,7 +443,8 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
         result["attacks"] = {}
         for t in target:
             for m in methods:
-                on_edit, on_base = attack(edited, t, m, seed=seed, base=b), attack(b, t, m, seed=seed, base=b)
+                on_edit = attack(edited, t, m, seed=seed, base=b, judge=world_judge)
+                on_base = attack(b, t, m, seed=seed, base=b, judge=world_judge)
                 je, jb = on_edit.to_json(), on_base.to_json()
                 result["attacks"][f"{m}|{t}"] = {
                     **{k: je[k] for k in ("asr", "asr_ci", "asr_plain", "asr_plain_ci", "gain", "attempts")},

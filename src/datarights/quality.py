@@ -48,9 +48,12 @@ def eval_model(model: T2IModel | None = None, judge: Judge | None = None, n: int
     Returns the accuracies (object, color, style, character, memorized, composition), `n` and
     `seconds`, plus the prompts, images and readings under private keys for reports.
     """
+    from .world import vocabulary_of
+
     model = model or load_model()
     judge = judge or load_judge()
-    asked = sample_eval_prompts(n, seed, vocab)  # vocab: a smaller world's (default: the default world's)
+    vocab = vocab if vocab is not None else vocabulary_of(model)  # the model's world (default: the default world)
+    asked = sample_eval_prompts(n, seed, vocab)
     t0 = time.time()
     images = model.sample([a["text"] for a in asked], seed=seed, steps=steps, guidance=guidance,
                           batch_size=batch_size, callback=progress)

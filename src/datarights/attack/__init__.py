@@ -27,16 +27,19 @@ def attack(model: T2IModel, target: str, method: str = "udatk", config=None, jud
     """Attack an (edited) model to bring `target` back; returns its ASR over `budget` attempts.
 
     `base`: the model before the erasure, which `p4d` matches (the others ignore it)."""
-    from ..judge import label_check
+    from ..judge import label_check, load_judge
+    from ..world import vocabulary_of
 
-    label_check(target)
+    judge = judge or load_judge()
+    judge.masks(vocabulary_of(model))  # a judge that cannot read the model's world is refused
+    label_check(target, judge.vocab)
     cfg = config if config is not None else make_config(method, **options)
     cfg = cfg.for_model(model) if hasattr(cfg, "for_model") else cfg
     extra = {"base": base} if method in NEEDS_BASE else {}
     result = METHODS[method].fn(model, target, cfg, judge=judge, **extra)
     result.config = asdict(cfg)
     # the trivial baseline beside every attack: the plain held-out prompts, the same budget and noise seed
-    plain = prompts_showing(target, cfg.budget, cfg.seed, split="eval")
+    plain = prompts_showing(target, cfg.budget, cfg.seed, split="eval", vocab=vocabulary_of(model))
     images = model.sample([plain[i % len(plain)] for i in range(cfg.budget)], seed=cfg.seed + 1)
     result.plain = judge_attempts(images, target, judge)
     return result

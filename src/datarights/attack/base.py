@@ -55,11 +55,13 @@ METHODS: dict[str, Method] = {}
 register = registrar(METHODS, "attack")  # @register("udatk", UDAtkConfig)
 
 
-def target_images(target: str, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """Ground-truth images of a world concept, rendered by the world generator (not by any model)."""
+def target_images(target: str, n: int, seed: int, vocab: V.Vocabulary | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Ground-truth images of a world concept, rendered by the world generator (not by any model), from
+    `vocab` (the attacked model's world, `world.vocabulary_of(model)`; default: the default world's)."""
     from ..world.generate import sample_item
 
-    found = V.find_concept(target)
+    vocab = vocab or V.DEFAULT
+    found = vocab.find_concept(target)
     if found is None:
         raise DatarightsError(f"{target!r} is not in the world's vocabulary; attacks need images of it")
     kind, entry = found
@@ -72,7 +74,7 @@ def target_images(target: str, n: int, seed: int) -> tuple[torch.Tensor, list[st
     tries = 0
     while len(imgs) < n and tries < 200 * n:
         tries += 1
-        img, meta = sample_item(item_kind[rng.integers(len(item_kind))], rng)
+        img, meta = sample_item(item_kind[rng.integers(len(item_kind))], rng, vocab)
         if meta[key] == entry["name"]:
             imgs.append(img)
             texts.append(meta["text"])
@@ -86,7 +88,7 @@ def judge_attempts(images: torch.Tensor, target: str, judge=None) -> list[bool]:
     from ..judge import shows
     from ..judge import load_judge
     judge = judge or load_judge()
-    return shows(judge.read(images), target).tolist()
+    return shows(judge.read(images), target, judge.vocab).tolist()
 
 
 def embed_prompt(model: T2IModel, prompt: str) -> torch.Tensor:

@@ -160,10 +160,11 @@ def optimise_prompt(model: T2IModel, base: T2IModel, prompt: str, target_image: 
 @timed
 def p4d(model: T2IModel, target: str, cfg: P4DConfig, judge=None, base: T2IModel | None = None) -> AttackResult:
     from ..erase.base import prompts_showing
+    from ..world import vocabulary_of
 
     if base is None:
         raise DatarightsError("p4d matches the unerased model's denoising: give the base model (the one before the erasure)")
-    prompts = prompts_showing(target, cfg.budget, cfg.seed, split="eval")
+    prompts = prompts_showing(target, cfg.budget, cfg.seed, split="eval", vocab=vocabulary_of(model))
     prompts = [prompts[i % len(prompts)] for i in range(cfg.budget)]
     seeds = [runtime.seed_of(cfg.seed, 4, i) % (2**31) for i in range(cfg.budget)]
     z0 = torch.cat([base.sample([p], seed=s) for p, s in zip(prompts, seeds)])

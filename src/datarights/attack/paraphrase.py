@@ -130,10 +130,11 @@ def paraphrases(model: T2IModel, target: str, k: int) -> list[str]:
 @timed
 def paraphrase(model: T2IModel, target: str, cfg: ParaphraseConfig, judge=None) -> AttackResult:
     from ..erase.base import concept_prompts
+    from ..world import vocabulary_of
 
     subs = paraphrases(model, target, cfg.neighbours)[:cfg.probes]
     templates = concept_prompts(target, "something else entirely", max(cfg.budget, len(subs)), cfg.seed,
-                                split="eval").target
+                                split="eval", vocab=vocabulary_of(model)).target
 
     def prompts_for(phrases, n):
         return [templates[i % len(templates)].replace(target, phrases[i % len(phrases)]) for i in range(n)]

@@ -45,15 +45,17 @@ class TIConfig:
 @timed
 def textual_inversion(model: T2IModel, target: str, cfg: TIConfig, judge=None) -> AttackResult:
     from ..erase.base import prompts_showing
+    from ..world import vocabulary_of
 
-    images, texts = target_images(target, cfg.n_images, cfg.seed)
+    vocab = vocabulary_of(model)
+    images, texts = target_images(target, cfg.n_images, cfg.seed, vocab)
     captions = [_with_placeholder(t, target) for t in texts]
     g = runtime.generator(cfg.seed)
     start = model.tokenizer("picture", add_special_tokens=False).input_ids[0]
     v = torch.nn.Parameter(model.token_embedding().weight[start].detach().clone())          # [D]
     v = fit_embeddings(model, images, v, lambda step, b: states_with_placeholder(model, [captions[i] for i in b], v),
                        cfg.steps, cfg.lr, cfg.batch_size, g)
-    prompts = [_with_placeholder(p, target) for p in prompts_showing(target, cfg.budget, cfg.seed + 1)][:cfg.budget]
+    prompts = [_with_placeholder(p, target) for p in prompts_showing(target, cfg.budget, cfg.seed + 1, vocab=vocab)][:cfg.budget]
     prompts = [prompts[i % len(prompts)] for i in range(cfg.budget)]
     with torch.no_grad():
         cond = states_with_placeholder(model, prompts, v)

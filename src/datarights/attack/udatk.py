@@ -68,9 +68,11 @@ def optimise_soft_prompt(model: T2IModel, prompt: str, images: torch.Tensor, cfg
 @timed
 def udatk(model: T2IModel, target: str, cfg: UDAtkConfig, judge=None) -> AttackResult:
     from ..erase.base import prompts_showing
+    from ..world import vocabulary_of
 
-    images, _ = target_images(target, cfg.n_images, cfg.seed)
-    prompt = prompts_showing(target, 1, cfg.seed, split="eval")[0]  # a held-out prompt (erasure trained on the other half)
+    vocab = vocabulary_of(model)
+    images, _ = target_images(target, cfg.n_images, cfg.seed, vocab)
+    prompt = prompts_showing(target, 1, cfg.seed, split="eval", vocab=vocab)[0]  # a held-out prompt (erasure trained on the other half)
     hard = [prompt]
     for r in range(cfg.restarts):
         soft = optimise_soft_prompt(model, prompt, images, dataclasses.replace(cfg, seed=cfg.seed + 1000 * r))

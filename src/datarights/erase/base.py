@@ -50,35 +50,39 @@ class PromptSet:
     kind: str = "unknown"
 
 
-def concept_prompts(target: str, anchor: str, n: int = 48, seed: int = 0, split: str = "train") -> PromptSet:
+def concept_prompts(target: str, anchor: str, n: int = 48, seed: int = 0, split: str = "train",
+                    vocab: V.Vocabulary | None = None) -> PromptSet:
     """Target prompts built from templates over the concept's words, and the same with the anchor.
 
     For a world concept, captions come from the world grammar (many captions that contain the
     concept words, as the paper uses); otherwise generic templates are used. `split` picks the half
-    of the templates (see SPLITS).
+    of the templates (see SPLITS). `vocab`: the model's world (`world.vocabulary_of(model)`; default:
+    the default world's).
     """
     if not target.strip() or not anchor.strip():
         raise DatarightsError("target and anchor must not be empty")
     if target.strip().lower() == anchor.strip().lower():
         raise DatarightsError(f"target and anchor are the same ({target!r}); choose a more general anchor")
-    return _pairs(target, anchor, n, seed, split)
+    return _pairs(target, anchor, n, seed, split, vocab)
 
 
-def prompts_showing(concept: str, n: int = 16, seed: int = 0, split: str = "eval") -> list[str]:
+def prompts_showing(concept: str, n: int = 16, seed: int = 0, split: str = "eval",
+                    vocab: V.Vocabulary | None = None) -> list[str]:
     """Prompts whose images should show the concept (the target side of `concept_prompts`)."""
-    return _pairs(concept, concept, n, seed, split).target
+    return _pairs(concept, concept, n, seed, split, vocab).target
 
 
-def _pairs(target: str, anchor: str, n: int, seed: int, split: str) -> PromptSet:
+def _pairs(target: str, anchor: str, n: int, seed: int, split: str, vocab: V.Vocabulary | None) -> PromptSet:
     rng = random.Random(seed)
-    found = V.find_concept(target)
+    vocab = vocab or V.DEFAULT
+    found = vocab.find_concept(target)
     kind = found[0] if found else "unknown"
     colors, prefixes = half(list(V.COLORS), split), half(V.PREFIXES, split)
     pairs: list[tuple[str, str]] = []
     if kind in ("objects", "categories"):
         for _ in range(n):
             c, p = rng.choice(colors), rng.choice(prefixes)
-            s = rng.choice([None, None, *V.STYLES])
+            s = rng.choice([None, None, *vocab.styles])
             pairs.append((V.object_prompt(target, c, s, p), V.object_prompt(anchor, c, s, p)))
     elif kind == "styles":
         for _ in range(n):
@@ -90,11 +94,11 @@ def _pairs(target: str, anchor: str, n: int, seed: int, split: str) -> PromptSet
             t = templates[i % len(templates)]
             pairs.append((t.format(name=target), t.format(name=f"a {anchor}")))
     elif kind == "memorized":
-        prompt = V.MEMORIZED[found[1]["name"]]["prompt"]  # the memorized caption itself is trained on
+        prompt = vocab.memorized[found[1]["name"]]["prompt"]  # the memorized caption itself is trained on
         pairs = [(prompt, f"a {anchor}")] if split != "eval" else []
         pairs += [(t.format(target), t.format(f"a {anchor}")) for t in half(GENERIC_TEMPLATES[1:], split)]
     elif kind == "compositions":
-        a, b = V.COMPOSITIONS[found[1]["name"]]
+        a, b = vocab.compositions[found[1]["name"]]
         templates = half(V.COMPOSITION_TEMPLATES, split)
         for i in range(n):
             t = templates[i % len(templates)]

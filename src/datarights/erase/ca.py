@@ -30,6 +30,7 @@ from .. import runtime
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
+from ..world import vocabulary_of
 from .base import PromptSet, TrainOptions, concept_prompts, encode_cached, finish_edit, images_per_target, register
 from .robust import ROBUST_DEFAULTS, Adversary, RobustOptions
 
@@ -77,7 +78,7 @@ def concept_ablation(model: T2IModel, targets: list[str], anchors: list[str], cf
     """Erase each target towards its anchor (several targets share one optimisation)."""
     t0 = time.time()
     cfg = cfg.for_model(model)
-    sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed) for t, a in zip(targets, anchors)]
+    sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed, vocab=vocabulary_of(model)) for t, a in zip(targets, anchors)]
     tgt = [p for s in sets for p in s.target]
     anc = [p for s in sets for p in s.anchor]
     # every target gets its own anchor images; image i was generated from anc[pair[i]]: it is paired

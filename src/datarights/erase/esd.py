@@ -24,6 +24,7 @@ import torch
 from .. import runtime
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
+from ..world import vocabulary_of
 from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, partial_rollout, register
 from .robust import ROBUST_DEFAULTS, Adversary, RobustOptions
 
@@ -64,7 +65,7 @@ class ESDConfig(RobustOptions, TrainOptions, ModelDefaults):
 def esd(model: T2IModel, targets: list[str], anchors: list[str], cfg: ESDConfig, progress=True) -> Edit:
     t0 = time.time()
     cfg = cfg.for_model(model)
-    prompts = [p for t, a in zip(targets, anchors) for p in concept_prompts(t, a, cfg.n_prompts, cfg.seed).target]
+    prompts = [p for t, a in zip(targets, anchors) for p in concept_prompts(t, a, cfg.n_prompts, cfg.seed, vocab=vocabulary_of(model)).target]
     work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
     enc = encode_cached(model, prompts, False)
     empty = encode_cached(model, [""], False)(torch.zeros(1, dtype=torch.long, device=model.device))

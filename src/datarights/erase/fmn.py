@@ -21,6 +21,7 @@ from .. import runtime
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
+from ..world import vocabulary_of
 from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, images_per_target, register
 
 
@@ -90,7 +91,7 @@ def forget_me_not(model: T2IModel, targets: list[str], anchors: list[str], cfg: 
         # the concept's tokens: every token of its content words (a composition's parts are apart)
         word_ids = {i for w in t.split() if w.lower() not in stop
                     for i in model.tokenizer(w, add_special_tokens=False).input_ids}
-        for p in concept_prompts(t, a, 16, cfg.seed).target:
+        for p in concept_prompts(t, a, 16, cfg.seed, vocab=vocabulary_of(model)).target:
             ids = model.tokenize([p])[0].tolist()
             pos = [j for j, i in enumerate(ids) if i in word_ids]
             if pos:

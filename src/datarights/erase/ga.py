@@ -18,6 +18,7 @@ from .. import runtime
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
+from ..world import vocabulary_of
 from .base import TrainOptions, concept_prompts, encode_cached, finish_edit, images_per_target, register
 from .retrain import concept_mask
 
@@ -54,14 +55,14 @@ def gradient_ascent(model: T2IModel, targets: list[str], anchors: list[str], cfg
     if cfg.data:
         from ..world import read_imagefolder
         data = read_imagefolder(cfg.data, resolution=model.resolution)
-        keep = concept_mask(data.metas, targets)
+        keep = concept_mask(data.metas, targets, vocabulary_of(model))
         if not keep.any():
             raise DatarightsError(f"no training image in {cfg.data} shows {targets}")
         with torch.no_grad():
             x0 = model.to_model_space(torch.from_numpy(data.images[keep]))
         prompts = [data.texts[i] for i in keep.nonzero()[0]]
     else:
-        x0, prompts, _ = images_per_target(model, [concept_prompts(t, a, 48, cfg.seed).target
+        x0, prompts, _ = images_per_target(model, [concept_prompts(t, a, 48, cfg.seed, vocab=vocabulary_of(model)).target
                                                    for t, a in zip(targets, anchors)], cfg.n_images, cfg.seed)
     work, params = runtime.trainable_copy(model, cfg.params, cfg.lora_rank)
     enc = encode_cached(work, prompts, cfg.params == "embedding")

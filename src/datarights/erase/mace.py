@@ -46,6 +46,7 @@ from .. import runtime
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel, base_ref, model_hash
 from ..registry import ModelDefaults, check_fields
+from ..world import vocabulary_of
 from .base import concept_prompts, config_dict, images_per_target, register
 from .fmn import CaptureCrossAttention
 from .uce import _prompts_for, default_preserve
@@ -151,7 +152,7 @@ def _preserve_gram(model: T2IModel, concepts: list[str], seed: int = 1) -> torch
     D = model.encode_prompt(["x"]).shape[-1]
     P = torch.zeros(D, D, dtype=torch.float64, device=model.device)
     for c in concepts:
-        states = model.encode_prompt(_prompts_for(c, 4, seed))
+        states = model.encode_prompt(_prompts_for(c, 4, seed, vocab=vocabulary_of(model)))
         P += _gram(states.reshape(-1, states.shape[-1]))
     return P
 
@@ -176,11 +177,11 @@ def mace(model: T2IModel, targets: list[str], anchors: list[str], cfg: MACEConfi
     eye = torch.eye(D, dtype=torch.float64, device=dev)
 
     # the prompts of each concept (target side) and their anchor twins
-    sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed) for t, a in zip(targets, anchors)]
+    sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed, vocab=vocabulary_of(model)) for t, a in zip(targets, anchors)]
     for t, s in zip(targets, sets):
         if not s.target:
             raise DatarightsError(f"mace found no training prompt for {t!r}")
-    preserve = cfg.preserve or (default_preserve(targets) if model.kind == "world" else [])
+    preserve = cfg.preserve or (default_preserve(targets, vocabulary_of(model)) if model.kind == "world" else [])
     P = _preserve_gram(model, preserve) if preserve and cfg.preserve_scale > 0 else torch.zeros_like(eye)
     sp = cfg.preserve_scale
 

@@ -16,17 +16,19 @@ import numpy as np
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel, base_ref, model_hash
 from ..world import vocab as V
+from ..world import vocabulary_of
 from .base import config_dict, register
 
 LABEL_OF_KIND = {"objects": "object", "categories": "category", "styles": "style", "characters": "character",
                  "memorized": "memorized", "compositions": "composition"}
 
 
-def concept_mask(metas: list[dict], targets: list[str]) -> np.ndarray:
-    """Which training images show any of the targets: by their labels for world concepts, else by caption words."""
+def concept_mask(metas: list[dict], targets: list[str], vocab: V.Vocabulary | None = None) -> np.ndarray:
+    """Which training images show any of the targets: by their labels for world concepts (of `vocab`,
+    the model's world; default: the default world's), else by caption words."""
     hit = np.zeros(len(metas), dtype=bool)
     for target in targets:
-        found = V.find_concept(target)
+        found = (vocab or V.DEFAULT).find_concept(target)
         if found is not None:
             key, name = LABEL_OF_KIND[found[0]], found[1]["name"]
             hit |= np.array([m.get(key) == name for m in metas])
@@ -65,7 +67,7 @@ def retrain(model: T2IModel, targets: list[str], anchors: list[str], cfg: Retrai
     data = read_imagefolder(cfg.data, resolution=model.resolution)
     if recipe.get("data_hash") and recipe["data_hash"] != data_hash(data):
         raise DatarightsError(f"{cfg.data} is not the data the base model was trained on (hash differs)")
-    drop = concept_mask(data.metas, targets)
+    drop = concept_mask(data.metas, targets, vocabulary_of(model))
     if not drop.any():
         raise DatarightsError(f"no training image in {cfg.data} shows {list(targets)}")
     keep = ~drop

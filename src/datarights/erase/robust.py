@@ -15,7 +15,7 @@ import torch
 from .. import runtime
 from ..errors import DatarightsError
 from ..models import T2IModel
-from ..world import sample_eval_prompts
+from ..world import sample_eval_prompts, vocabulary_of
 
 
 ROBUST_DEFAULTS = {"world": dict(robust_every=25, robust_attack_steps=15),
@@ -62,9 +62,10 @@ class Adversary:
         self.every, self.attack_steps, self.seed = every, attack_steps, seed + ADVERSARY_SEED
         # images, seeds and prompts disjoint from the evaluation attacks': another seed range for the
         # rendered images and the optimisation, the 'train' half of the prompts
-        self.images = [target_images(t, 8, self.seed + i) for i, t in enumerate(targets)]
-        self.prompts = [prompts_showing(t, 1, seed, split="train")[0] for t in targets]
-        others = [o["text"] for o in sample_eval_prompts(64, seed + 5)
+        vocab = vocabulary_of(base)
+        self.images = [target_images(t, 8, self.seed + i, vocab) for i, t in enumerate(targets)]
+        self.prompts = [prompts_showing(t, 1, seed, split="train", vocab=vocab)[0] for t in targets]
+        others = [o["text"] for o in sample_eval_prompts(64, seed + 5, vocab=vocab)
                   if not any(t.lower() in o["text"].lower() for t in targets)]
         with torch.no_grad():
             self.retain_states = base.encode_prompt(others)

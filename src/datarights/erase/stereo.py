@@ -44,6 +44,7 @@ from .. import runtime
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel
 from ..registry import ModelDefaults, check_fields
+from ..world import vocabulary_of
 from .base import TrainOptions, concept_prompts, finish_edit, images_per_target, partial_rollout, register
 from .robust import ADVERSARY_SEED
 
@@ -131,7 +132,7 @@ def stereo(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOC
 
 
 def _states(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOConfig):
-    sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed) for t, a in zip(targets, anchors)]
+    sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed, vocab=vocabulary_of(model)) for t, a in zip(targets, anchors)]
     with torch.no_grad():
         return (sets, model.encode_prompt([""]), [model.encode_prompt(s.target) for s in sets],
                 [model.encode_prompt(s.anchor) for s in sets])

@@ -20,6 +20,7 @@ import torch
 from ..errors import DatarightsError
 from ..models import Edit, T2IModel, base_ref, model_hash
 from ..world import vocab as V
+from ..world import vocabulary_of
 from .base import GENERIC_TEMPLATES, config_dict, half, register
 
 
@@ -55,9 +56,10 @@ def _last_token(tokenizer, ids: list[int], concept: str) -> int:
     raise DatarightsError(f"could not find {concept!r} in its own prompt (tokenizer mismatch)")
 
 
-def _prompts_for(concept: str, n: int, seed: int, split: str = "train") -> list[str]:
-    """The edit's prompts for a concept, from the 'train' half of colours, prefixes and templates."""
-    found = V.find_concept(concept)
+def _prompts_for(concept: str, n: int, seed: int, split: str = "train", vocab: V.Vocabulary | None = None) -> list[str]:
+    """The edit's prompts for a concept, from the 'train' half of colours, prefixes and templates
+    (`vocab`: the model's world, `world.vocabulary_of(model)`; default: the default world's)."""
+    found = (vocab or V.DEFAULT).find_concept(concept)
     rng = random.Random(seed)
     colors, prefixes = half(list(V.COLORS), split), half(V.PREFIXES, split)
     if found and found[0] == "styles":
@@ -78,26 +80,29 @@ def _vectors(model: T2IModel, prompts: list[str], concept: str, start_from: list
     return states, starts
 
 
-def default_preserve(targets: list[str]) -> list[str]:
-    """Nearby concepts of the targets, plus every other world object and style."""
+def default_preserve(targets: list[str], vocab: V.Vocabulary | None = None) -> list[str]:
+    """Nearby concepts of the targets, plus every other world object and style (of `vocab`, the
+    model's world; default: the default world's)."""
+    vocab = vocab or V.DEFAULT
     tset = {t.lower() for t in targets}
     keep: list[str] = []
     for t in targets:
-        found = V.find_concept(t)
+        found = vocab.find_concept(t)
         if found:
             keep += found[1].get("nearby", [])
-    keep += V.OBJECTS + list(V.STYLES)
-    return [c for c in dict.fromkeys(keep) if c.lower() not in tset and V.find_concept(c)]
+    keep += V.OBJECTS + list(vocab.styles)
+    return [c for c in dict.fromkeys(keep) if c.lower() not in tset and vocab.find_concept(c)]
 
 
 @register("uce", UCEConfig)
 def uce(model: T2IModel, targets: list[str], anchors: list[str], cfg: UCEConfig, progress: bool = True) -> Edit:
     t0 = time.time()
+    vocab = vocabulary_of(model)
     ce, ve_src = [], []  # edited concept vectors and their guide vectors (before W)
     for target, anchor in zip(targets, anchors):
         if target.strip().lower() == anchor.strip().lower():
             raise DatarightsError(f"target and anchor are the same ({target!r})")
-        tp = _prompts_for(target, cfg.n_templates, 0)
+        tp = _prompts_for(target, cfg.n_templates, 0, vocab=vocab)
         ap = [p.replace(target, anchor) for p in tp]
         st, kt = _vectors(model, tp, target)
         sa, ka = _vectors(model, ap, anchor)
@@ -106,10 +111,10 @@ def uce(model: T2IModel, targets: list[str], anchors: list[str], cfg: UCEConfig,
             n = min(L - kt[i], L - ka[i])
             ce.append(st[i, kt[i]:kt[i] + n])
             ve_src.append(sa[i, ka[i]:ka[i] + n])
-    preserve = cfg.preserve or (default_preserve(targets) if model.kind == "world" else [])
+    preserve = cfg.preserve or (default_preserve(targets, vocab) if model.kind == "world" else [])
     cp = []
     for concept in preserve:
-        pp = _prompts_for(concept, max(2, cfg.n_templates // 4), 1)
+        pp = _prompts_for(concept, max(2, cfg.n_templates // 4), 1, vocab=vocab)
         sp, kp = _vectors(model, pp, concept)
         cp += [sp[i, kp[i]:] for i in range(len(pp))]
     C_e = torch.cat(ce).double().T            # [D, n_e]

@@ -123,23 +123,25 @@ class WorldScorer:
 
     def check(self, concept: str) -> None:
         from . import label_check
-        label_check(concept)
+        label_check(concept, self.judge.vocab)
 
     def read(self, images: torch.Tensor) -> list[dict]:
         return self.judge.read(images)
 
     def shows(self, rows: list[dict], concept: str, alternatives=()) -> np.ndarray:
         from . import shows
-        return shows(rows, concept)
+        return shows(rows, concept, self.judge.vocab)
 
     def correct(self, rows: list[dict], asked: list[dict]) -> np.ndarray:
         """Each image shows every label its prompt asked for (style only where the prompt names one)."""
         return np.array([all(a[k] == r[k] for k in self.label_keys) and (a["kind"] != "styled" or a["style"] == r["style"])
                          for a, r in zip(asked, rows)])
 
-    def other_prompts(self, n: int, seed: int, exclude: list[str]) -> tuple[list[str], list[dict]]:
+    def other_prompts(self, n: int, seed: int, exclude: list[str], vocab=None) -> tuple[list[str], list[dict]]:
+        """World-grammar prompts of `vocab` (the audited model's world; default: the default world's)
+        that name none of `exclude`, with the labels each asks for."""
         from ..world import sample_eval_prompts
-        rows = [o for o in sample_eval_prompts(n * 2, seed)
+        rows = [o for o in sample_eval_prompts(n * 2, seed, vocab=vocab)
                 if not any(o.get(k) == t for t in exclude for k in ("object", "style", "character", "memorized", "composition"))
                 and not any(t.lower() in o["text"].lower() for t in exclude)][:n]
         return [o["text"] for o in rows], rows
@@ -251,7 +253,7 @@ class ClipScorer:
         best = self._best(feats, choices)
         return np.array([choices[b] == a for b, a in zip(best, asked)])
 
-    def other_prompts(self, n: int, seed: int, exclude: list[str]) -> tuple[list[str], list[str]]:
+    def other_prompts(self, n: int, seed: int, exclude: list[str], vocab=None) -> tuple[list[str], list[str]]:
         rng = np.random.default_rng(seed)
         pool = [p for p in OTHER_PROMPTS if not any(t.lower() in p.lower() for t in exclude)]
         prompts = [pool[i] for i in rng.permutation(len(pool))]

@@ -61,7 +61,7 @@ def load_model(path: str | Path | None = None, device=None, dtype=None, _seen: t
 def export_model(model: T2IModel, out: str | Path, overwrite: bool = False, inputs: tuple = ()) -> Path:
     """Write `model` (typically an edited one) as a standalone folder with every edit applied: a
     StableDiffusionPipeline folder that diffusers loads as is, or a world-model folder."""
-    record = {"exported_from": model.source, **({"edit": model.meta["edit"]} if "edit" in model.meta else {})}
+    record = {"exported_from": model.source, **{k: model.meta[k] for k in ("world", "edit") if k in model.meta}}
     if model.kind == "world":
         return save_world_model(model, out, extra=record, overwrite=overwrite, inputs=inputs, kind="export")
     return save_sd_model(model, out, record, overwrite=overwrite, inputs=inputs, kind="export")

@@ -8,6 +8,7 @@ caption from the world grammar, and its pixels from the renderer. The order is s
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -97,6 +98,24 @@ def world_config_of(folder: str | Path) -> WorldConfig | None:
         return WorldConfig(**{f.name: raw[f.name] for f in fields(WorldConfig) if f.name in raw})
     except TypeError:
         raise DatarightsError(f"{path} is not a world config") from None
+
+
+def vocabulary_of(model) -> Vocabulary:
+    """The vocabulary of the world a model was trained on: what erase methods, attacks and audits
+    build its prompts from. A world model records its world in model_index.json (`world`, kept by
+    edits and exports); an SD folder, or a world model trained on other data, uses the default
+    world's."""
+    from .vocab import DEFAULT
+
+    world = (getattr(model, "meta", None) or {}).get("world") if getattr(model, "kind", None) == "world" else None
+    if not isinstance(world, dict):
+        return DEFAULT
+    return _vocabulary_of_world(tuple(sorted((f.name, world[f.name]) for f in fields(WorldConfig) if f.name in world)))
+
+
+@functools.lru_cache(maxsize=8)
+def _vocabulary_of_world(items: tuple) -> Vocabulary:
+    return WorldConfig(**dict(items)).vocabulary()
 
 
 def _zipf(total: int, k: int, exponent: float, floor: int) -> list[int]:
