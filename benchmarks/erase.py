@@ -145,6 +145,11 @@ STEREO_VARIANTS = {  # the final erase's settings (the search's are the defaults
     # towards eps(empty) + s (eps(anchor) - eps(erased)), the anchor-for-target swap that CA makes
     "s 3": {"compositional_scale": 3.0},
     "s 5": {"compositional_scale": 5.0},
+    # s = 5 (the world default since) erases the held-out concepts but breaks the neighbours of a character
+    # and a memorized scene (0.17, 0.20) and a style's other prompts (0.48): a retain term (not in the
+    # paper) holds the prompts of the anchor's other concepts to the base's predictions
+    "retain 1": {"compositional_scale": 5.0, "retain_weight": 1.0},
+    "retain 10": {"compositional_scale": 5.0, "retain_weight": 10.0},
 }
 TUNE_SEED, TUNE_ATTACK_SEED = 1, 7
 

@@ -74,6 +74,36 @@ def test_stereo_search_then_erase_once_is_stereo(tiny_model):
         erase_once(tiny_model, ["grumpy face"], ["face"], [found[0][:1]], cfg, progress=False)
 
 
+def test_stereo_retain_term_holds_the_anchors_other_concepts(tiny_model):
+    """The retain term's concepts are the anchor's other children in the model's world (the targets
+    excluded), and weighting it keeps their predictions nearer the base's than the authors' objective."""
+    from datarights.erase.base import prompts_showing
+    from datarights.erase.stereo import erase_once, retained_concepts, search
+    from datarights.world import vocab as V
+
+    faces = retained_concepts(tiny_model, ["grumpy face"], "face")
+    assert {"smiling face", "sleepy face"} <= set(faces) and "grumpy face" not in faces
+    assert set(retained_concepts(tiny_model, ["Ada Vell"], "plain")) == set(V.STYLES) - {"Ada Vell"}
+    with pytest.raises(DatarightsError, match="retain-weight"):
+        make_config("stereo", retain_weight=-1.0)
+    opts = dict(FAST["stereo"], reo_steps=20, reo_lr=3e-3)
+    cfg = make_config("stereo", **opts)
+    found = search(tiny_model, ["grumpy face"], ["face"], cfg, progress=False)
+    plain = erase_once(tiny_model, ["grumpy face"], ["face"], found, cfg, progress=False).apply(tiny_model)
+    kept = erase_once(tiny_model, ["grumpy face"], ["face"], found, make_config("stereo", **opts, retain_weight=100.0),
+                      progress=False)
+    assert kept.config["retained"][0] >= len(faces) and kept.config["retain_weight"] == 100.0
+    kept = kept.apply(tiny_model)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, *tiny_model.latent_shape, generator=g)
+    t = torch.randint(0, 1000, (8,), generator=g)
+    c = tiny_model.encode_prompt([prompts_showing(f, 1, 5, split="eval")[0] for f in faces[:8]] * 8)[:8]
+    with torch.no_grad():
+        ref = tiny_model.predict_noise(x, t, c)
+        drift = [torch.mean((m.predict_noise(x, t, c) - ref) ** 2).item() for m in (plain, kept)]
+    assert drift[1] < 0.5 * drift[0], drift
+
+
 def test_ca_uce_and_mace_take_several_targets(tiny_model):
     for method in ("ca", "uce", "mace"):
         edit = erase(tiny_model, ["grumpy face", "Ada Vell"], ["face", "plain"], method, progress=False, **FAST[method])
