@@ -57,6 +57,16 @@ def _is_world_judge(folder: Path) -> bool:
     return isinstance(cfg, dict) and "sizes" in cfg and "world_version" in cfg
 
 
+def _world_judge(folder: Optional[Path], why: str):
+    """The world judge of --judge (None: the shipped one); a folder that is not one is a one-line error."""
+    if folder is None:
+        return None
+    from .judge import load_judge
+    if not _is_world_judge(folder):
+        raise DatarightsError(f"judge folder {folder} is not a world judge ({why}; make one with `datarights train-judge`)")
+    return load_judge(folder)
+
+
 def _check_report(report: Optional[Path], overwrite: bool, *inputs) -> None:
     """A --report folder is checked before any work, so a long run never ends in a refused write."""
     if report is not None:
@@ -257,12 +267,7 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
     m = load_model(model, device, precision)
     if m.kind != "world":
         raise DatarightsError("eval-model scores with the world judge, which reads world-model images only")
-    world_judge = None
-    if judge is not None:
-        from .judge import load_judge
-        if not _is_world_judge(judge):
-            raise DatarightsError(f"judge folder {judge} is not a world judge (make one with `datarights train-judge`)")
-        world_judge = load_judge(judge)
+    world_judge = _world_judge(judge, "the model is judged by one")
     bar = _progress(n, "eval-model")
     result = eval_model(m, world_judge, n=n, seed=seed, steps=steps, guidance=guidance, progress=bar.update)
     bar.close()
@@ -379,12 +384,7 @@ def attack_cmd(model: Path = typer.Option(..., "--model", help="(Edited) model f
         if ref is None:
             raise DatarightsError(f"{model} is not an edited model: give the model before the erasure with --base")
         before = load_model(DEFAULT_MODEL if ref == "default" else Path(ref), device, precision)
-    world_judge = None
-    if judge is not None:
-        from .judge import load_judge
-        if not _is_world_judge(judge):
-            raise DatarightsError(f"judge folder {judge} is not a world judge (attacks are judged by one; make it with `datarights train-judge`)")
-        world_judge = load_judge(judge)
+    world_judge = _world_judge(judge, "attacks are judged by one")
     result = attack(edited, target, method, cfg, base=before, judge=world_judge)
     _emit(result.to_json(), as_json)
 

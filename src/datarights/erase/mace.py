@@ -151,8 +151,9 @@ def _gram(states: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tens
 def _preserve_gram(model: T2IModel, concepts: list[str], seed: int = 1) -> torch.Tensor:
     D = model.encode_prompt(["x"]).shape[-1]
     P = torch.zeros(D, D, dtype=torch.float64, device=model.device)
+    vocab = vocabulary_of(model)
     for c in concepts:
-        states = model.encode_prompt(_prompts_for(c, 4, seed, vocab=vocabulary_of(model)))
+        states = model.encode_prompt(_prompts_for(c, 4, seed, vocab=vocab))
         P += _gram(states.reshape(-1, states.shape[-1]))
     return P
 

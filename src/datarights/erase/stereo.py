@@ -211,10 +211,10 @@ def _retain_states(model: T2IModel, targets: list[str], anchors: list[str], cfg:
     """Per target, the text states of its retained concepts' prompts (the erase's half), or None."""
     from .base import prompts_showing
 
-    out = []
+    vocab, out = vocabulary_of(model), []
     for anchor in anchors:
         names = retained_concepts(model, targets, anchor)
-        prompts = [p for n in names for p in prompts_showing(n, 4, cfg.seed, split="train", vocab=vocabulary_of(model))]
+        prompts = [p for n in names for p in prompts_showing(n, 4, cfg.seed, split="train", vocab=vocab)]
         with torch.no_grad():
             out.append(model.encode_prompt(prompts) if prompts else None)
     return out
