@@ -14,7 +14,8 @@ of each target's nearby and other prompts): how target_erased, nearby_preserved 
 others_preserved move as k grows, so the service can choose between one edit per opt-out and a
 batched edit. Results: benchmarks/results/erase-many.json. `--world large`: the large world's model,
 judge and drawn concepts (benchmarks/large_world.py makes and checks them; k up to 100), results in
-benchmarks/results/erase-many-large.json.
+benchmarks/results/erase-many-large.json. `--sequential`: the service's default instead, one edit per
+concept made on top of the previous ones (rows `<method>, one by one`), audited at each k.
 
     python benchmarks/erase.py --tune-stereo
 
@@ -36,6 +37,7 @@ from datarights.erase import erase
 from datarights.judge import load_judge
 from datarights.models import load_model
 from datarights.quality import public
+from datarights.world import vocabulary_of
 
 CONCEPTS = [  # (kind, target, anchor, set): CA's and ESD's defaults were tuned on the 'tuning' concepts
     ("object instance", "grumpy face", "face", "tuning"),
@@ -77,8 +79,6 @@ verdict's bar: the Wilson lower end of 48/48 is 0.93); pooled intervals narrow a
 
 
 def many(args) -> None:
-    from datarights.stats import fmt
-
     if args.world == "large":  # the large world's model and judge (benchmarks/large_world.py), its drawn concepts
         from large_world import drawn_concepts, judge_path, model_path
         pairs = drawn_concepts()
@@ -92,7 +92,9 @@ def many(args) -> None:
     if max(ks) > len(pairs) or min(ks) < 1:
         raise SystemExit(f"--many: k must be between 1 and {len(pairs)} (the {args.world} world's concepts this benchmark erases)")
     results = load_cells(out)
-    for method in args.methods.split(","):
+    if args.sequential:
+        many_sequential(args, pairs, base, judge, ks, out, results)
+    for method in ([] if args.sequential else args.methods.split(",")):
         for k in ks:
             key = f"{method}|k={k}"
             if key in results["cells"]:
@@ -107,18 +109,150 @@ def many(args) -> None:
             edit = erase(base, targets, anchors, name, progress=False, **opts)
             r = public(audit(edit.apply(base), base, targets, anchors, AuditConfig(**MANY_AUDIT), judge=judge,
                              progress=False, log=lambda s: None))
-            rows = r.get("targets") or [r]
-            cell = {"method": method, "k": k, "targets": targets, "seconds": round(edit.seconds, 1),
-                    **{x: r.get(x) for x in ("verdict", "target_erased", "target_erased_ci", "target_erased_n",
-                                             "degenerate_share", "degenerate_share_ci", "nearby_preserved",
-                                             "nearby_preserved_ci", "others_preserved", "others_preserved_ci", "kid")},
-                    "erased_targets": sum(t["verdict"] == "erased" for t in rows),
-                    "per_target": [{x: t.get(x) for x in ("target", "verdict", "target_erased", "nearby_preserved")}
-                                   for t in rows]}
-            results["cells"][key] = cell
+            results["cells"][key] = cell = _many_cell(method, k, targets, edit.seconds, r, vocabulary_of(base),
+                                                      edit.changed_params)
             print(json.dumps({x: cell[x] for x in ("method", "k", "verdict", "target_erased", "nearby_preserved",
                                                    "others_preserved", "erased_targets", "seconds")}), flush=True)
             save_cells(out, results)
+    many_table(results)
+    plot = f"docs/erase-many-{args.world}.png"
+    many_plot(results, plot, f"{args.world} world")
+    print(f"plot: {plot}")
+
+
+def _by_kind(rows: list[dict], vocab) -> dict:
+    """Per concept kind: how many targets got the `erased` verdict, and target_erased and
+    nearby_preserved pooled over the kind's images (Wilson on the summed counts)."""
+    from datarights.stats import wilson
+
+    out: dict = {}
+    for t in rows:
+        kind = (vocab.find_concept(t["target"]) or ("unknown",))[0]
+        d = out.setdefault(kind, {"targets": 0, "erased": 0, "te": [0, 0], "np": [0, 0]})
+        d["targets"] += 1
+        d["erased"] += t["verdict"] == "erased"
+        for key, acc in (("target_erased", d["te"]), ("nearby_preserved", d["np"])):
+            n = t.get(f"{key}_n") or 0
+            if t.get(key) is not None and n:
+                acc[0] += round(t[key] * n)
+                acc[1] += n
+    return {kind: {"targets": d["targets"], "erased": d["erased"],
+                   "target_erased": d["te"][0] / d["te"][1] if d["te"][1] else None,
+                   "target_erased_ci": wilson(*d["te"]) if d["te"][1] else None,
+                   "nearby_preserved": d["np"][0] / d["np"][1] if d["np"][1] else None,
+                   "nearby_preserved_ci": wilson(*d["np"]) if d["np"][1] else None}
+            for kind, d in out.items()}
+
+
+def _many_cell(method: str, k: int, targets: list[str], seconds: float, r: dict, vocab=None,
+               changed_params: int | None = None) -> dict:
+    rows = r.get("targets") or [r]
+    per_target = [{x: t.get(x) for x in ("target", "verdict", "target_erased", "target_erased_n", "nearby_preserved",
+                                         "nearby_preserved_n", "others_preserved")} for t in rows]
+    return {"method": method, "k": k, "targets": targets, "seconds": round(seconds, 1), "changed_params": changed_params,
+            **({"by_kind": _by_kind(per_target, vocab)} if vocab is not None else {}),
+            **{x: r.get(x) for x in ("verdict", "target_erased", "target_erased_ci", "target_erased_n",
+                                     "degenerate_share", "degenerate_share_ci", "nearby_preserved",
+                                     "nearby_preserved_ci", "others_preserved", "others_preserved_ci", "kid")},
+            "erased_targets": sum(t["verdict"] == "erased" for t in rows), "per_target": per_target}
+
+
+def many_sequential(args, pairs, base, judge, ks, out, results) -> None:
+    """The service's default path (`ledger process --one-by-one`): each concept its own edit, made on
+    the model the previous edits left (the line's current model), in the order of `pairs`. At each k
+    in `ks` the accumulated model is audited against the base on all k targets so far, exactly as a
+    one-edit cell: does an earlier erasure stay erased while later ones pile up, and what do k edits
+    cost the rest? Rows `<method>, one by one`; the chain resumes from the last audited k (its edits
+    are made again; a method's erase is deterministic given its seed)."""
+    for method in args.methods.split(","):
+        name, opts = VARIANTS[method]
+        row = f"{method}, one by one"
+        current, made, seconds, changed = base, 0, 0.0, 0
+        for k in sorted(ks):
+            key = f"{row}|k={k}"
+            if key in results["cells"] and all(f"{row}|k={j}" in results["cells"] for j in ks if j > k):
+                continue
+            while made < k:
+                target, anchor = pairs[made]
+                edit = erase(current, [target], [anchor], name, progress=False, **opts)
+                current, made, seconds = edit.apply(current), made + 1, seconds + edit.seconds
+                changed += edit.changed_params
+                print(f"{row}: {made}/{max(ks)} {target!r} erased on top ({edit.seconds:.0f} s)", flush=True)
+            if key in results["cells"]:
+                continue
+            targets, anchors = [t for t, _ in pairs[:k]], [a for _, a in pairs[:k]]
+            r = public(audit(current, base, targets, anchors, AuditConfig(**MANY_AUDIT), judge=judge,
+                             progress=False, log=lambda s: None))
+            results["cells"][key] = cell = _many_cell(row, k, targets, seconds, r, vocabulary_of(base), changed)
+            print(json.dumps({x: cell[x] for x in ("method", "k", "verdict", "target_erased", "nearby_preserved",
+                                                   "others_preserved", "erased_targets", "seconds")}), flush=True)
+            save_cells(out, results)
+
+
+def many_plot(results: dict, path: str, title: str) -> None:
+    """Three panels (PIL only): target_erased, nearby_preserved and others_preserved against k (log
+    axis), one line per method, 95% intervals as bars; and the share of targets with the `erased`
+    verdict as a dashed line in the first panel."""
+    import math
+    from pathlib import Path
+
+    from PIL import Image, ImageDraw
+
+    cells = list(results["cells"].values())
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    ks = sorted({c["k"] for c in cells})
+    if not cells:
+        return
+    PW, PH, L, B, T = 300, 300, 50, 40, 36
+    W, H = 3 * PW + 180, PH + 20
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    x0, x1 = math.log2(ks[0]) - 0.3, math.log2(ks[-1]) + 0.3
+    for j, (key, label) in enumerate((("target_erased", "target erased (pooled; dashed: verdicts)"),
+                                      ("nearby_preserved", "nearby preserved"), ("others_preserved", "others preserved"))):
+        ox = j * PW
+
+        def at(k, y, ox=ox):
+            return (ox + L + (math.log2(k) - x0) / (x1 - x0) * (PW - L - 10), H - B - y * (H - B - T))
+
+        d.rectangle([ox + L, T, ox + PW - 10, H - B], outline="black")
+        for y in (0.0, 0.25, 0.5, 0.75, 0.85, 1.0):
+            py = at(ks[0], y)[1]
+            d.line([ox + L, py, ox + PW - 10, py], fill="#f0c0c0" if y == 0.85 else "#ddd")
+            d.text((ox + 14, py - 6), f"{y:.2f}", fill="black")
+        for k in ks:
+            px = at(k, 0)[0]
+            d.text((px - 8, H - B + 6), str(k), fill="black")
+        d.text((ox + L, 14), label, fill="black")
+        for i, m in enumerate(methods):
+            c = colours[i % len(colours)]
+            rows = sorted((x for x in cells if x["method"] == m and x.get(key) is not None), key=lambda x: x["k"])
+            xy = [at(x["k"], x[key]) for x in rows]
+            if len(xy) > 1:
+                d.line(xy, fill=c, width=2)
+            for x, (px, py) in zip(rows, xy):
+                d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
+                ci = x.get(f"{key}_ci")
+                if ci:
+                    d.line([px, at(x["k"], ci[0])[1], px, at(x["k"], ci[1])[1]], fill=c)
+            if key == "target_erased":
+                vs = [at(x["k"], x["erased_targets"] / x["k"]) for x in rows]
+                for a, b in zip(vs, vs[1:]):
+                    for t in range(0, 10, 2):   # dashed
+                        d.line([a[0] + (b[0] - a[0]) * t / 10, a[1] + (b[1] - a[1]) * t / 10,
+                                a[0] + (b[0] - a[0]) * (t + 1) / 10, a[1] + (b[1] - a[1]) * (t + 1) / 10], fill=c)
+    for i, m in enumerate(methods):
+        d.text((3 * PW + 10, T + 16 * i), m, fill=colours[i % len(colours)])
+    d.text((3 * PW + 10, H - B - 14), "k concepts (log)", fill="black")
+    d.text((3 * PW + 10, T + 16 * len(methods) + 10), title[:28], fill="black")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def many_table(results: dict) -> None:
+    from datarights.stats import fmt
+
     lines = ["| method | k | targets erased (verdict) | target_erased (pooled) | nearby_preserved | others_preserved | "
              "degenerate | erase s |", "|" + "---|" * 8]
     for c in results["cells"].values():
@@ -212,6 +346,8 @@ def main():
     ap.add_argument("--many", default="", help="many concepts at once: comma-separated k, e.g. 1,4,16 (at most len(MANY))")
     ap.add_argument("--world", default="default", choices=["default", "large"],
                     help="--many: the shipped model (16 concepts) or the large world's (benchmarks/large_world.py)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="--many: each concept its own edit on top of the last (the service's --one-by-one), audited at each k")
     ap.add_argument("--tune-stereo", action="store_true", help="STEREO's final erase tuned on the tuning concepts")
     ap.add_argument("--variants", default="", help="--tune-stereo: comma-separated names of STEREO_VARIANTS (default all)")
     args = ap.parse_args()

@@ -98,6 +98,60 @@ def test_optout_checks_owner_works_and_concept(ledger, tiny_world):
     assert [x["id"] for x in ledger.optouts(owner=other)] == []
 
 
+def test_optouts_resolve_against_the_world_the_model_was_trained_on(tmp_path, tiny_world, tiny_trained):
+    """A model trained on the `large` world knows concepts the tiny world's model does not: the ledger
+    takes an opt-out of one of them on the large model, and of its edits (which name it as their base),
+    and refuses the same concept on the tiny model in one line; `process` audits it with a judge of
+    that world (the shipped judge cannot read it) and the certificate names the judge's weights."""
+    from datarights.models.edit import EDIT_CLASS
+    from datarights.world import PRESETS, WorldConfig, build_vocabulary, vocabulary_of_folder
+    from datarights.world.vocab import find_concept
+
+    large = tmp_path / "large-model"
+    shutil.copytree(tiny_trained, large)
+    index = json.loads((large / "model_index.json").read_text())
+    (large / "model_index.json").write_text(json.dumps({**index, "world": WorldConfig(preset="large").to_json()}))
+    tiny_vocab = vocabulary_of_folder(tiny_trained)
+    character = next(c for c in build_vocabulary(PRESETS["large"]).characters
+                     if tiny_vocab.find_concept(c) is None and find_concept(c) is None)     # the large world's own
+    edit = tmp_path / "edit-of-large"
+    edit.mkdir()
+    (edit / "model_index.json").write_text(json.dumps({"_class_name": EDIT_CLASS, "base": str(large)}))
+    assert vocabulary_of_folder(edit).find_concept(character)[0] == "characters"
+    assert vocabulary_of_folder(tmp_path / "missing").find_concept(character) is None   # unreadable: the default world
+
+    owner = _metas(tiny_world)[0]["owner"]
+    small = Ledger(tmp_path / "small.db", create=True)
+    small.import_dataset(tiny_world, tiny_trained)
+    with pytest.raises(DatarightsError, match="does not know the concept"):
+        small.optout(owner, concept=character)
+    led = Ledger(tmp_path / "large.db", create=True)
+    led.import_dataset(tiny_world, large)
+    r = led.optout(owner, concept=character.lower())
+    assert r["concept"] == character and r["anchor"] == "face" and r["status"] == "review"
+    led.issue_token("model owner", admin=True)
+    assert led.review(r["id"], "model owner", approve=True)["status"] == "pending"
+
+    # processing it needs a judge that reads the large world: the shipped one is refused in one line
+    from datarights.audit import AuditConfig
+    from datarights.judge import JudgeConfig, train_judge
+
+    small = dict(audit_config=AuditConfig(**SMALL_AUDIT), attacks=["paraphrase"], attack_budget=2, method="uce")
+    with pytest.raises(DatarightsError, match="is not a judge|missing config.json"):
+        led.process(judge=tmp_path / "missing", **small)
+    assert led.optout_status(r["id"])["status"] == "pending"                 # a bad judge claims nothing
+    with pytest.raises(DatarightsError, match="cannot read that world"):
+        led.process(**small)
+    again = led.optout(owner, concept=character)                             # the failed request can be filed again
+    led.review(again["id"], "model owner", approve=True)
+    train_judge(JudgeConfig(preset="large", n_train=256, n_test=64, epochs=1, width=8), out=tmp_path / "judge",
+                progress=False)
+    jobs = led.process(judge=tmp_path / "judge", **small)
+    assert [j["status"] for j in jobs] == ["done"] and jobs[0]["settings"]["judge_sha256"]
+    doc = led.certificate(led.optout_status(again["id"])["certificate_id"])["document"]
+    assert doc["optout"]["concept"] == character and doc["judge_sha256"] == jobs[0]["settings"]["judge_sha256"]
+
+
 def test_process_issues_a_certificate_that_verifies_and_breaks_on_one_byte(ledger, tiny_world, tmp_path):
     from datarights.audit import AuditConfig
 

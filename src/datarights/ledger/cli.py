@@ -186,6 +186,7 @@ def process_cmd(method: str = typer.Option("ca", help="Erase method."),
                 n_target: int = typer.Option(384, "--n-target", help="Held-out target images of the audit."),
                 budget: int = typer.Option(16, "--budget", help="Attempts per attack."),
                 limit: Optional[int] = typer.Option(None, "--limit", help="Process at most this many requests."),
+                judge: Optional[Path] = typer.Option(None, "--judge", help="A world judge folder (train-judge) for models of another world preset."),
                 ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
     """Erase, audit (with attacks) and certify every pending opt-out; records every result."""
     from ..audit import AuditConfig, check_verdict_reachable
@@ -195,7 +196,7 @@ def process_cmd(method: str = typer.Option("ca", help="Erase method."),
     cfg = AuditConfig(n_target=n_target)
     check_verdict_reachable(cfg)
     jobs = _open(ledger).process(method=method, attacks=[a for a in attacks.split(",") if a], batch=batch,
-                                 audit_config=cfg, attack_budget=budget, limit=limit,
+                                 audit_config=cfg, attack_budget=budget, limit=limit, judge=judge,
                                  log=lambda s: typer.echo(s, err=True))
     _emit({"jobs": jobs}, as_json, "\n".join(
         f"job {j['id']}: {j['status']}; " + ", ".join(f"{t['target']}: {t['verdict']}" for t in j["audit"]["targets"])
@@ -203,7 +204,7 @@ def process_cmd(method: str = typer.Option("ca", help="Erase method."),
 
 
 @ledger_app.command("work")
-def work_cmd(options: str = typer.Option("{}", "--options", help="Processing options as JSON (method, attacks, batch, audit_config, attack_budget, erase_options, limit)."),
+def work_cmd(options: str = typer.Option("{}", "--options", help="Processing options as JSON (method, attacks, batch, audit_config, attack_budget, erase_options, limit, judge)."),
              ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):
     """Run the queued work (pending opt-outs, queued paid generations) until none is left. `datarights
     serve` starts this in its own process; it can also run from cron or beside the server."""

@@ -513,7 +513,7 @@ class Ledger:
                     if w is None or w.owner_id != filer.id:
                         raise NotYours(f"work {wid} is not one of {owner!r}'s works")
                 concept = concept_of_works([w.labels for w in rows])
-            concept, anchor = resolve_concept(m, concept, anchor)
+            concept, anchor = resolve_concept(m, concept, anchor, folder=self.resolved(m.path))
             holder, status, review_by, note = rules.filing(s, filer, concept)   # another owner's: 403 before all else
             rules.check_new(s, concept, line)
             if works:
@@ -1012,16 +1012,20 @@ def concept_of_works(labels: list[dict]) -> str:
                           "or list works of one concept")
 
 
-def resolve_concept(model: Model, concept: str, anchor: str | None) -> tuple[str, str]:
-    """(concept, anchor): for a world model the concept must be in the world's vocabulary and its
-    anchor defaults to the vocabulary's; for other models both are free text (anchor required)."""
+def resolve_concept(model: Model, concept: str, anchor: str | None, folder: str | None = None) -> tuple[str, str]:
+    """(concept, anchor): for a world model the concept must be in the vocabulary of the world it was
+    trained on (`world.vocabulary_of_folder` of `folder`, where the model lies; None or 'default': the
+    shipped model, the default world) and its anchor defaults to the vocabulary's; for other models
+    both are free text (anchor required)."""
     concept = (concept or "").strip()
     if not concept:
         raise DatarightsError("the concept to opt out of must not be empty")
     if model.kind == "world":
-        from ..world import vocab as V
+        from ..world import vocabulary_of_folder
+        from ..world.vocab import DEFAULT
 
-        found = V.find_concept(concept)
+        vocab = DEFAULT if folder in (None, "default") else vocabulary_of_folder(folder)
+        found = vocab.find_concept(concept)
         if found is None or found[0] == "categories":
             raise DatarightsError(f"the model does not know the concept {concept!r}", hint="see `datarights world info`")
         concept = found[1]["name"]

@@ -34,7 +34,7 @@ def options_from_json(text: str) -> dict:
     opts = loads_json(text or "{}", "--options")
     if not isinstance(opts, dict):
         raise DatarightsError("the worker's options must be a JSON object")
-    known = {"method", "attacks", "batch", "audit_config", "attack_budget", "erase_options", "limit"}
+    known = {"method", "attacks", "batch", "audit_config", "attack_budget", "erase_options", "limit", "judge"}
     bad = sorted(set(opts) - known)
     if bad:
         raise DatarightsError(f"unknown worker option {bad[0]!r}; known: {', '.join(sorted(known))}")

@@ -68,12 +68,14 @@ class Progress:
 
 def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = ATTACKS, batch: bool = False,
             audit_config=None, attack_budget: int = 16, erase_options: dict | None = None, limit: int | None = None,
-            log=lambda s: None) -> list[dict]:
+            judge=None, log=lambda s: None) -> list[dict]:
     """Run every pending opt-out (one edit each, or with `batch` one multi-concept edit per line).
 
     Returns the finished jobs as JSON. `audit_config` is an `AuditConfig` (default: the audit's
     defaults); `attacks` run on the edited model with `attack_budget` attempts each, for the job's
-    own concepts and for those it re-audits.
+    own concepts and for those it re-audits. `judge`: the folder of a world judge (`train-judge`)
+    that audits and attacks read images with, for models of another world preset (None: the shipped
+    judge); it is loaded before anything is claimed, and each job records its weights' SHA-256.
     """
     from ..attack import METHODS as ATTACK_METHODS
     from ..audit import AuditConfig
@@ -88,6 +90,7 @@ def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = A
     if limit is not None and limit < 1:
         raise DatarightsError(f"the number of requests to process must be at least 1, got {limit}")
     audit_config = audit_config or AuditConfig()
+    judge = _judge(judge)
     key = ledger.signing_key()     # checked (or made) before any work: a damaged key leaves every request pending
     ledger.recover()
     pending = _pending(ledger, limit)
@@ -98,9 +101,22 @@ def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = A
         groups = list(by_line.values())
     else:
         groups = [[r] for r in pending]
-    jobs = [_run(ledger, g, method, list(attacks), audit_config, attack_budget, erase_options or {}, key, log)
+    jobs = [_run(ledger, g, method, list(attacks), audit_config, attack_budget, erase_options or {}, key, log, judge)
             for g in groups]
     return [j for j in jobs if j is not None]
+
+
+def _judge(folder):
+    """(judge, SHA-256 of its weights) for a world judge folder; (None, None) for the shipped judge."""
+    if folder is None:
+        return None, None
+    import hashlib
+    from pathlib import Path
+
+    from ..judge import load_judge
+
+    j = load_judge(folder)          # a folder that is not a judge: one line
+    return j, hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
 
 
 def _pending(ledger, limit: int | None) -> list:
@@ -144,7 +160,7 @@ def _earlier(s, line_id: int, exclude: set[str]) -> list[OptOut]:
     return list(reversed(out.values()))
 
 
-def _run(ledger, group, method, attacks, audit_config, budget, erase_options, key, log) -> dict | None:
+def _run(ledger, group, method, attacks, audit_config, budget, erase_options, key, log, judge=(None, None)) -> dict | None:
     """One job over the requests of `group` that are still pending; None if another run took them
     all, or is running on their line (they stay pending for the next run)."""
     from ..attack import attack
@@ -153,6 +169,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
     from ..models import load_model, weights_digest
     from ..quality import public
 
+    judge, judge_sha = judge
     line_id = group[0].line_id
     with ledger.store.transaction() as s:
         # one claim on a line at a time: the line's base model row is locked (PostgreSQL; SQLite's write
@@ -207,21 +224,21 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
         log(f"job {job_id}: auditing")
         share = 0.5 / (1 + len(earlier))            # audits and attacks: the job's targets, then each earlier concept
         raw = audit(edited, base, targets, anchors, audit_config, progress=progress.part(0.3, 0.3 + share * 0.6, "audit"),
-                    log=lambda s: None)
+                    judge=judge, log=lambda s: None)
         write_json(ledger.root / f"job-{job_id}-evidence.json", evidence(raw["_grids"]))
         result = public(raw)
         per_target = result.get("targets") or [result]
         attack_res = _attacks(edited, base, targets, attacks, budget, audit_config.seed, progress, 0.3 + share * 0.6,
-                              0.3 + share, log, job_id, attack)
+                              0.3 + share, log, job_id, attack, judge)
         reaudits = []
         for i, e in enumerate(earlier):
             lo = 0.3 + share * (i + 1)
             log(f"job {job_id}: re-auditing {e['concept']!r} (opt-out {e['id']})")
-            r = public(audit(edited, original, [e["concept"]], [e["anchor"]], audit_config,
+            r = public(audit(edited, original, [e["concept"]], [e["anchor"]], audit_config, judge=judge,
                              progress=progress.part(lo, lo + share * 0.6, f"re-audit {e['concept']}"), log=lambda s: None))
             reaudits.append({**e, "audit": r, "attacks": _attacks(edited, original, [e["concept"]], attacks, budget,
                                                                     audit_config.seed, progress, lo + share * 0.6,
-                                                                    lo + share, log, job_id, attack)})
+                                                                    lo + share, log, job_id, attack, judge)})
         progress.set("certificates", 0.98, force=True)
         edited_sha = weights_digest(edited)
         with ledger.store.transaction() as s:
@@ -242,10 +259,11 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
                        "seconds": round(time.time() - t0, 1)}
             j.attacks = attack_res
             j.settings = {**j.settings, "erase": edited.meta.get("edit", {}).get("config", {}),
-                          "audit": asdict(audit_config)}
+                          "audit": asdict(audit_config), **({"judge_sha256": judge_sha} if judge_sha else {})}
             models = {"base_model": {"id": base_id, "path": ledger.public(model_path), "weights_sha256": base_sha},
                       "edited_model": {"id": em.id, "path": ledger.public(em.path), "weights_sha256": edited_sha},
-                      "dataset": dataset_ref, "method": method, "settings": j.settings["erase"], "job": job_id}
+                      "dataset": dataset_ref, "method": method, "settings": j.settings["erase"], "job": job_id,
+                      **({"judge_sha256": judge_sha} if judge_sha else {})}
             for r in s.scalars(select(OptOut).where(OptOut.id.in_(ids))):
                 row = next(x for x in per_target if x["target"] == r.concept)
                 doc = _certificate(s, key, job_id, em.id, r, "erase", models, {k: row.get(k) for k in AUDIT_KEYS},
@@ -276,7 +294,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
     return ledger.job(job_id)
 
 
-def _attacks(edited, before, targets, attacks, budget, seed, progress, lo, hi, log, job_id, attack) -> dict:
+def _attacks(edited, before, targets, attacks, budget, seed, progress, lo, hi, log, job_id, attack, judge=None) -> dict:
     """Every attack on every target: {"<attack>|<target>": the figures a certificate keeps}. `before`:
     the model the target was erased from (what `p4d` matches)."""
     out, steps = {}, max(1, len(targets) * len(attacks))
@@ -285,7 +303,7 @@ def _attacks(edited, before, targets, attacks, budget, seed, progress, lo, hi, l
             k = i * len(attacks) + attacks.index(a)
             progress.set(f"attack {a} on {t}", lo + (hi - lo) * k / steps, force=True)
             log(f"job {job_id}: attack {a} on {t!r}")
-            res = attack(edited, t, a, budget=budget, seed=seed, base=before).to_json()
+            res = attack(edited, t, a, budget=budget, seed=seed, base=before, judge=judge).to_json()
             out[f"{a}|{t}"] = {k: res[k] for k in ATTACK_KEYS}
     return out
 

@@ -113,6 +113,33 @@ def vocabulary_of(model) -> Vocabulary:
     return _vocabulary_of_world(tuple(sorted((f.name, world[f.name]) for f in fields(WorldConfig) if f.name in world)))
 
 
+def vocabulary_of_folder(path: str | Path) -> Vocabulary:
+    """`vocabulary_of` for a model folder without loading its weights (the ledger's opt-outs): the
+    world recorded in its model_index.json, or in its base's for an edited model; the default
+    world's for anything else, or for a folder it cannot read (loading it says what is wrong)."""
+    from ..models.edit import DEFAULT_REF, EDIT_CLASS
+    from .vocab import DEFAULT
+
+    p, seen = Path(path), set()
+    while p.resolve() not in seen:
+        seen.add(p.resolve())
+        try:
+            index = json.loads((p / "model_index.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return DEFAULT
+        if not isinstance(index, dict):
+            return DEFAULT
+        if isinstance(index.get("world"), dict):
+            world = index["world"]
+            return _vocabulary_of_world(tuple(sorted((f.name, world[f.name]) for f in fields(WorldConfig)
+                                                     if f.name in world)))
+        base = index.get("base") if index.get("_class_name") == EDIT_CLASS else None
+        if not isinstance(base, str) or not base or base == DEFAULT_REF:
+            return DEFAULT
+        p = Path(base)
+    return DEFAULT
+
+
 @functools.lru_cache(maxsize=8)
 def _vocabulary_of_world(items: tuple) -> Vocabulary:
     return WorldConfig(**dict(items)).vocabulary()
