@@ -78,22 +78,30 @@ MANY_AUDIT = dict(n_target=128, n_seen=48, n_nearby=16, n_others=96, n_anchor=32
 verdict's bar: the Wilson lower end of 48/48 is 0.93); pooled intervals narrow as k grows."""
 
 
+LARGE_AUDIT = dict(n_target=48, n_seen=48, n_nearby=16, n_others=32, n_anchor=16, seed=AUDIT_SEED)
+"""The large world's audit per target: 48 held-out and 48 seen images (the fewest for which a perfect
+erasure passes the verdict) and 32 other prompts, so that a k = 95 cell (about 35,000 images) fits
+in a session on 2 cores; pooled over k targets, the intervals stay narrow."""
+
+
 def many(args) -> None:
     if args.world == "large":  # the large world's model and judge (benchmarks/large_world.py), its drawn concepts
         from large_world import drawn_concepts, judge_path, model_path
         pairs = drawn_concepts()
         base, judge = load_model(model_path()), load_judge(judge_path())
+        audit_cfg = LARGE_AUDIT
         default_out = "benchmarks/results/erase-many-large.json"
     else:
         pairs, base, judge = MANY, load_model(), load_judge()
         default_out = "benchmarks/results/erase-many.json"
+        audit_cfg = MANY_AUDIT
     out = args.out if args.out != DEFAULT_OUT else default_out
     ks = [int(x) for x in args.many.split(",")]
     if max(ks) > len(pairs) or min(ks) < 1:
         raise SystemExit(f"--many: k must be between 1 and {len(pairs)} (the {args.world} world's concepts this benchmark erases)")
     results = load_cells(out)
     if args.sequential:
-        many_sequential(args, pairs, base, judge, ks, out, results)
+        many_sequential(args, pairs, base, judge, ks, out, results, audit_cfg)
     for method in ([] if args.sequential else args.methods.split(",")):
         for k in ks:
             key = f"{method}|k={k}"
@@ -107,7 +115,7 @@ def many(args) -> None:
             else:
                 name, opts = VARIANTS[method]
             edit = erase(base, targets, anchors, name, progress=False, **opts)
-            r = public(audit(edit.apply(base), base, targets, anchors, AuditConfig(**MANY_AUDIT), judge=judge,
+            r = public(audit(edit.apply(base), base, targets, anchors, AuditConfig(**audit_cfg), judge=judge,
                              progress=False, log=lambda s: None))
             results["cells"][key] = cell = _many_cell(method, k, targets, edit.seconds, r, vocabulary_of(base),
                                                       edit.changed_params)
@@ -121,26 +129,28 @@ def many(args) -> None:
 
 
 def _by_kind(rows: list[dict], vocab) -> dict:
-    """Per concept kind: how many targets got the `erased` verdict, and target_erased and
-    nearby_preserved pooled over the kind's images (Wilson on the summed counts)."""
+    """Per concept kind: how many targets got the `erased` verdict; target_erased pooled over the
+    kind's non-degenerate images (Wilson on the summed counts); nearby_preserved as the mean of the
+    targets' ratios weighted by their nearby images (a ratio of rates, so no Wilson interval here;
+    the cell's pooled ratio has its bootstrap interval)."""
     from datarights.stats import wilson
 
     out: dict = {}
     for t in rows:
         kind = (vocab.find_concept(t["target"]) or ("unknown",))[0]
-        d = out.setdefault(kind, {"targets": 0, "erased": 0, "te": [0, 0], "np": [0, 0]})
+        d = out.setdefault(kind, {"targets": 0, "erased": 0, "te": [0, 0], "np": [0.0, 0]})
         d["targets"] += 1
         d["erased"] += t["verdict"] == "erased"
-        for key, acc in (("target_erased", d["te"]), ("nearby_preserved", d["np"])):
-            n = t.get(f"{key}_n") or 0
-            if t.get(key) is not None and n:
-                acc[0] += round(t[key] * n)
-                acc[1] += n
+        if t.get("target_erased") is not None and t.get("target_erased_n"):
+            d["te"][0] += round(t["target_erased"] * t["target_erased_n"])
+            d["te"][1] += t["target_erased_n"]
+        if t.get("nearby_preserved") is not None and t.get("nearby_preserved_n"):
+            d["np"][0] += t["nearby_preserved"] * t["nearby_preserved_n"]
+            d["np"][1] += t["nearby_preserved_n"]
     return {kind: {"targets": d["targets"], "erased": d["erased"],
                    "target_erased": d["te"][0] / d["te"][1] if d["te"][1] else None,
                    "target_erased_ci": wilson(*d["te"]) if d["te"][1] else None,
-                   "nearby_preserved": d["np"][0] / d["np"][1] if d["np"][1] else None,
-                   "nearby_preserved_ci": wilson(*d["np"]) if d["np"][1] else None}
+                   "nearby_preserved": d["np"][0] / d["np"][1] if d["np"][1] else None}
             for kind, d in out.items()}
 
 
@@ -157,7 +167,7 @@ def _many_cell(method: str, k: int, targets: list[str], seconds: float, r: dict,
             "erased_targets": sum(t["verdict"] == "erased" for t in rows), "per_target": per_target}
 
 
-def many_sequential(args, pairs, base, judge, ks, out, results) -> None:
+def many_sequential(args, pairs, base, judge, ks, out, results, audit_cfg=MANY_AUDIT) -> None:
     """The service's default path (`ledger process --one-by-one`): each concept its own edit, made on
     the model the previous edits left (the line's current model), in the order of `pairs`. At each k
     in `ks` the accumulated model is audited against the base on all k targets so far, exactly as a
@@ -181,7 +191,7 @@ def many_sequential(args, pairs, base, judge, ks, out, results) -> None:
             if key in results["cells"]:
                 continue
             targets, anchors = [t for t, _ in pairs[:k]], [a for _, a in pairs[:k]]
-            r = public(audit(current, base, targets, anchors, AuditConfig(**MANY_AUDIT), judge=judge,
+            r = public(audit(current, base, targets, anchors, AuditConfig(**audit_cfg), judge=judge,
                              progress=False, log=lambda s: None))
             results["cells"][key] = cell = _many_cell(row, k, targets, seconds, r, vocabulary_of(base), changed)
             print(json.dumps({x: cell[x] for x in ("method", "k", "verdict", "target_erased", "nearby_preserved",
@@ -284,6 +294,10 @@ STEREO_VARIANTS = {  # the final erase's settings (the search's are the defaults
     # paper) holds the prompts of the anchor's other concepts to the base's predictions
     "retain 1": {"compositional_scale": 5.0, "retain_weight": 1.0},
     "retain 10": {"compositional_scale": 5.0, "retain_weight": 10.0},
+    # retain 1 keeps grumpy face's neighbours and TI at 1 of 16 on both, but Ada Vell's nearby styles
+    # only 0.79 and other prompts 0.72; retain 10 keeps Ada Vell's (0.95, 0.84) but lets TI back in 4
+    # of 16 and leaves grumpy face not erased (0.90): between the two
+    "retain 3": {"compositional_scale": 5.0, "retain_weight": 3.0},
 }
 TUNE_SEED, TUNE_ATTACK_SEED = 1, 7
 
