@@ -13,8 +13,8 @@ audited together (held-out prompts, seed 2; pooled over the k targets; other tar
 of each target's nearby and other prompts): how target_erased, nearby_preserved and
 others_preserved move as k grows, so the service can choose between one edit per opt-out and a
 batched edit. Results: benchmarks/results/erase-many.json. `--world large`: the large world's model,
-judge and drawn concepts (benchmarks/large_world.py makes and checks them; k up to 100), results in
-benchmarks/results/erase-many-large.json. `--sequential`: the service's default instead, one edit per
+judge and drawn concepts (benchmarks/large_world.py makes and checks them; k up to the 95 concepts
+its model draws), results in benchmarks/results/erase-many-large.json. `--sequential`: the service's default instead, one edit per
 concept made on top of the previous ones (rows `<method>, one by one`), audited at each k.
 
     python benchmarks/erase.py --tune-stereo
