@@ -209,10 +209,10 @@ def many_plot(results: dict, path: str, title: str) -> None:
     from PIL import Image, ImageDraw
 
     cells = list(results["cells"].values())
-    methods = list(dict.fromkeys(c["method"] for c in cells))
-    ks = sorted({c["k"] for c in cells})
     if not cells:
         return
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    ks = sorted({c["k"] for c in cells})
     PW, PH, L, B, T = 300, 300, 50, 40, 36
     W, H = 3 * PW + 180, PH + 20
     img = Image.new("RGB", (W, H), "white")

@@ -110,6 +110,11 @@ def vocabulary_of(model) -> Vocabulary:
     world = (getattr(model, "meta", None) or {}).get("world") if getattr(model, "kind", None) == "world" else None
     if not isinstance(world, dict):
         return DEFAULT
+    return _vocabulary_of_record(world)
+
+
+def _vocabulary_of_record(world: dict) -> Vocabulary:
+    """The vocabulary of a world as a model records it (WorldConfig's fields; cached)."""
     return _vocabulary_of_world(tuple(sorted((f.name, world[f.name]) for f in fields(WorldConfig) if f.name in world)))
 
 
@@ -130,9 +135,7 @@ def vocabulary_of_folder(path: str | Path) -> Vocabulary:
         if not isinstance(index, dict):
             return DEFAULT
         if isinstance(index.get("world"), dict):
-            world = index["world"]
-            return _vocabulary_of_world(tuple(sorted((f.name, world[f.name]) for f in fields(WorldConfig)
-                                                     if f.name in world)))
+            return _vocabulary_of_record(index["world"])
         base = index.get("base") if index.get("_class_name") == EDIT_CLASS else None
         if not isinstance(base, str) or not base or base == DEFAULT_REF:
             return DEFAULT
