@@ -139,6 +139,8 @@ def test_optouts_resolve_against_the_world_the_model_was_trained_on(tmp_path, ti
     small = dict(audit_config=AuditConfig(**SMALL_AUDIT), attacks=["paraphrase"], attack_budget=2, method="uce")
     with pytest.raises(DatarightsError, match="is not a judge|missing config.json"):
         led.process(judge=tmp_path / "missing", **small)
+    with pytest.raises(DatarightsError, match="folder of a world judge"):
+        led.process(judge=5, **small)                                         # e.g. from the worker's JSON options
     assert led.optout_status(r["id"])["status"] == "pending"                 # a bad judge claims nothing
     with pytest.raises(DatarightsError, match="cannot read that world"):
         led.process(**small)

@@ -108,10 +108,13 @@ def process(ledger, method: str = "ca", attacks: tuple[str, ...] | list[str] = A
 
 def _judge(folder):
     """(judge, SHA-256 of its weights) for a world judge folder; (None, None) for the shipped judge."""
-    if folder is None:
-        return None, None
     import hashlib
     from pathlib import Path
+
+    if folder is None:
+        return None, None
+    if not isinstance(folder, (str, Path)) or not str(folder).strip():
+        raise DatarightsError("the judge must be the folder of a world judge (from `datarights train-judge`)")
 
     from ..judge import load_judge
 
