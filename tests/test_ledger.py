@@ -98,6 +98,25 @@ def test_optout_checks_owner_works_and_concept(ledger, tiny_world):
     assert [x["id"] for x in ledger.optouts(owner=other)] == []
 
 
+def test_an_optout_request_does_not_import_torch(tmp_path, tiny_world, tiny_trained):
+    """Taking an opt-out reads the model's world from its folder without importing torch: the web
+    server answers a first request at once, not after seconds of imports (a cold import of the model
+    code took 6 s here and timed out a client in CI)."""
+    import subprocess
+    import sys
+
+    led = Ledger(tmp_path / "l.db", create=True)
+    led.import_dataset(tiny_world, tiny_trained)
+    led.store.engine.dispose()
+    owner = _owner_with_character(tiny_world)
+    code = ("import sys; from datarights.ledger import Ledger; "
+            f"r = Ledger({str(tmp_path / 'l.db')!r}).optout({owner!r}, concept='Blubbo'); "
+            "print(r['concept'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["Blubbo", "False"]
+
+
 def test_optouts_resolve_against_the_world_the_model_was_trained_on(tmp_path, tiny_world, tiny_trained):
     """A model trained on the `large` world knows concepts the tiny world's model does not: the ledger
     takes an opt-out of one of them on the large model, and of its edits (which name it as their base),

@@ -294,8 +294,8 @@ def test_kill_9_of_the_worker_during_process_leaves_the_job_failed_and_resumable
     srv, url = serve(db, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     try:
-        rid = httpx.post(url + "/api/optouts", headers=_bearer(owner), json={"concept": "Blubbo"}).json()["id"]
-        assert httpx.post(url + "/api/admin/process", headers=_bearer(admin)).status_code == 202
+        rid = httpx.post(url + "/api/optouts", headers=_bearer(owner), json={"concept": "Blubbo"}, timeout=30).json()["id"]
+        assert httpx.post(url + "/api/admin/process", headers=_bearer(admin), timeout=30).status_code == 202
         while time.time() < deadline:
             with sqlite3.connect(db) as c:
                 row = c.execute("SELECT id, status, pid FROM jobs").fetchone()
@@ -304,9 +304,9 @@ def test_kill_9_of_the_worker_during_process_leaves_the_job_failed_and_resumable
             time.sleep(0.05)
         assert row and row[1] == "running" and row[2] != srv.pid          # the job runs in the worker process
         os.kill(row[2], signal.SIGKILL)
-        while time.time() < deadline and httpx.get(url + "/api/admin/jobs", headers=_bearer(admin)).json()["running"]:
+        while time.time() < deadline and httpx.get(url + "/api/admin/jobs", headers=_bearer(admin), timeout=30).json()["running"]:
             time.sleep(0.1)                          # the server notices its worker is gone
-        assert httpx.get(url + "/api/me", headers=_bearer(owner)).status_code == 200   # the site stays up
+        assert httpx.get(url + "/api/me", headers=_bearer(owner), timeout=30).status_code == 200   # the site stays up
     finally:
         srv.terminate()
         srv.wait()

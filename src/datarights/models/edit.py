@@ -20,11 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import DatarightsError
 from ..files import atomic_folder
+from ..model_index import DEFAULT_REF, EDIT_CLASS  # light names, re-exported here
 from .t2i import T2IModel
-
-EDIT_CLASS = "DatarightsEditedModel"
-DEFAULT_REF = "default"
-"""How an edit names the shipped world model as its base (the package may move)."""
 
 
 def _default_model() -> Path:

@@ -122,7 +122,7 @@ def vocabulary_of_folder(path: str | Path) -> Vocabulary:
     """`vocabulary_of` for a model folder without loading its weights (the ledger's opt-outs): the
     world recorded in its model_index.json, or in its base's for an edited model; the default
     world's for anything else, or for a folder it cannot read (loading it says what is wrong)."""
-    from ..models.edit import DEFAULT_REF, EDIT_CLASS
+    from ..model_index import DEFAULT_REF, EDIT_CLASS
     from .vocab import DEFAULT
 
     p, seen = Path(path), set()
