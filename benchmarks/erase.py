@@ -298,6 +298,11 @@ STEREO_VARIANTS = {  # the final erase's settings (the search's are the defaults
     # only 0.79 and other prompts 0.72; retain 10 keeps Ada Vell's (0.95, 0.84) but lets TI back in 4
     # of 16 and leaves grumpy face not erased (0.90): between the two
     "retain 3": {"compositional_scale": 5.0, "retain_weight": 3.0},
+    # retain 3 falls between: neither is erased (0.96, 0.93) and Ada Vell's other prompts are still 0.79.
+    # The others are what the anchor's set does not hold: retain every erasable concept of the world
+    # (retain_set 'world'), so the weight can stay low enough to erase
+    "world 1": {"compositional_scale": 5.0, "retain_weight": 1.0, "retain_set": "world"},
+    "world 3": {"compositional_scale": 5.0, "retain_weight": 3.0, "retain_set": "world"},
 }
 TUNE_SEED, TUNE_ATTACK_SEED = 1, 7
 

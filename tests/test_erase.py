@@ -84,8 +84,16 @@ def test_stereo_retain_term_holds_the_anchors_other_concepts(tiny_model):
     faces = retained_concepts(tiny_model, ["grumpy face"], "face")
     assert {"smiling face", "sleepy face"} <= set(faces) and "grumpy face" not in faces
     assert set(retained_concepts(tiny_model, ["Ada Vell"], "plain")) == set(V.STYLES) - {"Ada Vell"}
+    everything = retained_concepts(tiny_model, ["grumpy face"], None)      # retain_set 'world'
+    assert set(faces) < set(everything) and "Ada Vell" in everything and "grumpy face" not in everything
     with pytest.raises(DatarightsError, match="retain-weight"):
         make_config("stereo", retain_weight=-1.0)
+    with pytest.raises(DatarightsError, match="retain-set"):
+        make_config("stereo", retain_set="faces")
+    from datarights.erase.stereo import _retain_states
+    sizes = [len(_retain_states(tiny_model, ["grumpy face"], ["face"], make_config("stereo", retain_set=r).for_model(tiny_model))[0])
+             for r in ("anchor", "world")]
+    assert sizes[0] < sizes[1], sizes
     opts = dict(FAST["stereo"], reo_steps=20, reo_lr=3e-3)
     cfg = make_config("stereo", **opts)
     found = search(tiny_model, ["grumpy face"], ["face"], cfg, progress=False)

@@ -90,6 +90,10 @@ class STEREOConfig(TrainOptions, ModelDefaults):
     other styles for a style; the erase's prompt half) held to the frozen base's, on the same noisy
     images. Held-out measurement: the character's and memorized scene's neighbours fell to 0.17 and
     0.20 without it (BENCHMARKS)."""
+    retain_set: str = "anchor"
+    """Which concepts the retain term holds: 'anchor' (the anchor's other concepts, above) or 'world'
+    (every erasable concept of the model's world but the targets, whatever its anchor: the other
+    prompts too, not only the neighbours)."""
     seed: int = 0
     """Seed."""
 
@@ -113,6 +117,8 @@ class STEREOConfig(TrainOptions, ModelDefaults):
                      positive=("ste_lr", "reo_lr", "inversion_lr", "negative_guidance", "compositional_scale"))
         if not 0 <= self.retain_weight <= 1e3:
             raise DatarightsError(f"--retain-weight must be between 0 and 1000, got {self.retain_weight}")
+        if self.retain_set not in ("anchor", "world"):
+            raise DatarightsError(f"--retain-set must be 'anchor' or 'world', got {self.retain_set!r}")
 
 
 def _frozen(model: T2IModel) -> T2IModel:
@@ -198,13 +204,13 @@ def search(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOC
     return adversarial
 
 
-def retained_concepts(model: T2IModel, targets: list[str], anchor: str) -> list[str]:
-    """The anchor's other concepts in the model's world: every erasable concept whose anchor is this
-    one, the targets excluded (the retain term's concepts)."""
+def retained_concepts(model: T2IModel, targets: list[str], anchor: str | None) -> list[str]:
+    """The retain term's concepts in the model's world, the targets excluded: every erasable concept
+    whose anchor is `anchor`, or every erasable concept for None (retain_set 'world')."""
     vocab = vocabulary_of(model)
     drop = {t.strip().lower() for t in targets}
     return [e["name"] for e in vocab.erasable()
-            if e["anchor"].lower() == anchor.strip().lower() and e["name"].lower() not in drop]
+            if (anchor is None or e["anchor"].lower() == anchor.strip().lower()) and e["name"].lower() not in drop]
 
 
 def _retain_states(model: T2IModel, targets: list[str], anchors: list[str], cfg: STEREOConfig) -> list:
@@ -213,7 +219,7 @@ def _retain_states(model: T2IModel, targets: list[str], anchors: list[str], cfg:
 
     vocab, out = vocabulary_of(model), []
     for anchor in anchors:
-        names = retained_concepts(model, targets, anchor)
+        names = retained_concepts(model, targets, anchor if cfg.retain_set == "anchor" else None)
         prompts = [p for n in names for p in prompts_showing(n, 4, cfg.seed, split="train", vocab=vocab)]
         with torch.no_grad():
             out.append(model.encode_prompt(prompts) if prompts else None)
