@@ -46,6 +46,14 @@ SLOW = {
     "test_demo.py::test_service_step_is_skipped_for_a_model_not_trained_on_the_default_world",
     "test_provenance.py::test_owner_evaluation_end_to_end_with_copies",
     "test_cli.py::test_evaluate_lds_prints_intervals",
+    # the ledger processing a large-world opt-out with a judge trained for it (19 s; the default stage
+    # checks the resolution and every refusal), and P4D against each erase method's edit (4-5 s each):
+    # the default stage keeps it on the tiny world model's edits of four kinds (a trained cross-attention
+    # edit, MACE's LoRA, UCE's closed form, a retrained whole UNet) and P4D's contract on both backends
+    "test_ledger.py::test_a_large_world_optout_is_processed_with_a_judge_of_that_world",
+    *(f"test_attack.py::test_p4d_runs_against_every_erase_method[sd-{m}]"
+      for m in ("ca", "esd", "fmn", "ga", "mace", "retrain", "stereo", "uce")),
+    *(f"test_attack.py::test_p4d_runs_against_every_erase_method[world-{m}]" for m in ("esd", "fmn", "ga", "stereo")),
     # ... and the PostgreSQL runs of the heaviest erase-audit-certify workflows (their SQLite runs stay,
     # and so does every lighter test on PostgreSQL: the store's semantics are checked on both backends).
     "test_web.py::test_the_admin_processes_in_the_background_and_the_owner_follows[postgresql]",

@@ -22,6 +22,24 @@ SMALL = AuditConfig(n_target=20, n_seen=20, n_nearby=16, n_others=16, n_anchor=1
 """Small, but every figure still rests on at least 16 non-degenerate images (a few may be flagged)."""
 
 
+@pytest.fixture()
+def small_cli_audits(monkeypatch):
+    """The `audit` command with SMALL's image counts for the families it has no flags for, and few
+    sampling steps: the tests that use it check the command's output, not a figure."""
+    import dataclasses
+
+    import datarights.audit as A
+
+    @dataclasses.dataclass
+    class Small(AuditConfig):
+        n_nearby: int = 16
+        n_others: int = 16
+        n_anchor: int = 16
+        steps: int = 4
+
+    monkeypatch.setattr(A, "AuditConfig", Small)
+
+
 @pytest.fixture(scope="module")
 def shipped():
     return load_model(None, "cpu")
@@ -60,7 +78,7 @@ def test_gradient_ascent_does_not_pass_as_erasure(shipped):
     assert r["degenerate_share"] > 0.5 and r["others_preserved_ci"][1] < 0.5
 
 
-def test_audit_json_and_held_out_prompts(tiny_trained, monkeypatch, capsys, tmp_path):
+def test_audit_json_and_held_out_prompts(small_cli_audits, tiny_trained, monkeypatch, capsys, tmp_path):
     # the command's output and its prompts, not a figure: the tiny model keeps it fast
     erase(load_model(tiny_trained, "cpu"), ["grumpy face"], ["face"], "uce", progress=False).save(tmp_path / "e")
     code, out, err = run(monkeypatch, capsys, "audit", "--model", tmp_path / "e", "--target", "grumpy face",
@@ -75,7 +93,7 @@ def test_audit_json_and_held_out_prompts(tiny_trained, monkeypatch, capsys, tmp_
     assert held and seen and not held & seen
 
 
-def test_audit_reads_with_a_world_judge_that_knows_the_models_world(tiny_trained, monkeypatch, capsys, tmp_path):
+def test_audit_reads_with_a_world_judge_that_knows_the_models_world(small_cli_audits, tiny_trained, monkeypatch, capsys, tmp_path):
     """`--judge` takes a world judge folder (from `train-judge`) as well as a CLIP folder, and an audit
     whose judge cannot read the model's world (a `large` model, the shipped judge) is refused in one line."""
     import shutil
@@ -126,7 +144,7 @@ def test_bad_audit_requests(monkeypatch, capsys, tmp_path, tiny_trained):
         one_line(code, err, message)
 
 
-def test_audit_with_a_clip_judge_on_the_tiny_sd_folder(monkeypatch, capsys, tmp_path, tiny_sd_folder):
+def test_audit_with_a_clip_judge_on_the_tiny_sd_folder(small_cli_audits, monkeypatch, capsys, tmp_path, tiny_sd_folder):
     from datarights.testing import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path / "judge")

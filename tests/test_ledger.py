@@ -120,19 +120,12 @@ def test_an_optout_request_does_not_import_torch(tmp_path, tiny_world, tiny_trai
 def test_optouts_resolve_against_the_world_the_model_was_trained_on(tmp_path, tiny_world, tiny_trained):
     """A model trained on the `large` world knows concepts the tiny world's model does not: the ledger
     takes an opt-out of one of them on the large model, and of its edits (which name it as their base),
-    and refuses the same concept on the tiny model in one line; `process` audits it with a judge of
-    that world (the shipped judge cannot read it) and the certificate names the judge's weights."""
+    and refuses the same concept on the tiny model in one line; `process` refuses a judge that is not
+    one, and the shipped judge, which cannot read that world (the next test processes it with one)."""
     from datarights.models.edit import EDIT_CLASS
-    from datarights.world import PRESETS, WorldConfig, build_vocabulary, vocabulary_of_folder
-    from datarights.world.vocab import find_concept
+    from datarights.world import vocabulary_of_folder
 
-    large = tmp_path / "large-model"
-    shutil.copytree(tiny_trained, large)
-    index = json.loads((large / "model_index.json").read_text())
-    (large / "model_index.json").write_text(json.dumps({**index, "world": WorldConfig(preset="large").to_json()}))
-    tiny_vocab = vocabulary_of_folder(tiny_trained)
-    character = next(c for c in build_vocabulary(PRESETS["large"]).characters
-                     if tiny_vocab.find_concept(c) is None and find_concept(c) is None)     # the large world's own
+    large, character = _large_world_model(tmp_path, tiny_trained)
     edit = tmp_path / "edit-of-large"
     edit.mkdir()
     (edit / "model_index.json").write_text(json.dumps({"_class_name": EDIT_CLASS, "base": str(large)}))
@@ -152,22 +145,53 @@ def test_optouts_resolve_against_the_world_the_model_was_trained_on(tmp_path, ti
     assert led.review(r["id"], "model owner", approve=True)["status"] == "pending"
 
     # processing it needs a judge that reads the large world: the shipped one is refused in one line
-    from datarights.audit import AuditConfig
-    from datarights.judge import JudgeConfig, train_judge
-
-    small = dict(audit_config=AuditConfig(**SMALL_AUDIT), attacks=["paraphrase"], attack_budget=2, method="uce")
     with pytest.raises(DatarightsError, match="is not a judge|missing config.json"):
-        led.process(judge=tmp_path / "missing", **small)
+        led.process(judge=tmp_path / "missing", **_small_uce())
     with pytest.raises(DatarightsError, match="folder of a world judge"):
-        led.process(judge=5, **small)                                         # e.g. from the worker's JSON options
+        led.process(judge=5, **_small_uce())                                  # e.g. from the worker's JSON options
     assert led.optout_status(r["id"])["status"] == "pending"                 # a bad judge claims nothing
     with pytest.raises(DatarightsError, match="cannot read that world"):
-        led.process(**small)
+        led.process(**_small_uce())
     again = led.optout(owner, concept=character)                             # the failed request can be filed again
+    assert led.review(again["id"], "model owner", approve=True)["status"] == "pending"
+
+
+def _small_uce() -> dict:
+    from datarights.audit import AuditConfig
+
+    return dict(audit_config=AuditConfig(**SMALL_AUDIT), attacks=["paraphrase"], attack_budget=2, method="uce")
+
+
+def _large_world_model(tmp_path, tiny_trained):
+    """A copy of the tiny model that records the `large` world, and a character only that world has."""
+    from datarights.world import PRESETS, WorldConfig, build_vocabulary, vocabulary_of_folder
+    from datarights.world.vocab import find_concept
+
+    large = tmp_path / "large-model"
+    shutil.copytree(tiny_trained, large)
+    index = json.loads((large / "model_index.json").read_text())
+    (large / "model_index.json").write_text(json.dumps({**index, "world": WorldConfig(preset="large").to_json()}))
+    tiny_vocab = vocabulary_of_folder(tiny_trained)
+    character = next(c for c in build_vocabulary(PRESETS["large"]).characters
+                     if tiny_vocab.find_concept(c) is None and find_concept(c) is None)     # the large world's own
+    return large, character
+
+
+def test_a_large_world_optout_is_processed_with_a_judge_of_that_world(tmp_path, tiny_world, tiny_trained):
+    """The opt-out of a concept only the large world has is audited with a judge of that world (the
+    shipped judge cannot read it: the test above) and the certificate names the judge's weights."""
+    from datarights.judge import JudgeConfig, train_judge
+
+    large, character = _large_world_model(tmp_path, tiny_trained)
+    owner = _metas(tiny_world)[0]["owner"]
+    led = Ledger(tmp_path / "large.db", create=True)
+    led.import_dataset(tiny_world, large)
+    led.issue_token("model owner", admin=True)
+    again = led.optout(owner, concept=character)
     led.review(again["id"], "model owner", approve=True)
     train_judge(JudgeConfig(preset="large", n_train=256, n_test=64, epochs=1, width=8), out=tmp_path / "judge",
                 progress=False)
-    jobs = led.process(judge=tmp_path / "judge", **small)
+    jobs = led.process(judge=tmp_path / "judge", **_small_uce())
     assert [j["status"] for j in jobs] == ["done"] and jobs[0]["settings"]["judge_sha256"]
     doc = led.certificate(led.optout_status(again["id"])["certificate_id"])["document"]
     assert doc["optout"]["concept"] == character and doc["judge_sha256"] == jobs[0]["settings"]["judge_sha256"]
