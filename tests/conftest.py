@@ -54,6 +54,9 @@ SLOW = {
     *(f"test_attack.py::test_p4d_runs_against_every_erase_method[sd-{m}]"
       for m in ("ca", "esd", "fmn", "ga", "mace", "retrain", "stereo", "uce")),
     *(f"test_attack.py::test_p4d_runs_against_every_erase_method[world-{m}]" for m in ("esd", "fmn", "ga", "stereo")),
+    # gradient ascent with its defaults on the shipped model is not called erased (13 s; the default stage
+    # keeps the other broken-model control: a model that emits noise is 'model broken on target')
+    "test_audit.py::test_gradient_ascent_does_not_pass_as_erasure",
     # ... and the PostgreSQL runs of the heaviest erase-audit-certify workflows (their SQLite runs stay,
     # and so does every lighter test on PostgreSQL: the store's semantics are checked on both backends).
     "test_web.py::test_the_admin_processes_in_the_background_and_the_owner_follows[postgresql]",

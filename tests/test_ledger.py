@@ -466,17 +466,19 @@ def test_kill_9_during_process_leaves_a_failed_job_and_a_rerun_finishes(tmp_path
     assert done[0]["status"] == "done" and again.optout_status(req["id"])["certificate_id"] is not None
 
 
-def test_batch_processing_erases_every_pending_request_in_one_edit(ledger, tiny_world, tmp_path, capsys):
+def test_batch_processing_erases_every_pending_request_in_one_edit(ledger, tiny_world, tmp_path, capsys, monkeypatch):
     from datarights.audit import AuditConfig
     from datarights.cli import main
+    from datarights.erase.ca import CAConfig
 
     studio = _owner_with_character(tiny_world)
     a = ledger.optout(studio, concept="Blubbo")
     b = ledger.optout(ARTIST, concept="Ada Vell")
     opts = {k: v for k, v in SMALL_ERASE.items() if k != "steps"}         # the batch scales the default steps
+    monkeypatch.setitem(CAConfig.DEFAULTS["world"], "steps", 3)              # (CA's world default, 100, made small)
     jobs = ledger.process(batch=True, attacks=[], audit_config=AuditConfig(**SMALL_AUDIT), erase_options=opts)
     assert len(jobs) == 1 and jobs[0]["settings"]["targets"] == ["Blubbo", "Ada Vell"]
-    assert jobs[0]["settings"]["erase"]["steps"] == 2 * 100                 # CA's world default, once per concept
+    assert jobs[0]["settings"]["erase"]["steps"] == 2 * 3                   # the world default, once per concept
     assert [t["target"] for t in jobs[0]["audit"]["targets"]] == ["Blubbo", "Ada Vell"]
     certs = [ledger.optout_status(r["id"])["certificate_id"] for r in (a, b)]
     assert None not in certs and len(set(certs)) == 2
