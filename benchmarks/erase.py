@@ -108,17 +108,22 @@ def many(args) -> None:
             if key in results["cells"]:
                 continue
             targets, anchors = [t for t, _ in pairs[:k]], [a for _, a in pairs[:k]]
-            if method.endswith("-scaled"):  # the method's default steps for each concept: steps x k
-                name = method.removesuffix("-scaled")
-                from datarights.erase import steps_per_concept
-                opts = {"steps": steps_per_concept(name, base, k)}
+            if method == "base":  # the trivial baseline: the unedited model audited against itself
+                r = public(audit(base, base, targets, anchors, AuditConfig(**audit_cfg), judge=judge,
+                                 progress=False, log=lambda s: None))
+                results["cells"][key] = cell = _many_cell(method, k, targets, 0.0, r, vocabulary_of(base), 0)
             else:
-                name, opts = VARIANTS[method]
-            edit = erase(base, targets, anchors, name, progress=False, **opts)
-            r = public(audit(edit.apply(base), base, targets, anchors, AuditConfig(**audit_cfg), judge=judge,
-                             progress=False, log=lambda s: None))
-            results["cells"][key] = cell = _many_cell(method, k, targets, edit.seconds, r, vocabulary_of(base),
-                                                      edit.changed_params)
+                if method.endswith("-scaled"):  # the method's default steps for each concept: steps x k
+                    name = method.removesuffix("-scaled")
+                    from datarights.erase import steps_per_concept
+                    opts = {"steps": steps_per_concept(name, base, k)}
+                else:
+                    name, opts = VARIANTS[method]
+                edit = erase(base, targets, anchors, name, progress=False, **opts)
+                r = public(audit(edit.apply(base), base, targets, anchors, AuditConfig(**audit_cfg), judge=judge,
+                                 progress=False, log=lambda s: None))
+                results["cells"][key] = cell = _many_cell(method, k, targets, edit.seconds, r, vocabulary_of(base),
+                                                          edit.changed_params)
             print(json.dumps({x: cell[x] for x in ("method", "k", "verdict", "target_erased", "nearby_preserved",
                                                    "others_preserved", "erased_targets", "seconds")}), flush=True)
             save_cells(out, results)
@@ -358,7 +363,8 @@ DEFAULT_OUT = "benchmarks/results/erase-v2.json"
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--methods", default="ca,ca-noise,ca-full,esd,uce,fmn,ga")
+    ap.add_argument("--methods", default="ca,ca-noise,ca-full,esd,uce,fmn,ga",
+                    help="comma-separated; with --many also `base` (the unedited model audited against itself) and `<method>-scaled`")
     ap.add_argument("--concepts", default=",".join(c[1] for c in CONCEPTS))
     ap.add_argument("--data", default="", help="training imagefolder (retrain, and ga on training images)")
     ap.add_argument("--out", default=DEFAULT_OUT)
