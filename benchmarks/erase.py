@@ -109,9 +109,7 @@ def many(args) -> None:
                 continue
             targets, anchors = [t for t, _ in pairs[:k]], [a for _, a in pairs[:k]]
             if method == "base":  # the trivial baseline: the unedited model audited against itself
-                r = public(audit(base, base, targets, anchors, AuditConfig(**audit_cfg), judge=judge,
-                                 progress=False, log=lambda s: None))
-                results["cells"][key] = cell = _many_cell(method, k, targets, 0.0, r, vocabulary_of(base), 0)
+                model, seconds, changed = base, 0.0, 0
             else:
                 if method.endswith("-scaled"):  # the method's default steps for each concept: steps x k
                     name = method.removesuffix("-scaled")
@@ -120,10 +118,10 @@ def many(args) -> None:
                 else:
                     name, opts = VARIANTS[method]
                 edit = erase(base, targets, anchors, name, progress=False, **opts)
-                r = public(audit(edit.apply(base), base, targets, anchors, AuditConfig(**audit_cfg), judge=judge,
-                                 progress=False, log=lambda s: None))
-                results["cells"][key] = cell = _many_cell(method, k, targets, edit.seconds, r, vocabulary_of(base),
-                                                          edit.changed_params)
+                model, seconds, changed = edit.apply(base), edit.seconds, edit.changed_params
+            r = public(audit(model, base, targets, anchors, AuditConfig(**audit_cfg), judge=judge,
+                             progress=False, log=lambda s: None))
+            results["cells"][key] = cell = _many_cell(method, k, targets, seconds, r, vocabulary_of(base), changed)
             print(json.dumps({x: cell[x] for x in ("method", "k", "verdict", "target_erased", "nearby_preserved",
                                                    "others_preserved", "erased_targets", "seconds")}), flush=True)
             save_cells(out, results)

@@ -217,13 +217,13 @@ def _retain_states(model: T2IModel, targets: list[str], anchors: list[str], cfg:
     """Per target, the text states of its retained concepts' prompts (the erase's half), or None."""
     from .base import prompts_showing
 
-    vocab, out = vocabulary_of(model), []
-    for anchor in anchors:
-        names = retained_concepts(model, targets, anchor if cfg.retain_set == "anchor" else None)
+    vocab, states = vocabulary_of(model), {}
+    for key in dict.fromkeys(a if cfg.retain_set == "anchor" else None for a in anchors):
+        names = retained_concepts(model, targets, key)      # one set per anchor, or one for the whole world
         prompts = [p for n in names for p in prompts_showing(n, 4, cfg.seed, split="train", vocab=vocab)]
         with torch.no_grad():
-            out.append(model.encode_prompt(prompts) if prompts else None)
-    return out
+            states[key] = model.encode_prompt(prompts) if prompts else None
+    return [states[a if cfg.retain_set == "anchor" else None] for a in anchors]
 
 
 def erase_once(model: T2IModel, targets: list[str], anchors: list[str], adversarial: list[list[torch.Tensor]],
