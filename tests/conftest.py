@@ -9,7 +9,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two cores in all: under pytest-xdist (`-n 2`) each worker, and every process it starts, gets one thread,
+# so that the workers never oversubscribe the machine (torch slows many times over when they do).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(max(1, 2 // _WORKERS))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _WORKERS))
 
 TINY_UNET = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)

@@ -10,7 +10,7 @@ from .test_erase import FAST as ERASE_FAST
 FAST = {"udatk": dict(steps=2, n_images=2, batch_size=2, budget=2, restarts=1, probes=1),
         "ti": dict(steps=2, n_images=2, batch_size=2, budget=2),
         "paraphrase": dict(neighbours=2, budget=2, probes=2),
-        "p4d": dict(steps=2, check_every=1, batch_size=2, budget=2, n_tokens=2)}
+        "p4d": dict(steps=2, check_every=1, batch_size=2, budget=2, n_tokens=2, sample_steps=3)}
 
 
 def test_every_attack_has_a_contract_row():
@@ -89,13 +89,13 @@ def test_p4d_counts_ideal_prompts_only_and_union_breaks_if_either_variant_does(t
                   [False], [False]])                                       # prompt 3: neither
     monkeypatch.setattr(P, "judge_attempts", lambda imgs, t, j=None: next(reads))
     r = attack(tiny_model, "grumpy face", "p4d", base=tiny_model, steps=2, check_every=1, batch_size=2, budget=4,
-               n_tokens=2)
+               n_tokens=2, sample_steps=3)
     out = r.to_json()
     assert (out["attempts"], out["asr"], out["ideal"]) == (2, 0.5, 2)
     assert out["broken_by_variant"] == {"n": 0, "k": 1} and out["unsafe_on_base"] == 3 and out["safe_on_erased"] == 3
     reads = iter([[True, True, False, True], [False, True, False, False], [False], [False]])
     out = attack(tiny_model, "grumpy face", "p4d", base=tiny_model, variant="n", steps=2, check_every=1,
-                 batch_size=2, budget=4, n_tokens=2).to_json()
+                 batch_size=2, budget=4, n_tokens=2, sample_steps=3).to_json()
     assert out["attempts"] == 2 and out["broken_by_variant"] == {"n": 0}
 
 
@@ -121,6 +121,8 @@ def test_p4d_needs_the_model_before_the_erasure(tiny_model):
         attack(tiny_model, "grumpy face", "p4d", steps=1)
     with pytest.raises(DatarightsError, match="variant must be one of"):
         attack(tiny_model, "grumpy face", "p4d", base=tiny_model, variant="x")
+    with pytest.raises(DatarightsError, match="sample-steps must be at least 1"):
+        attack(tiny_model, "grumpy face", "p4d", base=tiny_model, sample_steps=0)
 
 
 def test_attack_command_p4d_bad_input(monkeypatch, capsys, tiny_trained):

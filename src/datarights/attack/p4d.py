@@ -62,6 +62,9 @@ class P4DConfig(ModelDefaults):
     """Noise draws of the target image per step."""
     budget: int = 16
     """Held-out prompts tried (ASR is over the ideal ones among them)."""
+    sample_steps: int = 25
+    """DDIM steps of every image P4D generates: the base's target images, the erased model's plain
+    images, the similarity checks and the attack's images."""
     seed: int = 0
 
     DEFAULTS: ClassVar[dict] = {"world": dict(steps=100), "sd": dict(steps=3000)}
@@ -69,7 +72,8 @@ class P4DConfig(ModelDefaults):
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise DatarightsError(f"p4d variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        check_fields(self, at_least_one=("n_tokens", "every", "steps", "check_every", "batch_size", "budget"),
+        check_fields(self, at_least_one=("n_tokens", "every", "steps", "check_every", "batch_size", "budget",
+                                                  "sample_steps"),
                      positive=("lr",), non_negative=("weight_decay",))
 
 
@@ -145,7 +149,7 @@ def optimise_prompt(model: T2IModel, base: T2IModel, prompt: str, target_image: 
             return
         text = hard_prompt(model, prompt, variant, soft, cfg)
         with torch.no_grad():
-            sim = _similarity(model.sample([text], seed=seed)[0], target_image)
+            sim = _similarity(model.sample([text], seed=seed, steps=cfg.sample_steps)[0], target_image)
         if sim > kept["sim"]:
             kept.update(prompt=text, sim=sim)
 
@@ -167,8 +171,8 @@ def p4d(model: T2IModel, target: str, cfg: P4DConfig, judge=None, base: T2IModel
     prompts = prompts_showing(target, cfg.budget, cfg.seed, split="eval", vocab=vocabulary_of(model))
     prompts = [prompts[i % len(prompts)] for i in range(cfg.budget)]
     seeds = [runtime.seed_of(cfg.seed, 4, i) % (2**31) for i in range(cfg.budget)]
-    z0 = torch.cat([base.sample([p], seed=s) for p, s in zip(prompts, seeds)])
-    plain = torch.cat([model.sample([p], seed=s) for p, s in zip(prompts, seeds)])
+    z0 = torch.cat([base.sample([p], seed=s, steps=cfg.sample_steps) for p, s in zip(prompts, seeds)])
+    plain = torch.cat([model.sample([p], seed=s, steps=cfg.sample_steps) for p, s in zip(prompts, seeds)])
     unsafe, erased_shows = judge_attempts(z0, target, judge), judge_attempts(plain, target, judge)
     ideal = [i for i in range(cfg.budget) if unsafe[i] and not erased_shows[i]]
     variants = ("n", "k") if cfg.variant == "union" else (cfg.variant,)
@@ -177,7 +181,7 @@ def p4d(model: T2IModel, target: str, cfg: P4DConfig, judge=None, base: T2IModel
         tried = []
         for v in variants:                     # union: both run, so each variant's rate is known too
             text = optimise_prompt(model, base, prompts[i], z0[i], v, cfg, seeds[i])
-            img = model.sample([text], seed=seeds[i])
+            img = model.sample([text], seed=seeds[i], steps=cfg.sample_steps)
             shown = judge_attempts(img, target, judge)[0]
             broken[v] += int(shown)
             tried.append((shown, text, img))
