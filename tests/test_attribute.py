@@ -479,3 +479,20 @@ def test_a_region_attributes_through_the_vae_on_a_latent_model(tiny_world, tiny_
         left = attribute(model, train, Query(train.images[4], "a face", region), method, cfg, cache=tmp_path,
                          progress=False)
         assert torch.isfinite(left.scores).all() and not torch.allclose(whole.scores, left.scores), method
+
+
+def test_the_realness_bank_is_drawn_from_the_judges_own_world(monkeypatch):
+    """A judge of another world (a large world's: 48 styles, 143 owners) is calibrated on renders of its
+    own world, not the default one's: with the default world's bank, the large judge flagged 59% of the
+    large model's own puffer-fish drawings as degenerate (BENCHMARKS.md)."""
+    import datarights.judge as J
+    from datarights.judge import Judge, scorer
+    from datarights.world.vocab import PRESETS, build_vocabulary
+
+    large = build_vocabulary(PRESETS["large"])
+    torch.manual_seed(0)
+    judge = Judge(vocab=large).eval()
+    seen, real = [], J.render_labelled
+    monkeypatch.setattr(J, "render_labelled", lambda n, seed, vocab=None, **k: seen.append(vocab) or real(n, seed, vocab, **k))
+    r = scorer.fit_realness(judge, n_bank=64, n_heldout=32)
+    assert seen == [large, large] and r.pix_bank.shape == (64, 3 * 16 * 16)

@@ -74,7 +74,8 @@ _REALNESS: dict[str, Realness] = {}
 
 
 def fit_realness(judge, n_bank: int = 4000, n_heldout: int = 1000, seed: int = 2468) -> Realness:
-    """Rendered world images (noised and blurred as the judge was trained) as the bank, held-out ones for
+    """Rendered images of the judge's world (its vocabulary: a large world's judge gets the large world's
+    styles, owners and scenes; noised and blurred as the judge was trained) as the bank, held-out ones for
     the thresholds (99th percentile). Computed once per judge weights (a few seconds) and kept in memory
     and in the cache (keyed by the weights, the renderer's source and the settings), so that a new
     process (a worker, a command) does not render the bank again."""
@@ -91,8 +92,8 @@ def fit_realness(judge, n_bank: int = 4000, n_heldout: int = 1000, seed: int = 2
 
         def build():
             g = torch.Generator(device="cpu").manual_seed(seed)
-            bank, _ = render_labelled(n_bank, seed)
-            held, _ = render_labelled(n_heldout, seed + 1)
+            bank, _ = render_labelled(n_bank, seed, vocab=judge.vocab)     # the judge's own world's images
+            held, _ = render_labelled(n_heldout, seed + 1, vocab=judge.vocab)
             bank, held = augment(bank, g), augment(held, g)
             with torch.no_grad():
                 fb = torch.nn.functional.normalize(judge.features(bank), dim=1).cpu()
@@ -102,7 +103,7 @@ def fit_realness(judge, n_bank: int = 4000, n_heldout: int = 1000, seed: int = 2
             return {"feat_bank": fb, "pix_bank": pb}, {"feat_threshold": float(torch.quantile(fd, REALNESS_QUANTILE)),
                                                        "pix_threshold": float(torch.quantile(pd, REALNESS_QUANTILE))}
 
-        key = artifact_key(judge=weights, code=source_hash(generate, render, sys.modules[__package__]),
+        key = artifact_key(judge=weights, code=source_hash(generate, render, sys.modules[__package__], sys.modules[__name__]),
                            n_bank=n_bank, n_heldout=n_heldout, seed=seed, device=device)
         t, meta = memo("realness", key, build)
         _REALNESS[mine] = Realness(t["feat_bank"].to(device), t["pix_bank"], meta["feat_threshold"],
