@@ -179,8 +179,9 @@ def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: l
         shared = t_prompts + s_prompts + n_prompts + o_prompts
         log(f"audit: generating {len(shared)} images from the edited model and {len(shared) + len(a_prompts)} "
             f"from the base ({target!r})")
-        img_e = _gen(edited, shared, cfg, ti, "audit[edited]", progress)
         img_b = _gen(base, shared + a_prompts, cfg, ti, "audit[base]", progress, cache)
+        # a model audited against itself (the trivial baseline) draws its images once
+        img_e = img_b[:len(shared)] if edited is base else _gen(edited, shared, cfg, ti, "audit[edited]", progress, cache)
         sl_t = slice(0, len(t_prompts))
         sl_s = slice(sl_t.stop, sl_t.stop + len(s_prompts))
         sl_n = slice(sl_s.stop, sl_s.stop + len(n_prompts))
