@@ -10,7 +10,8 @@ held-out prompt's rate on the same model and noise (the trivial baseline; `gain`
 `p4d` (Prompting4Debugging, union of its two variants, the world's cheap tier) counts only its ideal
 prompts (base model unsafe, erased model safe on the plain prompt, same seed), as its authors do;
 its `attempts` is their number and `ideal` says how many of its 16 held-out prompts they were.
-Cells already in benchmarks/results/attack.json are skipped, so an interrupted run resumes.
+Cells already in the output file (`--out`, default benchmarks/results/attack-v2.json) are skipped,
+so an interrupted run resumes.
 Run it alone on the machine.
 """
 
