@@ -84,11 +84,6 @@ erasure passes the verdict) and 32 other prompts, so that a k = 95 cell (about 3
 in a session on 2 cores; pooled over k targets, the intervals stay narrow."""
 
 
-BASE_IMAGES: dict = {}
-"""Audit images by model, prompts and seed, kept for the process: `many` called again in one process
-(one method after another) draws the base's images once."""
-
-
 def many(args) -> None:
     if args.world == "large":  # the large world's model and judge (benchmarks/large_world.py), its drawn concepts
         from large_world import drawn_concepts, judge_path, model_path
@@ -105,7 +100,7 @@ def many(args) -> None:
     if max(ks) > len(pairs) or min(ks) < 1:
         raise SystemExit(f"--many: k must be between 1 and {len(pairs)} (the {args.world} world's concepts this benchmark erases)")
     results = load_cells(out)
-    base_images = BASE_IMAGES  # the base's audit images of each k, drawn once for every method
+    base_images: dict = {}  # the base's audit images of each k, drawn once for every method
     if args.sequential:
         many_sequential(args, pairs, base, judge, ks, out, results, audit_cfg)
     for method in ([] if args.sequential else args.methods.split(",")):

@@ -180,8 +180,9 @@ def audit(edited: T2IModel, base: T2IModel, targets: list[str] | str, anchors: l
         log(f"audit: generating {len(shared)} images from the edited model and {len(shared) + len(a_prompts)} "
             f"from the base ({target!r})")
         img_b = _gen(base, shared + a_prompts, cfg, ti, "audit[base]", progress, cache)
-        # a model audited against itself (the trivial baseline) draws its images once
-        img_e = img_b[:len(shared)] if edited is base else _gen(edited, shared, cfg, ti, "audit[edited]", progress, cache)
+        # a model audited against itself (the trivial baseline) draws its images once; an edited model's
+        # images are not kept in `cache` (no later audit asks for that model again)
+        img_e = img_b[:len(shared)] if edited is base else _gen(edited, shared, cfg, ti, "audit[edited]", progress)
         sl_t = slice(0, len(t_prompts))
         sl_s = slice(sl_t.stop, sl_t.stop + len(s_prompts))
         sl_n = slice(sl_s.stop, sl_s.stop + len(n_prompts))
