@@ -1102,7 +1102,8 @@ def part_ann_million(args) -> dict:
 
 PART_DEFAULTS = {
     "counterfactual": {"world_images": 1000, "train_steps": 1500, "unet_channels": None},
-    "lds": {"world_images": 600, "train_steps": 800, "unet_channels": [16, 32, 48], "subsets": 32},
+    # image-level LDS on World 2: the owner unit's warm-start recipe on the small preset's 1,500 images
+    "lds": {"world_images": 1500, "train_steps": 1000, "warm_steps": 4000, "unet_channels": None, "subsets": 12},
     "leaveout": {"train_steps": 1000, "warm_steps": 4000, "unet_channels": None},
     # owner-level LDS: the leave-out run's recipe on the small world (so its warm start and base serve both)
     "lds-owner": {"world_images": None, "train_steps": 1000, "warm_steps": 4000, "unet_channels": None,
@@ -1172,7 +1173,7 @@ def main():
           "ann": part_ann_million if args.million else part_ann}[args.part]
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = f"-{args.unit}" if args.part == "lds" and args.unit == "owner" else ""
+    suffix = f"-{args.unit}" if args.part == "lds" else ""  # attribute-lds.json: World 1's image-level run
     suffix += "-uncoupled" if args.part in ("counterfactual", "lds") and args.uncoupled else ""
     suffix += "-plain" if args.part == "custom" and args.exemplar_captions == "plain" else ""
     suffix += "-million" if args.part == "ann" and args.million else ""

@@ -127,12 +127,12 @@ def test_attribute_bad_input(monkeypatch, capsys, tmp_path, tiny_world, tiny_tra
 def test_evaluate_lds_prints_intervals(monkeypatch, capsys, tmp_path):
     # the whole command on a 64-image world with 2 training steps: every row names its interval
     args = ["evaluate", "lds", "--methods", "pixel", "--subsets", "3", "--queries", "1", "--world-images", "64",
-            "--world-preset", "tiny", "--train-steps", "2", "--run", tmp_path / "run"]
+            "--world-preset", "tiny", "--train-steps", "2", "--competence", "0", "--run", tmp_path / "run"]
     code, out, err = run(monkeypatch, capsys, *args)
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert len(lines) == 2 and all("LDS" in line and "[no interval]" in line for line in lines)  # one query
-    assert "pixel" in lines[0] and "minus random" in lines[0] and "random" in lines[1]
+    assert len(lines) == 3 and all("LDS" in line and "[no interval]" in line for line in lines)  # one query
+    assert "pixel" in lines[0] and "minus random" in lines[0] and "concept oracle" in lines[1] and "random" in lines[2]
     code, out, _ = run(monkeypatch, capsys, *args, "--json")
     rows = json.loads(out)["summary"]
-    assert code == 0 and {r["method"] for r in rows} == {"pixel", "random"}
+    assert code == 0 and {r["method"] for r in rows} == {"pixel", "concept oracle", "random"}

@@ -15,17 +15,20 @@ from .conftest import TINY_UNET
 
 def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
     cfg = CounterfactualConfig(methods=["pixel", "caption"], k=[5], queries=2, random_draws=2, world_images=64, world_preset="tiny",
-                               train_steps=2, batch_size=4, sample_steps=2, loss_draws=4, unet_config=TINY_UNET)
+                               train_steps=2, batch_size=4, sample_steps=2, loss_draws=4, unet_config=TINY_UNET, competence=4)
     res = counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
-    assert {r["method"] for r in res["summary"]} == {"pixel", "caption", "random"}
-    assert len(res["cells"]) == 2 * (2 + 2)                   # queries x (methods + random draws)
+    assert {r["method"] for r in res["summary"]} == {"pixel", "caption", "concept oracle", "random"}
+    assert len(res["cells"]) == 2 * (2 + 1 + 2)               # queries x (methods + the oracle + random draws)
     # one retrained model per (method, query), and one per random draw, shared by the queries
     assert sorted(p.name for p in (tmp_path / "run" / "retrained").iterdir()) == [
-        "caption-k5-q0", "caption-k5-q1", "pixel-k5-q0", "pixel-k5-q1", "random-0-k5", "random-1-k5"]
-    # the random reference is retrained first, then each method over every query
+        "caption-k5-q0", "caption-k5-q1", "concept-oracle-k5-q0", "concept-oracle-k5-q1", "pixel-k5-q0",
+        "pixel-k5-q1", "random-0-k5", "random-1-k5"]
+    # the random reference is retrained first, then each method over every query, the positive control last
     assert [c["method"] for c in res["cells"].values()][:4] == ["random"] * 4
-    (pair,) = res["pairwise"]
-    assert (pair["a"], pair["b"], pair["queries"]) == ("pixel", "caption", 2)
+    assert [c["method"] for c in res["cells"].values()][-2:] == ["concept oracle"] * 2
+    assert res["competence"]["eval_model"]["n"] == 4          # the base model's eval-model figures
+    pair = next(p for p in res["pairwise"] if (p["a"], p["b"]) == ("pixel", "caption"))
+    assert len(res["pairwise"]) == 3 and pair["queries"] == 2
     lo, hi = pair["loss_rise_a_minus_b_ci"]
     assert lo <= pair["loss_rise_a_minus_b"] <= hi and 0 <= pair["mse_a_wins"] <= 2
     for c in res["cells"].values():
@@ -45,6 +48,24 @@ def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
     with pytest.raises(DatarightsError, match="another config"):
         counterfactual(CounterfactualConfig(methods=["feature"], k=[5], queries=1, world_images=64, world_preset="tiny", train_steps=2,
                                             batch_size=4, unet_config=TINY_UNET), tmp_path / "run", log=lambda s: None)
+
+
+def test_concept_oracle_reads_the_query_concept_from_the_metadata():
+    from datarights.evaluate.runs import _query_asks, concept_matches
+    from datarights.world import WorldConfig
+    vocab = WorldConfig(preset="small").vocabulary()
+    asks = _query_asks(5, 99, vocab)            # the kinds in turn: object, styled, character, memorized, composition
+    obj, styled, char = asks[0], asks[1], asks[2]
+    metas = [{"kind": "object", "object": obj["object"], "color": obj["color"]},        # the object query's concept
+             {"kind": "object", "object": obj["object"], "color": "not a colour"},      # its object, another colour
+             {"kind": "styled", "object": styled["object"], "color": styled["color"], "style": styled["style"]},
+             {"kind": "character", "character": char["character"]},
+             {"kind": "object", "object": "no such object", "color": "no colour"}]
+    m = concept_matches(5, 99, metas, vocab)
+    assert len(m) == 5 and all(len(x) == len(metas) for x in m)
+    assert m[0][0] == 1.0 and m[0][1] == 0.5 and m[0][4] == 0.0
+    assert m[1][2] == 1.0 and m[2][3] == 1.0 and m[2][0] == 0.0
+    assert m[3].max() == 0.0 and m[4].max() == 0.0     # no image of that scene or composition here
 
 
 def test_counterfactual_queries_cover_every_kind():
@@ -115,9 +136,10 @@ def test_recall_at():
 
 def test_lds_runs_and_resumes(tmp_path, monkeypatch):
     cfg = LDSConfig(methods=["pixel"], subsets=3, queries=1, world_images=64, world_preset="tiny", train_steps=2, batch_size=4,
-                    loss_draws=4, sample_steps=2, unet_config=TINY_UNET)
+                    loss_draws=4, sample_steps=2, unet_config=TINY_UNET, competence=4)
     res = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
-    assert {r["method"] for r in res["summary"]} == {"pixel", "random"}
+    assert {r["method"] for r in res["summary"]} == {"pixel", "concept oracle", "random"}
+    assert res["competence"]["eval_model"]["n"] == 4
     for r in res["summary"]:
         assert -1 <= r["lds"] <= 1 and len(r["per_query"]) == 1 and r["lds_ci"] is None  # one query: no interval
     by = {r["method"]: r for r in res["summary"]}
@@ -129,7 +151,8 @@ def test_lds_runs_and_resumes(tmp_path, monkeypatch):
     again = lds(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
     assert again["outputs"] == res["outputs"] and again["summary"] == res["summary"]
     more = lds(replace(cfg, methods=["pixel", "caption"]), tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
-    assert more["outputs"] == res["outputs"] and {r["method"] for r in more["summary"]} == {"pixel", "caption", "random"}
+    assert more["outputs"] == res["outputs"]
+    assert {r["method"] for r in more["summary"]} == {"pixel", "caption", "concept oracle", "random"}
     with pytest.raises(DatarightsError, match="another config"):
         lds(LDSConfig(methods=["pixel"], subsets=4, queries=1, world_images=64, world_preset="tiny", train_steps=2, batch_size=4,
                       unet_config=TINY_UNET), tmp_path / "run", log=lambda s: None)
@@ -210,7 +233,7 @@ def test_lds_harness_finds_a_planted_owner_and_not_another_one(tmp_path, planted
     """Owner-level LDS: the oracle (the planted owner in or out) must rank the subset models by the
     query's loss; crediting any other owner instead (averaged over them) must not."""
     cfg = LDSConfig(methods=["pixel"], subsets=8, queries=1, world_images=64, world_preset="tiny", train_steps=40,
-                    batch_size=8, loss_draws=32, sample_steps=2, unet_config=TINY_UNET, unit="owner")
+                    batch_size=8, loss_draws=32, sample_steps=2, unet_config=TINY_UNET, unit="owner", competence=0)
     res = lds(cfg, _run_with_world(tmp_path, planted), cache=tmp_path / "cache", log=lambda s: None, queries=planted[2])
     by = {r["method"]: r["lds"] for r in res["summary"]}
     assert set(by) == {"pixel", "random", "oracle", "other owners (mean)"}
@@ -224,7 +247,7 @@ def test_counterfactual_harness_finds_a_planted_owner_and_not_a_shuffled_one(tmp
     any random removal of as many images; removing another owner's images (shuffled oracle) must not."""
     cfg = CounterfactualConfig(methods=["caption"], k=[PLANT_COPIES], queries=1, random_draws=3, world_images=64,
                                world_preset="tiny", train_steps=80, batch_size=8, sample_steps=2, loss_draws=32,
-                               unet_config=TINY_UNET)
+                               unet_config=TINY_UNET, competence=0)
     res = counterfactual(cfg, _run_with_world(tmp_path, planted), cache=tmp_path / "cache", log=lambda s: None,
                          queries=planted[2])
     rise: dict[str, list[float]] = {}

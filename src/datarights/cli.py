@@ -620,6 +620,7 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,caption,dtrak,featu
                             world_preset: str = typer.Option("small", "--world-preset", help="Preset of the smaller world (see `datarights world info --preset small`)."),
                             train_steps: int = typer.Option(1500, "--train-steps", help="Steps of every (re)training."),
                             coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Mask the removed images out of the base run's own batch and noise stream (default), or retrain on the reduced set with fresh batches."),
+                            competence: int = typer.Option(200, "--competence", help="Prompts of the base model's eval-model check, recorded with the results (0: none)."),
                             run: Path = typer.Option(Path("runs/counterfactual"), "--run", help="Run folder (resumable)."),
                             seed: int = typer.Option(0, help="Seed."),
                             as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -630,7 +631,7 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,caption,dtrak,featu
 
     cfg = CounterfactualConfig(methods=[m for m in methods.split(",") if m], k=list(k), queries=queries,
                                world_images=world_images, world_preset=world_preset, train_steps=train_steps, seed=seed,
-                               coupled=coupled, random_draws=random_draws)
+                               coupled=coupled, random_draws=random_draws, competence=competence)
     res = counterfactual(cfg, run, device=device, precision=precision)
     _emit({"summary": res["summary"], "run": str(run)}, as_json)
 
@@ -645,6 +646,7 @@ def eval_lds_cmd(methods: str = typer.Option("abu,caption,dtrak,trak,jtrak,featu
                  train_steps: int = typer.Option(800, "--train-steps", help="Steps of every training."),
                  coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Subset models share one masked batch and noise stream (default), or each trains on its subset with its own batches."),
                  unit: str = typer.Option("image", "--unit", help="What a subset draws: 'image' (random images) or 'owner' (whole owners in or out; generic queries whose source owner the judge reads; an oracle scorer as the positive control)."),
+                 competence: int = typer.Option(200, "--competence", help="Prompts of the base model's eval-model check, recorded with the results (0: none)."),
                  run: Path = typer.Option(Path("runs/lds"), "--run", help="Run folder (resumable)."),
                  seed: int = typer.Option(0, help="Seed."),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -655,7 +657,7 @@ def eval_lds_cmd(methods: str = typer.Option("abu,caption,dtrak,trak,jtrak,featu
 
     cfg = LDSConfig(methods=[m for m in methods.split(",") if m], subsets=subsets, alpha=alpha, queries=queries,
                     world_images=world_images, world_preset=world_preset, train_steps=train_steps, seed=seed,
-                    coupled=coupled, unit=unit)
+                    coupled=coupled, unit=unit, competence=competence)
     res = lds(cfg, run, device=device, precision=precision)
     _emit({"summary": [{k: v for k, v in r.items() if k != "per_query"} for r in res["summary"]], "run": str(run)},
           as_json, text="\n".join(f"{r['method']:>15}  LDS {fmt(r['lds'], r['lds_ci'], 3)}"

@@ -27,8 +27,8 @@ import torch
 
 from ..errors import DatarightsError
 from ..files import write_json
-from .runs import (QUERY_SEED, check_methods, check_queries, derangement, open_run, query_concepts, query_loss,
-                   run_world, subset_folder, world_base_queries)
+from .runs import (QUERY_SEED, check_methods, check_queries, concept_matches, derangement, open_run, query_concepts,
+                   query_loss, record_competence, run_world, subset_folder, world_base_queries)
 
 
 @dataclass
@@ -62,6 +62,8 @@ class CounterfactualConfig:
     """DDIM steps of every generation."""
     unet_config: dict = field(default_factory=dict)
     """Overrides of the world UNet config (tests use tiny models)."""
+    competence: int = 200
+    """Prompts of the base model's `eval-model` check, recorded with the results (0: none)."""
     coupled: bool = True
     """Retrain with the removed images masked out of the base run's own batch, timestep and noise
     stream (TrainConfig.exclude), so that only their absence differs; False: retrain on the reduced
@@ -73,6 +75,8 @@ class CounterfactualConfig:
             raise DatarightsError(f"every K must be in [1, {self.world_images - 1}] (the training set's size)")
         if self.queries < 1 or self.random_draws < 1 or self.loss_draws < 1:
             raise DatarightsError("queries, random_draws and loss_draws must be at least 1")
+        if self.competence < 0:
+            raise DatarightsError(f"competence is a number of prompts (0: no check), got {self.competence}")
         run_world(self)  # a world its preset cannot fit is refused before anything is trained
 
 
@@ -99,10 +103,11 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     from ..train import train
 
     run = Path(run)
-    results, res_path = open_run(run, cfg, {"cells": {}})
+    results, res_path = open_run(run, cfg, {"cells": {}}, reusable=("competence",))
     judge = judge or load_judge()
     folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "counterfactual", log, device, precision)
     vocab = run_world(cfg).vocabulary()
+    record_competence(results, res_path, base, cfg, "counterfactual", log, judge)
     if queries is not None:  # given queries: attributed and scored (loss rise) as given; the image
         check_queries(results, queries)  # change compares the models' generations under the same noise
         prompts, sources = list(queries[1]), list(queries[2])
@@ -125,6 +130,9 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
         relabel = derangement(sorted(set(owners)), cfg.seed + 6)
         for name, pick in (("oracle", lambda s: s), ("shuffled oracle", lambda s: relabel[s])):
             rankings[name] = [ranking(torch.from_numpy((owners == pick(s)).astype(np.float64))).tolist() for s in sources]
+    else:  # the positive control: the images of the query's concept first, read from the metadata
+        rankings["concept oracle"] = [ranking(torch.from_numpy(m)).tolist() for m in
+                                      concept_matches(cfg.queries, cfg.seed + QUERY_SEED, folder.metas, vocab)]
     with torch.no_grad():
         f_orig = judge.features(generated)
     read_orig = judge.read(generated, vocab=vocab)

@@ -23,8 +23,9 @@ import torch
 from ..errors import DatarightsError
 from ..files import write_json
 from ..stats import mean_ci, spearman
-from .runs import (QUERY_SEED, check_methods, check_queries, check_warm_start, open_run, query_concepts, query_loss,
-                   run_world, subset_folder, warm_start, world_base_queries)
+from .runs import (QUERY_SEED, check_methods, check_queries, check_warm_start, concept_matches, open_run,
+                   query_concepts, query_loss, record_competence, run_world, subset_folder, warm_start,
+                   world_base_queries)
 
 
 @dataclass
@@ -74,6 +75,8 @@ class LDSConfig:
     averaged over them, must not)."""
     candidates: int = 256
     """unit='owner': generations the generic queries are chosen from (at most 2 per source owner)."""
+    competence: int = 200
+    """Prompts of the base model's `eval-model` check, recorded with the results (0: none)."""
 
     def __post_init__(self):
         check_methods(self.methods)
@@ -87,6 +90,8 @@ class LDSConfig:
             raise DatarightsError(f"alpha must be in (0, 1) and keep at least one image, got {self.alpha}")
         if self.queries < 1 or self.loss_draws < 1:
             raise DatarightsError("queries and loss_draws must be at least 1")
+        if self.competence < 0:
+            raise DatarightsError(f"competence is a number of prompts (0: no check), got {self.competence}")
         check_warm_start(self)
         run_world(self)  # a world its preset cannot fit is refused before anything is trained
 
@@ -125,8 +130,9 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
     from ..train import train
 
     run = Path(run)
-    results, res_path = open_run(run, cfg, {"outputs": {}}, reusable=("methods",))  # scores are redone each run
+    results, res_path = open_run(run, cfg, {"outputs": {}}, reusable=("methods", "competence"))  # scores are redone each run
     folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "lds", log, device, precision)
+    record_competence(results, res_path, base, cfg, "lds", log)
     if queries is not None and cfg.unit != "owner":
         raise DatarightsError("given queries need unit='owner' (their sources are owners)")
     if cfg.unit == "owner":
@@ -149,6 +155,9 @@ def lds(cfg: LDSConfig, run: str | Path, cache: str | Path | None = None,
     if cfg.unit == "owner":  # the positive control: it knows each query's source owner
         owners = np.array(train_set.owners)
         scores["oracle"] = [(owners == s).astype(np.float64) for s in sources]
+    else:  # the positive control: each image's match to the query's concept, read from the metadata
+        scores["concept oracle"] = concept_matches(cfg.queries, cfg.seed + QUERY_SEED, folder.metas,
+                                                   run_world(cfg).vocabulary())
     for m, idx in enumerate(subsets):
         key = f"subset-{m}"
         if key in results["outputs"]:

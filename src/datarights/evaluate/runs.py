@@ -183,6 +183,37 @@ def query_concepts(n: int, seed: int, vocab=None) -> list[str]:
     return [concept(a) for a in _query_asks(n, seed, vocab)]
 
 
+CONCEPT_FIELDS = {"object": ("object", "color"), "styled": ("object", "color", "style"), "character": ("character",),
+                  "memorized": ("memorized",), "composition": ("composition",)}
+"""The metadata fields that define each kind of query's concept."""
+
+
+def concept_matches(n: int, seed: int, metas: list[dict], vocab=None) -> list[np.ndarray]:
+    """For each of query_prompts(n, seed): every training image's share of the query's concept fields
+    its metadata matches (CONCEPT_FIELDS: 1 = the query's concept, e.g. 0.5 = its object in another
+    colour). The image-level positive control of the retraining evaluations: it reads the ground
+    truth, not a caption or a network."""
+    out = []
+    for a in _query_asks(n, seed, vocab):
+        fields = CONCEPT_FIELDS[a["kind"]]
+        out.append(np.array([sum(m.get(f) == a[f] for f in fields) / len(fields) for m in metas], dtype=np.float64))
+    return out
+
+
+def record_competence(results: dict, res_path: Path, base, cfg, name: str, log, judge=None) -> None:
+    """The run's base model's `eval-model` figures (n = cfg.competence prompts of the run's world),
+    recorded once in results["competence"]: how well the model the evaluation retrains can draw."""
+    from ..judge import load_judge
+    from ..quality import eval_model, public
+    if not getattr(cfg, "competence", 0) or "competence" in results:
+        return
+    log(f"{name}: the base model's competence (eval-model on {cfg.competence} prompts)")
+    results["competence"] = {"eval_model": public(eval_model(base, judge or load_judge(), n=cfg.competence,
+                                                             seed=cfg.seed, steps=cfg.sample_steps,
+                                                             vocab=run_world(cfg).vocabulary()))}
+    write_json(res_path, results)
+
+
 @torch.no_grad()
 def query_loss(model, image: torch.Tensor, prompt: str, n_draws: int, seed: int) -> float:
     """The diffusion loss of one image under its prompt, over fixed evenly spaced timesteps and seeded noise."""
