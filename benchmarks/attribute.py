@@ -906,10 +906,11 @@ def part_counterfactual(args) -> dict:
     extra = {"methods": args.methods} if args.methods else {}
     cfg = CounterfactualConfig(**extra, k=args.k, queries=args.queries or 20, world_images=args.world_images,
                                train_steps=args.train_steps, coupled=not args.uncoupled, random_draws=args.random_draws,
+                               warm_steps=args.warm_steps or 0, **({"ema_decay": 0.99} if args.warm_steps else {}),
                                unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = counterfactual(cfg, args.run or "runs/counterfactual")
     return {"machine": _machine(), "summary": res["summary"], "pairwise": res["pairwise"], "config": res["config"],
-            "cells": res["cells"]}
+            "competence": res.get("competence"), "cells": res["cells"]}
 
 
 def part_lds(args) -> dict:
@@ -922,7 +923,7 @@ def part_lds(args) -> dict:
                     unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})
     res = lds(cfg, args.run or f"runs/lds-{args.unit}" + ("-uncoupled" if args.uncoupled else ""))
     return {"machine": _machine(), "summary": res["summary"], "prompts": res["prompts"], "config": res["config"],
-            "outputs": res["outputs"]}
+            "competence": res.get("competence"), "outputs": res["outputs"]}
 
 
 def part_ann(args) -> dict:
@@ -1146,7 +1147,7 @@ def main():
     ap.add_argument("--world-images", type=int, default=None, help="default: the part's (PART_DEFAULTS)")
     ap.add_argument("--train-steps", type=int, default=None, help="default: the part's (PART_DEFAULTS)")
     ap.add_argument("--warm-steps", type=int, default=None,
-                    help="leaveout, lds: steps of the shared warm start (0: every model from scratch; default: the part's)")
+                    help="leaveout, lds, counterfactual: steps of the shared warm start (0: every model from scratch; default: the part's)")
     ap.add_argument("--unet-channels", type=int, nargs=3, default=None,
                     help="block_out_channels of the retrained worlds' UNet (default: the part's, PART_DEFAULTS)")
     ap.add_argument("--uncoupled", action="store_true", help="retrain on reduced sets with fresh batches")

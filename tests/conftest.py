@@ -48,6 +48,7 @@ SLOW = {
     "test_shipped.py::test_paid_generations_of_the_shipped_model_use_its_shipped_state",
     "test_shipped.py::test_shipped_attribution_artifacts_are_found",
     "test_provenance.py::test_leaveout_fine_tunes_every_model_from_a_warm_start_that_never_saw_the_runs_owners",
+    "test_evaluate.py::test_counterfactual_fine_tunes_the_base_and_every_retraining_from_one_warm_start",
     "test_demo.py::test_service_step_is_skipped_for_a_model_not_trained_on_the_default_world",
     "test_provenance.py::test_owner_evaluation_end_to_end_with_copies",
     "test_cli.py::test_evaluate_lds_prints_intervals",

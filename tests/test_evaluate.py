@@ -23,9 +23,8 @@ def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "run" / "retrained").iterdir()) == [
         "caption-k5-q0", "caption-k5-q1", "concept-oracle-k5-q0", "concept-oracle-k5-q1", "pixel-k5-q0",
         "pixel-k5-q1", "random-0-k5", "random-1-k5"]
-    # the random reference is retrained first, then each method over every query, the positive control last
-    assert [c["method"] for c in res["cells"].values()][:4] == ["random"] * 4
-    assert [c["method"] for c in res["cells"].values()][-2:] == ["concept oracle"] * 2
+    # the random reference is retrained first, then the positive control, then each method over every query
+    assert [c["method"] for c in res["cells"].values()][:6] == ["random"] * 4 + ["concept oracle"] * 2
     assert res["competence"]["eval_model"]["n"] == 4          # the base model's eval-model figures
     pair = next(p for p in res["pairwise"] if (p["a"], p["b"]) == ("pixel", "caption"))
     assert len(res["pairwise"]) == 3 and pair["queries"] == 2
@@ -66,6 +65,23 @@ def test_concept_oracle_reads_the_query_concept_from_the_metadata():
     assert m[0][0] == 1.0 and m[0][1] == 0.5 and m[0][4] == 0.0
     assert m[1][2] == 1.0 and m[2][3] == 1.0 and m[2][0] == 0.0
     assert m[3].max() == 0.0 and m[4].max() == 0.0     # no image of that scene or composition here
+
+
+def test_counterfactual_fine_tunes_the_base_and_every_retraining_from_one_warm_start(tmp_path):
+    import json
+    cfg = CounterfactualConfig(methods=["caption"], k=[5], queries=1, random_draws=1, world_images=64, world_preset="tiny",
+                               train_steps=2, warm_steps=2, ema_decay=0.99, batch_size=4, sample_steps=2, loss_draws=4,
+                               unet_config=TINY_UNET, competence=0)
+    counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
+    meta = lambda p: json.loads((tmp_path / "run" / p / "model_index.json").read_text())["training"]  # noqa: E731
+    assert meta("warm")["init_from"] is None
+    retrained = sorted(p.name for p in (tmp_path / "run" / "retrained").iterdir())
+    assert retrained == ["caption-k5-q0", "concept-oracle-k5-q0", "random-0-k5"]
+    for p in ["base"] + [f"retrained/{r}" for r in retrained]:
+        assert meta(p)["init_from"] == str(tmp_path / "run" / "warm") and meta(p)["images"] == 64
+    assert len(meta("retrained/caption-k5-q0")["exclude"]) == 5 and not meta("base")["exclude"]
+    with pytest.raises(DatarightsError, match="warm start needs owners outside"):
+        CounterfactualConfig(world_preset="default", world_images=5000, warm_steps=2)
 
 
 def test_counterfactual_queries_cover_every_kind():

@@ -12,7 +12,9 @@ random images (several draws; a random removal does not depend on the query, so 
 retrained model scored on every query) is the reference. Queries cover every kind of world prompt. Every
 figure is a mean over queries with a bootstrap interval, and each method's ratio to random has a
 paired bootstrap interval over queries. Retraining is the cost, so this runs on a smaller world
-with a shorter recipe; every model and cell is kept in the run folder, so an interrupted run resumes.
+with a shorter recipe (`warm_steps`: every model fine-tuned from one shared warm start that never saw
+the smaller world's owners); every model and cell is kept in the run folder, so an interrupted run
+resumes. The base model's `eval-model` figures are recorded with the results (`competence`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import torch
 
 from ..errors import DatarightsError
 from ..files import write_json
-from .runs import (QUERY_SEED, check_methods, check_queries, concept_matches, derangement, open_run, query_concepts,
-                   query_loss, record_competence, run_world, subset_folder, world_base_queries)
+from .runs import (QUERY_SEED, check_methods, check_queries, check_warm_start, concept_matches, derangement, open_run,
+                   query_concepts, query_loss, record_competence, run_world, subset_folder, warm_start,
+                   world_base_queries)
 
 
 @dataclass
@@ -64,6 +67,12 @@ class CounterfactualConfig:
     """Overrides of the world UNet config (tests use tiny models)."""
     competence: int = 200
     """Prompts of the base model's `eval-model` check, recorded with the results (0: none)."""
+    warm_steps: int = 0
+    """Steps of a shared warm start (runs.warm_start: trained on the default world's images of owners
+    the smaller world does not have); the base and every retrained model are then fine-tuned from it
+    for `train_steps`. 0: every model is trained from scratch."""
+    ema_decay: float = 0.999
+    """EMA decay of the recipe (a short fine-tune after a warm start wants a shorter average, e.g. 0.99)."""
     coupled: bool = True
     """Retrain with the removed images masked out of the base run's own batch, timestep and noise
     stream (TrainConfig.exclude), so that only their absence differs; False: retrain on the reduced
@@ -77,13 +86,15 @@ class CounterfactualConfig:
             raise DatarightsError("queries, random_draws and loss_draws must be at least 1")
         if self.competence < 0:
             raise DatarightsError(f"competence is a number of prompts (0: no check), got {self.competence}")
+        check_warm_start(self)
         run_world(self)  # a world its preset cannot fit is refused before anything is trained
 
 
 def _recipe(cfg: CounterfactualConfig, exclude: list[int] | None = None):
     from ..train import TrainConfig
     return TrainConfig(steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=250,
-                       unet_config=cfg.unet_config, exclude=sorted(exclude or []) if cfg.coupled else None)
+                       unet_config=cfg.unet_config, ema_decay=cfg.ema_decay,
+                       exclude=sorted(exclude or []) if cfg.coupled else None)
 
 
 def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path | None = None,
@@ -95,7 +106,9 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     generations of the world's prompts. With known sources two controls join the methods: the
     *oracle* ranks the source owner's images first (it must change the image more than random
     removals do: the harness's positive control) and the *shuffled oracle* ranks another owner's
-    images first (it must not: the negative control)."""
+    images first (it must not: the negative control). On the world's own queries the positive control
+    is the *concept oracle*: the images whose metadata match the query's concept first
+    (runs.concept_matches), retrained right after the random reference."""
     from ..attribute import Query, attribute, load_training_set, make_config
     from ..attribute.base import ranking
     from ..judge import load_judge
@@ -120,6 +133,10 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     for d in range(cfg.random_draws):  # a random removal does not depend on the query: one model per draw
         perm = rng.permutation(len(folder)).tolist()
         rankings[f"random#{d}"] = [perm] * len(prompts)  # first: the reference every method is compared to
+    if queries is None:  # the positive control, retrained right after the reference: the images of the
+        # query's concept first, read from the metadata (does the set-up see a removal that matters?)
+        rankings["concept oracle"] = [ranking(torch.from_numpy(m)).tolist() for m in
+                                      concept_matches(cfg.queries, cfg.seed + QUERY_SEED, folder.metas, vocab)]
     for method in cfg.methods:
         rankings[method] = []
         for qi, p in enumerate(prompts):
@@ -130,9 +147,6 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
         relabel = derangement(sorted(set(owners)), cfg.seed + 6)
         for name, pick in (("oracle", lambda s: s), ("shuffled oracle", lambda s: relabel[s])):
             rankings[name] = [ranking(torch.from_numpy((owners == pick(s)).astype(np.float64))).tolist() for s in sources]
-    else:  # the positive control: the images of the query's concept first, read from the metadata
-        rankings["concept oracle"] = [ranking(torch.from_numpy(m)).tolist() for m in
-                                      concept_matches(cfg.queries, cfg.seed + QUERY_SEED, folder.metas, vocab)]
     with torch.no_grad():
         f_orig = judge.features(generated)
     read_orig = judge.read(generated, vocab=vocab)
@@ -149,12 +163,13 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                 if not out.exists():
                     log(f"counterfactual: retraining without {method}'s {k} images" if shared else
                         f"counterfactual: retraining without {method}'s top {k} for query {qi}")
+                    init = warm_start(run, cfg)
                     if cfg.coupled:
-                        train(_recipe(cfg, ranks[qi][:k]), folder, out, progress=False, device=device,
+                        train(_recipe(cfg, ranks[qi][:k]), folder, out, init_from=init, progress=False, device=device,
                               precision=precision)
                     else:
-                        train(_recipe(cfg), subset_folder(folder, ranks[qi][:k]), out, progress=False, device=device,
-                              precision=precision)
+                        train(_recipe(cfg), subset_folder(folder, ranks[qi][:k]), out, init_from=init, progress=False,
+                              device=device, precision=precision)
                 model = load_model(out, device, precision)
                 img = model.sample([p], seed=cfg.seed + 7, steps=cfg.sample_steps,
                                    noise=base.initial_noise(len(prompts), cfg.seed + 7)[qi:qi + 1])
