@@ -132,7 +132,8 @@ def test_evaluate_lds_prints_intervals(monkeypatch, capsys, tmp_path):
     assert code == 0, err
     lines = out.strip().splitlines()
     assert len(lines) == 3 and all("LDS" in line and "[no interval]" in line for line in lines)  # one query
-    assert "pixel" in lines[0] and "minus random" in lines[0] and "concept oracle" in lines[1] and "random" in lines[2]
+    assert "pixel" in lines[0] and "minus random" in lines[0] and "random" in lines[1]
+    assert "concept oracle" in lines[2] and "minus random" in lines[2]    # the positive control
     code, out, _ = run(monkeypatch, capsys, *args, "--json")
     rows = json.loads(out)["summary"]
     assert code == 0 and {r["method"] for r in rows} == {"pixel", "concept oracle", "random"}
