@@ -151,6 +151,7 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
         f_orig = judge.features(generated)
     read_orig = judge.read(generated, vocab=vocab)
     loss_orig = [query_loss(base, originals[qi], p, cfg.loss_draws, cfg.seed + 13 + qi) for qi, p in enumerate(prompts)]
+    init = warm_start(run, cfg)  # made with the base (world_base_queries): every retraining starts from it
     for k in cfg.k:
         for method, ranks in rankings.items():
             for qi, p in enumerate(prompts):
@@ -163,7 +164,6 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
                 if not out.exists():
                     log(f"counterfactual: retraining without {method}'s {k} images" if shared else
                         f"counterfactual: retraining without {method}'s top {k} for query {qi}")
-                    init = warm_start(run, cfg)
                     if cfg.coupled:
                         train(_recipe(cfg, ranks[qi][:k]), folder, out, init_from=init, progress=False, device=device,
                               precision=precision)
