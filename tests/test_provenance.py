@@ -191,6 +191,8 @@ def test_leaveout_bookkeeping():
         LeaveOutConfig(owners=["Nobody Here"])
     with pytest.raises(DatarightsError, match="warm_steps"):
         LeaveOutConfig(warm_steps=-1)
+    with pytest.raises(DatarightsError, match="competence is a number of prompts"):
+        LeaveOutConfig(competence=-1)
 
 
 def test_owner_counterfactual_summary_tells_the_source_from_a_shuffled_owner():
@@ -230,8 +232,10 @@ def test_leaveout_fine_tunes_every_model_from_a_warm_start_that_never_saw_the_ru
     from .conftest import TINY_UNET
 
     cfg = LeaveOutConfig(owners=["Chen Abe"], generations=16, world_preset="tiny", world_images=64, train_steps=2,
-                         warm_steps=2, batch_size=4, unet_config=TINY_UNET, sample_steps=2, competence=0)
+                         warm_steps=2, batch_size=4, unet_config=TINY_UNET, sample_steps=2, competence=4)
     res = leaveout(cfg, tmp_path / "run")
+    assert res["competence"]["eval_model"]["n"] == 4                    # the base's eval-model figures
+    assert res["competence"]["provenance"]["n"] == 8                    # and its provenance check, on 2 x 4
     evaluated = set(WorldConfig(preset="tiny").vocabulary().owners)
     warm = [json.loads(line) for line in (tmp_path / "run" / "warm-world" / "metadata.jsonl").read_text().splitlines()]
     outside = [m for m in warm if m["owner"] not in evaluated]

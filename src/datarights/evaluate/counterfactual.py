@@ -29,8 +29,8 @@ import torch
 
 from ..errors import DatarightsError
 from ..files import write_json
-from .runs import (QUERY_SEED, check_methods, check_queries, check_warm_start, concept_matches, derangement, open_run,
-                   query_concepts, query_loss, record_competence, run_world, subset_folder, warm_start,
+from .runs import (QUERY_SEED, check_competence, check_methods, check_queries, check_warm_start, concept_matches,
+                   derangement, open_run, query_concepts, query_loss, record_competence, run_world, subset_folder, warm_start,
                    world_base_queries)
 
 
@@ -84,8 +84,7 @@ class CounterfactualConfig:
             raise DatarightsError(f"every K must be in [1, {self.world_images - 1}] (the training set's size)")
         if self.queries < 1 or self.random_draws < 1 or self.loss_draws < 1:
             raise DatarightsError("queries, random_draws and loss_draws must be at least 1")
-        if self.competence < 0:
-            raise DatarightsError(f"competence is a number of prompts (0: no check), got {self.competence}")
+        check_competence(self)
         check_warm_start(self)
         run_world(self)  # a world its preset cannot fit is refused before anything is trained
 

@@ -23,8 +23,8 @@ import torch
 from ..errors import DatarightsError
 from ..files import write_json
 from ..stats import mean_ci, spearman
-from .runs import (QUERY_SEED, check_methods, check_queries, check_warm_start, concept_matches, open_run,
-                   query_concepts, query_loss, record_competence, run_world, subset_folder, warm_start,
+from .runs import (QUERY_SEED, check_competence, check_methods, check_queries, check_warm_start, concept_matches,
+                   open_run, query_concepts, query_loss, record_competence, run_world, subset_folder, warm_start,
                    world_base_queries)
 
 
@@ -90,8 +90,7 @@ class LDSConfig:
             raise DatarightsError(f"alpha must be in (0, 1) and keep at least one image, got {self.alpha}")
         if self.queries < 1 or self.loss_draws < 1:
             raise DatarightsError("queries and loss_draws must be at least 1")
-        if self.competence < 0:
-            raise DatarightsError(f"competence is a number of prompts (0: no check), got {self.competence}")
+        check_competence(self)
         check_warm_start(self)
         run_world(self)  # a world its preset cannot fit is refused before anything is trained
 

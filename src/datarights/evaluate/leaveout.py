@@ -37,8 +37,9 @@ from ..errors import DatarightsError
 from ..files import write_json
 from ..stats import bootstrap, mean_ci, rate_ratio, ratio_of_means, ratio_stat, rounded, wilson
 from ..world.vocab import CATEGORY_OF, CREDIT, Vocabulary
-from .provenance import generic_prompts, read_sources, reproduction
-from .runs import check_methods, check_queries, check_warm_start, open_run, run_world, warm_start, world_and_base
+from .provenance import generic_prompts, read_sources
+from .runs import (check_competence, check_methods, check_queries, check_warm_start, open_run, record_competence,
+                   run_world, warm_start, world_and_base)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class LeaveOutConfig:
         if self.train_steps < 1 or self.batch_size < 1:
             raise DatarightsError("train_steps and batch_size must be at least 1")
         check_warm_start(self)
+        check_competence(self)
         vocab = run_world(self).vocabulary()
         unknown = [o for o in self.owners if o not in vocab.owners]
         if unknown:
@@ -169,20 +171,13 @@ def leaveout(cfg: LeaveOutConfig, run: str | Path, judge=None, log=lambda s: pri
     """Run (or resume) the leave-one-owner-out check in folder `run`; returns the results (also in
     run/results.json)."""
     from ..judge import load_judge
-    from ..quality import eval_model, public
 
     run = Path(run)
     results, res_path = open_run(run, cfg, {"owners": {}}, reusable=REUSABLE)
     judge = judge or load_judge()
     folder, base = world_and_base(run, cfg, _recipe(cfg, []), "leaveout", log, device, precision)
     vocab = run_world(cfg).vocabulary()
-    if cfg.competence and "competence" not in results:
-        log("leaveout: the base model's competence (eval-model, provenance)")
-        rep = reproduction(base, judge, folder, n=2 * cfg.competence, seed=cfg.seed + 3, steps=cfg.sample_steps)
-        results["competence"] = {"eval_model": public(eval_model(base, judge, n=cfg.competence, seed=cfg.seed,
-                                                                 steps=cfg.sample_steps, vocab=vocab)),
-                                 "provenance": {k: v for k, v in rep.items() if not k.startswith("_")}}
-        write_json(res_path, results)
+    record_competence(results, res_path, base, cfg, "leaveout", log, judge, provenance=folder)
     for owner in cfg.owners or owner_order(vocab):
         if results["owners"].get(owner, {}).get("generations") == cfg.generations:
             continue  # done (a run resumed with other --generations redoes the cell on the same models)

@@ -200,17 +200,33 @@ def concept_matches(n: int, seed: int, metas: list[dict], vocab=None) -> list[np
     return out
 
 
-def record_competence(results: dict, res_path: Path, base, cfg, name: str, log, judge=None) -> None:
+def check_competence(cfg) -> None:
+    """Refuse a competence check of a negative number of prompts, before anything is trained."""
+    if cfg.competence < 0:
+        raise DatarightsError(f"competence is a number of prompts (0: no check), got {cfg.competence}")
+
+
+def record_competence(results: dict, res_path: Path, base, cfg, name: str, log, judge=None,
+                      provenance: Path | None = None) -> None:
     """The run's base model's `eval-model` figures (n = cfg.competence prompts of the run's world),
-    recorded once in results["competence"]: how well the model the evaluation retrains can draw."""
+    recorded once in results["competence"]: how well the model the evaluation retrains can draw.
+    With `provenance` (the run's world folder), also the provenance reproduction figures on
+    2 x cfg.competence generic prompts (does the base reproduce its owners' traces)."""
     from ..judge import load_judge
     from ..quality import eval_model, public
     if not getattr(cfg, "competence", 0) or "competence" in results:
         return
-    log(f"{name}: the base model's competence (eval-model on {cfg.competence} prompts)")
-    results["competence"] = {"eval_model": public(eval_model(base, judge or load_judge(), n=cfg.competence,
-                                                             seed=cfg.seed, steps=cfg.sample_steps,
-                                                             vocab=run_world(cfg).vocabulary()))}
+    judge = judge or load_judge()
+    log(f"{name}: the base model's competence (eval-model on {cfg.competence} prompts"
+        + (", provenance)" if provenance is not None else ")"))
+    rec = {}
+    if provenance is not None:
+        from .provenance import reproduction
+        rep = reproduction(base, judge, provenance, n=2 * cfg.competence, seed=cfg.seed + 3, steps=cfg.sample_steps)
+        rec["provenance"] = {k: v for k, v in rep.items() if not k.startswith("_")}
+    rec = {"eval_model": public(eval_model(base, judge, n=cfg.competence, seed=cfg.seed, steps=cfg.sample_steps,
+                                           vocab=run_world(cfg).vocabulary())), **rec}
+    results["competence"] = rec
     write_json(res_path, results)
 
 
