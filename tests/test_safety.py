@@ -1,7 +1,7 @@
 """Every mistake gets a clear answer, and nothing a user owns is ever lost.
 
-Usage errors (click's message, exit 2), refused overwrites (the folder byte-identical afterwards),
-checkpoints and caches that are never unpickled, dataset paths that cannot leave their folder,
+Usage errors (one line naming the option and where its help is, exit 2), refused overwrites (the
+folder byte-identical afterwards), checkpoints and caches that are never unpickled, dataset paths that cannot leave their folder,
 images checked before decoding, and interruptions (kill -9) followed by a rerun.
 """
 
@@ -71,10 +71,16 @@ USAGE = [
 
 
 @pytest.mark.parametrize("args", USAGE, ids=[" ".join(a) for a in USAGE])
-def test_usage_errors_print_usage_and_exit_2(monkeypatch, capsys, args):
+def test_usage_errors_are_one_line_and_exit_2(monkeypatch, capsys, args):
     code, out, err = run(monkeypatch, capsys, *args)
     assert code == 2, (out, err)
-    assert "Traceback" not in err and "Usage:" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and "--help`)" in err and "╭" not in err, err   # where to read more, no box
+
+
+def test_a_group_without_a_command_shows_its_help(monkeypatch, capsys):
+    code, out, err = run(monkeypatch, capsys, "world")
+    assert code == 2 and "Usage:" in out + err and "make" in out + err
 
 
 def test_dependencies_are_bounded():

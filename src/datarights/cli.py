@@ -825,12 +825,31 @@ def serve_cmd(ledger: Optional[str] = typer.Option(None, "--ledger", help="Ledge
 
 
 def main() -> None:
-    """Entry point. Usage errors: click's usage message and exit code 2 (click handles them itself,
-    whichever click typer brings); DatarightsError: one line on stderr and exit code 2."""
+    """Entry point. Usage errors (an unknown option, a value that is not a number, a missing argument)
+    and DatarightsError: one line on stderr and exit code 2; a command or group given no arguments
+    shows its help."""
+    try:
+        from typer._click import exceptions as cx  # the click typer brings (its own since typer 0.2x)
+    except ImportError:  # pragma: no cover - a typer that uses click itself
+        from click import exceptions as cx
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        app(prog_name="datarights")
+        code = app(prog_name="datarights", standalone_mode=False)
+    except cx.NoArgsIsHelpError as e:  # `datarights world`: the group's help, as click shows it
+        e.show()
+        sys.exit(e.exit_code)
+    except cx.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "datarights"
+        typer.echo(f"error: {_one_line(e.format_message())} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except cx.ClickException as e:  # click's own file and parameter errors outside usage
+        typer.echo(f"error: {_one_line(e.format_message())}", err=True)
+        sys.exit(2)
+    except typer.Abort:  # Ctrl-C or a declined prompt
+        typer.echo("aborted", err=True)
+        sys.exit(1)
     except DatarightsError as e:
         typer.echo(f"error: {e}" + (f" ({e.hint})" if getattr(e, "hint", None) else ""), err=True)
         sys.exit(2)
@@ -838,6 +857,12 @@ def main() -> None:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         typer.echo(f"error: {e.strerror or e}{where}", err=True)
         sys.exit(2)
+    if isinstance(code, int) and not isinstance(code, bool) and code:  # typer.Exit(code) inside a command
+        sys.exit(code)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()).rstrip(".")
 
 
 if __name__ == "__main__":
