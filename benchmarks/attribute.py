@@ -1102,7 +1102,9 @@ def part_ann_million(args) -> dict:
 
 
 PART_DEFAULTS = {
-    "counterfactual": {"world_images": 1000, "train_steps": 1500, "unet_channels": None},
+    # image-level counterfactual on World 2: the image-level LDS's recipe (its warm start and base serve both)
+    "counterfactual": {"world_images": 1500, "train_steps": 1000, "warm_steps": 4000, "unet_channels": None,
+                       "k": [150], "queries": 16, "random_draws": 4, "methods": ["caption", "dtrak", "abu", "pixel"]},
     # image-level LDS on World 2: the owner unit's warm-start recipe on the small preset's 1,500 images
     "lds": {"world_images": 1500, "train_steps": 1000, "warm_steps": 4000, "unet_channels": None, "subsets": 12},
     "leaveout": {"train_steps": 1000, "warm_steps": 4000, "unet_channels": None},
@@ -1139,10 +1141,11 @@ def main():
     ap.add_argument("--proj-dim", type=int, default=512)
     ap.add_argument("--concepts", type=int, default=4)
     ap.add_argument("--pool", type=int, default=500)
-    ap.add_argument("--k", type=int, nargs="+", default=[50])
-    ap.add_argument("--queries", type=int, default=None, help="default: the evaluation's (counterfactual 20, lds 16)")
+    ap.add_argument("--k", type=int, nargs="+", default=None, help="counterfactual: images removed (default: the part's)")
+    ap.add_argument("--queries", type=int, default=None, help="default: the part's (counterfactual 16, lds 16)")
     ap.add_argument("--subsets", type=int, default=None, help="LDS subset models (default 32; owner unit 12)")
-    ap.add_argument("--random-draws", type=int, default=6, help="counterfactual random removals (one retrained model each)")
+    ap.add_argument("--random-draws", type=int, default=None,
+                    help="counterfactual random removals (one retrained model each; default: the part's)")
     ap.add_argument("--exemplar-captions", default="token", choices=["token", "plain"], help="custom: pool captions")
     ap.add_argument("--world-images", type=int, default=None, help="default: the part's (PART_DEFAULTS)")
     ap.add_argument("--train-steps", type=int, default=None, help="default: the part's (PART_DEFAULTS)")
@@ -1175,6 +1178,7 @@ def main():
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.unit}" if args.part == "lds" else ""  # attribute-lds.json: World 1's image-level run
+    suffix += "-image" if args.part == "counterfactual" else ""  # attribute-counterfactual.json: World 1's
     suffix += "-uncoupled" if args.part in ("counterfactual", "lds") and args.uncoupled else ""
     suffix += "-plain" if args.part == "custom" and args.exemplar_captions == "plain" else ""
     suffix += "-million" if args.part == "ann" and args.million else ""
