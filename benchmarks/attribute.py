@@ -904,7 +904,7 @@ def part_local(args) -> dict:
 def part_counterfactual(args) -> dict:
     from datarights.evaluate import CounterfactualConfig, counterfactual
     extra = {"methods": args.methods} if args.methods else {}
-    cfg = CounterfactualConfig(**extra, k=args.k, queries=args.queries or 20, world_images=args.world_images,
+    cfg = CounterfactualConfig(**extra, k=args.k, queries=args.queries, world_images=args.world_images,
                                train_steps=args.train_steps, coupled=not args.uncoupled, random_draws=args.random_draws,
                                warm_steps=args.warm_steps or 0, **({"ema_decay": 0.99} if args.warm_steps else {}),
                                unet_config={"block_out_channels": args.unet_channels} if args.unet_channels else {})

@@ -1,8 +1,9 @@
 """Every mistake gets a clear answer, and nothing a user owns is ever lost.
 
 Usage errors (one line naming the option and where its help is, exit 2), refused overwrites (the
-folder byte-identical afterwards), checkpoints and caches that are never unpickled, dataset paths that cannot leave their folder,
-images checked before decoding, and interruptions (kill -9) followed by a rerun.
+folder byte-identical afterwards), checkpoints and caches that are never unpickled, dataset paths
+that cannot leave their folder, images checked before decoding, and interruptions (kill -9)
+followed by a rerun.
 """
 
 import hashlib

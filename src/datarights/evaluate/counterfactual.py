@@ -30,8 +30,8 @@ import torch
 from ..errors import DatarightsError
 from ..files import write_json
 from .runs import (QUERY_SEED, check_competence, check_methods, check_queries, check_warm_start, concept_matches,
-                   derangement, open_run, query_concepts, query_loss, record_competence, run_world, subset_folder, warm_start,
-                   world_base_queries)
+                   derangement, open_run, query_concepts, query_loss, record_competence, run_world, subset_folder,
+                   warm_start, world_base_queries)
 
 
 @dataclass
