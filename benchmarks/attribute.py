@@ -1104,7 +1104,7 @@ def part_ann_million(args) -> dict:
 PART_DEFAULTS = {
     # image-level counterfactual on World 2: the image-level LDS's recipe (its warm start and base serve both)
     "counterfactual": {"world_images": 1500, "train_steps": 1000, "warm_steps": 4000, "unet_channels": None,
-                       "k": [150], "queries": 16, "random_draws": 4, "methods": ["caption", "dtrak", "abu", "pixel"]},
+                       "k": [150], "queries": 16, "random_draws": 4, "methods": ["caption", "abu", "dtrak", "pixel"]},
     # image-level LDS on World 2: the owner unit's warm-start recipe on the small preset's 1,500 images
     "lds": {"world_images": 1500, "train_steps": 1000, "warm_steps": 4000, "unet_channels": None, "subsets": 12},
     "leaveout": {"train_steps": 1000, "warm_steps": 4000, "unet_channels": None},

@@ -42,17 +42,33 @@ def test_world_make(monkeypatch, capsys, tmp_path):
     (["generate", "   "], "prompt is empty"),
     (["generate", "a red face", "--n", "0"], "--n must be at least 1"),
     (["eval-model", "--n", "0"], "--n must be at least 1"),
-    (["world", "make", "/tmp/x", "--n", "0"], "n images must be a whole number of at least 1"),
+    (["world", "make", "/tmp/x", "--n", "0"], "n images must be a whole number from 1 to"),
     (["train", "--data", "/nonexistent/data", "--out", "/tmp/never"], "does not exist"),
     (["evaluate", "lds", "--subsets", "2"], "at least 3 subset models"),
     (["evaluate", "lds", "--alpha", "1.5"], "alpha must be in (0, 1)"),
     (["evaluate", "custom", "--kinds", "scene"], "kinds must be among object, style"),
+    # numbers past what any job could use: refused while parsing, never an overflow deep inside
+    (["generate", "a red face", "--n", "99999999999999999999"], "'--n': Input should be less than or equal to 1000000"),
+    (["generate", "a red face", "--seed", "99999999999999999999"], "'--seed': Input should be less than or equal to 9223"),
+    (["generate", "a red face", "--seed", "-5"], "'--seed': Input should be greater than or equal to 0"),
+    (["eval-model", "--n", "99999999999999999999"], "'--n': Input should be less than or equal to 1000000"),
+    (["world", "make", "/tmp/x", "--n", "99999999999999999999"], "'--n': Input should be less than or equal to 1000000"),
+    (["world", "make", "/tmp/x", "--seed", "-3"], "'--seed': Input should be greater than or equal to 0"),
+    (["train", "--steps", "1000001", "--out", "/tmp/never"], "'--steps': Input should be less than or equal to 1000000"),
+    (["serve", "--port", "70000"], "'--port': Input should be less than or equal to 65535"),
 ])
 def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, args, message):
     code, out, err = run(monkeypatch, capsys, *args)
     assert code == 2
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_sampling_steps_beyond_the_noise_schedule_are_refused(monkeypatch, capsys, tmp_path):
+    code, _, err = run(monkeypatch, capsys, "generate", "a red face", "--n", "1", "--steps", "1001",
+                       "--out", tmp_path / "g.png")
+    assert code == 2 and "sampling steps must be between 1 and 1000" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_wrong_model_folder_and_dataset(monkeypatch, capsys, tmp_path):

@@ -41,9 +41,17 @@ def test_counterfactual_runs_and_resumes(tmp_path, monkeypatch):
     # the same comparison resampling the concepts the queries draw on (here: two different ones)
     assert rows["pixel"]["concepts"] == 2 and len(rows["pixel"]["mse_vs_random_ci_concepts"]) == 2
     assert pair["concepts"] == 2 and "loss_rise_a_minus_b_ci_concepts" in pair
+    import datarights.attribute as attribute_mod
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a finished cell"))
-    again = counterfactual(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
+    monkeypatch.setattr(attribute_mod, "attribute", lambda *a, **k: pytest.fail("recomputed a kept ranking"))
+    again = counterfactual(replace(cfg, methods=["caption", "pixel"]), tmp_path / "run", cache=tmp_path / "cache",
+                           log=lambda s: None)                  # methods reordered: nothing to redo
     assert again["cells"] == res["cells"]
+    monkeypatch.undo()                                          # a method added to the run: only its cells are new
+    more = counterfactual(replace(cfg, methods=["pixel", "caption", "feature"]), tmp_path / "run",
+                          cache=tmp_path / "cache", log=lambda s: None)
+    assert len(more["cells"]) == 2 * (3 + 1 + 2) and all(more["cells"][k] == v for k, v in res["cells"].items())
+    assert {r["method"] for r in more["summary"]} == {"pixel", "caption", "feature", "concept oracle", "random"}
     with pytest.raises(DatarightsError, match="another config"):
         counterfactual(CounterfactualConfig(methods=["feature"], k=[5], queries=1, world_images=64, world_preset="tiny", train_steps=2,
                                             batch_size=4, unet_config=TINY_UNET), tmp_path / "run", log=lambda s: None)

@@ -124,8 +124,8 @@ def test_presets_are_prefixes_and_large_reaches_100_concepts():
 @pytest.mark.parametrize("kw, words", [
     (dict(n_images=40), "cannot hold its 50 owners"),
     (dict(n_images=1000), "cannot give 32 photographers 20 images each"),
-    (dict(photographers=-1), "photographers must be a whole number of at least 1"),
-    (dict(artists=0), "artists must be a whole number of at least 1"),
+    (dict(photographers=-1), "photographers must be a whole number from 1 to"),
+    (dict(artists=0), "artists must be a whole number from 1 to"),
     (dict(preset="huge"), "unknown world preset 'huge'"),
     (dict(photographers=500), "impossible world"),
 ])

@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from .errors import DatarightsError
+from .limits import MAX_COUNT, MAX_SEED
 from .ledger.cli import ledger_app
 from .stats import finite, fmt
 
@@ -98,13 +99,13 @@ def _world_config(preset: str, n: Optional[int], seed: int, photographers: Optio
 
 @world_app.command("make")
 def world_make(out: Path = typer.Argument(..., help="Folder to write (must not exist)."),
-               n: Optional[int] = typer.Option(None, "--n", help="Number of images (default: the preset's; 5,000 for default)."),
-               seed: int = typer.Option(0, help="Generator seed."),
+               n: Optional[int] = typer.Option(None, "--n", max=MAX_COUNT, help="Number of images (default: the preset's; 5,000 for default)."),
+               seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Generator seed."),
                preset: str = typer.Option("default", "--preset", help=PRESET_HELP),
-               photographers: Optional[int] = typer.Option(None, "--photographers", help="Number of photographers (default: the preset's)."),
-               artists: Optional[int] = typer.Option(None, "--artists", help="Number of artists (default: the preset's)."),
-               characters: Optional[int] = typer.Option(None, "--characters", help="Number of characters (default: the preset's)."),
-               memorized: Optional[int] = typer.Option(None, "--memorized", help="Number of memorized scenes (default: the preset's)."),
+               photographers: Optional[int] = typer.Option(None, "--photographers", max=MAX_COUNT, help="Number of photographers (default: the preset's)."),
+               artists: Optional[int] = typer.Option(None, "--artists", max=MAX_COUNT, help="Number of artists (default: the preset's)."),
+               characters: Optional[int] = typer.Option(None, "--characters", max=MAX_COUNT, help="Number of characters (default: the preset's)."),
+               memorized: Optional[int] = typer.Option(None, "--memorized", max=MAX_COUNT, help="Number of memorized scenes (default: the preset's)."),
                overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Write the procedural world as a Hugging Face imagefolder (PNG + metadata.jsonl + world_config.json)."""
     from .world import make_world_folder
@@ -117,8 +118,8 @@ def world_make(out: Path = typer.Argument(..., help="Folder to write (must not e
 @world_app.command("info")
 def world_info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                preset: str = typer.Option("default", "--preset", help=PRESET_HELP),
-               n: Optional[int] = typer.Option(None, "--n", help="World size used for the owners' image counts (default: the preset's)."),
-               seed: int = typer.Option(0, help="World seed.")):
+               n: Optional[int] = typer.Option(None, "--n", max=MAX_COUNT, help="World size used for the owners' image counts (default: the preset's)."),
+               seed: int = typer.Option(0, min=0, max=MAX_SEED, help="World seed.")):
     """The world's vocabulary: concepts with anchors and nearby concepts, owners, photographers' signatures."""
     from .world.generate import owner_counts
 
@@ -148,11 +149,11 @@ def world_info(as_json: bool = typer.Option(False, "--json", help="Print one JSO
 @app.command("train")
 def train_cmd(data: Path = typer.Option(..., "--data", help="Imagefolder with metadata.jsonl."),
               out: Path = typer.Option(..., "--out", help="Model folder to write."),
-              steps: int = typer.Option(None, help="Optimisation steps."),
-              batch_size: int = typer.Option(None, "--batch-size", help="Images per step."),
+              steps: int = typer.Option(None, max=MAX_COUNT, help="Optimisation steps."),
+              batch_size: int = typer.Option(None, "--batch-size", max=MAX_COUNT, help="Images per step."),
               lr: float = typer.Option(None, help="Peak learning rate."),
-              seed: int = typer.Option(0, help="Seed of weights, batches, noise."),
-              checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Checkpoint interval (steps)."),
+              seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of weights, batches, noise."),
+              checkpoint_every: int = typer.Option(None, "--checkpoint-every", max=MAX_COUNT, help="Checkpoint interval (steps)."),
               init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this model folder."),
               resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from <out>.ckpt if present."),
               overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
@@ -181,7 +182,7 @@ def _progress(total: int, desc: str):
 
 @app.command("train-judge")
 def train_judge_cmd(out: Path = typer.Option(..., "--out", help="Judge folder to write."),
-                    seed: int = typer.Option(0, help="Seed of rendering, initialisation and augmentation."),
+                    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of rendering, initialisation and augmentation."),
                     preset: str = typer.Option("default", "--preset", help="World preset whose vocabulary the judge reads."),
                     blends: float = typer.Option(0.0, help="Share of training images on a blend of two artists' "
                                                  "backgrounds (labelled with the two artists, never a third)."),
@@ -198,7 +199,7 @@ def train_judge_cmd(out: Path = typer.Option(..., "--out", help="Judge folder to
 
 @app.command("train-encoder")
 def train_encoder_cmd(out: Path = typer.Option(..., "--out", help="Encoder folder to write."),
-                      seed: int = typer.Option(1001, help="Seed of rendering, initialisation and views (not the judge's)."),
+                      seed: int = typer.Option(1001, min=0, max=MAX_SEED, help="Seed of rendering, initialisation and views (not the judge's)."),
                       as_json: bool = typer.Option(False, "--json", help="Print the training report as one JSON object."),
                       overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP)):
     """Train the world's self-supervised image encoder (the `feature` baseline's; no labels, not the judge)."""
@@ -211,12 +212,12 @@ def train_encoder_cmd(out: Path = typer.Option(..., "--out", help="Encoder folde
 @app.command("generate")
 def generate_cmd(prompt: str = typer.Argument(..., help="Text prompt."),
                  model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
-                 n: int = typer.Option(16, "--n", help="Number of images."),
-                 seed: int = typer.Option(0, help="Seed of the initial noise: same seed, same pixels."),
-                 steps: int = typer.Option(25, help="DDIM steps."),
+                 n: int = typer.Option(16, "--n", max=MAX_COUNT, help="Number of images."),
+                 seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the initial noise: same seed, same pixels."),
+                 steps: int = typer.Option(25, max=MAX_COUNT, help="DDIM steps."),
                  guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's; 1.0 for the world model)."),
                  out: Path = typer.Option(Path("grid.png"), "--out", help="PNG grid to write."),
-                 scale: int = typer.Option(4, help="Upscale factor of the saved grid (nearest neighbour)."),
+                 scale: int = typer.Option(4, max=64, help="Upscale factor of the saved grid (nearest neighbour)."),
                  overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
                  device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Generate a grid of N images for one prompt."""
@@ -234,6 +235,7 @@ def generate_cmd(prompt: str = typer.Argument(..., help="Text prompt."),
         raise DatarightsError(f"--scale must be at least 1, got {scale}")
     check_output_png(out, [model], overwrite)
     m = load_model(model, device, precision)
+    m.check_steps(steps)
     bar = _progress(n, "generate")
     images = m.sample([prompt] * n, seed=seed, steps=steps, guidance=guidance, callback=bar.update)
     bar.close()
@@ -244,9 +246,9 @@ def generate_cmd(prompt: str = typer.Argument(..., help="Text prompt."),
 
 @app.command("eval-model")
 def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
-                   n: int = typer.Option(200, "--n", help="Number of prompts sampled from the world grammar."),
-                   seed: int = typer.Option(0, help="Seed of prompts and noise."),
-                   steps: int = typer.Option(25, help="DDIM steps."),
+                   n: int = typer.Option(200, "--n", max=MAX_COUNT, help="Number of prompts sampled from the world grammar."),
+                   seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of prompts and noise."),
+                   steps: int = typer.Option(25, max=MAX_COUNT, help="DDIM steps."),
                    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's; 1.0 for the world model)."),
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
@@ -267,6 +269,7 @@ def eval_model_cmd(model: Optional[Path] = typer.Option(None, "--model", help=MO
     m = load_model(model, device, precision)
     if m.kind != "world":
         raise DatarightsError("eval-model scores with the world judge, which reads world-model images only")
+    m.check_steps(steps)
     world_judge = _world_judge(judge, "the model is judged by one")
     bar = _progress(n, "eval-model")
     result = eval_model(m, world_judge, n=n, seed=seed, steps=steps, guidance=guidance, progress=bar.update)
@@ -301,12 +304,12 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
               model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
               params: Optional[str] = typer.Option(None, help="Parameter group: xattn-kv, xattn, attn, embedding, unet-noxattn, full; or LoRA adapters: lora-xattn-kv, lora-xattn (default: the method's)."),
               lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Rank of the LoRA adapters (lora-* groups; default 4)."),
-              batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per optimisation step (default: the method's for this model; split to fit the device's memory)."),
-              steps: Optional[int] = typer.Option(None, help="Optimisation steps."),
+              batch_size: Optional[int] = typer.Option(None, "--batch-size", max=MAX_COUNT, help="Images per optimisation step (default: the method's for this model; split to fit the device's memory)."),
+              steps: Optional[int] = typer.Option(None, max=MAX_COUNT, help="Optimisation steps."),
               lr: Optional[float] = typer.Option(None, help="Learning rate."),
               loss: Optional[str] = typer.Option(None, help="ca only: 'model' (default) or 'noise'."),
               data: Optional[str] = typer.Option(None, "--data", help="Training imagefolder (retrain; optional for ga)."),
-              seed: Optional[int] = typer.Option(None, help="Seed."),
+              seed: Optional[int] = typer.Option(None, min=0, max=MAX_SEED, help="Seed."),
               robust: bool = typer.Option(False, "--robust", help="ca/esd: AdvUnlearn-style min-max against soft-prompt attacks."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
               overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
@@ -359,8 +362,8 @@ def attack_cmd(model: Path = typer.Option(..., "--model", help="(Edited) model f
                method: str = typer.Option("udatk", help="udatk | ti | paraphrase | p4d (Prompting4Debugging: needs the model before the erasure)."),
                variant: Optional[str] = typer.Option(None, "--variant", help="p4d: n (fresh tokens), k (a token after every 3) or union (default)."),
                base: Optional[Path] = typer.Option(None, "--base", help="p4d: the model before the erasure; default: the edited model's base."),
-               budget: int = typer.Option(16, help="Generated images (attempts); p4d: held-out prompts tried."),
-               seed: int = typer.Option(0, help="Seed."),
+               budget: int = typer.Option(16, max=MAX_COUNT, help="Generated images (attempts); p4d: held-out prompts tried."),
+               seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed."),
                judge: Optional[Path] = typer.Option(None, "--judge", help="A world judge from `train-judge` (a `large` world's model needs one); default: the shipped world judge."),
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
@@ -395,10 +398,10 @@ def audit_cmd(model: Path = typer.Option(..., "--model", help="Edited model fold
               anchor: list[str] = typer.Option(..., "--anchor", help="Its anchor (one, or one per target)."),
               base: Optional[Path] = typer.Option(None, "--base", help="Base model; default: the edited model's base."),
               nearby: list[str] = typer.Option([], "--nearby", help="Nearby concepts that must survive (default: from world info)."),
-              n_target: int = typer.Option(384, "--n-target", help="Images from held-out target prompts (384: a 95% interval of at most +-0.05)."),
-              n_seen: int = typer.Option(96, "--n-seen", help="Images from the target prompts the erase trained on (reported apart; 0 skips)."),
+              n_target: int = typer.Option(384, "--n-target", max=MAX_COUNT, help="Images from held-out target prompts (384: a 95% interval of at most +-0.05)."),
+              n_seen: int = typer.Option(96, "--n-seen", max=MAX_COUNT, help="Images from the target prompts the erase trained on (reported apart; 0 skips)."),
               judge: Optional[Path] = typer.Option(None, "--judge", help="A local CLIP folder to judge with (any model), or a world judge from `train-judge` (a `large` world's model needs one); default: the shipped world judge."),
-              seed: int = typer.Option(1, help="Seed of prompts and noise."),
+              seed: int = typer.Option(1, min=0, max=MAX_SEED, help="Seed of prompts and noise."),
               attacks: Optional[str] = typer.Option(None, "--attacks", help="Also attack the edited and base models: comma-separated udatk,ti,paraphrase,p4d (p4d matches the base model)."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
               report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report to this folder."),
@@ -491,7 +494,7 @@ def store_cmd(store: Path = typer.Argument(..., help="The store folder (made if 
               model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
               data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder; default: the default world (for the shipped model)."),
               dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 rows."),
-              workers: Optional[int] = typer.Option(None, "--workers", help="Compute the rows as Ray tasks on this many workers (a local Ray unless --ray-address; needs the ray extra)."),
+              workers: Optional[int] = typer.Option(None, "--workers", max=MAX_COUNT, help="Compute the rows as Ray tasks on this many workers (a local Ray unless --ray-address; needs the ray extra)."),
               ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--workers: a running Ray cluster's address instead of a local Ray."),
               gpus: bool = typer.Option(False, "--gpus", help="--workers: one GPU per task (the cluster must have GPUs)."),
               refit: bool = typer.Option(False, "--refit", help="ekfac, kfac, abu-fast: refit the curvature (K-FAC factors, Fisher) over the whole training set now (a sync refits it by itself once more than 5% of the works changed since the fit)."),
@@ -536,7 +539,7 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
                   method: str = typer.Option("abu", help="abu | abu-fast (abu to first order, ~1 s a query) | trak | dtrak | jtrak | ekfac | kfac (influence functions) | feature | pixel | caption (the text-only baseline)."),
                   model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                   data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder; default: the default world (for the shipped model)."),
-                  top: int = typer.Option(10, "--top", help="How many training images to list."),
+                  top: int = typer.Option(10, "--top", max=MAX_COUNT, help="How many training images to list."),
                   rerank: Optional[int] = typer.Option(None, "--rerank", help="abu-fast: re-score its top M training images exactly, as abu does (two-stage)."),
                   region: Optional[str] = typer.Option(None, "--region", help="Attribute only this region of the image: x0,y0,x1,y1 in its pixels (x1, y1 exclusive); for the methods that can localise (trak, dtrak, ekfac, kfac, abu, abu-fast, pixel, feature)."),
                   mask: Optional[Path] = typer.Option(None, "--mask", help="Attribute only the region a black-and-white image of the same size marks in white."),
@@ -614,15 +617,15 @@ def attribute_cmd(image: Path = typer.Argument(..., help="Generated image (PNG) 
 @eval_app.command("counterfactual")
 def eval_counterfactual_cmd(methods: str = typer.Option("abu,caption,dtrak,feature,pixel,trak,jtrak", help="Comma-separated methods."),
                             k: list[int] = typer.Option([50], "--k", help="Top-K to remove (repeat for several)."),
-                            queries: int = typer.Option(20, help="Generated queries (every kind of world prompt in turn)."),
-                            random_draws: int = typer.Option(6, "--random-draws", help="Random removals of K images (the reference; each one retrained model, scored on every query)."),
-                            world_images: int = typer.Option(1000, "--world-images", help="Size of the smaller world."),
+                            queries: int = typer.Option(20, max=MAX_COUNT, help="Generated queries (every kind of world prompt in turn)."),
+                            random_draws: int = typer.Option(6, "--random-draws", max=MAX_COUNT, help="Random removals of K images (the reference; each one retrained model, scored on every query)."),
+                            world_images: int = typer.Option(1000, "--world-images", max=MAX_COUNT, help="Size of the smaller world."),
                             world_preset: str = typer.Option("small", "--world-preset", help="Preset of the smaller world (see `datarights world info --preset small`)."),
-                            train_steps: int = typer.Option(1500, "--train-steps", help="Steps of every (re)training."),
+                            train_steps: int = typer.Option(1500, "--train-steps", max=MAX_COUNT, help="Steps of every (re)training."),
                             coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Mask the removed images out of the base run's own batch and noise stream (default), or retrain on the reduced set with fresh batches."),
-                            competence: int = typer.Option(200, "--competence", help="Prompts of the base model's eval-model check, recorded with the results (0: none)."),
+                            competence: int = typer.Option(200, "--competence", max=MAX_COUNT, help="Prompts of the base model's eval-model check, recorded with the results (0: none)."),
                             run: Path = typer.Option(Path("runs/counterfactual"), "--run", help="Run folder (resumable)."),
-                            seed: int = typer.Option(0, help="Seed."),
+                            seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed."),
                             as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                             device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Leave-K-out: remove each method's top-K, retrain, regenerate, measure the change (vs random-K)."""
@@ -638,17 +641,17 @@ def eval_counterfactual_cmd(methods: str = typer.Option("abu,caption,dtrak,featu
 
 @eval_app.command("lds")
 def eval_lds_cmd(methods: str = typer.Option("abu,caption,dtrak,trak,jtrak,feature,pixel", help="Comma-separated methods."),
-                 subsets: int = typer.Option(32, help="Subset models trained from scratch."),
+                 subsets: int = typer.Option(32, max=MAX_COUNT, help="Subset models trained from scratch."),
                  alpha: float = typer.Option(0.5, help="Fraction of the training set in each subset."),
-                 queries: int = typer.Option(16, help="Generated queries."),
-                 world_images: int = typer.Option(600, "--world-images", help="Size of the smaller world."),
+                 queries: int = typer.Option(16, max=MAX_COUNT, help="Generated queries."),
+                 world_images: int = typer.Option(600, "--world-images", max=MAX_COUNT, help="Size of the smaller world."),
                  world_preset: str = typer.Option("small", "--world-preset", help="Preset of the smaller world (see `datarights world info --preset small`)."),
-                 train_steps: int = typer.Option(800, "--train-steps", help="Steps of every training."),
+                 train_steps: int = typer.Option(800, "--train-steps", max=MAX_COUNT, help="Steps of every training."),
                  coupled: bool = typer.Option(True, "--coupled/--uncoupled", help="Subset models share one masked batch and noise stream (default), or each trains on its subset with its own batches."),
                  unit: str = typer.Option("image", "--unit", help="What a subset draws: 'image' (random images) or 'owner' (whole owners in or out; generic queries whose source owner the judge reads; an oracle scorer as the positive control)."),
-                 competence: int = typer.Option(200, "--competence", help="Prompts of the base model's eval-model check, recorded with the results (0: none)."),
+                 competence: int = typer.Option(200, "--competence", max=MAX_COUNT, help="Prompts of the base model's eval-model check, recorded with the results (0: none)."),
                  run: Path = typer.Option(Path("runs/lds"), "--run", help="Run folder (resumable)."),
-                 seed: int = typer.Option(0, help="Seed."),
+                 seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed."),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                  device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Linear datamodeling score: train on random subsets, correlate summed scores with the query's loss."""
@@ -667,14 +670,14 @@ def eval_lds_cmd(methods: str = typer.Option("abu,caption,dtrak,trak,jtrak,featu
 
 @eval_app.command("owners")
 def eval_owners_cmd(methods: str = typer.Option("caption,pixel,feature,trak,dtrak,jtrak,kfac,ekfac,abu-fast,abu", help="Comma-separated methods."),
-                    queries: int = typer.Option(64, help="Report queries (generic prompts whose source owner the judge reads)."),
-                    tune_queries: int = typer.Option(32, "--tune-queries", help="Queries the owner-share temperatures are fitted on (other templates and seeds)."),
-                    control_queries: int = typer.Option(16, "--control-queries", help="Queries that credit their photographer (reported apart)."),
-                    candidates: int = typer.Option(768, help="Generations per split the queries are chosen from."),
+                    queries: int = typer.Option(64, max=MAX_COUNT, help="Report queries (generic prompts whose source owner the judge reads)."),
+                    tune_queries: int = typer.Option(32, "--tune-queries", max=MAX_COUNT, help="Queries the owner-share temperatures are fitted on (other templates and seeds)."),
+                    control_queries: int = typer.Option(16, "--control-queries", max=MAX_COUNT, help="Queries that credit their photographer (reported apart)."),
+                    candidates: int = typer.Option(768, max=MAX_COUNT, help="Generations per split the queries are chosen from."),
                     data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder (default: the default world)."),
                     model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                     run: Path = typer.Option(Path("runs/owners"), "--run", help="Run folder (resumable)."),
-                    seed: int = typer.Option(0, help="Seed."),
+                    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed."),
                     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                     device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Owner-level attribution: share and rank of the true source owner, lifts over caption-only and the count prior."""
@@ -702,14 +705,14 @@ def eval_owners_cmd(methods: str = typer.Option("caption,pixel,feature,trak,dtra
 
 @eval_app.command("local")
 def eval_local_cmd(methods: str = typer.Option("pixel,feature,trak,dtrak,ekfac,abu-fast", help="Comma-separated methods that can attribute a region."),
-                   queries: int = typer.Option(16, help="Report queries: generated compositions the judge reads whole."),
-                   tune_queries: int = typer.Option(8, "--tune-queries", help="Queries of other seeds, reported apart."),
-                   top: int = typer.Option(10, "--top", help="Top training images read per part (of those showing one of the two parts)."),
+                   queries: int = typer.Option(16, max=MAX_COUNT, help="Report queries: generated compositions the judge reads whole."),
+                   tune_queries: int = typer.Option(8, "--tune-queries", max=MAX_COUNT, help="Queries of other seeds, reported apart."),
+                   top: int = typer.Option(10, "--top", max=MAX_COUNT, help="Top training images read per part (of those showing one of the two parts)."),
                    model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                    data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder (default: the default world)."),
                    run: Path = typer.Option(Path("runs/local"), "--run", help="Run folder (resumable)."),
                    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (each part lit beside its top images) to this folder."),
-                   seed: int = typer.Option(0, help="Seed."),
+                   seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed."),
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                    device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Local attribution on compositions: does the ranking for each part's region find that part (vs the whole image, random)?"""
@@ -736,13 +739,13 @@ def eval_local_cmd(methods: str = typer.Option("pixel,feature,trak,dtrak,ekfac,a
 
 @eval_app.command("leaveout")
 def eval_leaveout_cmd(owners: list[str] = typer.Option([], "--owner", help="Owner to leave out (repeat; default: every owner of the world)."),
-                      generations: int = typer.Option(512, help="Generations per owner (generic prompts of its subjects; a run resumed with another number redoes them on the models it trained)."),
-                      train_steps: int = typer.Option(1000, "--train-steps", help="Steps of every (re)training (fine-tuning steps after a warm start)."),
-                      warm_steps: int = typer.Option(4000, "--warm-steps", help="Steps of the shared warm start trained on owners outside the smaller world (0: every model from scratch)."),
+                      generations: int = typer.Option(512, max=MAX_COUNT, help="Generations per owner (generic prompts of its subjects; a run resumed with another number redoes them on the models it trained)."),
+                      train_steps: int = typer.Option(1000, "--train-steps", max=MAX_COUNT, help="Steps of every (re)training (fine-tuning steps after a warm start)."),
+                      warm_steps: int = typer.Option(4000, "--warm-steps", max=MAX_COUNT, help="Steps of the shared warm start trained on owners outside the smaller world (0: every model from scratch)."),
                       world_preset: str = typer.Option("small", "--world-preset", help="Preset of the smaller world."),
                       methods: str = typer.Option("", help="Also score these attribution methods by their top owner's removal (comma-separated)."),
                       run: Path = typer.Option(Path("runs/leaveout"), "--run", help="Run folder (resumable)."),
-                      seed: int = typer.Option(0, help="Seed."),
+                      seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed."),
                       as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                       device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Leave-one-owner-out retraining: each owner's trace must collapse once its images are gone."""
@@ -767,10 +770,10 @@ def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtr
                     data: Optional[Path] = typer.Option(None, "--data", help="Training imagefolder (default: the default world)."),
                     model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
                     kinds: str = typer.Option("object,style", help="Customization kinds: object ('a sks fish') and/or style ('a red tree in sks style')."),
-                    concepts: int = typer.Option(4, help="Held-out customizations per kind."),
-                    pool: int = typer.Option(500, help="Training images in the ranked pool."),
+                    concepts: int = typer.Option(4, max=MAX_COUNT, help="Held-out customizations per kind."),
+                    pool: int = typer.Option(500, max=MAX_COUNT, help="Training images in the ranked pool."),
                     out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json (and cells.json, to resume)."),
-                    seed: int = typer.Option(0, help="Seed."),
+                    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed."),
                     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                     device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
     """Customized-model ground truth: rank a new owner's exemplars (Recall@1/10, mAP)."""
@@ -792,7 +795,7 @@ def eval_custom_cmd(methods: str = typer.Option("feature,feature-tuned,pixel,dtr
 @app.command("demo")
 def demo_cmd(out: Path = typer.Option(Path("datarights-demo"), "--out", help="Folder for index.html and results.json."),
              model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
-             seed: int = typer.Option(0, help="Seed of every generation."),
+             seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of every generation."),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
              overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
              device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
@@ -808,7 +811,7 @@ def demo_cmd(out: Path = typer.Option(Path("datarights-demo"), "--out", help="Fo
 @app.command("serve")
 def serve_cmd(ledger: Optional[str] = typer.Option(None, "--ledger", help="Ledger file or URL (default: $DATARIGHTS_LEDGER or ./datarights-ledger.db)."),
               host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-              port: int = typer.Option(8000, help="Port.")):
+              port: int = typer.Option(8000, min=1, max=65535, help="Port.")):
     """The owners' web page and JSON API (/docs) on a ledger."""
     if not 0 < port < 65536:
         raise DatarightsError(f"--port must be in 1..65535, got {port}")

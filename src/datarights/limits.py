@@ -15,6 +15,11 @@ from .errors import DatarightsError, NotFound
 
 MAX_ID = 2**63 - 1
 """Largest row id (ids, offsets, --model-id, work ids): a signed 64-bit integer, as SQL stores it."""
+MAX_SEED = 2**63 - 1
+"""Largest --seed (seeds are at least 0): a signed 64-bit integer, as every random generator takes it."""
+MAX_COUNT = 1_000_000
+"""Largest count any command takes (--n, --steps, --queries, --budget, --top, --workers, ...), and the
+most images a world may have: more is a typo, not a job this library could finish."""
 MAX_NAME = 200
 """Characters in an owner's, an admin's or a dataset's name (the schema's String(200))."""
 MAX_CONCEPT = 200

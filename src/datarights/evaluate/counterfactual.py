@@ -19,6 +19,7 @@ resumes. The base model's `eval-model` figures are recorded with the results (`c
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import DatarightsError
-from ..files import write_json
+from ..files import read_json_file, write_json
 from .runs import (QUERY_SEED, check_competence, check_methods, check_queries, check_warm_start, concept_matches,
                    derangement, open_run, query_concepts, query_loss, record_competence, run_world, subset_folder,
                    warm_start, world_base_queries)
@@ -40,7 +41,8 @@ class CounterfactualConfig:
 
     methods: list = field(default_factory=lambda: ["abu", "caption", "dtrak", "feature", "pixel", "trak", "jtrak"])
     """Attribution methods to compare (random-K is always added), retrained in this order, each over
-    every query before the next, so that an interrupted run already holds whole comparisons."""
+    every query before the next, so that an interrupted run already holds whole comparisons. A resumed
+    run may name other methods (added ones are ranked and retrained; its measured cells stay)."""
     k: list = field(default_factory=lambda: [50])
     """How many top images to remove."""
     queries: int = 20
@@ -108,14 +110,15 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     images first (it must not: the negative control). On the world's own queries the positive control
     is the *concept oracle*: the images whose metadata match the query's concept first
     (runs.concept_matches), retrained right after the random reference."""
-    from ..attribute import Query, attribute, load_training_set, make_config
+    from ..attribute import Query, attribute, load_training_set, make_config, result_config
     from ..attribute.base import ranking
     from ..judge import load_judge
     from ..models import load_model
     from ..train import train
 
     run = Path(run)
-    results, res_path = open_run(run, cfg, {"cells": {}}, reusable=("competence",))
+    # methods may change: a resume adds (or drops) a method; the cells already measured stay valid
+    results, res_path = open_run(run, cfg, {"cells": {}}, reusable=("competence", "methods"))
     judge = judge or load_judge()
     folder, base, prompts = world_base_queries(run, cfg, _recipe(cfg), "counterfactual", log, device, precision)
     vocab = run_world(cfg).vocabulary()
@@ -136,11 +139,20 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
         # query's concept first, read from the metadata (does the set-up see a removal that matters?)
         rankings["concept oracle"] = [ranking(torch.from_numpy(m)).tolist() for m in
                                       concept_matches(cfg.queries, cfg.seed + QUERY_SEED, folder.metas, vocab)]
+    kept_path = run / "rankings.json"  # each method's rankings, kept so that a resume need not recompute them
+    kept = read_json_file(kept_path, "run rankings") if kept_path.exists() else {}
     for method in cfg.methods:
+        settings = json.loads(json.dumps(result_config(make_config(method))))
+        if isinstance(kept.get(method), dict) and kept[method].get("config") == settings \
+                and len(kept[method].get("rankings", [])) == len(prompts):
+            rankings[method] = kept[method]["rankings"]
+            continue
         rankings[method] = []
         for qi, p in enumerate(prompts):
             r = attribute(base, train_set, Query(originals[qi], p), method, make_config(method), cache=cache, progress=False)
             rankings[method].append(ranking(r.scores).tolist())
+        kept[method] = {"config": settings, "rankings": rankings[method]}
+        write_json(kept_path, kept)
     if queries is not None:
         owners = np.array(train_set.owners)
         relabel = derangement(sorted(set(owners)), cfg.seed + 6)

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import DatarightsError
+from ..limits import MAX_COUNT
 
 ledger_app = typer.Typer(no_args_is_help=True, help="The ownership service: works, owners, opt-outs, certificates, payouts.")
 
@@ -183,8 +184,8 @@ def status_cmd(owner: Optional[str] = typer.Option(None, "--owner", help="Only t
 def process_cmd(method: str = typer.Option("ca", help="Erase method."),
                 attacks: str = typer.Option("udatk,ti,paraphrase", "--attacks", help="Attacks in the audit, comma-separated (udatk, ti, paraphrase, p4d; '' for none)."),
                 batch: bool = typer.Option(False, "--batch/--one-by-one", help="One multi-concept edit per model for all pending opt-outs."),
-                n_target: int = typer.Option(384, "--n-target", help="Held-out target images of the audit."),
-                budget: int = typer.Option(16, "--budget", help="Attempts per attack."),
+                n_target: int = typer.Option(384, "--n-target", max=MAX_COUNT, help="Held-out target images of the audit."),
+                budget: int = typer.Option(16, "--budget", max=MAX_COUNT, help="Attempts per attack."),
                 limit: Optional[int] = typer.Option(None, "--limit", help="Process at most this many requests."),
                 judge: Optional[Path] = typer.Option(None, "--judge", help="A world judge folder (train-judge) for models of another world preset."),
                 ledger: Optional[str] = LEDGER_OPT, as_json: bool = JSON_OPT):

@@ -132,9 +132,16 @@ class T2IModel:
     def num_train_timesteps(self) -> int:
         return self.scheduler.config.num_train_timesteps
 
+    def check_steps(self, steps: int) -> None:
+        """DDIM cannot take more sampling steps than the model's noise schedule has."""
+        if not 1 <= steps <= self.num_train_timesteps:
+            raise DatarightsError(f"sampling steps must be between 1 and {self.num_train_timesteps} "
+                                  f"(this model's noise schedule), got {steps}")
+
     def ddim(self, steps: int) -> DDIMScheduler:
         """A DDIM sampler on the training schedule. Schedulers keep their tables on the CPU (diffusers
         moves what it needs), so it is built under an explicit CPU device."""
+        self.check_steps(steps)
         with torch.device("cpu"):
             sched = DDIMScheduler.from_config(self.scheduler.config)
             sched.set_timesteps(steps)

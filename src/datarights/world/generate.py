@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DatarightsError
+from ..limits import MAX_COUNT
 from ..files import atomic_folder, check_output, inside_folder, open_rgb
 from . import render
 from .vocab import (CATEGORIES, CATEGORY_OF, OBJECTS, CHARACTER_TEMPLATES, COLORS, COMPOSITION_TEMPLATES, CREDIT,
@@ -60,8 +61,8 @@ class WorldConfig:
             v = getattr(self, name)
             if v is None:
                 setattr(self, name, getattr(base, name))
-            elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise DatarightsError(f"{name.replace('_', ' ')} must be a whole number of at least 1, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_COUNT:
+                raise DatarightsError(f"{name.replace('_', ' ')} must be a whole number from 1 to {MAX_COUNT:,}, got {v!r}")
         if self.compositions > 6:
             raise DatarightsError(f"a world has at most 6 compositions, got {self.compositions}")
         try:
