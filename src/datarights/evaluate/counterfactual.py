@@ -142,14 +142,15 @@ def counterfactual(cfg: CounterfactualConfig, run: str | Path, cache: str | Path
     kept_path = run / "rankings.json"  # each method's rankings, kept so that a resume need not recompute them
     kept = read_json_file(kept_path, "run rankings") if kept_path.exists() else {}
     for method in cfg.methods:
-        settings = json.loads(json.dumps(result_config(make_config(method))))
+        method_cfg = make_config(method)
+        settings = json.loads(json.dumps(result_config(method_cfg)))
         if isinstance(kept.get(method), dict) and kept[method].get("config") == settings \
                 and len(kept[method].get("rankings", [])) == len(prompts):
             rankings[method] = kept[method]["rankings"]
             continue
         rankings[method] = []
         for qi, p in enumerate(prompts):
-            r = attribute(base, train_set, Query(originals[qi], p), method, make_config(method), cache=cache, progress=False)
+            r = attribute(base, train_set, Query(originals[qi], p), method, method_cfg, cache=cache, progress=False)
             rankings[method].append(ranking(r.scores).tolist())
         kept[method] = {"config": settings, "rankings": rankings[method]}
         write_json(kept_path, kept)
