@@ -2,6 +2,8 @@
 regenerated from the JSON it came from.
 
     python benchmarks/tables.py counterfactual ~/.cache/datarights/benchmark/cf-image/results.json
+    python benchmarks/tables.py owners-paired benchmarks/results/attribute-owners-rerank.json \
+        --with benchmarks/results/attribute-owners.json
 
 A run folder's own results.json serves too while the run is under way: a method is printed with the
 queries it has so far (BENCHMARKS reports a method only once it has all of them).
@@ -73,15 +75,49 @@ def counterfactual(results: dict) -> str:
     return "\n".join(out)
 
 
-TABLES = {"counterfactual": counterfactual}
+def owners_paired(results: dict) -> str:
+    """Owner shares, method against method on the same report queries (paired per query, intervals
+    clustered by owner): every method of the file, and with --with another owner run's methods too
+    (the same queries picked again from the same seeds: each query's owner must agree)."""
+    import numpy as np
+
+    from datarights.stats import bootstrap
+
+    cells = {m: {(c["group"], c["query"]): c for c in rows if c["group"] == "report"}
+             for m, rows in results["cells"].items()}
+    for m, rows in (results.get("_with") or {}).get("cells", {}).items():
+        if m in cells:
+            continue
+        other = {(c["group"], c["query"]): c for c in rows if c["group"] == "report"}
+        ref = next(iter(cells.values()))
+        if set(other) != set(ref) or any(other[k]["owner"] != ref[k]["owner"] for k in ref):
+            raise SystemExit(f"--with: {m}'s report queries are not this run's (other owners or queries)")
+        cells[m] = other
+    methods = list(cells)
+    out = ["| method | minus | share difference (paired, by owner) | queries |", "|---|---|---|---|"]
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            keys = sorted(cells[a])
+            d = np.array([cells[a][k]["share"] - cells[b][k]["share"] for k in keys])
+            ci = bootstrap(lambda idx: float(d[idx].mean()), len(d), groups=[cells[a][k]["owner"] for k in keys])
+            out.append(f"| `{a}` | `{b}` | {d.mean():+.3f} {_ci(ci, 3)} | {len(d)} |")
+    return "\n".join(out)
+
+
+TABLES = {"counterfactual": counterfactual, "owners-paired": owners_paired}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("part", choices=sorted(TABLES))
     ap.add_argument("results", type=Path, help="a benchmark's results file, or a run folder's results.json")
+    ap.add_argument("--with", dest="other", type=Path, default=None,
+                    help="owners-paired: another owner run's results file whose methods join the comparison")
     args = ap.parse_args()
-    print(TABLES[args.part](json.loads(args.results.read_text())))
+    results = json.loads(args.results.read_text())
+    if args.other:
+        results["_with"] = json.loads(args.other.read_text())
+    print(TABLES[args.part](results))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def test_world_make(monkeypatch, capsys, tmp_path):
     (["evaluate", "lds", "--subsets", "2"], "at least 3 subset models"),
     (["evaluate", "lds", "--alpha", "1.5"], "alpha must be in (0, 1)"),
     (["evaluate", "custom", "--kinds", "scene"], "kinds must be among object, style"),
+    (["evaluate", "owners", "--methods", "caption,abu-fast:rerank"], "write its options as field=value"),
     # numbers past what any job could use: refused while parsing, never an overflow deep inside
     (["generate", "a red face", "--n", "99999999999999999999"], "'--n': Input should be less than or equal to 1000000"),
     (["generate", "a red face", "--seed", "99999999999999999999"], "'--seed': Input should be less than or equal to 9223"),

@@ -313,3 +313,35 @@ def test_mace_fusion_is_the_least_squares_solution(tiny_model, monkeypatch):
     Y = torch.cat([*rows_y, s * sp @ W0.T, cfg.lam ** 0.5 * W1.T])
     oracle = torch.linalg.lstsq(X, Y).solution.T
     assert torch.allclose(edit.tensors[name].double(), oracle, atol=1e-4, rtol=1e-3)
+
+
+def test_balanced_preservation_weighs_the_preserved_set_against_all_targets(tiny_model):
+    """`preserve_balanced` scales the preserved gram by (edited rows) / (preserved rows): the same edit
+    as the plain sum with preserve_scale multiplied by that ratio, for UCE and MACE alike."""
+    from datarights.erase import mace as M
+    from datarights.erase import uce as U
+
+    targets, anchors, keep = ["grumpy face", "Ada Vell"], ["face", "plain"], ["tree", "tower"]
+    n_e = 0
+    for t, a in zip(targets, anchors):                      # UCE's edited rows: from the concept's last token on
+        tp = U._prompts_for(t, 2, 0)
+        st, kt = U._vectors(tiny_model, tp, t)
+        sa, ka = U._vectors(tiny_model, [p.replace(t, a) for p in tp], a)
+        n_e += sum(min(st.shape[1] - kt[i], st.shape[1] - ka[i]) for i in range(len(tp)))
+    n_p = 0
+    for c in keep:
+        sp, kp = U._vectors(tiny_model, U._prompts_for(c, 2, 1), c)
+        n_p += sum(sp.shape[1] - k for k in kp)
+    bal = erase(tiny_model, targets, anchors, "uce", progress=False, n_templates=2, preserve=keep, preserve_balanced=True)
+    plain = erase(tiny_model, targets, anchors, "uce", progress=False, n_templates=2, preserve=keep,
+                  preserve_scale=n_e / n_p)
+    assert n_e != n_p and bal.tensors.keys() == plain.tensors.keys()
+    assert all(torch.allclose(bal.tensors[n].double(), plain.tensors[n].double(), atol=1e-5, rtol=1e-4) for n in bal.tensors)
+
+    keep = keep + ["castle"]
+    opts = dict(steps=2, n_images=2, batch_size=2, n_prompts=4, lr=0.05, preserve=keep)
+    n_concept = sum(len(M.concept_prompts(t, a, 4, 0).target) for t, a in zip(targets, anchors))
+    bal = erase(tiny_model, targets, anchors, "mace", progress=False, preserve_balanced=True, preserve_scale=1.0, **opts)
+    plain = erase(tiny_model, targets, anchors, "mace", progress=False, preserve_scale=n_concept / (4 * len(keep)), **opts)
+    assert n_concept != 4 * len(keep)
+    assert all(torch.allclose(bal.tensors[n].double(), plain.tensors[n].double(), atol=1e-5, rtol=1e-4) for n in bal.tensors)

@@ -151,14 +151,32 @@ def test_owner_evaluation_end_to_end_with_copies(tmp_path, tiny_world, tiny_mode
         owner_eval(cfg, tiny_model, load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run2")
     # resumed with one more method: only that one is scored, the others' figures are unchanged
     said = []
-    more = owner_eval(replace(cfg, methods=["pixel", "caption", "feature"]), tiny_model,
+    # (and a variant of it: a method with config options, its own row; region_stride only acts on a region)
+    variant = "feature:region_stride=0.25"
+    more = owner_eval(replace(cfg, methods=["pixel", "caption", "feature", variant]), tiny_model,
                       load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run", log=said.append)
     assert [s for s in said if "scoring" in s] == [s for s in said if "with feature" in s] != []
     rows_more = {r["method"]: r for r in more["summary"]["report"]}
     assert "feature" in rows_more and rows_more["pixel"] == rows["pixel"]
+    assert rows_more[variant]["share"] == pytest.approx(rows_more["feature"]["share"], abs=1e-6)
+    assert more["method_configs"][variant]["region_stride"] == 0.25 != more["method_configs"]["feature"]["region_stride"]
     with pytest.raises(DatarightsError, match="another config"):
         owner_eval(OwnerEvalConfig(methods=["pixel"], queries=16, candidates=64), tiny_model,
                    load_training_set(tiny_model, tiny_world), load_judge(), tmp_path / "run")
+
+
+def test_method_variants_name_a_method_and_its_options():
+    from datarights.evaluate.runs import check_methods, method_variant
+
+    assert method_variant("abu-fast") == ("abu-fast", {})
+    assert method_variant("abu-fast:rerank=500") == ("abu-fast", {"rerank": 500})
+    assert method_variant("feature:region_stride=0.25:encoder=world") == ("feature", {"region_stride": 0.25,
+                                                                                     "encoder": "world"})
+    check_methods(["caption", "abu-fast:rerank=500"])
+    for bad, said in (("nope:rerank=5", "unknown attribution method"), ("abu-fast:rerank", "field=value"),
+                      ("abu-fast:rerank=-3", "rerank"), ("abu-fast:colour=red", "colour")):
+        with pytest.raises(DatarightsError, match=said):
+            check_methods([bad])
 
 
 def test_leaveout_bookkeeping():

@@ -669,7 +669,7 @@ def eval_lds_cmd(methods: str = typer.Option("abu,caption,dtrak,trak,jtrak,featu
 
 
 @eval_app.command("owners")
-def eval_owners_cmd(methods: str = typer.Option("caption,pixel,feature,trak,dtrak,jtrak,kfac,ekfac,abu-fast,abu", help="Comma-separated methods."),
+def eval_owners_cmd(methods: str = typer.Option("caption,pixel,feature,trak,dtrak,jtrak,kfac,ekfac,abu-fast,abu", help="Comma-separated methods; a variant with its options as abu-fast:rerank=500."),
                     queries: int = typer.Option(64, max=MAX_COUNT, help="Report queries (generic prompts whose source owner the judge reads)."),
                     tune_queries: int = typer.Option(32, "--tune-queries", max=MAX_COUNT, help="Queries the owner-share temperatures are fitted on (other templates and seeds)."),
                     control_queries: int = typer.Option(16, "--control-queries", max=MAX_COUNT, help="Queries that credit their photographer (reported apart)."),

@@ -37,6 +37,11 @@ class UCEConfig:
     preserve: list = field(default_factory=list)
     """Concepts whose outputs must not change; empty: the world's nearby concepts plus every other
     world object and style (for non-world models: none)."""
+    preserve_balanced: bool = False
+    """Weigh the preserved vectors against all edited vectors together: their gram is scaled by
+    (edited vectors) / (preserved vectors), so that preserve_scale / erase_scale is the ratio of the
+    two at every number of targets (off: the plain sums, where k targets outweigh a fixed preserved
+    set k-fold, and a world's preserved set shrinks as more of its concepts become targets)."""
     keys: bool = True
     """Also edit K (not only V)."""
     n_templates: int = 8
@@ -121,14 +126,15 @@ def uce(model: T2IModel, targets: list[str], anchors: list[str], cfg: UCEConfig,
     C_g = torch.cat(ve_src).double().T        # [D, n_e]
     C_p = torch.cat(cp).double().T if cp else C_e.new_zeros(C_e.shape[0], 0)
     D = C_e.shape[0]
+    ps = cfg.preserve_scale * (C_e.shape[1] / C_p.shape[1] if cfg.preserve_balanced and C_p.shape[1] else 1.0)
     rhs_c = (cfg.lam * torch.eye(D, dtype=torch.float64, device=C_e.device) + cfg.erase_scale * C_e @ C_e.T
-             + cfg.preserve_scale * C_p @ C_p.T)
+             + ps * C_p @ C_p.T)
     names = [n for n in model.param_groups("xattn-kv") if cfg.keys or ".to_v." in n]
     params = model.named_parameters()
     tensors = {}
     for name in names:
         W = params[name].detach().double()    # [out, D]
-        lhs = cfg.lam * W + cfg.erase_scale * (W @ C_g) @ C_e.T + cfg.preserve_scale * (W @ C_p) @ C_p.T
+        lhs = cfg.lam * W + cfg.erase_scale * (W @ C_g) @ C_e.T + ps * (W @ C_p) @ C_p.T
         tensors[name] = torch.linalg.solve(rhs_c, lhs.T).T.to(params[name].dtype)  # lhs @ rhs_c^-1 (rhs_c symmetric)
     return Edit(tensors, base_ref(model), model_hash(model), "uce", tuple(targets), tuple(anchors),
                 {**config_dict(cfg), "preserve": preserve}, time.time() - t0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from ..files import atomic_file, read_json_file, write_json
 from ..stats import mean_ci, rounded, wilson
 from ..world.vocab import CREDIT, Vocabulary
 from .provenance import generic_prompts, read_sources, subject_counts, vocabulary_of
-from .runs import check_methods, open_run
+from .runs import check_methods, method_variant, open_run
 
 BASELINES = ("uniform", "count prior", "random")
 """Trivial baselines beside every method: uniform scores (each owner's share is its share of the
@@ -83,6 +84,11 @@ class OwnerEvalConfig:
             raise DatarightsError("an owner evaluation needs at least 16 report queries and 1 tune query")
         if self.max_per_owner < 1 or self.candidates < self.queries or self.random_draws < 1:
             raise DatarightsError("max_per_owner and random_draws must be at least 1, candidates at least queries")
+
+
+def _file_name(method: str) -> str:
+    """A method (or variant, 'abu-fast:rerank=500') as a file name on every system."""
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", method)
 
 
 def pick_queries(rows: list[dict], n: int, max_per_owner: int, seed: int) -> list[int]:
@@ -154,7 +160,7 @@ def reusable_scores(runs, made_with: dict, configs: dict) -> dict[str, dict[str,
         metas = read_json_file(old / "queries.json", "queries")
         keys = {f"{g}/{q}": query_hash(images[g][q], m["prompt"]) for g in metas for q, m in enumerate(metas[g])}
         for method, c in configs.items():
-            path = old / "scores" / f"{method}.safetensors"
+            path = old / "scores" / f"{_file_name(method)}.safetensors"
             if res.get("method_configs", {}).get(method) != c or not path.exists():
                 continue
             for k, v in load_file(path).items():
@@ -176,10 +182,11 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
     results, res_path = open_run(run, cfg, {}, reusable=REUSABLE, made_with=made_with)
     # each method's result config, checked and recorded before any query is made: scores kept from
     # another config of a method would be reported as this one's
-    configs = {m: json.loads(json.dumps(result_config(make_config(m)), default=str)) for m in cfg.methods}
+    method_cfgs = {m: make_config(name, **opts) for m in cfg.methods for name, opts in [method_variant(m)]}
+    configs = {m: json.loads(json.dumps(result_config(method_cfgs[m]), default=str)) for m in cfg.methods}
     for m, c in configs.items():
         made = results.get("method_configs", {}).get(m)
-        kept = [run / "scores" / f"{m}{ext}" for ext in (".safetensors", ".partial.safetensors")]
+        kept = [run / "scores" / f"{_file_name(m)}{ext}" for ext in (".safetensors", ".partial.safetensors")]
         if made is not None and made != c and any(p.exists() for p in kept):
             raise DatarightsError(f"{run} holds {m} scores made with another {m} config; use a new folder")
     results["method_configs"] = {**results.get("method_configs", {}), **configs}
@@ -210,7 +217,7 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
     old = reusable_scores(reuse, made_with, configs) if reuse else {}
     hashes = {f"{g}/{q}": query_hash(images[g][q], metas[g][q]["prompt"]) for g in groups for q in range(len(metas[g]))}
     for method in cfg.methods:
-        path = run / "scores" / f"{method}.safetensors"
+        path = run / "scores" / f"{_file_name(method)}.safetensors"
         if path.exists():
             continue
         path.parent.mkdir(exist_ok=True)
@@ -223,15 +230,15 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
         todo = [(g, q) for g in groups for q in range(len(metas[g])) if f"{g}/{q}" not in got]
         log(f"owners: scoring {len(todo)} queries with {method}" + (f" ({len(got)} done before)" if got else ""))
         for k, (g, q) in enumerate(todo):
-            r = attribute(model, train, Query(images[g][q], metas[g][q]["prompt"]), method, make_config(method),
-                          cache=cache, progress=False, temperature=1.0)
+            r = attribute(model, train, Query(images[g][q], metas[g][q]["prompt"]), method_variant(method)[0],
+                          method_cfgs[method], cache=cache, progress=False, temperature=1.0)
             got[f"{g}/{q}"] = r.scores.float().contiguous()
             if r.seconds > PARTIAL_AFTER_SECONDS and (k + 1) % 4 == 0 and k + 1 < len(todo):
                 atomic_file(partial, lambda tmp, got=got: save_file(got, tmp))
                 log(f"owners: {method} {len(got)}/{len(got) + len(todo) - k - 1} queries")
         atomic_file(path, lambda tmp, got=got: save_file(got, tmp))
         partial.unlink(missing_ok=True)
-    scores = {m: load_file(run / "scores" / f"{m}.safetensors") for m in cfg.methods}
+    scores = {m: load_file(run / "scores" / f"{_file_name(m)}.safetensors") for m in cfg.methods}
     # 3. temperatures fitted on the tune queries; shares on the others
     temps = {}
     for m in cfg.methods:

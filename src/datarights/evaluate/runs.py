@@ -16,15 +16,38 @@ from ..files import open_run_folder, read_json_file, write_json
 from ..world import ImageFolder, WorldConfig, make_world_folder, read_imagefolder, sample_eval_prompts
 
 
+def method_variant(spec: str) -> tuple[str, dict]:
+    """'abu-fast' -> ('abu-fast', {}); a variant 'abu-fast:rerank=500' (more fields joined by ':', so that a
+    comma-separated method list can hold it) -> the method and its config options, numbers read as
+    numbers: one evaluation can hold a method and its variants."""
+    name, _, opts = str(spec).partition(":")
+    out: dict = {}
+    for part in filter(None, opts.split(":")):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise DatarightsError(f"method variant {str(spec)[:60]!r}: write its options as field=value")
+        for kind in (int, float):
+            try:
+                out[key.strip()] = kind(value)
+                break
+            except ValueError:
+                out[key.strip()] = value.strip()
+    return name, out
+
+
 def check_methods(methods: list) -> None:
-    """Refuse an empty or unknown method list before anything is trained."""
-    from ..attribute import METHODS
+    """Refuse an empty or unknown method list (variants 'name:field=value' included) before anything is trained."""
+    from ..attribute import METHODS, make_config
 
     if not methods:
         raise DatarightsError("give at least one method")
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if method_variant(m)[0] not in METHODS]
     if bad:
         raise DatarightsError(f"unknown attribution method {str(bad[0])[:40]!r}; choose from {', '.join(sorted(METHODS))}")
+    for m in methods:
+        name, opts = method_variant(m)
+        if opts:
+            make_config(name, **opts)  # an unknown field or a bad value is refused here, in the user's words
 
 
 def subset_folder(folder: ImageFolder, drop: list[int]) -> ImageFolder:
