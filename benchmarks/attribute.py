@@ -795,20 +795,12 @@ def part_abu_fast(args) -> dict:
 
 def _variant(v: str) -> tuple[str, dict]:
     """'caption', or '[method:]key=value,...' (method abu unless named) -> (method, config overrides)."""
+    from datarights.evaluate.runs import parse_option
+
     if v == "caption":
         return "caption", {}
     method, _, opts = v.rpartition(":")
-    return method or "abu", dict(_override(kv) for kv in opts.split(",") if kv)
-
-
-def _override(kv: str) -> tuple[str, object]:
-    key, _, val = kv.partition("=")
-    for cast in (int, float):
-        try:
-            return key, cast(val)
-        except ValueError:
-            pass
-    return key, val
+    return method or "abu", dict(parse_option(kv, v) for kv in opts.split(",") if kv)
 
 
 def part_owners(args) -> dict:

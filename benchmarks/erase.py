@@ -20,9 +20,9 @@ concept made on top of the previous ones (rows `<method>, one by one`), audited 
     python benchmarks/erase.py --tune-stereo
 
 STEREO's final erase tuned on the two tuning concepts only: its search (the expensive stage) runs once
-per concept and search setting (variants that edit other parameters search again), then each variant of STEREO_VARIANTS erases once from it and is audited with the tuning
-seed (1) and attacked by textual inversion (seed 7; the attack benchmark reports seed 0). Results:
-benchmarks/results/erase-stereo-tune.json.
+per concept and search setting (variants that edit other parameters search again), then each variant
+of STEREO_VARIANTS erases once from it and is audited with the tuning seed (1) and attacked by textual
+inversion (seed 7; the attack benchmark reports seed 0). Results: benchmarks/results/erase-stereo-tune.json.
 """
 
 from __future__ import annotations

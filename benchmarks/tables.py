@@ -85,11 +85,11 @@ def owners_paired(results: dict) -> str:
 
     cells = {m: {(c["group"], c["query"]): c for c in rows if c["group"] == "report"}
              for m, rows in results["cells"].items()}
+    ref = next(iter(cells.values()))
     for m, rows in (results.get("_with") or {}).get("cells", {}).items():
         if m in cells:
             continue
         other = {(c["group"], c["query"]): c for c in rows if c["group"] == "report"}
-        ref = next(iter(cells.values()))
         if set(other) != set(ref) or any(other[k]["owner"] != ref[k]["owner"] for k in ref):
             raise SystemExit(f"--with: {m}'s report queries are not this run's (other owners or queries)")
         cells[m] = other

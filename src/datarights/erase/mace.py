@@ -195,7 +195,8 @@ def mace(model: T2IModel, targets: list[str], anchors: list[str], cfg: MACEConfi
         if not s.target:
             raise DatarightsError(f"mace found no training prompt for {t!r}")
     preserve = cfg.preserve or (default_preserve(targets, vocabulary_of(model)) if model.kind == "world" else [])
-    P, n_preserved = _preserve_gram(model, preserve) if preserve and cfg.preserve_scale > 0 else (torch.zeros_like(eye), 0)
+    P, n_preserved = (_preserve_gram(model, preserve) if preserve and cfg.preserve_scale > 0
+                      else (torch.zeros_like(eye), 0))
     sp = cfg.preserve_scale
     if cfg.preserve_balanced and n_preserved:
         sp = sp * sum(len(s.target) for s in sets) / n_preserved

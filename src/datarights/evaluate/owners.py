@@ -182,7 +182,8 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
     results, res_path = open_run(run, cfg, {}, reusable=REUSABLE, made_with=made_with)
     # each method's result config, checked and recorded before any query is made: scores kept from
     # another config of a method would be reported as this one's
-    method_cfgs = {m: make_config(name, **opts) for m in cfg.methods for name, opts in [method_variant(m)]}
+    variants = {m: method_variant(m) for m in cfg.methods}              # name -> (method, its config options)
+    method_cfgs = {m: make_config(name, **opts) for m, (name, opts) in variants.items()}
     configs = {m: json.loads(json.dumps(result_config(method_cfgs[m]), default=str)) for m in cfg.methods}
     for m, c in configs.items():
         made = results.get("method_configs", {}).get(m)
@@ -230,7 +231,7 @@ def owner_eval(cfg: OwnerEvalConfig, model, train, judge, run: str | Path, cache
         todo = [(g, q) for g in groups for q in range(len(metas[g])) if f"{g}/{q}" not in got]
         log(f"owners: scoring {len(todo)} queries with {method}" + (f" ({len(got)} done before)" if got else ""))
         for k, (g, q) in enumerate(todo):
-            r = attribute(model, train, Query(images[g][q], metas[g][q]["prompt"]), method_variant(method)[0],
+            r = attribute(model, train, Query(images[g][q], metas[g][q]["prompt"]), variants[method][0],
                           method_cfgs[method], cache=cache, progress=False, temperature=1.0)
             got[f"{g}/{q}"] = r.scores.float().contiguous()
             if r.seconds > PARTIAL_AFTER_SECONDS and (k + 1) % 4 == 0 and k + 1 < len(todo):

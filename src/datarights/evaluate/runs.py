@@ -16,23 +16,27 @@ from ..files import open_run_folder, read_json_file, write_json
 from ..world import ImageFolder, WorldConfig, make_world_folder, read_imagefolder, sample_eval_prompts
 
 
+def parse_option(part: str, spec: str) -> tuple[str, object]:
+    """'field=value' -> (field, value), the value an int or a float where it reads as one; `spec` (what
+    the user wrote) names the problem when the part is not field=value."""
+    key, eq, value = part.partition("=")
+    if not eq or not key.strip():
+        raise DatarightsError(f"method variant {str(spec)[:60]!r}: write its options as field=value")
+    value = value.strip()
+    for cast in (int, float):
+        try:
+            return key.strip(), cast(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
 def method_variant(spec: str) -> tuple[str, dict]:
     """'abu-fast' -> ('abu-fast', {}); a variant 'abu-fast:rerank=500' (more fields joined by ':', so that a
     comma-separated method list can hold it) -> the method and its config options, numbers read as
     numbers: one evaluation can hold a method and its variants."""
     name, _, opts = str(spec).partition(":")
-    out: dict = {}
-    for part in filter(None, opts.split(":")):
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise DatarightsError(f"method variant {str(spec)[:60]!r}: write its options as field=value")
-        for kind in (int, float):
-            try:
-                out[key.strip()] = kind(value)
-                break
-            except ValueError:
-                out[key.strip()] = value.strip()
-    return name, out
+    return name, dict(parse_option(part, spec) for part in opts.split(":") if part)
 
 
 def check_methods(methods: list) -> None:
