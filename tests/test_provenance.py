@@ -174,7 +174,8 @@ def test_method_variants_name_a_method_and_its_options():
                                                                                      "encoder": "world"})
     check_methods(["caption", "abu-fast:rerank=500"])
     for bad, said in (("nope:rerank=5", "unknown attribution method"), ("abu-fast:rerank", "field=value"),
-                      ("abu-fast:rerank=-3", "rerank"), ("abu-fast:colour=red", "colour")):
+                      ("abu-fast:rerank=-3", "rerank"), ("abu-fast:colour=red", "colour"),
+                      ("abu-fast:rerank=lots", "--rerank must be a number, got 'lots'")):
         with pytest.raises(DatarightsError, match=said):
             check_methods([bad])
 

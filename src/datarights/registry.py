@@ -49,9 +49,13 @@ def build_config(registry: dict, method: str, kind: str, options: dict, strict: 
     unknown = set(given) - names
     if unknown and strict:
         raise DatarightsError(f"{kind} {method} has no option {', '.join(sorted('--' + u.replace('_', '-') for u in unknown))}")
+    types = {f.name: set(str(f.type).replace(" ", "").split("|")) for f in fields(cls)}
     for k, v in given.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise DatarightsError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
+        if isinstance(v, str) and types.get(k, set()) & {"int", "float", "bool"}:  # text where a number was due
+            want = "true or false" if "bool" in types[k] else "a number"
+            raise DatarightsError(f"--{k.replace('_', '-')} must be {want}, got {v[:40]!r}")
     return cls(**{k: v for k, v in given.items() if k in names})
 
 
