@@ -13,6 +13,7 @@
     python benchmarks/attribute.py counterfactual  # leave-K-out retraining (long: one retraining per cell)
     python benchmarks/attribute.py lds             # linear datamodeling score (long: one model per subset)
     python benchmarks/attribute.py lds --unit owner  # owner-level LDS (whole owners in or out) with an oracle control
+    python benchmarks/attribute.py store-memory --sizes 100000  # what a store query keeps resident (synthetic rows)
 
 Each part prints one JSON object and writes benchmarks/results/attribute-<part>.json.
 Run one part at a time, alone on the machine. `dattri` needs `pip install dattri==0.3.0`.
@@ -499,6 +500,94 @@ def _fwd_bwd_rows_per_s(rows: int = 480, reps: int = 3) -> float:
         model.predict_noise(x, t, cond).square().mean().backward()
         best = min(best, time.perf_counter() - t0)
     return rows / best
+
+
+def _status_mb() -> dict:
+    """This process's VmRSS, RssAnon, RssFile and VmHWM in MB (Linux)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name = line.split(":")[0]
+        if name in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            out[name] = int(line.split()[1]) / 1024
+    return out
+
+
+def _store_memory_one(root: str, n: int, k: int, queries: int = 5) -> dict:
+    """In a fresh process: a query's scores over an n-row store, then the same through the store's
+    long-lived memory maps (how scoring read rows until 2026-12-07): latency and what stays resident."""
+    import numpy as np
+
+    from datarights.attribute import store as S
+
+    store = S.RowStore(root, {"method": "trak", "model": "synthetic", "config": {"k": k}})
+    keys = [key for sh in store.shards for key in sh.keys]
+    v = np.random.default_rng(1).standard_normal(k).astype(np.float32)
+    out = {"opened": _status_mb()}
+    lat = []
+    for _ in range(queries):
+        t0 = time.perf_counter()
+        store.scores(v, keys)
+        lat.append(time.perf_counter() - t0)
+    out["shard_maps"] = {"query_s": sorted(lat)[len(lat) // 2], **_status_mb()}
+    lat = []
+    for _ in range(queries):
+        t0 = time.perf_counter()
+        parts = [np.concatenate([np.asarray(sh.rows[s:s + 8192], dtype=np.float32) @ v
+                                 for s in range(0, len(sh.keys), 8192)]) for sh in store.shards]
+        np.array([parts[a][b] for a, b in (store.where[key] for key in keys)])
+        lat.append(time.perf_counter() - t0)
+    out["long_lived_maps"] = {"query_s": sorted(lat)[len(lat) // 2], **_status_mb()}
+    return out
+
+
+def _metadata_memory(n: int) -> dict:
+    """In a fresh process: resident MB of an n-row world's metadata as read (labels shared) and as plain JSON."""
+    import gc
+
+    from datarights.world.generate import metadata_rows
+
+    folder = _scale_world(n)
+    before = _status_mb()["RssAnon"]
+    metas = [m for _, m, _ in metadata_rows(folder)]
+    gc.collect()
+    shared = _status_mb()["RssAnon"] - before
+    lines = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    before = _status_mb()["RssAnon"]
+    plain = [json.loads(line) for line in lines]
+    plain_mb = _status_mb()["RssAnon"] - before
+    assert plain == metas
+    return {"rows": len(metas), "shared_labels_mb": shared, "plain_json_mb": plain_mb}
+
+
+def part_store_memory(args) -> dict:
+    """What a store query keeps resident (issue 22: abu-fast's peak grew about 10 KB a work). Synthetic rows of
+    k = 2048 (abu-fast's world projection) at each size, made once in the bench cache; each measurement in a
+    fresh process; and the metadata of the scale benchmark's world at each size."""
+    import numpy as np
+
+    from datarights.attribute import store as S
+
+    k = 2048
+    out = {"machine": _machine(), "k": k, "sizes": {}}
+    for n in args.sizes or [100_000]:
+        root = _bench_cache() / f"store-memory-{n}-{k}"
+        meta = {"method": "trak", "model": "synthetic", "config": {"k": k}}
+        store = S.RowStore(root, meta)
+        rng = np.random.default_rng(0)
+        while len(store) < n:                       # resumes: rows keyed by their number
+            s = len(store)
+            m = min(store.shard_rows, n - s)
+            store.update({f"{s + i:064x}": (rng.standard_normal(k).astype(np.float32), 1) for i in range(m)}, set(), {})
+            print(f"store-memory: {len(store)} of {n} rows", file=sys.stderr)
+        row, err = _in_subprocess(f"_store_memory_one({str(root)!r}, {n}, {k})")
+        if row is None:
+            raise SystemExit(err)
+        meta_row, err = _in_subprocess(f"_metadata_memory({n})")
+        if meta_row is None:
+            raise SystemExit(err)
+        out["sizes"][str(n)] = {**row, "metadata": meta_row}
+        print(json.dumps({n: out["sizes"][str(n)]}), file=sys.stderr)
+    return out
 
 
 def _plot(path: Path, series: dict, title: str, ylabel: str) -> None:
@@ -1111,7 +1200,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=["cost", "dattri", "abu-reference", "abu-variants", "abu-fast", "abu-linearity",
                                      "owners", "leaveout", "ship", "custom", "counterfactual", "lds", "ann", "local",
-                                     "kronfluence", "scale"])
+                                     "kronfluence", "scale", "store-memory"])
     ap.add_argument("--sizes", type=int, nargs="*", default=None,
                     help="ann: training-set sizes (default 5000 20000 100000); scale: default 2000 5000 20000 100000")
     ap.add_argument("--churn-n", type=int, default=5000, help="scale: the store size an append and an opt-out are timed at (0: none)")
@@ -1165,7 +1254,7 @@ def main():
           "leaveout": part_leaveout,
           "ship": part_ship, "custom": part_custom,
           "counterfactual": part_counterfactual, "lds": part_lds, "local": part_local, "kronfluence": part_kronfluence,
-          "scale": part_scale,
+          "scale": part_scale, "store-memory": part_store_memory,
           "ann": part_ann_million if args.million else part_ann}[args.part]
     res = fn(args)
     RESULTS.mkdir(parents=True, exist_ok=True)

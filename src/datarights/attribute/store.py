@@ -37,7 +37,10 @@ files no manifest names are swept. Every file is checked against its checksum wh
 opened: a truncated or corrupt shard is dropped (its works are recomputed by the next sync, and
 scoring refuses a store with missing rows), a damaged Gram matrix or sum is recomputed from the
 rows, and a damaged index is never searched (exact scoring) and is rebuilt by the next sync.
-Rows are memory-mapped for scoring, so a query reads them shard by shard, never all at once.
+A query reads the rows shard by shard, each through a memory map that is closed when the shard is
+done (the operating system's page cache keeps them warm between queries), so the process holds one
+shard's rows, never the store's: through the store's long-lived maps, every row a query touched
+would stay resident in the process (8 KB a work at k = 2048) for as long as the store is open.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import functools
 import hashlib
 import json
 import math
+import mmap
 import os
 import uuid
 from collections import Counter
@@ -187,6 +191,27 @@ class Shard:
     rows: np.ndarray      # [n, k] (memory-mapped)
     keys: list[str]
     counts: np.ndarray    # [n] int64
+
+    def matvec(self, v: np.ndarray, block: int = 8192) -> np.ndarray:
+        """rows . v [n] (float64), `block` rows at a time through a map of the shard's file that is closed
+        when done, so that the rows read do not stay resident in this process (the page cache keeps
+        them warm for the next query)."""
+        n, k = self.rows.shape
+        out = np.empty(n, dtype=np.float64)
+        with open(self.rows.filename, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            try:
+                rows = np.frombuffer(mm, dtype=self.rows.dtype, count=n * k, offset=self.rows.offset).reshape(n, k)
+            except ValueError:
+                raise DatarightsError(f"store shard {self.rows.filename} was cut short: sync the store again") from None
+            for s in range(0, n, block):
+                out[s:s + block] = rows[s:s + block].astype(np.float32, copy=False) @ v
+            del rows
+        finally:
+            with contextlib.suppress(BufferError):   # a view still held by an exception's frame: unmapped when freed
+                mm.close()
+        return out
 
 
 @dataclass
@@ -536,12 +561,7 @@ class RowStore:
         if missing:
             raise DatarightsError(f"store {self.root} lacks {missing} of this training set's works: sync it first")
         v = np.asarray(v, dtype=np.float32)
-        per_shard = []
-        for sh in self.shards:
-            out = np.empty(len(sh.keys), dtype=np.float64)
-            for s in range(0, len(sh.keys), 8192):
-                out[s:s + 8192] = np.asarray(sh.rows[s:s + 8192], dtype=np.float32) @ v
-            per_shard.append(out)
+        per_shard = [sh.matvec(v) for sh in self.shards]
         return np.array([per_shard[s][i] for s, i in (self.where[k] for k in keys)])
 
 
