@@ -600,6 +600,9 @@ def test_scoring_reads_every_row_without_keeping_the_store_resident(tmp_path):
         f.truncate(shard.stat().st_size // 2)
     with pytest.raises(DatarightsError, match="cut short"):
         store.scores(v, keys)
+    shard.unlink()
+    with pytest.raises(DatarightsError, match="gone"):
+        store.scores(v, keys)
 
 
 def test_a_folders_rows_share_their_labels():

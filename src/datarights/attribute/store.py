@@ -198,8 +198,11 @@ class Shard:
         them warm for the next query)."""
         n, k = self.rows.shape
         out = np.empty(n, dtype=np.float64)
-        with open(self.rows.filename, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            with open(self.rows.filename, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):              # removed, or emptied, since the store was opened
+            raise DatarightsError(f"store shard {self.rows.filename} is gone or empty: sync the store again") from None
         try:
             try:
                 rows = np.frombuffer(mm, dtype=self.rows.dtype, count=n * k, offset=self.rows.offset).reshape(n, k)
