@@ -606,7 +606,7 @@ def test_scoring_reads_every_row_without_keeping_the_store_resident(tmp_path):
 
 
 def test_a_folders_rows_share_their_labels():
-    """100,000 rows' metadata take about 0.6 KB each in memory, not 2.8 KB: keys and short labels are shared."""
+    """A folder's rows share their keys and short labels (100,000 rows: 125 MB in memory, not 249 MB)."""
     from datarights.world.generate import _interned
 
     a = _interned({"file_name": "images/0.png", "text": "a red face", "color": "red", "n": 3})
