@@ -154,10 +154,8 @@ def _featurize_dattri(n: int, proj_dim: int) -> dict:
 def _vm_hwm_mb() -> float:
     """This process's peak resident memory in MB (VmHWM, Linux; ru_maxrss elsewhere)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
+        return _status_mb()["VmHWM"]
+    except (OSError, KeyError):
         pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
