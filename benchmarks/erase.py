@@ -15,7 +15,9 @@ others_preserved move as k grows, so the service can choose between one edit per
 batched edit. Results: benchmarks/results/erase-many.json. `--world large`: the large world's model,
 judge and drawn concepts (benchmarks/large_world.py makes and checks them; k up to the 95 concepts
 its model draws), results in benchmarks/results/erase-many-large.json. `--sequential`: the service's default instead, one edit per
-concept made on top of the previous ones (rows `<method>, one by one`), audited at each k.
+concept made on top of the previous ones (rows `<method>, one by one`), audited at each k;
+`ca-held` holds each edit to the base (erase.hold: `--hold W` sets its weight, `--start N` erases
+the concepts from the N-th on, for tuning on concepts the report does not use).
 
     python benchmarks/erase.py --tune-stereo
 
@@ -67,6 +69,8 @@ VARIANTS = {
     "mace-balanced": ("mace", {"preserve_balanced": True, "preserve_scale": 96 / 24}),
     "uce-balanced": ("uce", {"preserve_balanced": True, "preserve_scale": 850 / 131}),   # its 850 rows against 131
     "stereo": ("stereo", {}),
+    # CA held to its line's original model (erase.hold): the service's one-by-one path (--sequential)
+    "ca-held": ("ca", {"hold": 10.0}),
 }
 KEYS = ("verdict", "target_erased", "target_erased_seen", "degenerate_share", "anchor_fidelity", "nearby_preserved",
         "others_preserved", "kid", "seconds")
@@ -131,9 +135,10 @@ def many(args) -> None:
                                                    "others_preserved", "erased_targets", "seconds")}), flush=True)
             save_cells(out, results)
     many_table(results)
-    plot = f"docs/erase-many-{args.world}.png"
-    many_plot(results, plot, f"{args.world} world")
-    print(f"plot: {plot}")
+    if out == default_out:   # a results file of its own (--out: tuning) leaves the documented plot alone
+        plot = f"docs/erase-many-{args.world}.png"
+        many_plot(results, plot, f"{args.world} world")
+        print(f"plot: {plot}")
 
 
 def _by_kind(rows: list[dict], vocab) -> dict:
@@ -182,9 +187,18 @@ def many_sequential(args, pairs, base, judge, ks, out, results, audit_cfg=MANY_A
     one-edit cell: does an earlier erasure stay erased while later ones pile up, and what do k edits
     cost the rest? Rows `<method>, one by one`; the chain resumes from the last audited k (its edits
     are made again; a method's erase is deterministic given its seed)."""
+    from datarights.erase import Line
+
+    pairs = pairs[args.start:]
+    if max(ks) > len(pairs):
+        raise SystemExit(f"--start {args.start}: only {len(pairs)} concepts are left")
     for method in args.methods.split(","):
         name, opts = VARIANTS[method]
         row = f"{method}, one by one"
+        if args.hold is not None and "hold" in opts:
+            opts, row = {**opts, "hold": args.hold}, f"{method} (hold {args.hold:g}), one by one"
+        if args.start:
+            row += f", from concept {args.start}"
         current, made, seconds, changed = base, 0, 0.0, 0
         for k in sorted(ks):
             key = f"{row}|k={k}"
@@ -192,7 +206,8 @@ def many_sequential(args, pairs, base, judge, ks, out, results, audit_cfg=MANY_A
                 continue
             while made < k:
                 target, anchor = pairs[made]
-                edit = erase(current, [target], [anchor], name, progress=False, **opts)
+                line = Line(base, list(pairs[:made])) if opts.get("hold") else None   # held to the base
+                edit = erase(current, [target], [anchor], name, progress=False, line=line, **opts)
                 current, made, seconds = edit.apply(current), made + 1, seconds + edit.seconds
                 changed += edit.changed_params
                 print(f"{row}: {made}/{max(ks)} {target!r} erased on top ({edit.seconds:.0f} s)", flush=True)
@@ -383,6 +398,10 @@ def main():
                     help="--many: the shipped model (16 concepts) or the large world's (benchmarks/large_world.py)")
     ap.add_argument("--sequential", action="store_true",
                     help="--many: each concept its own edit on top of the last (the service's --one-by-one), audited at each k")
+    ap.add_argument("--hold", type=float, default=None,
+                    help="--sequential: the hold weight of the `-held` rows (default: the variant's); rows are named with it")
+    ap.add_argument("--start", type=int, default=0,
+                    help="--sequential: erase the world's concepts from this index on (tuning on concepts the report does not use)")
     ap.add_argument("--tune-stereo", action="store_true", help="STEREO's final erase tuned on the tuning concepts")
     ap.add_argument("--variants", default="", help="--tune-stereo: comma-separated names of STEREO_VARIANTS (default all)")
     args = ap.parse_args()

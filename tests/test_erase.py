@@ -345,3 +345,90 @@ def test_balanced_preservation_weighs_the_preserved_set_against_all_targets(tiny
     plain = erase(tiny_model, targets, anchors, "mace", progress=False, preserve_scale=n_concept / (4 * len(keep)), **opts)
     assert n_concept != 4 * len(keep)
     assert all(torch.allclose(bal.tensors[n].double(), plain.tensors[n].double(), atol=1e-5, rtol=1e-4) for n in bal.tensors)
+
+
+def _drifted(model, scale: float = 0.05):
+    """A copy of the model whose cross-attention K/V weights moved (the damage of earlier edits)."""
+    import copy
+
+    out = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for n, p in out.unet.named_parameters():
+            if "attn2.to_k" in n or "attn2.to_v" in n:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return out
+
+
+def _distance_on_other_prompts(model, original, exclude) -> float:
+    """Mean squared difference of noise predictions on other prompts (drawn apart from the hold's)."""
+    from datarights.erase.hold import other_prompts
+    from datarights.world import vocabulary_of
+
+    prompts = other_prompts(16, 12345, exclude, vocabulary_of(original))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((len(prompts), *original.latent_shape), generator=g)
+    t = torch.randint(0, 1000, (len(prompts),), generator=g)
+    with torch.no_grad():
+        c = original.encode_prompt(prompts)
+        return float(((model.predict_noise(x, t, c) - original.predict_noise(x, t, c)) ** 2).mean())
+
+
+def test_hold_pulls_an_edit_on_a_line_back_to_the_original(tiny_model):
+    """An edit made on a drifted model (earlier edits' damage) with `hold` comes out nearer the line's
+    original on other prompts than the same edit without it, and records the line it was held to."""
+    from datarights.erase import Line
+
+    drifted = _drifted(tiny_model, 0.2)
+    line = Line(tiny_model, [("Blubbo", "fish")])
+    opts = dict(FAST["ca"], steps=30, lr=1e-3)
+    free = erase(drifted, ["grumpy face"], ["face"], "ca", progress=False, line=line, **opts)
+    held = erase(drifted, ["grumpy face"], ["face"], "ca", progress=False, line=line, hold=10.0, **opts)
+    exclude = ["grumpy face", "Blubbo"]
+    d_free = _distance_on_other_prompts(free.apply(drifted), tiny_model, exclude)
+    d_held = _distance_on_other_prompts(held.apply(drifted), tiny_model, exclude)
+    d_drift = _distance_on_other_prompts(drifted, tiny_model, exclude)
+    assert d_held < 0.8 * d_free and d_held < 0.8 * d_drift, (d_held, d_free, d_drift)
+    assert held.config["hold"] == 10.0
+    assert held.config["line"] == {"original": model_hash(tiny_model), "erased": [["Blubbo", "fish"]]}
+    # a hold without a line is a preservation term towards the model itself; other methods refuse a line
+    assert "line" not in erase(tiny_model, ["grumpy face"], ["face"], "ca", progress=False, hold=1.0, **FAST["ca"]).config
+    with pytest.raises(DatarightsError, match="cannot hold an edit to its model line; use ca"):
+        erase(tiny_model, ["grumpy face"], ["face"], "uce", progress=False, line=line)
+    with pytest.raises(DatarightsError, match="--hold must be non-negative"):
+        make_config("ca", hold=-1.0)
+
+
+def test_hold_makes_its_tensors_on_the_models_device(backend_folder):
+    """The hold terms (their images, prompts and draws) under the meta default device, on both backends."""
+    from datarights.erase import Line
+
+    base = load_model(backend_folder, "cpu")
+    with torch.device("meta"):
+        edit = erase(base, ["grumpy face"], ["face"], "ca", progress=False, hold=1.0,
+                     line=Line(base, [("Blubbo", "fish")]), **FAST["ca"])
+    assert edit.config["line"]["erased"] == [["Blubbo", "fish"]]
+    assert all(torch.isfinite(v).all() for v in edit.tensors.values())
+
+
+def test_cli_hold_on_an_edit_of_an_edit_holds_to_the_first_base(monkeypatch, capsys, tmp_path, tiny_trained):
+    """`erase --hold` on an edited model: the line is read from the folders (the first unedited base and
+    every concept erased between); on other methods it is one line, exit 2, and nothing is written."""
+    import json
+
+    from .test_cli import run
+
+    small = ["--steps", "2", "--batch-size", "2"]
+    code, _, err = run(monkeypatch, capsys, "erase", "--model", tiny_trained, "--target", "grumpy face", "--anchor",
+                       "face", "--out", tmp_path / "e1", *small)
+    assert code == 0, err
+    code, _, err = run(monkeypatch, capsys, "erase", "--model", tmp_path / "e1", "--target", "Blubbo", "--anchor",
+                       "fish", "--out", tmp_path / "e2", "--hold", "1", *small)
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "e2" / "model_index.json").read_text())["config"]
+    assert cfg["hold"] == 1.0 and cfg["line"]["erased"] == [["grumpy face", "face"]]
+    assert cfg["line"]["original"] == model_hash(load_model(tiny_trained, "cpu"))
+    code, _, err = run(monkeypatch, capsys, "erase", "--model", tmp_path / "e1", "--target", "Blubbo", "--anchor",
+                       "fish", "--out", tmp_path / "e3", "--hold", "1", "--method", "uce")
+    assert code == 2 and "--hold is available for ca" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e3").exists()

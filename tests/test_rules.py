@@ -136,6 +136,13 @@ def test_erasures_accumulate_and_every_earlier_one_is_re_audited(ledger):
         assert doc["edited_model"]["id"] == current[0]["id"] and doc["optout"]["concept"] == r["concept"]
     last = ids[-1]
     assert [x["target"] for x in last["audit"]["reaudits"]] == [reqs[0]["concept"], reqs[1]["concept"]]
+    # each edit on top of earlier ones was held to the line's original model, with the concepts before it
+    from datarights.ledger.workflow import LINE_HOLD
+    base_hash = models[m["id"]]["weights_sha256"][:16]
+    for i, j in enumerate(ids):
+        e = j["settings"]["erase"]
+        assert e["hold"] == LINE_HOLD > 0 and e["line"]["original"] == base_hash
+        assert [c for c, _ in e["line"]["erased"]] == [r["concept"] for r in reqs[:i]]
 
 
 def test_a_line_busy_with_a_job_leaves_its_requests_pending(ledger):

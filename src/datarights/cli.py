@@ -311,6 +311,7 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
               data: Optional[str] = typer.Option(None, "--data", help="Training imagefolder (retrain; optional for ga)."),
               seed: Optional[int] = typer.Option(None, min=0, max=MAX_SEED, help="Seed."),
               robust: bool = typer.Option(False, "--robust", help="ca/esd: AdvUnlearn-style min-max against soft-prompt attacks."),
+              hold: Optional[float] = typer.Option(None, "--hold", help="ca only: weight of holding the edit to the original model. On an edited model, other prompts keep the first unedited base's predictions and the concepts erased before the current model's (a chain of opt-outs); on any other model, a preservation term."),
               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
               overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
               device: str = DEVICE_OPT, precision: str = PRECISION_OPT):
@@ -325,10 +326,12 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
     target, anchor = check_targets(target, anchor)
     if robust and method not in ("ca", "esd"):
         raise DatarightsError("--robust is available for ca and esd")
+    if hold is not None and method != "ca":
+        raise DatarightsError("--hold is available for ca")
     if lora_rank is not None and method != "mace" and not (params or "").startswith("lora-"):
         raise DatarightsError("--lora-rank applies to LoRA parameter groups: pass --params lora-xattn-kv (or lora-xattn)")
     cfg = make_config(method, params=params, steps=steps, lr=lr, loss=loss, data=data, seed=seed,
-                      robust=robust or None, lora_rank=lora_rank, batch_size=batch_size)
+                      robust=robust or None, lora_rank=lora_rank, batch_size=batch_size, hold=hold)
     check_output(out, "edited-model", [*base_chain(str(model) if model else "default"), data], overwrite)
     m = load_model(model, device, precision)
     check_output(out, "edited-model", [*base_chain(base_ref(m)), data], overwrite)
@@ -336,7 +339,11 @@ def erase_cmd(target: list[str] = typer.Option(..., "--target", help="Concept to
         for t in target:
             if vocabulary_of(m).find_concept(t) is None:
                 typer.echo(f"warning: {t!r} is not in the world's vocabulary; the world judge cannot score its erasure", err=True)
-    edit = erase(m, target, anchor, method, config=cfg)
+    line = None
+    if hold:   # an edit of an edit: held to the chain's first unedited base
+        from .erase.hold import line_of
+        line = line_of(m, device, precision)
+    edit = erase(m, target, anchor, method, config=cfg, line=line)
     edit.save(out, overwrite=overwrite)
     _emit({**edit.summary(), "out": str(out)}, as_json, text=f"wrote {out} ({edit.changed_params} changed parameters, {edit.seconds:.1f} s)")
 

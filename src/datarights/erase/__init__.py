@@ -13,6 +13,7 @@ from ..registry import build_config
 from ..runtime import LORA_TARGETS, check_lora_rank
 from . import ca, esd, fmn, ga, mace, retrain, stereo, uce  # noqa: F401  (registers the methods)
 from .base import METHODS, concept_prompts
+from .hold import Line
 
 
 def make_config(method: str, **options):
@@ -21,13 +22,21 @@ def make_config(method: str, **options):
 
 
 def erase(model: T2IModel, targets: list[str] | str, anchors: list[str] | str, method: str = "ca", config=None,
-          progress=True, **options) -> Edit:
-    """Erase targets towards anchors with a registered method; returns an `Edit` (the model is untouched)."""
+          progress=True, line: Line | None = None, **options) -> Edit:
+    """Erase targets towards anchors with a registered method; returns an `Edit` (the model is untouched).
+
+    `line`: the model line the edit extends (`erase.hold.Line`: its original model and the concepts
+    erased on it before), for the methods with a `hold` term (ca), which keeps the edit to the original."""
     targets, anchors = check_targets(targets, anchors)
     cfg = config if config is not None else make_config(method, **options)
     if getattr(cfg, "params", None) in LORA_TARGETS:   # before any anchor image is generated
         check_lora_rank(model, cfg.params, cfg.lora_rank)
-    return METHODS[method].fn(model, targets, anchors, cfg, progress=progress)
+    if line is None:
+        return METHODS[method].fn(model, targets, anchors, cfg, progress=progress)
+    if not hasattr(cfg, "hold"):
+        raise DatarightsError(f"erase method {method!r} cannot hold an edit to its model line; use "
+                              f"{', '.join(m for m in sorted(METHODS) if hasattr(METHODS[m].config_cls, 'hold'))}")
+    return METHODS[method].fn(model, targets, anchors, cfg, progress=progress, line=line)
 
 
 def steps_per_concept(method: str, model: T2IModel, k: int) -> int | None:
@@ -57,4 +66,4 @@ def check_targets(targets: list[str] | str, anchors: list[str] | str) -> tuple[l
     return targets, anchors
 
 
-__all__ = ["METHODS", "Edit", "check_targets", "concept_prompts", "erase", "load_edited", "make_config", "steps_per_concept"]
+__all__ = ["METHODS", "Edit", "Line", "check_targets", "concept_prompts", "erase", "load_edited", "make_config", "steps_per_concept"]

@@ -28,9 +28,10 @@ import torch
 
 from .. import runtime
 from ..errors import DatarightsError
-from ..models import Edit, T2IModel
+from ..models import Edit, T2IModel, model_hash
 from ..registry import ModelDefaults, check_fields
 from ..world import vocabulary_of
+from .hold import HoldTerms, Line
 from .base import PromptSet, TrainOptions, concept_prompts, encode_cached, finish_edit, images_per_target, register
 from .robust import ROBUST_DEFAULTS, Adversary, RobustOptions
 
@@ -57,6 +58,11 @@ class CAConfig(RobustOptions, TrainOptions, ModelDefaults):
     """DDIM steps used to generate the anchor images (world 20; SD 50)."""
     seed: int = 0
     """Seed of anchor images, timesteps and noise."""
+    hold: float = 0.0
+    """Weight of holding the edit to its line's original model (erase.hold): other prompts keep the
+    original's predictions and concepts erased earlier on the line the current model's; 0 disables it."""
+    hold_prompts: int = 64
+    """Other prompts (and images of them) the hold term keeps."""
 
     DEFAULTS: ClassVar[dict] = {
         "world": dict(**ROBUST_DEFAULTS["world"], params="xattn-kv", steps=100, lr=3e-4, batch_size=16, n_anchor_images=64, prior=1.0, sample_steps=20),
@@ -69,13 +75,16 @@ class CAConfig(RobustOptions, TrainOptions, ModelDefaults):
         if self.loss not in ("model", "noise"):
             raise DatarightsError(f"--loss must be 'model' or 'noise', got {self.loss!r}")
         check_fields(self, at_least_one=("steps", "batch_size", "n_anchor_images", "n_prompts", "sample_steps"),
-                     positive=("lr",), non_negative=("prior",))
+                     positive=("lr",), non_negative=("prior", "hold"))
+        if self.hold_prompts < 1:
+            raise DatarightsError(f"--hold-prompts must be at least 1, got {self.hold_prompts}")
 
 
 @register("ca", CAConfig)
 def concept_ablation(model: T2IModel, targets: list[str], anchors: list[str], cfg: CAConfig,
-                     progress=True) -> Edit:
-    """Erase each target towards its anchor (several targets share one optimisation)."""
+                     progress=True, line: Line | None = None) -> Edit:
+    """Erase each target towards its anchor (several targets share one optimisation). `line`: the
+    model line this edit extends (its original model and earlier erasures), which `hold` keeps to."""
     t0 = time.time()
     cfg = cfg.for_model(model)
     sets = [concept_prompts(t, a, cfg.n_prompts, cfg.seed, vocab=vocabulary_of(model)) for t, a in zip(targets, anchors)]
@@ -88,7 +97,10 @@ def concept_ablation(model: T2IModel, targets: list[str], anchors: list[str], cf
     with_grad = cfg.params == "embedding"
     enc_t, enc_a = encode_cached(work, tgt, with_grad), encode_cached(work, anc, with_grad)
     adversary = Adversary(model, targets, cfg.robust_every, cfg.robust_attack_steps, cfg.seed) if cfg.robust else None
-    micro, accumulate = runtime.micro_batches(model, cfg.batch_size, passes=2 + (cfg.robust or 0))
+    hold = HoldTerms(model, work, line, targets, cfg.hold_prompts, cfg.n_anchor_images, cfg.seed, cfg.sample_steps,
+                     with_grad) if cfg.hold > 0 else None
+    micro, accumulate = runtime.micro_batches(model, cfg.batch_size,
+                                              passes=2 + (cfg.robust or 0) + (hold.passes if hold else 0))
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
         b = runtime.randint(len(x0), (micro,), g, model.device)
@@ -108,10 +120,14 @@ def concept_ablation(model: T2IModel, targets: list[str], anchors: list[str], cf
             c_adv = adv[runtime.randint(len(adv), (micro,), g, model.device)]
             loss = loss + torch.nn.functional.mse_loss(work.predict_noise(x_t, t, c_adv), goal)
             loss = loss + cfg.retain * adversary.retain_loss(work, model, x_t, t, g)
+        if hold is not None:
+            loss = loss + cfg.hold * hold.loss(work, micro, g)
         return loss
 
     runtime.optimise(work, params, loss_fn, cfg.steps, cfg.lr, cfg.seed, "erase[ca]", progress, accumulate=accumulate)
-    return finish_edit(model, params, "ca", targets, anchors, cfg, t0)
+    extra = {"line": {"original": model_hash(line.original), "erased": [list(p) for p in line.erased]}} \
+        if line is not None else None
+    return finish_edit(model, params, "ca", targets, anchors, cfg, t0, extra)
 
 
 __all__ = ["CAConfig", "PromptSet", "concept_ablation"]

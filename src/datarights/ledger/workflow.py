@@ -2,7 +2,10 @@
 -> re-audit of every earlier opt-out -> signed certificates -> the edit becomes the current model.
 
 Erasures accumulate: each job erases its requests' concepts from its line's *current* model (a
-base model, or the edit the previous job made), and its edit becomes the line's current model. So
+base model, or the edit the previous job made), and its edit becomes the line's current model. Every
+edit is held to the line's original model (`LINE_HOLD`, erase.hold): other prompts keep the
+original's predictions and the earlier concepts the current model's, so that the damage of one edit
+is not built on by the next. So
 that an erasure that came back is seen, the job also audits its edit again (with the same attacks)
 for the concept of every earlier opt-out of the line, and issues each of them a *re-audit*
 certificate about the new model. One job per line runs at a time (a second run leaves that line's
@@ -39,6 +42,12 @@ from .certificate import standing
 from .schema import Certificate, Dataset, Job, Model, OptOut, OptOutEvent, now
 
 ATTACKS = ("udatk", "ti", "paraphrase")
+LINE_HOLD = 10.0
+"""The hold weight of every edit on a model line (methods with a `hold` term: ca): other prompts kept
+to the line's original model, earlier erasures to the current one (erase.hold); on the line's first
+edit a preservation term towards the original itself. Chosen on the large world's tuning concepts
+(weights 1 and 10; the larger other-prompt preservation with pooled target_erased >= 0.95; BENCHMARKS.md).
+An `erase_options` "hold" overrides it, 0 turns it off."""
 AUDIT_KEYS = ("verdict", "target_erased", "target_erased_ci", "target_erased_n", "target_erased_seen",
               "target_erased_seen_ci", "degenerate_share", "degenerate_share_ci", "anchor_fidelity",
               "anchor_fidelity_ci", "nearby_preserved", "nearby_preserved_ci", "others_preserved",
@@ -168,7 +177,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
     all, or is running on their line (they stay pending for the next run)."""
     from ..attack import attack
     from ..audit import audit
-    from ..erase import erase, steps_per_concept
+    from ..erase import Line, erase, make_config, steps_per_concept
     from ..models import load_model, weights_digest
     from ..quality import public
 
@@ -219,7 +228,11 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
         options = dict(erase_options)
         if len(targets) > 1 and "steps" not in options and (steps := steps_per_concept(method, base, len(targets))):
             options["steps"] = steps  # one edit for k concepts: the method's steps for each
-        edit = erase(base, targets, anchors, method, progress=progress.part(0.0, 0.3, "erase"), **options)
+        line = None
+        if hasattr(make_config(method), "hold"):   # every edit of the line held to its original (the first: to itself)
+            options.setdefault("hold", LINE_HOLD)
+            line = Line(original, [(e["concept"], e["anchor"]) for e in earlier])
+        edit = erase(base, targets, anchors, method, progress=progress.part(0.0, 0.3, "erase"), line=line, **options)
         out_dir = ledger.root / f"job-{job_id}"
         ledger.root.mkdir(parents=True, exist_ok=True)
         edit.save(out_dir)
