@@ -33,10 +33,15 @@ def erase(model: T2IModel, targets: list[str] | str, anchors: list[str] | str, m
         check_lora_rank(model, cfg.params, cfg.lora_rank)
     if line is None:
         return METHODS[method].fn(model, targets, anchors, cfg, progress=progress)
-    if not hasattr(cfg, "hold"):
+    if not can_hold(method):
         raise DatarightsError(f"erase method {method!r} cannot hold an edit to its model line; use "
-                              f"{', '.join(m for m in sorted(METHODS) if hasattr(METHODS[m].config_cls, 'hold'))}")
+                              f"{', '.join(m for m in sorted(METHODS) if can_hold(m))}")
     return METHODS[method].fn(model, targets, anchors, cfg, progress=progress, line=line)
+
+
+def can_hold(method: str) -> bool:
+    """Whether the method has a `hold` term (erase.hold), so that an edit can be held to its model line."""
+    return hasattr(METHODS[method].config_cls, "hold")
 
 
 def steps_per_concept(method: str, model: T2IModel, k: int) -> int | None:
@@ -66,4 +71,4 @@ def check_targets(targets: list[str] | str, anchors: list[str] | str) -> tuple[l
     return targets, anchors
 
 
-__all__ = ["METHODS", "Edit", "Line", "check_targets", "concept_prompts", "erase", "load_edited", "make_config", "steps_per_concept"]
+__all__ = ["METHODS", "Edit", "Line", "can_hold", "check_targets", "concept_prompts", "erase", "load_edited", "make_config", "steps_per_concept"]

@@ -7,9 +7,10 @@ edits, 0.24 after eight, against 0.70 for one edit of the same eight). A `Line` 
 method where the chain started and what it erased before, and `HoldTerms` adds two terms to its
 loss, both distillation on noised images of the prompts concerned:
 
-- other prompts (world-grammar prompts that name none of the line's concepts, drawn with their own
-  seed range, disjoint from the audit's) keep the *original* model's noise predictions, so that the
-  drift of earlier edits is pulled back rather than built on;
+- other prompts (world-grammar prompts that name none of the line's concepts, drawn from a seed
+  range of their own; the audit draws its other prompts from the same grammar with its own seed, so
+  single prompts can coincide) keep the *original* model's noise predictions, so that the drift of
+  earlier edits is pulled back rather than built on;
 - the concepts erased earlier keep the *current* model's predictions (their erased state), so that
   holding everything else to the original does not bring them back.
 
@@ -26,7 +27,7 @@ import torch
 from .. import runtime
 from ..errors import DatarightsError
 from ..models import T2IModel
-from ..world import sample_eval_prompts, vocabulary_of
+from ..world import prompts_naming_none, vocabulary_of
 
 HOLD_SEED = 200_011
 """Offset of the hold term's prompts, images and draws: never the audit's or an attack's."""
@@ -42,12 +43,8 @@ class Line:
 
 
 def other_prompts(n: int, seed: int, exclude: list[str], vocab) -> list[str]:
-    """World-grammar prompts that name none of `exclude` (by label or by words)."""
-    keys = ("object", "style", "character", "memorized", "composition")
-    rows = [o for o in sample_eval_prompts(n * 3, seed, vocab=vocab)
-            if not any(o.get(k) == t for t in exclude for k in keys)
-            and not any(t.lower() in o["text"].lower() for t in exclude)]
-    return [o["text"] for o in rows][:n]
+    """World-grammar prompts that name none of `exclude` (by label or by words), from 3n drawn."""
+    return [o["text"] for o in prompts_naming_none(n, seed, exclude, vocab, draw=3)]
 
 
 class HoldTerms:

@@ -141,10 +141,8 @@ class WorldScorer:
     def other_prompts(self, n: int, seed: int, exclude: list[str], vocab=None) -> tuple[list[str], list[dict]]:
         """World-grammar prompts of `vocab` (the audited model's world; default: the default world's)
         that name none of `exclude`, with the labels each asks for."""
-        from ..world import sample_eval_prompts
-        rows = [o for o in sample_eval_prompts(n * 2, seed, vocab=vocab)
-                if not any(o.get(k) == t for t in exclude for k in ("object", "style", "character", "memorized", "composition"))
-                and not any(t.lower() in o["text"].lower() for t in exclude)][:n]
+        from ..world import prompts_naming_none
+        rows = prompts_naming_none(n, seed, exclude, vocab)
         return [o["text"] for o in rows], rows
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

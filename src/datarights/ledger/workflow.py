@@ -177,7 +177,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
     all, or is running on their line (they stay pending for the next run)."""
     from ..attack import attack
     from ..audit import audit
-    from ..erase import Line, erase, make_config, steps_per_concept
+    from ..erase import Line, can_hold, erase, steps_per_concept
     from ..models import load_model, weights_digest
     from ..quality import public
 
@@ -229,7 +229,7 @@ def _run(ledger, group, method, attacks, audit_config, budget, erase_options, ke
         if len(targets) > 1 and "steps" not in options and (steps := steps_per_concept(method, base, len(targets))):
             options["steps"] = steps  # one edit for k concepts: the method's steps for each
         line = None
-        if hasattr(make_config(method), "hold"):   # every edit of the line held to its original (the first: to itself)
+        if can_hold(method):   # every edit of the line held to its original (the first: to itself)
             options.setdefault("hold", LINE_HOLD)
             line = Line(original, [(e["concept"], e["anchor"]) for e in earlier])
         edit = erase(base, targets, anchors, method, progress=progress.part(0.0, 0.3, "erase"), line=line, **options)

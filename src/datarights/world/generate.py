@@ -535,6 +535,16 @@ def sample_eval_prompts(n: int, seed: int = 0, vocab: Vocabulary | None = None) 
     return [out[i] for i in order]
 
 
+def prompts_naming_none(n: int, seed: int, exclude: list[str], vocab: Vocabulary | None = None,
+                        draw: int = 2) -> list[dict]:
+    """Up to n of `draw` x n world-grammar prompts (`sample_eval_prompts`, with their labels) that name
+    none of `exclude`, neither by a label nor by its words: the audit's other prompts, the hold term's."""
+    keys = ("object", "style", "character", "memorized", "composition")
+    return [o for o in sample_eval_prompts(n * draw, seed, vocab=vocab)
+            if not any(o.get(k) == t for t in exclude for k in keys)
+            and not any(t.lower() in o["text"].lower() for t in exclude)][:n]
+
+
 def owner_counts(cfg: WorldConfig | None = None) -> dict[str, int]:
     """How many images each owner holds in the world `cfg` describes (from its layout, without rendering)."""
     cfg = cfg or WorldConfig()
